@@ -1,0 +1,144 @@
+//! The profile file as written: serde types that mirror the TOML one to one.
+//! Unknown fields are rejected so a typo never silently changes an image.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A whole profile file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileFile {
+    /// Schema version (must be [`super::SCHEMA`]).
+    pub schema: u32,
+    /// Image name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Arches to build.
+    pub arches: Vec<String>,
+    /// `[debian]`
+    pub debian: DebianFile,
+    /// `[packages]`
+    #[serde(default)]
+    pub packages: PackagesFile,
+    /// `[kernel]`
+    pub kernel: KernelFile,
+    /// `[boot]`
+    #[serde(default)]
+    pub boot: BootFile,
+    /// `[systemd]`
+    #[serde(default)]
+    pub systemd: SystemdFile,
+    /// Overlay folder names, applied in order.
+    #[serde(default)]
+    pub overlays: Vec<String>,
+    /// Template variables.
+    #[serde(default)]
+    pub vars: BTreeMap<String, toml::Value>,
+    /// `[disk]`
+    pub disk: DiskFile,
+    /// `[output]`
+    #[serde(default)]
+    pub output: OutputFile,
+}
+
+/// `[debian]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianFile {
+    /// Suites.
+    pub suites: Vec<String>,
+    /// Components (default `main`).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Include every Essential package.
+    #[serde(default)]
+    pub essential: bool,
+}
+
+/// `[packages]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesFile {
+    /// Packages for all arches.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// `[packages.arch.<arch>]`
+    #[serde(default)]
+    pub arch: BTreeMap<String, ArchPackagesFile>,
+    /// Path → winning package.
+    #[serde(default)]
+    pub prefer: BTreeMap<String, String>,
+    /// Globs of paths left out.
+    #[serde(default)]
+    pub exclude_paths: Vec<String>,
+}
+
+/// `[packages.arch.<arch>]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchPackagesFile {
+    /// Extra packages for that arch.
+    #[serde(default)]
+    pub include: Vec<String>,
+}
+
+/// `[kernel]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelFile {
+    /// `[kernel.package]`: arch → package.
+    pub package: BTreeMap<String, String>,
+    /// Module set names.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// `[kernel.sets]`: profile-defined module sets.
+    #[serde(default)]
+    pub sets: BTreeMap<String, Vec<String>>,
+    /// Extra command line words.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+}
+
+/// `[boot]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFile {
+    /// Package shipping systemd-stub.
+    pub stub_package: Option<String>,
+}
+
+/// `[systemd]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdFile {
+    /// Units to enable.
+    #[serde(default)]
+    pub enable: Vec<String>,
+    /// Units to mask.
+    #[serde(default)]
+    pub mask: Vec<String>,
+    /// Default target.
+    pub default_target: Option<String>,
+}
+
+/// `[disk]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskFile {
+    /// Image size, e.g. "2GiB".
+    pub size: String,
+    /// ESP size, e.g. "128MiB".
+    pub esp_size: Option<String>,
+}
+
+/// `[output]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputFile {
+    /// Format names.
+    #[serde(default)]
+    pub formats: Vec<String>,
+}

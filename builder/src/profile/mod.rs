@@ -1,0 +1,383 @@
+//! Profiles: the one declarative input of a build.
+//!
+//! A profile file is parsed into [`dto`] types that mirror the TOML exactly
+//! (unknown fields rejected, schema version required), then validated into
+//! the domain [`Profile`] the rest of the pipeline uses. Every error names
+//! the file and the field.
+
+pub mod dto;
+mod size;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::arch::Arch;
+pub use size::{format_size, parse_size};
+
+/// The profile schema version this kiln reads.
+pub const SCHEMA: u32 = 1;
+
+/// Errors while reading or validating a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The file could not be read.
+    #[error("{path}: cannot read profile: {source}")]
+    Read {
+        /// The profile path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown field or a wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The profile path.
+        path: PathBuf,
+        /// What the TOML parser said (includes line and field).
+        message: String,
+    },
+    /// A field has a value kiln cannot use.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The profile path.
+        path: PathBuf,
+        /// Dotted field name.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// Where packages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Debian {
+    /// Suites, e.g. `bookworm`, `bookworm-updates`, `bookworm-security`.
+    pub suites: Vec<String>,
+    /// Archive components, e.g. `main`.
+    pub components: Vec<String>,
+    /// Whether every `Essential: yes` package joins the closure.
+    pub essential: bool,
+}
+
+/// Which packages make the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packages {
+    /// Packages for every arch.
+    pub include: Vec<String>,
+    /// Extra packages per arch.
+    pub arch_include: BTreeMap<Arch, Vec<String>>,
+    /// Path (normalised, no leading `/`) → package that wins a content conflict there.
+    pub prefer: BTreeMap<String, String>,
+    /// Glob patterns (normalised, no leading `/`) of package files left out of the image.
+    pub exclude_paths: Vec<String>,
+}
+
+/// The kernel and its modules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kernel {
+    /// Kernel package per arch (a metapackage is followed to the image package).
+    pub package: BTreeMap<Arch, String>,
+    /// Module sets by name (built-in or from `[kernel.sets]`).
+    pub module_sets: Vec<String>,
+    /// Sets defined by the profile: name → module names.
+    pub custom_sets: BTreeMap<String, Vec<String>>,
+    /// Extra kernel command line words.
+    pub cmdline: Vec<String>,
+}
+
+/// The UEFI boot path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    /// Package that ships systemd-stub (`systemd-boot-efi`).
+    pub stub_package: String,
+}
+
+/// systemd unit state set at build time (what maintainer scripts would do).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Systemd {
+    /// Units to enable through their `[Install]` sections.
+    pub enable: Vec<String>,
+    /// Units to mask.
+    pub mask: Vec<String>,
+    /// The default target.
+    pub default_target: String,
+}
+
+/// An overlay to apply, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayRef {
+    /// Folder name under the overlays directory.
+    pub name: String,
+    /// Resolved folder path.
+    pub dir: PathBuf,
+}
+
+/// Disk geometry wishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disk {
+    /// Total image size in bytes.
+    pub size: u64,
+    /// ESP size in bytes.
+    pub esp_size: u64,
+}
+
+/// An output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Format {
+    /// Raw disk image.
+    Raw,
+}
+
+impl Format {
+    /// Parses a format name.
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "raw" => Some(Format::Raw),
+            _ => None,
+        }
+    }
+}
+
+/// A validated profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// The profile file.
+    pub path: PathBuf,
+    /// Image name (used in output file names).
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Arches this profile builds for.
+    pub arches: Vec<Arch>,
+    /// Package sources.
+    pub debian: Debian,
+    /// Root packages.
+    pub packages: Packages,
+    /// Kernel and modules.
+    pub kernel: Kernel,
+    /// Boot path.
+    pub boot: Boot,
+    /// Unit state.
+    pub systemd: Systemd,
+    /// Overlays in application order.
+    pub overlays: Vec<OverlayRef>,
+    /// Template variables for overlays.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Disk geometry.
+    pub disk: Disk,
+    /// Output formats.
+    pub formats: Vec<Format>,
+}
+
+impl Profile {
+    /// Reads, parses and validates a profile file. Overlays are looked up in
+    /// `overlays/` next to the profile's folder (`profiles/../overlays`).
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
+        let overlays_dir = path
+            .parent()
+            .and_then(|p| p.parent())
+            .map(|p| p.join("overlays"))
+            .unwrap_or_else(|| PathBuf::from("overlays"));
+        Profile::parse(path, &text, &overlays_dir)
+    }
+
+    /// Parses and validates profile text (`path` is used in messages).
+    pub fn parse(path: &Path, text: &str, overlays_dir: &Path) -> Result<Profile, ProfileError> {
+        let raw: dto::ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        validate(path, raw, overlays_dir)
+    }
+
+    /// Packages requested for `arch` (common plus arch-specific), sorted.
+    pub fn packages_for(&self, arch: Arch) -> Vec<String> {
+        let mut set: BTreeSet<String> = self.packages.include.iter().cloned().collect();
+        if let Some(extra) = self.packages.arch_include.get(&arch) {
+            set.extend(extra.iter().cloned());
+        }
+        set.into_iter().collect()
+    }
+
+    /// The inputs that decide the lock's content, as a stable string. The lock
+    /// stores its digest so `build` can tell a stale lock from a current one.
+    pub fn resolution_inputs(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("suites={:?}\ncomponents={:?}\nessential={}\n", self.debian.suites, self.debian.components, self.debian.essential));
+        for arch in &self.arches {
+            s.push_str(&format!("{arch}.packages={:?}\n", self.packages_for(*arch)));
+            s.push_str(&format!("{arch}.kernel={:?}\n", self.kernel.package.get(arch)));
+        }
+        s.push_str(&format!("stub={}\n", self.boot.stub_package));
+        s
+    }
+}
+
+/// toml's messages span several lines (with a caret diagram); kiln's errors are one line.
+fn one_line(msg: &str) -> String {
+    let mut lines = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '));
+    let first = lines.next().unwrap_or_default().to_string();
+    let rest: Vec<&str> = lines.filter(|l| !l.contains(" | ")).collect();
+    if rest.is_empty() {
+        first
+    } else {
+        format!("{first}: {}", rest.join("; "))
+    }
+}
+
+fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<Profile, ProfileError> {
+    let invalid = |field: &str, message: String| ProfileError::Invalid {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        message,
+    };
+    if raw.schema != SCHEMA {
+        return Err(invalid("schema", format!("version {} is not supported; this kiln reads schema {SCHEMA}", raw.schema)));
+    }
+    if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(invalid("name", format!("{:?}: use letters, digits, '-', '_' or '.' (it names output files)", raw.name)));
+    }
+    let mut arches = Vec::new();
+    for (i, a) in raw.arches.iter().enumerate() {
+        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| invalid(&format!("arches[{i}]"), e.to_string()))?;
+        if !arches.contains(&arch) {
+            arches.push(arch);
+        }
+    }
+    if arches.is_empty() {
+        return Err(invalid("arches", "list at least one of \"x86_64\", \"arm64\"".into()));
+    }
+    arches.sort();
+
+    if raw.debian.suites.is_empty() {
+        return Err(invalid("debian.suites", "list at least one suite, e.g. \"bookworm\"".into()));
+    }
+    let components = if raw.debian.components.is_empty() { vec!["main".to_string()] } else { raw.debian.components };
+
+    let check_pkg = |field: &str, name: &str| -> Result<(), ProfileError> {
+        let ok = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(field, format!("{name:?} is not a Debian package name")))
+        }
+    };
+    for (i, p) in raw.packages.include.iter().enumerate() {
+        check_pkg(&format!("packages.include[{i}]"), p)?;
+    }
+    let mut arch_include = BTreeMap::new();
+    for (a, list) in raw.packages.arch {
+        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| invalid(&format!("packages.arch.{a}"), e.to_string()))?;
+        for (i, p) in list.include.iter().enumerate() {
+            check_pkg(&format!("packages.arch.{a}.include[{i}]"), p)?;
+        }
+        arch_include.insert(arch, list.include);
+    }
+    let mut prefer = BTreeMap::new();
+    for (p, pkg) in raw.packages.prefer {
+        let norm = crate::tree::normalize(&p).map_err(|e| invalid(&format!("packages.prefer.{p:?}"), e.to_string()))?;
+        check_pkg(&format!("packages.prefer.{p:?}"), &pkg)?;
+        prefer.insert(norm, pkg);
+    }
+    let exclude_paths = raw
+        .packages
+        .exclude_paths
+        .iter()
+        .map(|p| p.trim_start_matches('/').to_string())
+        .collect();
+
+    let mut package = BTreeMap::new();
+    for (a, p) in raw.kernel.package {
+        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| invalid(&format!("kernel.package.{a}"), e.to_string()))?;
+        check_pkg(&format!("kernel.package.{a}"), &p)?;
+        package.insert(arch, p);
+    }
+    for arch in &arches {
+        if !package.contains_key(arch) {
+            return Err(invalid("kernel.package", format!("no kernel package for {arch}; add `{arch} = \"linux-image-{}\"`", arch.deb_arch())));
+        }
+    }
+    let known = crate::tree::kmod::builtin_set_names();
+    for (i, s) in raw.kernel.modules.iter().enumerate() {
+        if !known.contains(&s.as_str()) && !raw.kernel.sets.contains_key(s) {
+            return Err(invalid(
+                &format!("kernel.modules[{i}]"),
+                format!("unknown module set {s:?}; built-in sets: {}; or define it under [kernel.sets]", known.join(", ")),
+            ));
+        }
+    }
+    for (i, w) in raw.kernel.cmdline.iter().enumerate() {
+        if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(&format!("kernel.cmdline[{i}]"), format!("{w:?}: one word per entry, no spaces")));
+        }
+    }
+
+    let mut overlays = Vec::new();
+    for (i, o) in raw.overlays.iter().enumerate() {
+        if o.is_empty() || o.contains('/') || o.starts_with('.') {
+            return Err(invalid(&format!("overlays[{i}]"), format!("{o:?}: give a folder name under {}", overlays_dir.display())));
+        }
+        let dir = overlays_dir.join(o);
+        if !dir.is_dir() {
+            return Err(invalid(&format!("overlays[{i}]"), format!("{o:?}: no folder {}", dir.display())));
+        }
+        overlays.push(OverlayRef { name: o.clone(), dir });
+    }
+    let mut vars = BTreeMap::new();
+    for (k, v) in raw.vars {
+        let json = serde_json::to_value(&v).map_err(|e| invalid(&format!("vars.{k}"), e.to_string()))?;
+        vars.insert(k, json);
+    }
+
+    let size = parse_size(&raw.disk.size).map_err(|m| invalid("disk.size", m))?;
+    let esp_size = match &raw.disk.esp_size {
+        Some(s) => parse_size(s).map_err(|m| invalid("disk.esp_size", m))?,
+        None => 128 << 20,
+    };
+    if esp_size < (33 << 20) {
+        return Err(invalid("disk.esp_size", format!("{} is too small: the ESP needs at least 33 MiB", format_size(esp_size))));
+    }
+    if size <= esp_size + (64 << 20) {
+        return Err(invalid("disk.size", format!("{} leaves no room for the root next to a {} ESP", format_size(size), format_size(esp_size))));
+    }
+
+    let mut formats = Vec::new();
+    let fmt_names = if raw.output.formats.is_empty() { vec!["raw".to_string()] } else { raw.output.formats };
+    for (i, f) in fmt_names.iter().enumerate() {
+        let fmt = Format::parse(f).ok_or_else(|| invalid(&format!("output.formats[{i}]"), format!("unknown format {f:?}; supported: raw")))?;
+        if !formats.contains(&fmt) {
+            formats.push(fmt);
+        }
+    }
+
+    Ok(Profile {
+        path: path.to_path_buf(),
+        name: raw.name,
+        description: raw.description,
+        arches,
+        debian: Debian { suites: raw.debian.suites, components, essential: raw.debian.essential },
+        packages: Packages { include: raw.packages.include, arch_include, prefer, exclude_paths },
+        kernel: Kernel {
+            package,
+            module_sets: raw.kernel.modules,
+            custom_sets: raw.kernel.sets,
+            cmdline: raw.kernel.cmdline,
+        },
+        boot: Boot { stub_package: raw.boot.stub_package.unwrap_or_else(|| "systemd-boot-efi".into()) },
+        systemd: Systemd {
+            enable: raw.systemd.enable,
+            mask: raw.systemd.mask,
+            default_target: raw.systemd.default_target.unwrap_or_else(|| "multi-user.target".into()),
+        },
+        overlays,
+        vars,
+        disk: Disk { size, esp_size },
+        formats,
+    })
+}
+
+#[cfg(test)]
+mod tests;

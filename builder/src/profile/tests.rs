@@ -1,0 +1,96 @@
+use super::*;
+
+fn overlays_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays")
+}
+
+fn parse(text: &str) -> Result<Profile, ProfileError> {
+    Profile::parse(Path::new("test.toml"), text, &overlays_dir())
+}
+
+const MINIMAL: &str = r#"
+schema = 1
+name = "t"
+arches = ["amd64"]
+[debian]
+suites = ["bookworm"]
+[kernel]
+modules = ["virtio"]
+[kernel.package]
+x86_64 = "linux-image-amd64"
+[disk]
+size = "1GiB"
+"#;
+
+#[test]
+fn default_profile_validates() {
+    let p = Profile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/qemu.toml")).unwrap();
+    assert_eq!(p.name, "qemu");
+    assert_eq!(p.arches, vec![Arch::X86_64, Arch::Arm64]);
+    assert!(p.packages_for(Arch::Arm64).contains(&"systemd".to_string()));
+    assert_eq!(p.overlays[0].name, "base");
+}
+
+#[test]
+fn minimal_profile_gets_defaults() {
+    let p = parse(MINIMAL).unwrap();
+    assert_eq!(p.debian.components, vec!["main"]);
+    assert_eq!(p.disk.esp_size, 128 << 20);
+    assert_eq!(p.formats, vec![Format::Raw]);
+    assert_eq!(p.boot.stub_package, "systemd-boot-efi");
+}
+
+#[test]
+fn unknown_field_is_named() {
+    let e = parse(&MINIMAL.replace("[disk]", "[disk]\nsizee = 3")).unwrap_err().to_string();
+    assert!(e.contains("test.toml") && e.contains("sizee"), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn bad_toml_is_named_with_its_file() {
+    let e = parse("schema = = 1").unwrap_err().to_string();
+    assert!(e.starts_with("test.toml:"), "{e}");
+}
+
+#[test]
+fn wrong_schema_is_refused() {
+    let e = parse(&MINIMAL.replace("schema = 1", "schema = 9")).unwrap_err().to_string();
+    assert!(e.contains("schema") && e.contains('9'), "{e}");
+}
+
+#[test]
+fn unknown_module_set_lists_the_known_ones() {
+    let e = parse(&MINIMAL.replace("[\"virtio\"]", "[\"virtio\", \"warp-drive\"]")).unwrap_err().to_string();
+    assert!(e.contains("kernel.modules[1]") && e.contains("warp-drive") && e.contains("virtio"), "{e}");
+}
+
+#[test]
+fn custom_module_set_is_accepted() {
+    let p = parse(&MINIMAL.replace("[\"virtio\"]", "[\"mine\"]\nsets = { mine = [\"e1000\"] }")).unwrap();
+    assert_eq!(p.kernel.custom_sets["mine"], vec!["e1000"]);
+}
+
+#[test]
+fn missing_kernel_for_an_arch_is_refused() {
+    let e = parse(&MINIMAL.replace("[\"amd64\"]", "[\"amd64\", \"arm64\"]")).unwrap_err().to_string();
+    assert!(e.contains("kernel.package") && e.contains("arm64"), "{e}");
+}
+
+#[test]
+fn bad_sizes_and_formats_are_named() {
+    let e = parse(&MINIMAL.replace("\"1GiB\"", "\"1 furlong\"")).unwrap_err().to_string();
+    assert!(e.contains("disk.size"), "{e}");
+    let e = parse(&MINIMAL.replace("\"1GiB\"", "\"100MiB\"")).unwrap_err().to_string();
+    assert!(e.contains("disk.size") && e.contains("no room"), "{e}");
+    let e = parse(&format!("{MINIMAL}[output]\nformats = [\"floppy\"]\n")).unwrap_err().to_string();
+    assert!(e.contains("output.formats[0]") && e.contains("floppy"), "{e}");
+}
+
+#[test]
+fn bad_package_and_overlay_names_are_refused() {
+    let e = parse(&MINIMAL.replace("[debian]", "[packages]\ninclude = [\"Bad Name\"]\n[debian]")).unwrap_err().to_string();
+    assert!(e.contains("packages.include[0]"), "{e}");
+    let e = parse(&MINIMAL.replace("arches =", "overlays = [\"nope\"]\narches =")).unwrap_err().to_string();
+    assert!(e.contains("overlays[0]") && e.contains("nope"), "{e}");
+}

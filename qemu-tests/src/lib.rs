@@ -1,0 +1,1 @@
+//! Helpers for booting kiln images in QEMU tests.
