@@ -16,6 +16,7 @@ APT_PKGS=(
   ca-certificates
   e2fsprogs        # e2fsck, mkfs.ext4 (test referee and benchmark floor)
   dosfstools       # fsck.fat
+  mtools           # mcopy: reads files back from the ESP in tests
   gdisk            # sgdisk -v
   cpio             # cpio -it on the initramfs
   cryptsetup-bin   # veritysetup

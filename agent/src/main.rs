@@ -1,1 +1,119 @@
-fn main() {}
+//! kiln-agent: the one static binary kiln puts into its images.
+//!
+//! As PID 1 (the initramfs's `/init`) or with `init` it brings up the root filesystem and
+//! hands over to systemd; with `report` it prints the booted system's status line.
+
+// Tests may unwrap: a panic there is a failed test, not a failed boot.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cmdline;
+mod crc32;
+mod gpt;
+mod init;
+mod report;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+const USAGE: &str = "\
+kiln-agent: kiln's in-image binary
+
+Usage:
+  kiln-agent init               initramfs init: mount the root partition (found by its GPT
+                                type) read-only and switch to the system's init; this mode
+                                also runs whenever the binary is PID 1
+  kiln-agent report [--timeout SECONDS]
+                                print one status line (arch, kernel, root, /var, boot stub,
+                                systemd state, failed units); exit 0 when systemd is running
+                                and / is read-only (default timeout 120 s)
+  kiln-agent --help             this text
+  kiln-agent --version          the version
+
+Kernel command line options read by init:
+  kiln.root_type=GUID           root partition type (default: the architecture's
+                                Discoverable Partitions root type)
+  kiln.rootwait=SECONDS         how long to wait for the root partition (default 30)
+  kiln.on_failure=halt|poweroff|reboot
+                                what to do when the boot cannot continue (default halt)
+  kiln.debug                    log every step
+";
+
+fn out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn err(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+fn run_init(args: &[String]) -> ! {
+    let mut sys = init::real::RealSys::default();
+    init::run(&mut sys, args);
+    // Only reached if exec and halt both returned, which the real Sys never does; PID 1
+    // must still not exit.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn run_report(args: &[String]) -> ExitCode {
+    let mut timeout = report::DEFAULT_TIMEOUT;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let value = match arg.as_str() {
+            "--timeout" => rest.next().map(String::as_str),
+            a => match a.strip_prefix("--timeout=") {
+                Some(v) => Some(v),
+                None => {
+                    err(&format!(
+                        "kiln-agent report: unknown argument {a:?}\n\n{USAGE}"
+                    ));
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        match value.and_then(|v| v.parse::<u64>().ok()) {
+            Some(secs) => timeout = Duration::from_secs(secs),
+            None => {
+                err("kiln-agent report: --timeout needs a whole number of seconds\n");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut sys = report::real::RealReport;
+    let r = report::collect(&mut sys, timeout);
+    out(&format!("{}\n", r.line()));
+    if r.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let rest = args.get(1..).unwrap_or_default();
+    // As PID 1 the arguments come from the kernel and belong to the system's init.
+    if nix::unistd::getpid().as_raw() == 1 {
+        run_init(rest);
+    }
+    match rest.first().map(String::as_str) {
+        Some("init") => run_init(&rest[1..]),
+        Some("report") => run_report(&rest[1..]),
+        None | Some("--help" | "-h" | "help") => {
+            out(USAGE);
+            ExitCode::SUCCESS
+        }
+        Some("--version" | "-V") => {
+            out(&format!("kiln-agent {}\n", env!("CARGO_PKG_VERSION")));
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            err(&format!("kiln-agent: unknown mode {other:?}\n\n{USAGE}"));
+            ExitCode::from(2)
+        }
+    }
+}

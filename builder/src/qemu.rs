@@ -1,1 +1,189 @@
-//! TODO
+//! Booting images in QEMU with UEFI firmware under TCG: the command line
+//! `kiln run` uses and the QEMU tests share.
+
+use std::path::{Path, PathBuf};
+
+use crate::arch::Arch;
+
+/// Errors while preparing a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// Firmware or QEMU binary missing.
+    #[error("{what} not found at {path}: install {package} (`make deps` installs everything kiln's tests need)")]
+    Missing {
+        /// What is missing.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Debian package that ships it.
+        package: &'static str,
+    },
+    /// Copying the firmware variable store failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// UEFI firmware for one arch: read-only code and a template variable store.
+#[derive(Debug, Clone)]
+pub struct Firmware {
+    /// The code image (pflash unit 0).
+    pub code: PathBuf,
+    /// The pristine variable store, copied per VM (pflash unit 1).
+    pub vars: PathBuf,
+}
+
+impl Firmware {
+    /// Debian's OVMF (x86_64) or AAVMF (arm64) files.
+    pub fn debian(arch: Arch) -> Result<Firmware, QemuError> {
+        let (code, vars, package) = match arch {
+            Arch::X86_64 => ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
+            Arch::Arm64 => ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64"),
+        };
+        for (what, p) in [("UEFI firmware code", code), ("UEFI firmware variables", vars)] {
+            if !Path::new(p).is_file() {
+                return Err(QemuError::Missing { what, path: p.into(), package });
+            }
+        }
+        Ok(Firmware { code: code.into(), vars: vars.into() })
+    }
+}
+
+/// The QEMU system emulator binary for an arch.
+pub fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone)]
+pub enum Serial {
+    /// The terminal (interactive `kiln run`); Ctrl-A X quits.
+    Stdio,
+    /// A file (tests read it while the VM runs).
+    File(PathBuf),
+}
+
+/// One VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// Guest arch.
+    pub arch: Arch,
+    /// The disk image.
+    pub disk: PathBuf,
+    /// `raw` or `qcow2`.
+    pub disk_format: String,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Discard disk writes when the VM stops.
+    pub snapshot: bool,
+    /// Serial console destination.
+    pub serial: Serial,
+    /// A user-mode NIC (NAT to the host).
+    pub user_net: bool,
+    /// Extra arguments appended as they are.
+    pub extra: Vec<String>,
+}
+
+impl Vm {
+    /// A VM with kiln's defaults: 1 GiB, 2 vCPUs, snapshot, serial on stdio, one NAT NIC.
+    pub fn new(arch: Arch, disk: impl Into<PathBuf>) -> Vm {
+        Vm {
+            arch,
+            disk: disk.into(),
+            disk_format: "raw".into(),
+            memory_mib: 1024,
+            cpus: 2,
+            snapshot: true,
+            serial: Serial::Stdio,
+            user_net: true,
+            extra: Vec::new(),
+        }
+    }
+
+    /// The full argument list (without the binary). `vars` is this VM's own
+    /// copy of the firmware variable store.
+    pub fn args(&self, fw: &Firmware, vars: &Path) -> Vec<String> {
+        let mut a: Vec<String> = vec!["-nodefaults".into(), "-no-user-config".into()];
+        match self.arch {
+            // No KVM on these machines (ENVIRONMENT.md): TCG everywhere.
+            Arch::X86_64 => a.extend(["-machine", "q35,accel=tcg", "-cpu", "max"].map(String::from)),
+            // cortex-a57 boots faster under TCG than `max`.
+            Arch::Arm64 => a.extend(["-machine", "virt,accel=tcg", "-cpu", "cortex-a57"].map(String::from)),
+        }
+        a.extend([
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-display".into(),
+            "none".into(),
+            "-no-reboot".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+            "-drive".into(),
+            format!("file={},format={},if=virtio{}", self.disk.display(), self.disk_format, if self.snapshot { ",snapshot=on" } else { "" }),
+            "-device".into(),
+            "virtio-rng-pci".into(),
+        ]);
+        if self.user_net {
+            a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
+        }
+        match &self.serial {
+            Serial::Stdio => a.extend(["-serial".into(), "mon:stdio".into()]),
+            Serial::File(p) => a.extend(["-serial".into(), format!("file:{}", p.display()), "-monitor".into(), "none".into()]),
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+
+    /// A ready `Command`: checks the firmware and QEMU are there and copies
+    /// the variable store into `scratch`.
+    pub fn command(&self, scratch: &Path) -> Result<std::process::Command, QemuError> {
+        let fw = Firmware::debian(self.arch)?;
+        let bin = qemu_binary(self.arch);
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+            .unwrap_or(false);
+        if !found {
+            let package = match self.arch {
+                Arch::X86_64 => "qemu-system-x86",
+                Arch::Arm64 => "qemu-system-arm",
+            };
+            return Err(QemuError::Missing { what: "QEMU", path: PathBuf::from(bin), package });
+        }
+        let vars = scratch.join(format!("efivars-{}.fd", self.arch));
+        std::fs::copy(&fw.vars, &vars).map_err(|source| QemuError::Io { path: vars.clone(), source })?;
+        let mut c = std::process::Command::new(bin);
+        c.args(self.args(&fw, &vars));
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm64_uses_virt_and_the_aavmf_pair() {
+        let fw = Firmware { code: "/c.fd".into(), vars: "/v.fd".into() };
+        let mut vm = Vm::new(Arch::Arm64, "/d.raw");
+        vm.serial = Serial::File("/s.log".into());
+        let a = vm.args(&fw, Path::new("/mine.fd")).join(" ");
+        assert!(a.contains("virt,accel=tcg") && a.contains("cortex-a57"), "{a}");
+        assert!(a.contains("unit=0,readonly=on,file=/c.fd") && a.contains("unit=1,file=/mine.fd"), "{a}");
+        assert!(a.contains("file=/d.raw,format=raw,if=virtio,snapshot=on"), "{a}");
+        assert!(a.contains("-serial file:/s.log"), "{a}");
+        assert!(!a.contains("kvm"), "{a}");
+    }
+}

@@ -1,1 +1,141 @@
-//! TODO
+//! Outputs land atomically: everything is written into a staging folder
+//! inside the output folder and renamed into place only when the whole
+//! build succeeded. On an error, a panic or Ctrl-C the staging folder is
+//! removed, so nothing half-written is ever left at an output path.
+
+pub mod manifest;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Errors while staging or publishing outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// A file system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io { path: path.to_path_buf(), source }
+}
+
+/// Staging folders alive right now; the Ctrl-C handler removes them.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Installs a Ctrl-C / SIGTERM handler that removes every live staging
+/// folder and exits with status 130. Call once from the binary.
+pub fn install_interrupt_cleanup() {
+    let _ = ctrlc::set_handler(|| {
+        if let Ok(live) = LIVE.lock() {
+            for p in live.iter() {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+        eprintln!("kiln: interrupted; no output was written");
+        std::process::exit(130);
+    });
+}
+
+/// A staging folder whose files are published together.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    out: PathBuf,
+    published: bool,
+}
+
+impl Staging {
+    /// Creates `<out>/.kiln-staging-<tag>-<pid>/` (the output folder is created if needed).
+    pub fn new(out: &Path, tag: &str) -> Result<Staging, OutputError> {
+        std::fs::create_dir_all(out).map_err(io(out))?;
+        let dir = out.join(format!(".kiln-staging-{tag}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(dir.clone());
+        }
+        Ok(Staging { dir, out: out.to_path_buf(), published: false })
+    }
+
+    /// Where to write a file that will be published as `name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The staging folder (for scratch files that are not published).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renames the named files into the output folder, then removes the
+    /// staging folder. Files are fsynced first so a crash after publishing
+    /// never leaves a truncated image under the final name.
+    pub fn publish(mut self, names: &[&str]) -> Result<Vec<PathBuf>, OutputError> {
+        let mut done = Vec::new();
+        for name in names {
+            let from = self.dir.join(name);
+            let f = std::fs::File::open(&from).map_err(io(&from))?;
+            f.sync_all().map_err(io(&from))?;
+        }
+        for name in names {
+            let from = self.dir.join(name);
+            let to = self.out.join(name);
+            std::fs::rename(&from, &to).map_err(io(&to))?;
+            done.push(to);
+        }
+        self.published = true;
+        self.cleanup();
+        Ok(done)
+    }
+
+    fn cleanup(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|p| p != &self.dir);
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            tracing::debug!(dir = %self.dir.display(), "removing unpublished staging folder");
+        }
+        self.cleanup();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpublished_staging_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Staging::new(d.path(), "t").unwrap();
+            std::fs::write(s.path("img.raw"), b"half").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn publish_moves_files_and_removes_staging() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Staging::new(d.path(), "t").unwrap();
+        std::fs::write(s.path("a"), b"1").unwrap();
+        std::fs::write(s.path("scratch"), b"x").unwrap();
+        let out = s.publish(&["a"]).unwrap();
+        assert_eq!(out, vec![d.path().join("a")]);
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a")]);
+    }
+}

@@ -1,0 +1,61 @@
+# kiln: every entry point people and CI use. `make image` and `make test`
+# install what they need first (apt packages, QEMU, rust targets).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+PROFILE ?= profiles/qemu.toml
+OUT ?= out
+ARCH ?= x86_64
+KILN := target/release/kiln
+AGENT_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
+
+.PHONY: all deps agent kiln lock image run test check fmt bench clean
+
+all: image
+
+## deps: install apt packages, QEMU (backports) and the musl rust targets
+deps:
+	@bash scripts/deps.sh
+
+## agent: the static in-image binary, for both arches
+agent:
+	@for t in $(AGENT_TARGETS); do \
+	  $(CARGO) build --locked -q -p kiln-agent --profile agent --target $$t || exit 1; \
+	done
+
+## kiln: the builder CLI
+kiln:
+	$(CARGO) build --locked -q --release -p kiln
+
+## lock: refresh the default profile's lock (new package versions)
+lock: deps kiln
+	$(KILN) lock --update $(PROFILE)
+
+## image: build the default image for x86_64 and arm64 into out/
+image: deps agent kiln
+	$(KILN) build $(PROFILE) --arch all --out $(OUT)
+
+## run: boot the default image in QEMU (ARCH=x86_64|arm64); Ctrl-A X quits
+run: image
+	$(KILN) run $(OUT)/$$(sed -n 's/^name = "\(.*\)"/\1/p' $(PROFILE))-$(ARCH).raw
+
+## test: the whole suite, QEMU boot tests of both arches included
+test: deps agent kiln
+	$(CARGO) test --locked --release --workspace --no-fail-fast -- --test-threads=2
+
+## check: formatting and lints
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked -p kiln-agent --target x86_64-unknown-linux-musl -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: build and boot timings and sizes into BENCHMARKS.md
+bench: deps agent kiln
+	bash scripts/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT)

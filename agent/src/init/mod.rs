@@ -1,0 +1,390 @@
+//! `init` mode: the initramfs's PID 1. Mounts the API filesystems, loads the listed
+//! modules, finds the root partition by GPT type, mounts it read-only and hands over to
+//! the system's init. Any failure is printed and the machine is halted, never left in a
+//! silent hang and never with PID 1 exiting (which panics the kernel).
+//!
+//! The steps are written against [`InitSys`], so the whole sequence is tested with a fake.
+
+pub mod fsutil;
+pub mod modules;
+pub mod real;
+pub mod root;
+
+use std::io;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+
+use crate::cmdline::{self, FailureAction, InitOptions};
+use modules::{load_all, parse_modules_load, ModuleError, ModuleResults, MODULES_LOAD};
+use root::{describe_type, wait_for_root};
+
+/// Where the root filesystem is mounted before the switch.
+pub const SYSROOT: &str = "/sysroot";
+
+/// Programs tried, in order, as the system's init.
+pub const INIT_CANDIDATES: [&str; 3] = [
+    "/sbin/init",
+    "/usr/lib/systemd/systemd",
+    "/lib/systemd/systemd",
+];
+
+/// Every effect init has on the machine. [`real::RealSys`] does them; tests use a fake.
+pub trait InitSys {
+    /// Writes one line to the console.
+    fn log(&mut self, line: &str);
+    /// Creates a directory and its parents (existing is fine).
+    fn mkdir(&mut self, path: &str) -> io::Result<()>;
+    /// True if `path` is a directory.
+    fn is_dir(&mut self, path: &str) -> bool;
+    /// mount(2).
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
+    /// umount2(2) with MNT_DETACH.
+    fn umount_detach(&mut self, target: &str) -> Result<(), Errno>;
+    /// Makes sure fds 0-2 are open on /dev/console (once /dev is mounted).
+    fn ensure_console(&mut self);
+    /// Reads a whole file.
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
+    /// finit_module(2) on the file at `path`, without parameters.
+    fn load_module(&mut self, path: &str) -> Result<(), ModuleError>;
+    /// Names under /sys/class/block.
+    fn list_block(&mut self) -> io::Result<Vec<String>>;
+    /// Reads /sys/class/block/`rel`.
+    fn read_sysfs_block(&mut self, rel: &str) -> io::Result<String>;
+    /// Reads `len` bytes at `offset` of /dev/`name`.
+    fn read_dev(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// True if /dev/`name` exists.
+    fn dev_exists(&mut self, name: &str) -> bool;
+    /// Sleeps.
+    fn sleep(&mut self, d: Duration);
+    /// Monotonic time since some fixed start.
+    fn elapsed(&mut self) -> Duration;
+    /// True if `path` names an existing file once `root` is `/` (symlinks resolved
+    /// inside `root`).
+    fn exists_in_root(&mut self, root: &str, path: &str) -> bool;
+    /// Deletes the initramfs's files (not crossing mount points), if `/` is an
+    /// initramfs. Returns a one-line summary.
+    fn remove_old_root(&mut self) -> Result<String, String>;
+    /// chdir(2).
+    fn chdir(&mut self, path: &str) -> Result<(), Errno>;
+    /// chroot(2).
+    fn chroot(&mut self, path: &str) -> Result<(), Errno>;
+    /// execv(2). Returns only on failure (a fake returns Ok to mean "it ran").
+    fn exec(&mut self, path: &str, argv: &[String]) -> Result<(), Errno>;
+    /// Stops for good: sleeps forever, powers off or reboots. Only a fake returns.
+    fn halt(&mut self, action: FailureAction);
+}
+
+/// How far init got when it failed, which decides the final message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    BeforeRoot,
+    AfterRoot,
+}
+
+/// A failure that stops the boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fatal {
+    stage: Stage,
+    message: String,
+}
+
+fn fatal(stage: Stage, message: String) -> Fatal {
+    Fatal { stage, message }
+}
+
+fn say(sys: &mut dyn InitSys, msg: &str) {
+    sys.log(&format!("kiln-init: {msg}"));
+}
+
+/// Runs init. `init_args` are the arguments init was given (passed on to the system's
+/// init). Returns only if the Sys's exec or halt returns (tests).
+pub fn run(sys: &mut dyn InitSys, init_args: &[String]) {
+    let mut on_failure = FailureAction::Halt;
+    if let Err(f) = boot(sys, init_args, &mut on_failure) {
+        say(sys, &format!("FATAL: {}", f.message));
+        let why = match f.stage {
+            Stage::BeforeRoot => "the root filesystem could not be mounted",
+            Stage::AfterRoot => "the system's init could not be started",
+        };
+        say(sys, &format!("halting; {why}"));
+        match on_failure {
+            FailureAction::Halt => {}
+            FailureAction::Poweroff => say(sys, "powering off (kiln.on_failure=poweroff)"),
+            FailureAction::Reboot => say(sys, "rebooting (kiln.on_failure=reboot)"),
+        }
+        sys.halt(on_failure);
+    }
+}
+
+fn mount_api_filesystems(sys: &mut dyn InitSys) -> Result<(), Fatal> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    let mounts: [(&str, &str, MsFlags, Option<&str>); 3] = [
+        ("proc", "/proc", hardened, None),
+        ("sysfs", "/sys", hardened, None),
+        ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
+    ];
+    for (fstype, target, flags, data) in mounts {
+        sys.mkdir(target)
+            .map_err(|e| fatal(Stage::BeforeRoot, format!("creating {target}: {e}")))?;
+        match sys.mount(fstype, target, Some(fstype), flags, data) {
+            // Already there (e.g. the kernel mounted devtmpfs itself): fine.
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => {
+                return Err(fatal(
+                    Stage::BeforeRoot,
+                    format!("mounting {fstype} on {target}: {e}"),
+                ))
+            }
+        }
+    }
+    sys.ensure_console();
+    say(sys, "mounted /proc, /sys and /dev");
+    Ok(())
+}
+
+fn read_options(sys: &mut dyn InitSys, on_failure: &mut FailureAction) -> InitOptions {
+    let text = match sys.read_file("/proc/cmdline") {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            say(
+                sys,
+                &format!("cannot read /proc/cmdline ({e}); using defaults"),
+            );
+            String::new()
+        }
+    };
+    let opts = cmdline::parse(&text);
+    *on_failure = opts.on_failure;
+    for w in &opts.warnings {
+        say(sys, &format!("warning: {w}"));
+    }
+    say(
+        sys,
+        &format!(
+            "options: root_type={} rootwait={}s on_failure={} debug={}",
+            opts.root_type,
+            opts.root_wait.as_secs(),
+            match opts.on_failure {
+                FailureAction::Halt => "halt",
+                FailureAction::Poweroff => "poweroff",
+                FailureAction::Reboot => "reboot",
+            },
+            if opts.debug { "on" } else { "off" }
+        ),
+    );
+    opts
+}
+
+fn load_modules(sys: &mut dyn InitSys, debug: bool) -> ModuleResults {
+    let text = match sys.read_file(MODULES_LOAD) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            say(sys, &format!("no {MODULES_LOAD}; loading no modules"));
+            return ModuleResults::default();
+        }
+        Err(e) => {
+            say(
+                sys,
+                &format!("cannot read {MODULES_LOAD}: {e}; loading no modules"),
+            );
+            return ModuleResults {
+                failed: vec![(MODULES_LOAD.to_string(), e.to_string())],
+                ..ModuleResults::default()
+            };
+        }
+    };
+    let paths = parse_modules_load(&text);
+    let results = load_all(sys, &paths, debug);
+    say(
+        sys,
+        &format!(
+            "modules: {} loaded, {} already present, {} failed (of {} in {MODULES_LOAD})",
+            results.loaded,
+            results.present,
+            results.failed.len(),
+            paths.len()
+        ),
+    );
+    results
+}
+
+fn mount_root(
+    sys: &mut dyn InitSys,
+    opts: &InitOptions,
+    modules: &ModuleResults,
+) -> Result<(), Fatal> {
+    let (root, others) =
+        wait_for_root(sys, &opts.root_type, opts.root_wait, opts.debug).map_err(|nf| {
+            fatal(
+                Stage::BeforeRoot,
+                format!("{}; {}", nf.message(), modules.failures_phrase()),
+            )
+        })?;
+    say(
+        sys,
+        &format!(
+            "root partition /dev/{} (partition {} of {}, PARTUUID {}{})",
+            root.device,
+            root.number,
+            root.disk,
+            root.part_uuid,
+            if root.from_backup {
+                ", from the backup GPT header"
+            } else {
+                ""
+            }
+        ),
+    );
+    if !others.is_empty() {
+        say(
+            sys,
+            &format!(
+                "warning: also of type {}, not used: {}",
+                describe_type(&opts.root_type),
+                others.join(", ")
+            ),
+        );
+    }
+    sys.mkdir(SYSROOT)
+        .map_err(|e| fatal(Stage::BeforeRoot, format!("creating {SYSROOT}: {e}")))?;
+    let dev = format!("/dev/{}", root.device);
+    if let Err(e) = sys.mount(&dev, SYSROOT, Some("ext4"), MsFlags::MS_RDONLY, None) {
+        let hint = match e {
+            Errno::ENODEV => {
+                "; the kernel has no ext4 driver: ext4.ko (with crc32c_generic, jbd2, mbcache, \
+                 crc16) must be in modules.load"
+            }
+            Errno::EINVAL => "; the partition does not hold a valid ext4 filesystem",
+            _ => "",
+        };
+        return Err(fatal(
+            Stage::BeforeRoot,
+            format!(
+                "mounting {dev} (PARTUUID {}) read-only as ext4 on {SYSROOT}: {e}{hint}; {}",
+                root.part_uuid,
+                modules.failures_phrase()
+            ),
+        ));
+    }
+    say(sys, &format!("mounted {dev} read-only on {SYSROOT}"));
+    let tmpfs: [(&str, MsFlags, &str); 2] = [
+        ("var", MsFlags::empty(), "mode=0755"),
+        ("tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
+    ];
+    for (dir, flags, data) in tmpfs {
+        let target = format!("{SYSROOT}/{dir}");
+        if !sys.is_dir(&target) {
+            say(
+                sys,
+                &format!("warning: no /{dir} in the root filesystem; not mounting a tmpfs"),
+            );
+            continue;
+        }
+        sys.mount("tmpfs", &target, Some("tmpfs"), flags, Some(data))
+            .map_err(|e| {
+                fatal(
+                    Stage::BeforeRoot,
+                    format!("mounting tmpfs on {target}: {e}"),
+                )
+            })?;
+        say(sys, &format!("mounted tmpfs on /{dir} ({data})"));
+    }
+    Ok(())
+}
+
+fn switch_root(sys: &mut dyn InitSys, init_args: &[String], debug: bool) -> Result<(), Fatal> {
+    let present: Vec<&str> = INIT_CANDIDATES
+        .iter()
+        .copied()
+        .filter(|p| sys.exists_in_root(SYSROOT, p))
+        .collect();
+    if present.is_empty() {
+        return Err(fatal(
+            Stage::AfterRoot,
+            format!(
+                "no init program in the root filesystem: tried {} (is systemd in the image?)",
+                INIT_CANDIDATES.join(", ")
+            ),
+        ));
+    }
+    for api in ["/dev", "/proc", "/sys"] {
+        let target = format!("{SYSROOT}{api}");
+        if sys.is_dir(&target) {
+            sys.mount(api, &target, None, MsFlags::MS_MOVE, None)
+                .map_err(|e| fatal(Stage::AfterRoot, format!("moving {api} to {target}: {e}")))?;
+        } else {
+            say(
+                sys,
+                &format!("warning: no {api} in the root filesystem; unmounting it"),
+            );
+            // Best effort: the system's init will complain about the missing mount.
+            let _ = sys.umount_detach(api);
+        }
+    }
+    match sys.remove_old_root() {
+        Ok(summary) if debug => say(sys, &format!("initramfs cleaned up: {summary}")),
+        Ok(_) => {}
+        Err(why) => say(sys, &format!("warning: initramfs not cleaned up: {why}")),
+    }
+    let step = |r: Result<(), Errno>, what: &str| {
+        r.map_err(|e| fatal(Stage::AfterRoot, format!("{what}: {e}")))
+    };
+    step(sys.chdir(SYSROOT), "chdir to /sysroot")?;
+    step(
+        sys.mount(".", "/", None, MsFlags::MS_MOVE, None),
+        "moving /sysroot onto /",
+    )?;
+    step(sys.chroot("."), "chroot into the new root")?;
+    step(sys.chdir("/"), "chdir to the new /")?;
+    let mut errors = Vec::new();
+    for path in present {
+        let mut argv = vec![path.to_string()];
+        argv.extend(init_args.iter().cloned());
+        say(sys, &format!("switching to {path}"));
+        match sys.exec(path, &argv) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                say(sys, &format!("cannot execute {path}: {e}"));
+                errors.push(format!("{path}: {e}"));
+            }
+        }
+    }
+    Err(fatal(
+        Stage::AfterRoot,
+        format!(
+            "could not execute the system's init ({})",
+            errors.join("; ")
+        ),
+    ))
+}
+
+fn boot(
+    sys: &mut dyn InitSys,
+    init_args: &[String],
+    on_failure: &mut FailureAction,
+) -> Result<(), Fatal> {
+    say(
+        sys,
+        &format!("kiln-agent {} starting", env!("CARGO_PKG_VERSION")),
+    );
+    mount_api_filesystems(sys)?;
+    let opts = read_options(sys, on_failure);
+    if !opts.errors.is_empty() {
+        return Err(fatal(Stage::BeforeRoot, opts.errors.join("; ")));
+    }
+    let modules = load_modules(sys, opts.debug);
+    mount_root(sys, &opts, &modules)?;
+    switch_root(sys, init_args, opts.debug)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! The real machine behind [`InitSys`]: syscalls through nix, files through std.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::reboot::{reboot, RebootMode};
+use nix::sys::statfs::{statfs, TMPFS_MAGIC};
+
+use super::fsutil::{remove_tree_on_dev, resolve_in_root, RemoveStats};
+use super::modules::ModuleError;
+use super::InitSys;
+use crate::cmdline::FailureAction;
+
+/// statfs magic of ramfs (the kernel's `RAMFS_MAGIC`), which nix does not name.
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// The running system. Block device lookups go through `sys_block` and `dev` so that
+/// tests can point them at a directory that looks like sysfs.
+#[derive(Debug)]
+pub struct RealSys {
+    /// Normally /sys/class/block.
+    pub sys_block: PathBuf,
+    /// Normally /dev.
+    pub dev: PathBuf,
+    start: Instant,
+}
+
+impl Default for RealSys {
+    fn default() -> Self {
+        RealSys::new(PathBuf::from("/sys/class/block"), PathBuf::from("/dev"))
+    }
+}
+
+impl RealSys {
+    /// A RealSys looking for block devices in the given directories.
+    pub fn new(sys_block: PathBuf, dev: PathBuf) -> Self {
+        RealSys {
+            sys_block,
+            dev,
+            start: Instant::now(),
+        }
+    }
+}
+
+fn errno_of(e: &io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32))
+}
+
+fn fd_is_open(fd: i32) -> bool {
+    fcntl(fd, FcntlArg::F_GETFD).is_ok()
+}
+
+impl InitSys for RealSys {
+    fn log(&mut self, line: &str) {
+        // Never panic on a console error: PID 1 panicking panics the kernel.
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    fn mkdir(&mut self, path: &str) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn is_dir(&mut self, path: &str) -> bool {
+        Path::new(path).is_dir()
+    }
+
+    fn mount(
+        &mut self,
+        source: &str,
+        target: &str,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
+        mount(Some(source), target, fstype, flags, data)
+    }
+
+    fn umount_detach(&mut self, target: &str) -> Result<(), Errno> {
+        umount2(target, MntFlags::MNT_DETACH)
+    }
+
+    fn ensure_console(&mut self) {
+        // Without /dev/console in the initramfs the kernel starts init with fds 0-2
+        // closed and every message would be lost; open the console now that devtmpfs
+        // provides it.
+        let missing: Vec<i32> = (0..3).filter(|fd| !fd_is_open(*fd)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        let Ok(console) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console")
+        else {
+            return;
+        };
+        let fd = console.into_raw_fd();
+        for &target in &missing {
+            if target != fd {
+                let _ = nix::unistd::dup2(fd, target);
+            }
+        }
+        if !missing.contains(&fd) {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn load_module(&mut self, path: &str) -> Result<(), ModuleError> {
+        let file = File::open(path).map_err(|e| ModuleError::Open(errno_of(&e)))?;
+        finit_module(&file, c"", ModuleInitFlags::empty()).map_err(ModuleError::Load)
+    }
+
+    fn list_block(&mut self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.sys_block)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn read_sysfs_block(&mut self, rel: &str) -> io::Result<String> {
+        fs::read_to_string(self.sys_block.join(rel))
+    }
+
+    fn read_dev(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let path = self.dev.join(name);
+        let file = File::open(&path)?;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn dev_exists(&mut self, name: &str) -> bool {
+        self.dev.join(name).exists()
+    }
+
+    fn sleep(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn elapsed(&mut self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn exists_in_root(&mut self, root: &str, path: &str) -> bool {
+        resolve_in_root(Path::new(root), path).is_some_and(|p| p.is_file())
+    }
+
+    fn remove_old_root(&mut self) -> Result<String, String> {
+        // Only ever delete an initramfs: run by mistake on an installed system, this
+        // would otherwise wipe its root filesystem.
+        let st = statfs("/").map_err(|e| format!("statfs /: {e}"))?;
+        let magic = st.filesystem_type();
+        if magic != TMPFS_MAGIC && magic.0 as u64 != RAMFS_MAGIC {
+            return Err("/ is not a ramfs or tmpfs, so it is not an initramfs".to_string());
+        }
+        let dev = fs::symlink_metadata("/")
+            .map_err(|e| format!("stat /: {e}"))?
+            .dev();
+        let mut stats = RemoveStats::default();
+        remove_tree_on_dev(Path::new("/"), dev, &mut stats);
+        let mut summary = format!(
+            "{} files and {} directories removed ({} mount points skipped)",
+            stats.files, stats.dirs, stats.skipped_mounts
+        );
+        if let Some(first) = stats.first_error {
+            summary.push_str(&format!("; {} errors, first: {first}", stats.errors));
+        }
+        Ok(summary)
+    }
+
+    fn chdir(&mut self, path: &str) -> Result<(), Errno> {
+        nix::unistd::chdir(path)
+    }
+
+    fn chroot(&mut self, path: &str) -> Result<(), Errno> {
+        nix::unistd::chroot(path)
+    }
+
+    fn exec(&mut self, path: &str, argv: &[String]) -> Result<(), Errno> {
+        let to_c = |s: &str| CString::new(s).map_err(|_| Errno::EINVAL);
+        let cpath = to_c(path)?;
+        let cargs = argv
+            .iter()
+            .map(|a| to_c(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        match nix::unistd::execv(&cpath, &cargs) {
+            Ok(never) => match never {},
+            Err(e) => Err(e),
+        }
+    }
+
+    fn halt(&mut self, action: FailureAction) {
+        let mode = match action {
+            FailureAction::Halt => None,
+            FailureAction::Poweroff => Some(RebootMode::RB_POWER_OFF),
+            FailureAction::Reboot => Some(RebootMode::RB_AUTOBOOT),
+        };
+        if let Some(mode) = mode {
+            nix::unistd::sync();
+            let Err(e) = reboot(mode);
+            self.log(&format!(
+                "kiln-init: reboot(2) failed: {e}; halting instead"
+            ));
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `report` mode: one status line on the console for people and the QEMU tests, e.g.
+//!
+//! ```text
+//! kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=ro var=tmpfs stub="systemd-stub 252.x" state=running failed=0
+//! ```
+//!
+//! It waits for systemd to finish starting up, so its unit must not hold up start-up
+//! itself: use `Type=simple` (or `idle`), not `Type=oneshot`, or
+//! `systemctl is-system-running --wait` waits for the report's own start job.
+
+pub mod mountinfo;
+pub mod real;
+
+use std::io;
+use std::time::Duration;
+
+use mountinfo::{mounted_on, parse_mountinfo, parse_proc_mounts, Mount};
+
+/// The EFI variable systemd-stub sets to its name and version.
+pub const STUB_INFO: &str =
+    "/sys/firmware/efi/efivars/StubInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Default limit for waiting on systemd.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Limit for listing failed units (systemd is up by then; this only guards a hang).
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandResult {
+    /// It ran to the end (any exit status).
+    Exited {
+        /// Exit status 0.
+        success: bool,
+        /// What it printed on stdout.
+        stdout: String,
+    },
+    /// It ran past the limit and was killed.
+    TimedOut,
+    /// It could not be started.
+    Failed(String),
+}
+
+/// Everything report reads from the system.
+pub trait ReportSys {
+    /// uname(2): (machine, release).
+    fn uname(&mut self) -> (String, String);
+    /// Reads a whole file.
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
+    /// Runs a program, killing it after `timeout`.
+    fn run(&mut self, program: &str, args: &[&str], timeout: Duration) -> CommandResult;
+    /// A diagnostic for stderr (the journal), never the report line.
+    fn note(&mut self, msg: &str);
+}
+
+/// What the report found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// uname machine.
+    pub arch: String,
+    /// uname release.
+    pub kernel: String,
+    /// The mount on `/`, if the mount table could be read.
+    pub root: Option<Mount>,
+    /// The mount on `/var`, if any.
+    pub var: Option<Mount>,
+    /// The boot stub's self-description, if it left one.
+    pub stub: Option<String>,
+    /// systemd's state word (`running`, `degraded`, ... or `timeout`/`unknown`).
+    pub state: String,
+    /// Failed unit names, or None if they could not be listed.
+    pub failed: Option<Vec<String>>,
+}
+
+/// Decodes StubInfo/LoaderInfo-style EFI variables: 4 bytes of attributes, then a
+/// NUL-terminated UTF-16LE string.
+pub fn decode_efi_string(bytes: &[u8]) -> Option<String> {
+    let body = bytes.get(4..)?;
+    let units: Vec<u16> = body
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    if units.is_empty() {
+        return None;
+    }
+    Some(String::from_utf16_lossy(&units))
+}
+
+/// Unit names from `systemctl list-units --failed --plain --no-legend`.
+pub fn parse_failed_units(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            // Some systemctl versions keep the status bullet even with --plain.
+            line.split_whitespace().find(|w| *w != "●" && *w != "*")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Quotes a value for the report line when it would otherwise break the `key=value`
+/// word structure.
+fn quoted(value: &str) -> String {
+    let mut out = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' | '\t' => out.push(' '),
+            _ => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn word(value: &str) -> String {
+    if value.is_empty()
+        || value
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
+        quoted(value)
+    } else {
+        value.to_string()
+    }
+}
+
+impl Report {
+    /// True when `/` is mounted read-only.
+    pub fn root_read_only(&self) -> bool {
+        self.root.as_ref().is_some_and(Mount::read_only)
+    }
+
+    /// The healthy outcome: systemd reports `running` and the root is read-only.
+    pub fn healthy(&self) -> bool {
+        self.state == "running" && self.root_read_only()
+    }
+
+    /// The one line printed on the console.
+    pub fn line(&self) -> String {
+        let (root, mode) = match &self.root {
+            Some(m) => (word(&m.source), if m.read_only() { "ro" } else { "rw" }),
+            None => ("unknown".to_string(), "unknown"),
+        };
+        let var = match &self.var {
+            None => "none".to_string(),
+            Some(m) if m.source == m.fstype || !m.source.starts_with('/') => word(&m.fstype),
+            Some(m) => word(&format!("{}:{}", m.fstype, m.source)),
+        };
+        let stub = match &self.stub {
+            Some(s) => quoted(s),
+            None => "none".to_string(),
+        };
+        let failed = match &self.failed {
+            None => "unknown".to_string(),
+            Some(units) if units.is_empty() => "0".to_string(),
+            Some(units) => word(&format!("{}({})", units.len(), units.join(","))),
+        };
+        format!(
+            "kiln-report: arch={} kernel={} root={root} root_mode={mode} var={var} stub={stub} \
+             state={} failed={failed}",
+            word(&self.arch),
+            word(&self.kernel),
+            word(&self.state),
+        )
+    }
+}
+
+fn read_mounts(sys: &mut dyn ReportSys) -> Option<Vec<Mount>> {
+    match sys.read_file("/proc/self/mountinfo") {
+        Ok(b) => return Some(parse_mountinfo(&String::from_utf8_lossy(&b))),
+        Err(e) => sys.note(&format!("reading /proc/self/mountinfo: {e}")),
+    }
+    match sys.read_file("/proc/mounts") {
+        Ok(b) => Some(parse_proc_mounts(&String::from_utf8_lossy(&b))),
+        Err(e) => {
+            sys.note(&format!("reading /proc/mounts: {e}"));
+            None
+        }
+    }
+}
+
+/// Gathers the report. `timeout` bounds the wait for systemd to settle.
+pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
+    let (arch, kernel) = sys.uname();
+    let mounts = read_mounts(sys).unwrap_or_default();
+    let root = mounted_on(&mounts, "/").cloned();
+    let var = mounted_on(&mounts, "/var").cloned();
+    let stub = match sys.read_file(STUB_INFO) {
+        Ok(bytes) => decode_efi_string(&bytes),
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                sys.note(&format!("reading {STUB_INFO}: {e}"));
+            }
+            None
+        }
+    };
+    let state = match sys.run("systemctl", &["is-system-running", "--wait"], timeout) {
+        // The exit status is non-zero for anything but "running"; the word says which.
+        CommandResult::Exited { stdout, .. } => stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or("unknown")
+            .to_string(),
+        CommandResult::TimedOut => {
+            sys.note(&format!(
+                "systemctl is-system-running --wait did not finish within {} s",
+                timeout.as_secs()
+            ));
+            "timeout".to_string()
+        }
+        CommandResult::Failed(why) => {
+            sys.note(&format!("running systemctl: {why}"));
+            "unknown".to_string()
+        }
+    };
+    let failed = match sys.run(
+        "systemctl",
+        &["list-units", "--failed", "--plain", "--no-legend"],
+        LIST_TIMEOUT,
+    ) {
+        CommandResult::Exited {
+            success: true,
+            stdout,
+        } => Some(parse_failed_units(&stdout)),
+        other => {
+            sys.note(&format!("systemctl list-units --failed: {other:?}"));
+            None
+        }
+    };
+    Report {
+        arch,
+        kernel,
+        root,
+        var,
+        stub,
+        state,
+        failed,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+use super::*;
+
+fn efi_var(s: &str) -> Vec<u8> {
+    // Attributes: NV|BS|RT as systemd-stub sets them.
+    let mut v = 0x0000_0006u32.to_le_bytes().to_vec();
+    for u in s.encode_utf16() {
+        v.extend_from_slice(&u.to_le_bytes());
+    }
+    v.extend_from_slice(&[0, 0]);
+    v
+}
+
+#[derive(Default)]
+struct Fake {
+    files: BTreeMap<String, Vec<u8>>,
+    commands: BTreeMap<String, CommandResult>,
+    notes: Vec<String>,
+    timeouts: Vec<Duration>,
+}
+
+impl ReportSys for Fake {
+    fn uname(&mut self) -> (String, String) {
+        ("x86_64".into(), "6.1.0-28-amd64".into())
+    }
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+    fn run(&mut self, program: &str, args: &[&str], timeout: Duration) -> CommandResult {
+        self.timeouts.push(timeout);
+        let key = format!("{program} {}", args.join(" "));
+        self.commands
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| CommandResult::Failed(format!("{key}: not found")))
+    }
+    fn note(&mut self, msg: &str) {
+        self.notes.push(msg.to_string());
+    }
+}
+
+const MOUNTINFO: &str = "\
+1 0 0:1 / / rw - rootfs rootfs rw
+25 1 254:2 / / ro,relatime shared:1 - ext4 /dev/vda2 ro
+31 25 0:27 / /var rw,relatime shared:9 - tmpfs tmpfs rw,mode=755
+";
+
+fn exited(stdout: &str, success: bool) -> CommandResult {
+    CommandResult::Exited {
+        success,
+        stdout: stdout.into(),
+    }
+}
+
+fn healthy_system() -> Fake {
+    let mut f = Fake::default();
+    f.files
+        .insert("/proc/self/mountinfo".into(), MOUNTINFO.as_bytes().to_vec());
+    f.files
+        .insert(STUB_INFO.into(), efi_var("systemd-stub 252.33-1~deb12u1"));
+    f.commands.insert(
+        "systemctl is-system-running --wait".into(),
+        exited("running\n", true),
+    );
+    f.commands.insert(
+        "systemctl list-units --failed --plain --no-legend".into(),
+        exited("", true),
+    );
+    f
+}
+
+#[test]
+fn decodes_stub_info() {
+    assert_eq!(
+        decode_efi_string(&efi_var("systemd-stub 252.x")).as_deref(),
+        Some("systemd-stub 252.x")
+    );
+    // No terminator, an odd trailing byte: still decoded up to what is there.
+    let mut v = efi_var("abc");
+    v.truncate(v.len() - 2);
+    v.push(0x41);
+    assert_eq!(decode_efi_string(&v).as_deref(), Some("abc"));
+    assert_eq!(decode_efi_string(&[6, 0, 0]), None);
+    assert_eq!(decode_efi_string(&[6, 0, 0, 0, 0, 0]), None);
+}
+
+#[test]
+fn parses_failed_units() {
+    let out = "foo.service loaded failed failed Foo daemon\n\
+               ● bar.mount   loaded failed failed /bar\n\n";
+    assert_eq!(parse_failed_units(out), ["foo.service", "bar.mount"]);
+    assert!(parse_failed_units("").is_empty());
+}
+
+#[test]
+fn healthy_line_and_exit() {
+    let mut f = healthy_system();
+    let r = collect(&mut f, Duration::from_secs(120));
+    assert_eq!(
+        r.line(),
+        "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=ro var=tmpfs \
+         stub=\"systemd-stub 252.33-1~deb12u1\" state=running failed=0"
+    );
+    assert!(r.healthy());
+    assert_eq!(f.timeouts[0], Duration::from_secs(120));
+    assert!(f.notes.is_empty(), "{:?}", f.notes);
+}
+
+#[test]
+fn degraded_rw_and_missing_pieces() {
+    let mut f = healthy_system();
+    f.files.remove(STUB_INFO);
+    f.files.insert(
+        "/proc/self/mountinfo".into(),
+        b"25 1 254:2 / / rw - ext4 /dev/vda2 rw\n40 25 254:4 / /var rw - ext4 /dev/vda4 rw\n"
+            .to_vec(),
+    );
+    f.commands.insert(
+        "systemctl is-system-running --wait".into(),
+        exited("degraded\n", false),
+    );
+    f.commands.insert(
+        "systemctl list-units --failed --plain --no-legend".into(),
+        exited(
+            "foo.service loaded failed failed Foo\nbar.service loaded failed failed Bar\n",
+            true,
+        ),
+    );
+    let r = collect(&mut f, Duration::from_secs(5));
+    assert_eq!(
+        r.line(),
+        "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=rw \
+         var=ext4:/dev/vda4 stub=none state=degraded failed=2(foo.service,bar.service)"
+    );
+    assert!(!r.healthy());
+}
+
+#[test]
+fn running_but_writable_root_is_unhealthy() {
+    let mut f = healthy_system();
+    f.files.insert(
+        "/proc/self/mountinfo".into(),
+        b"25 1 254:2 / / rw - ext4 /dev/vda2 rw\n".to_vec(),
+    );
+    let r = collect(&mut f, Duration::from_secs(5));
+    assert_eq!(r.state, "running");
+    assert!(!r.healthy());
+    assert!(r.line().contains(" var=none "), "{}", r.line());
+}
+
+#[test]
+fn timeout_and_no_systemctl() {
+    let mut f = healthy_system();
+    f.commands.insert(
+        "systemctl is-system-running --wait".into(),
+        CommandResult::TimedOut,
+    );
+    f.commands
+        .remove("systemctl list-units --failed --plain --no-legend");
+    // Without mountinfo the fallback /proc/mounts is used.
+    f.files.remove("/proc/self/mountinfo");
+    f.files.insert(
+        "/proc/mounts".into(),
+        b"/dev/vda2 / ext4 ro,relatime 0 0\n".to_vec(),
+    );
+    let r = collect(&mut f, Duration::from_secs(7));
+    let line = r.line();
+    assert!(line.contains(" root=/dev/vda2 root_mode=ro "), "{line}");
+    assert!(line.ends_with(" state=timeout failed=unknown"), "{line}");
+    assert!(!r.healthy());
+    assert!(
+        f.notes.iter().any(|n| n.contains("within 7 s")),
+        "{:?}",
+        f.notes
+    );
+
+    let mut f = Fake::default();
+    let r = collect(&mut f, Duration::from_secs(7));
+    assert_eq!(
+        r.line(),
+        "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=unknown root_mode=unknown \
+         var=none stub=none state=unknown failed=unknown"
+    );
+}
+
+#[test]
+fn odd_values_are_quoted() {
+    let mut f = healthy_system();
+    f.files
+        .insert(STUB_INFO.into(), efi_var("stub \"v2\" \\ x"));
+    let r = collect(&mut f, Duration::from_secs(1));
+    assert!(
+        r.line().contains(r#" stub="stub \"v2\" \\ x" "#),
+        "{}",
+        r.line()
+    );
+}
