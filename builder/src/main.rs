@@ -1,2 +1,281 @@
-//! The `kiln` command line.
-fn main() {}
+//! `kiln`: bakes immutable node images from a declarative profile.
+//!
+//! A thin shell over the `kiln` library: parse arguments, set up logging and
+//! progress, call the library, turn errors into one clear message.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln::arch::Arch;
+
+/// Bakes immutable, bootable node images: one declarative profile in,
+/// UEFI disk images for x86_64 and arm64 out.
+///
+/// Typical use:
+///   kiln lock  profiles/qemu.toml
+///   kiln build profiles/qemu.toml --arch all --out out/
+///   kiln run   out/qemu-x86_64.raw
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Print only errors (no progress bars, no summaries).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Package cache folder (content-addressed, shared by all profiles).
+    /// Default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln.
+    #[arg(long, global = true, env = "KILN_CACHE", value_name = "DIR")]
+    cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Resolve every package of a profile for each of its arches and pin
+    /// name, version, file and sha256 in <profile>.lock next to it.
+    ///
+    /// The package indexes come from the Debian archive through apt (which
+    /// checks the archive's signatures) in a private state folder; the host's
+    /// apt state is never touched. An existing lock that still matches the
+    /// profile is kept unless --update is given.
+    Lock {
+        /// The profile (e.g. profiles/qemu.toml).
+        profile: PathBuf,
+        /// Re-resolve even if the lock matches the profile (picks up new
+        /// package versions, e.g. security updates).
+        #[arg(long)]
+        update: bool,
+    },
+    /// Download the locked packages into the cache, verifying size and sha256.
+    /// Packages already in the cache are verified, not downloaded again.
+    Fetch {
+        /// The profile.
+        profile: PathBuf,
+        /// Which arch(es) to fetch for.
+        #[arg(long, value_enum, default_value = "all")]
+        arch: ArchArg,
+    },
+    /// Build disk images from a profile and its lock.
+    ///
+    /// Writes <name>-<arch>.raw and <name>-<arch>.manifest.json per arch into
+    /// the output folder, atomically: on any error or Ctrl-C nothing is left
+    /// there. Missing packages are fetched first; the lock is never
+    /// re-resolved silently.
+    Build {
+        /// The profile.
+        profile: PathBuf,
+        /// Which arch(es) to build. Default: the host's.
+        #[arg(long, value_enum)]
+        arch: Option<ArchArg>,
+        /// Output folder.
+        #[arg(long, default_value = "out", value_name = "DIR")]
+        out: PathBuf,
+        /// Timestamp (seconds since 1970) that every file time is clamped
+        /// to. Default: SOURCE_DATE_EPOCH, else the newest file time in the
+        /// locked packages.
+        #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+        source_date_epoch: Option<i64>,
+    },
+    /// Boot an image in QEMU with UEFI firmware (OVMF / AAVMF) under TCG,
+    /// with the serial console on this terminal. Quit with Ctrl-A X.
+    Run {
+        /// The disk image (raw).
+        image: PathBuf,
+        /// Guest arch. Default: from the image's root partition type.
+        #[arg(long, value_enum)]
+        arch: Option<SingleArch>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Keep what the guest writes to the disk (default: discard it, so
+        /// the image stays the bytes the manifest describes).
+        #[arg(long)]
+        persist: bool,
+        /// Extra QEMU arguments, after `--`.
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ArchArg {
+    /// x86_64 (amd64)
+    #[value(name = "x86_64", alias = "amd64")]
+    X86_64,
+    /// arm64 (aarch64)
+    #[value(name = "arm64", alias = "aarch64")]
+    Arm64,
+    /// every arch the profile lists
+    All,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SingleArch {
+    /// x86_64 (amd64)
+    #[value(name = "x86_64", alias = "amd64")]
+    X86_64,
+    /// arm64 (aarch64)
+    #[value(name = "arm64", alias = "aarch64")]
+    Arm64,
+}
+
+impl From<SingleArch> for Arch {
+    fn from(a: SingleArch) -> Arch {
+        match a {
+            SingleArch::X86_64 => Arch::X86_64,
+            SingleArch::Arm64 => Arch::Arm64,
+        }
+    }
+}
+
+fn arches_for(arg: Option<ArchArg>, profile: &kiln::profile::Profile) -> anyhow::Result<Vec<Arch>> {
+    let wanted = match arg {
+        Some(ArchArg::All) => return Ok(profile.arches.clone()),
+        Some(ArchArg::X86_64) => Arch::X86_64,
+        Some(ArchArg::Arm64) => Arch::Arm64,
+        None => Arch::host().context("this host is neither x86_64 nor arm64: pass --arch")?,
+    };
+    if !profile.arches.contains(&wanted) {
+        anyhow::bail!(
+            "{}: profile does not build for {wanted} (arches = {:?}); pass --arch with one of them",
+            profile.path.display(),
+            profile.arches.iter().map(|a| a.name()).collect::<Vec<_>>()
+        );
+    }
+    Ok(vec![wanted])
+}
+
+fn init_logging(g: &Global) {
+    let level = if g.quiet {
+        "error"
+    } else {
+        match g.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kiln={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    kiln::output::install_interrupt_cleanup();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line per cause, most specific last, so the real reason is visible.
+            let mut msg = format!("kiln: error: {e}");
+            for cause in e.chain().skip(1) {
+                msg.push_str(&format!(": {cause}"));
+            }
+            eprintln!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    let ui = kiln::build::Ui::new(g.quiet);
+    let cache = || -> anyhow::Result<kiln::fetch::Cache> {
+        Ok(match &g.cache {
+            Some(dir) => kiln::fetch::Cache::new(dir.clone()),
+            None => kiln::fetch::Cache::from_env()?,
+        })
+    };
+    match cli.command {
+        Command::Lock { profile, update } => {
+            let profile = kiln::profile::Profile::load(&profile)?;
+            let outcome = kiln::build::lock(&profile, &cache()?, update, &ui)?;
+            if !g.quiet {
+                println!("{outcome}");
+            }
+        }
+        Command::Fetch { profile, arch } => {
+            let profile = kiln::profile::Profile::load(&profile)?;
+            let arches = arches_for(Some(arch), &profile)?;
+            let n = kiln::build::fetch(&profile, &arches, &cache()?, &ui)?;
+            if !g.quiet {
+                println!("{n} packages verified in the cache");
+            }
+        }
+        Command::Build {
+            profile,
+            arch,
+            out,
+            source_date_epoch,
+        } => {
+            let profile = kiln::profile::Profile::load(&profile)?;
+            let arches = arches_for(arch, &profile)?;
+            let opts = kiln::build::BuildOptions {
+                arches,
+                out,
+                epoch: source_date_epoch,
+                agent: kiln::build::AgentSource::from_env(),
+            };
+            let results = kiln::build::build(&profile, &cache()?, &opts, &ui)?;
+            if !g.quiet {
+                for r in results {
+                    println!("{r}");
+                }
+            }
+        }
+        Command::Run {
+            image,
+            arch,
+            memory,
+            cpus,
+            persist,
+            qemu_args,
+        } => {
+            let arch = match arch {
+                Some(a) => a.into(),
+                None => kiln::build::image_arch(&image)?,
+            };
+            let mut vm = kiln::qemu::Vm::new(arch, &image);
+            vm.memory_mib = memory;
+            vm.cpus = cpus;
+            vm.snapshot = !persist;
+            vm.extra = qemu_args;
+            let scratch = tempfile::tempdir()
+                .context("creating a scratch folder for the firmware variables")?;
+            let mut cmd = vm.command(scratch.path())?;
+            eprintln!(
+                "kiln: booting {} ({arch}) under TCG; quit with Ctrl-A X",
+                image.display()
+            );
+            let status = cmd
+                .status()
+                .with_context(|| format!("starting {}", kiln::qemu::qemu_binary(arch)))?;
+            return Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,1 +1,695 @@
-//! TODO
+//! Writes a [`DiskPlan`] as a GPT disk image file, and reads GPTs back.
+//!
+//! [`create_image`] makes a sparse file of the planned size holding the
+//! protective MBR, the primary GPT (header at LBA 1, entries from LBA 2) and
+//! the backup GPT (entries, then the header in the last sector). Partition
+//! contents then go in through [`ImageFile::write_partition`] (a reader) or a
+//! [`PartitionWindow`] (positioned writes, also a [`mkext4::RegionSink`] so
+//! the ext4 and FAT writers stream straight into the image). Zero regions are
+//! never written: a fresh image file is sparse and already reads as zeros.
+//!
+//! [`read_gpt`] validates a disk's GPT (signatures, both header CRCs, both
+//! entry array CRCs) and lists its partitions.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::plan::{DiskPlan, Guid, PartitionRole, PlannedPartition, GPT_NAME_MAX_UNITS};
+
+const SECTOR: u64 = 512;
+const HEADER_SIZE: u32 = 92;
+const GPT_REVISION_1_0: u32 = 0x0001_0000;
+const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
+/// MBR partition type of the protective partition that covers a GPT disk.
+const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
+/// Largest entry array [`read_gpt`] accepts, so a corrupt header cannot make
+/// it allocate gigabytes.
+const MAX_ENTRY_ARRAY_BYTES: u64 = 1 << 20;
+/// Copy buffer for [`ImageFile::write_partition`].
+const COPY_CHUNK: usize = 4 << 20;
+
+/// Errors of writing or reading disk images.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// An I/O operation on the image failed.
+    #[error("{}: {action}: {source}", path.display())]
+    Io {
+        /// The image file.
+        path: PathBuf,
+        /// What kiln was doing.
+        action: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Reading partition content from the caller's reader failed.
+    #[error("reading the content of partition `{name}` for {}: {source}", path.display())]
+    Source {
+        /// The image file.
+        path: PathBuf,
+        /// The partition name.
+        name: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The plan has no partition of that role.
+    #[error("the disk plan of {} has no {role} partition", path.display())]
+    NotPlanned {
+        /// The image file.
+        path: PathBuf,
+        /// The missing role.
+        role: PartitionRole,
+    },
+    /// Content is longer than its partition.
+    #[error(
+        "{len} bytes of content do not fit partition `{name}` ({size} bytes) in {}; \
+         the partition is sized by the plan, so re-plan with the final content size \
+         (for the ESP: raise `disk.esp_size` in the profile)",
+        path.display()
+    )]
+    TooLarge {
+        /// The image file.
+        path: PathBuf,
+        /// The partition name.
+        name: String,
+        /// Bytes of content offered (at least).
+        len: u64,
+        /// Bytes the partition holds.
+        size: u64,
+    },
+    /// The plan contradicts itself (a bug in the caller, not in a profile).
+    #[error("inconsistent disk plan: {0}")]
+    BadPlan(String),
+    /// The file does not hold a valid GPT.
+    #[error("{}: not a valid GPT disk: {what}", path.display())]
+    BadGpt {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// One used entry of a GPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionEntry {
+    /// 1-based entry number (what `sgdisk -i N` takes).
+    pub number: u32,
+    /// Partition type GUID.
+    pub type_guid: Guid,
+    /// Unique partition GUID.
+    pub unique_guid: Guid,
+    /// First sector.
+    pub first_lba: u64,
+    /// Last sector (inclusive).
+    pub last_lba: u64,
+    /// Attribute bits (see [`crate::plan::attr`]).
+    pub attributes: u64,
+    /// Partition name.
+    pub name: String,
+}
+
+/// A validated GPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptTable {
+    /// Disk GUID.
+    pub disk_guid: Guid,
+    /// First usable LBA.
+    pub first_usable_lba: u64,
+    /// Last usable LBA (inclusive).
+    pub last_usable_lba: u64,
+    /// LBA of the backup header.
+    pub backup_lba: u64,
+    /// Used entries, in entry order.
+    pub partitions: Vec<PartitionEntry>,
+}
+
+/// An image file whose partition table has been written.
+#[derive(Debug)]
+pub struct ImageFile {
+    path: PathBuf,
+    file: File,
+    plan: DiskPlan,
+}
+
+/// A partition's byte range in an image file, for positioned writes.
+///
+/// Offsets passed to it are relative to the start of the partition; writes
+/// past its end are refused. As a [`mkext4::RegionSink`] it writes data
+/// regions and skips zero regions, relying on the fresh image being sparse.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionWindow<'a> {
+    file: &'a File,
+    path: &'a Path,
+    part: &'a PlannedPartition,
+}
+
+impl PartitionWindow<'_> {
+    /// The image file (for callers that want their own positioned I/O).
+    pub fn file(&self) -> &File {
+        self.file
+    }
+
+    /// The partition being written.
+    pub fn partition(&self) -> &PlannedPartition {
+        self.part
+    }
+
+    /// Byte offset of the partition in the image.
+    pub fn offset(&self) -> u64 {
+        self.part.offset()
+    }
+
+    /// Size of the partition in bytes.
+    pub fn len(&self) -> u64 {
+        self.part.size()
+    }
+
+    /// Whether the partition is empty (never true for a planned partition).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check_range(&self, pos: u64, len: u64) -> Result<(), DiskError> {
+        match pos.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(DiskError::TooLarge {
+                path: self.path.to_path_buf(),
+                name: self.part.name.clone(),
+                len: pos.saturating_add(len),
+                size: self.len(),
+            }),
+        }
+    }
+
+    /// Writes `bytes` at `pos` bytes into the partition.
+    pub fn write_at(&self, pos: u64, bytes: &[u8]) -> Result<(), DiskError> {
+        self.check_range(pos, bytes.len() as u64)?;
+        self.file
+            .write_all_at(bytes, self.offset() + pos)
+            .map_err(|source| DiskError::Io {
+                path: self.path.to_path_buf(),
+                action: "writing partition content",
+                source,
+            })
+    }
+}
+
+fn to_io(e: DiskError) -> io::Error {
+    match e {
+        DiskError::Io {
+            source,
+            path,
+            action,
+        } => io::Error::new(
+            source.kind(),
+            format!("{}: {action}: {source}", path.display()),
+        ),
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+impl mkext4::RegionSink for PartitionWindow<'_> {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        self.write_at(offset, bytes).map_err(to_io)
+    }
+
+    fn zeros(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        // The image was created sparse and each partition is written once,
+        // so these bytes already read as zero.
+        self.check_range(offset, len).map_err(to_io)
+    }
+}
+
+impl ImageFile {
+    /// The image file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The plan the image was created from.
+    pub fn plan(&self) -> &DiskPlan {
+        &self.plan
+    }
+
+    /// The open image file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The byte window of the partition with `role`.
+    pub fn window(&self, role: PartitionRole) -> Result<PartitionWindow<'_>, DiskError> {
+        let part = self
+            .plan
+            .partition(role)
+            .ok_or_else(|| DiskError::NotPlanned {
+                path: self.path.clone(),
+                role,
+            })?;
+        Ok(PartitionWindow {
+            file: &self.file,
+            path: &self.path,
+            part,
+        })
+    }
+
+    /// Copies everything `reader` yields to the start of the partition with
+    /// `role` and returns the number of bytes written. Content longer than
+    /// the partition is refused with both sizes named; the rest of a shorter
+    /// partition stays zero.
+    pub fn write_partition(
+        &self,
+        role: PartitionRole,
+        mut reader: impl Read,
+    ) -> Result<u64, DiskError> {
+        let window = self.window(role)?;
+        let source_err = |source| DiskError::Source {
+            path: self.path.clone(),
+            name: window.part.name.clone(),
+            source,
+        };
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut pos = 0u64;
+        loop {
+            let n = read_full(&mut reader, &mut buf).map_err(source_err)?;
+            if n == 0 {
+                return Ok(pos);
+            }
+            if pos + n as u64 > window.len() {
+                // Count the rest so the error names the real content size.
+                let rest = io::copy(&mut reader, &mut io::sink()).map_err(source_err)?;
+                return Err(DiskError::TooLarge {
+                    path: self.path.clone(),
+                    name: window.part.name.clone(),
+                    len: pos + n as u64 + rest,
+                    size: window.len(),
+                });
+            }
+            window.write_at(pos, &buf[..n])?;
+            pos += n as u64;
+        }
+    }
+
+    /// Flushes the image to stable storage and closes it.
+    pub fn finish(self) -> Result<(), DiskError> {
+        self.file.sync_all().map_err(|source| DiskError::Io {
+            path: self.path,
+            action: "syncing the image",
+            source,
+        })
+    }
+}
+
+/// Fills `buf` as far as the reader allows; returns fewer bytes only at EOF.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The partition table structures of a plan, encoded.
+struct GptBytes {
+    mbr: [u8; 512],
+    primary_header: [u8; 512],
+    backup_header: [u8; 512],
+    entries: Vec<u8>,
+}
+
+fn check_plan(plan: &DiskPlan) -> Result<(), DiskError> {
+    let bad = |m: String| Err(DiskError::BadPlan(m));
+    if plan.sector_size != SECTOR {
+        return bad(format!(
+            "sector size {} (kiln writes 512-byte sectors)",
+            plan.sector_size
+        ));
+    }
+    if plan.total_size % SECTOR != 0 {
+        return bad(format!(
+            "disk size {} is not a whole number of sectors",
+            plan.total_size
+        ));
+    }
+    if plan.entry_size < 128 || plan.entry_size % 8 != 0 {
+        return bad(format!("GPT entry size {}", plan.entry_size));
+    }
+    if plan.partitions.len() > plan.entry_count as usize {
+        return bad(format!(
+            "{} partitions but only {} GPT entries",
+            plan.partitions.len(),
+            plan.entry_count
+        ));
+    }
+    let array_sectors = entry_array_sectors(plan);
+    if plan.first_usable_lba < 2 + array_sectors
+        || plan.total_sectors() < plan.last_usable_lba + 2 + array_sectors
+        || plan.first_usable_lba > plan.last_usable_lba
+    {
+        return bad(format!(
+            "usable LBAs {}..={} leave no room for the GPT on a {}-sector disk",
+            plan.first_usable_lba,
+            plan.last_usable_lba,
+            plan.total_sectors()
+        ));
+    }
+    let mut prev_last: Option<u64> = None;
+    for p in &plan.partitions {
+        if p.first_lba < plan.first_usable_lba
+            || p.last_lba > plan.last_usable_lba
+            || p.last_lba < p.first_lba
+            || prev_last.is_some_and(|l| p.first_lba <= l)
+        {
+            return bad(format!(
+                "partition `{}` at LBAs {}..={} is outside {}..={} or overlaps its predecessor",
+                p.name, p.first_lba, p.last_lba, plan.first_usable_lba, plan.last_usable_lba
+            ));
+        }
+        if p.name.encode_utf16().count() > GPT_NAME_MAX_UNITS {
+            return bad(format!(
+                "partition name {:?} is longer than 36 UTF-16 units",
+                p.name
+            ));
+        }
+        prev_last = Some(p.last_lba);
+    }
+    Ok(())
+}
+
+fn entry_array_sectors(plan: &DiskPlan) -> u64 {
+    (plan.entry_count as u64 * plan.entry_size as u64).div_ceil(SECTOR)
+}
+
+fn protective_mbr(total_sectors: u64) -> [u8; 512] {
+    let mut mbr = [0u8; 512];
+    let e = &mut mbr[446..462];
+    e[0] = 0x00; // not bootable
+    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
+    e[4] = MBR_TYPE_GPT_PROTECTIVE;
+    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]); // CHS past the addressable range
+    e[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let covered = (total_sectors - 1).min(u32::MAX as u64) as u32;
+    e[12..16].copy_from_slice(&covered.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    mbr
+}
+
+fn encode_entries(plan: &DiskPlan) -> Vec<u8> {
+    let size = plan.entry_size as usize;
+    let mut out = vec![0u8; plan.entry_count as usize * size];
+    for (p, e) in plan.partitions.iter().zip(out.chunks_exact_mut(size)) {
+        e[0..16].copy_from_slice(&p.type_guid.to_gpt_bytes());
+        e[16..32].copy_from_slice(&p.unique_guid.to_gpt_bytes());
+        e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
+        e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
+        e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
+        for (i, unit) in p.name.encode_utf16().take(GPT_NAME_MAX_UNITS).enumerate() {
+            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
+        }
+    }
+    let array_len = entry_array_sectors(plan) as usize * SECTOR as usize;
+    out.resize(array_len, 0);
+    out
+}
+
+fn encode_header(
+    plan: &DiskPlan,
+    my_lba: u64,
+    alternate_lba: u64,
+    entries_lba: u64,
+    entries_crc: u32,
+) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[0..8].copy_from_slice(GPT_SIGNATURE);
+    h[8..12].copy_from_slice(&GPT_REVISION_1_0.to_le_bytes());
+    h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
+    h[24..32].copy_from_slice(&my_lba.to_le_bytes());
+    h[32..40].copy_from_slice(&alternate_lba.to_le_bytes());
+    h[40..48].copy_from_slice(&plan.first_usable_lba.to_le_bytes());
+    h[48..56].copy_from_slice(&plan.last_usable_lba.to_le_bytes());
+    h[56..72].copy_from_slice(&plan.disk_guid.to_gpt_bytes());
+    h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+    h[80..84].copy_from_slice(&plan.entry_count.to_le_bytes());
+    h[84..88].copy_from_slice(&plan.entry_size.to_le_bytes());
+    h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+    let crc = crc32fast::hash(&h[..HEADER_SIZE as usize]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn encode_gpt(plan: &DiskPlan) -> Result<GptBytes, DiskError> {
+    check_plan(plan)?;
+    let entries = encode_entries(plan);
+    let entries_crc =
+        crc32fast::hash(&entries[..plan.entry_count as usize * plan.entry_size as usize]);
+    let last = plan.total_sectors() - 1;
+    let backup_entries_lba = last - entry_array_sectors(plan);
+    Ok(GptBytes {
+        mbr: protective_mbr(plan.total_sectors()),
+        primary_header: encode_header(plan, 1, last, 2, entries_crc),
+        backup_header: encode_header(plan, last, 1, backup_entries_lba, entries_crc),
+        entries,
+    })
+}
+
+/// Creates (or truncates) `path` as a sparse file of the planned size and
+/// writes the protective MBR and both GPTs. Partition contents are written
+/// afterwards through the returned [`ImageFile`].
+pub fn create_image(path: &Path, plan: &DiskPlan) -> Result<ImageFile, DiskError> {
+    let gpt = encode_gpt(plan)?;
+    let io_err = |action| {
+        move |source| DiskError::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err("creating the image file"))?;
+    file.set_len(plan.total_size)
+        .map_err(io_err("setting the image size"))?;
+    let last = plan.total_sectors() - 1;
+    let backup_entries = (last - entry_array_sectors(plan)) * SECTOR;
+    let writes: [(u64, &[u8]); 5] = [
+        (0, &gpt.mbr),
+        (SECTOR, &gpt.primary_header),
+        (2 * SECTOR, &gpt.entries),
+        (backup_entries, &gpt.entries),
+        (last * SECTOR, &gpt.backup_header),
+    ];
+    for (offset, bytes) in writes {
+        file.write_all_at(bytes, offset)
+            .map_err(io_err("writing the partition table"))?;
+    }
+    Ok(ImageFile {
+        path: path.to_path_buf(),
+        file,
+        plan: plan.clone(),
+    })
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn guid_at(b: &[u8], at: usize) -> Guid {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[at..at + 16]);
+    Guid::from_gpt_bytes(&a)
+}
+
+/// A parsed, CRC-checked GPT header.
+struct Header {
+    my_lba: u64,
+    alternate_lba: u64,
+    first_usable: u64,
+    last_usable: u64,
+    disk_guid: Guid,
+    entries_lba: u64,
+    entry_count: u32,
+    entry_size: u32,
+    entries_crc: u32,
+}
+
+fn parse_header(sector: &[u8], which: &str) -> Result<Header, String> {
+    if &sector[0..8] != GPT_SIGNATURE {
+        return Err(format!("{which} header has no \"EFI PART\" signature"));
+    }
+    let size = le_u32(sector, 12);
+    if !(HEADER_SIZE..=SECTOR as u32).contains(&size) {
+        return Err(format!("{which} header size {size} is out of range"));
+    }
+    let stored_crc = le_u32(sector, 16);
+    let mut copy = sector[..size as usize].to_vec();
+    copy[16..20].fill(0);
+    let crc = crc32fast::hash(&copy);
+    if crc != stored_crc {
+        return Err(format!(
+            "{which} header CRC32 is {stored_crc:#010x} but its bytes give {crc:#010x}"
+        ));
+    }
+    let h = Header {
+        my_lba: le_u64(sector, 24),
+        alternate_lba: le_u64(sector, 32),
+        first_usable: le_u64(sector, 40),
+        last_usable: le_u64(sector, 48),
+        disk_guid: guid_at(sector, 56),
+        entries_lba: le_u64(sector, 72),
+        entry_count: le_u32(sector, 80),
+        entry_size: le_u32(sector, 84),
+        entries_crc: le_u32(sector, 88),
+    };
+    if h.entry_size < 128 || h.entry_size % 8 != 0 {
+        return Err(format!("{which} header has entry size {}", h.entry_size));
+    }
+    if h.entry_count as u64 * h.entry_size as u64 > MAX_ENTRY_ARRAY_BYTES {
+        return Err(format!(
+            "{which} header claims {} entries of {} bytes",
+            h.entry_count, h.entry_size
+        ));
+    }
+    Ok(h)
+}
+
+/// Reads and validates the GPT of the disk image at `path`: the protective
+/// MBR, both headers (signature, CRC, where they say they are) and both
+/// entry arrays (CRC). Returns the used entries.
+pub fn read_gpt(path: &Path) -> Result<GptTable, DiskError> {
+    let bad = |what: String| DiskError::BadGpt {
+        path: path.to_path_buf(),
+        what,
+    };
+    let io_err = |source| DiskError::Io {
+        path: path.to_path_buf(),
+        action: "reading the partition table",
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let total_sectors = len / SECTOR;
+    if total_sectors < 3 {
+        return Err(bad(format!("the file is only {len} bytes")));
+    }
+    let read_at = |offset: u64, n: u64| -> Result<Vec<u8>, DiskError> {
+        if offset.checked_add(n).is_none_or(|end| end > len) {
+            return Err(bad(format!(
+                "a table at byte {offset} ({n} bytes) lies past the end of the {len}-byte file"
+            )));
+        }
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact_at(&mut buf, offset).map_err(io_err)?;
+        Ok(buf)
+    };
+
+    let mbr = read_at(0, SECTOR)?;
+    if mbr[510..512] != [0x55, 0xAA] {
+        return Err(bad("sector 0 has no MBR boot signature 55 AA".into()));
+    }
+    if !(0..4).any(|i| mbr[446 + 16 * i + 4] == MBR_TYPE_GPT_PROTECTIVE) {
+        return Err(bad("the MBR has no protective (type EE) partition".into()));
+    }
+
+    let primary = parse_header(&read_at(SECTOR, SECTOR)?, "primary").map_err(bad)?;
+    if primary.my_lba != 1 {
+        return Err(bad(format!(
+            "primary header says it is at LBA {}",
+            primary.my_lba
+        )));
+    }
+    let array_len = primary.entry_count as u64 * primary.entry_size as u64;
+    let entries = read_at(primary.entries_lba * SECTOR, array_len)?;
+    let crc = crc32fast::hash(&entries);
+    if crc != primary.entries_crc {
+        return Err(bad(format!(
+            "primary entry array CRC32 is {:#010x} but its bytes give {crc:#010x}",
+            primary.entries_crc
+        )));
+    }
+
+    let backup =
+        parse_header(&read_at(primary.alternate_lba * SECTOR, SECTOR)?, "backup").map_err(bad)?;
+    if backup.my_lba != primary.alternate_lba || backup.alternate_lba != 1 {
+        return Err(bad(format!(
+            "backup header at LBA {} says it is at LBA {} with its alternate at {}",
+            primary.alternate_lba, backup.my_lba, backup.alternate_lba
+        )));
+    }
+    if (
+        backup.entry_count,
+        backup.entry_size,
+        backup.entries_crc,
+        backup.disk_guid,
+    ) != (
+        primary.entry_count,
+        primary.entry_size,
+        primary.entries_crc,
+        primary.disk_guid,
+    ) {
+        return Err(bad(
+            "the backup header does not match the primary header".into()
+        ));
+    }
+    let backup_entries = read_at(backup.entries_lba * SECTOR, array_len)?;
+    let crc = crc32fast::hash(&backup_entries);
+    if crc != backup.entries_crc {
+        return Err(bad(format!(
+            "backup entry array CRC32 is {:#010x} but its bytes give {crc:#010x}",
+            backup.entries_crc
+        )));
+    }
+
+    let mut partitions = Vec::new();
+    for (i, e) in entries
+        .chunks_exact(primary.entry_size as usize)
+        .enumerate()
+    {
+        let type_guid = guid_at(e, 0);
+        if type_guid.is_zero() {
+            continue;
+        }
+        let units: Vec<u16> = e[56..128]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        partitions.push(PartitionEntry {
+            number: i as u32 + 1,
+            type_guid,
+            unique_guid: guid_at(e, 16),
+            first_lba: le_u64(e, 32),
+            last_lba: le_u64(e, 40),
+            attributes: le_u64(e, 48),
+            name: String::from_utf16_lossy(&units),
+        });
+    }
+    Ok(GptTable {
+        disk_guid: primary.disk_guid,
+        first_usable_lba: primary.first_usable,
+        last_usable_lba: primary.last_usable,
+        backup_lba: primary.alternate_lba,
+        partitions,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,604 @@
-//! TODO
+//! The disk layout of an image, computed without touching anything.
+//!
+//! [`plan_disk`] turns sizes and a seed into a [`DiskPlan`]: which partitions
+//! exist, where each one starts and ends, and every GUID. Writers
+//! ([`crate::disk`], [`crate::fs`]) carry the plan out; keeping this pure lets
+//! the layout be tested, printed in the manifest and reasoned about before a
+//! single byte is written.
+//!
+//! Layout rules: 512-byte sectors, a protective MBR, a primary GPT header at
+//! LBA 1 with 128 entries of 128 bytes behind it, the first usable LBA at 2048
+//! (1 MiB), every partition starting on a 1 MiB boundary and rounded up to
+//! whole MiB (content may be shorter than its partition), and the backup
+//! entry array and header in the last 33 sectors. Space after the last partition is
+//! left free on purpose: the node grows its `var` partition into it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::arch::Arch;
+use crate::profile::format_size;
+
+/// Bytes per logical sector of every image kiln writes.
+pub const SECTOR_SIZE: u64 = 512;
+/// Every partition starts on a multiple of this many bytes (1 MiB), which is
+/// aligned for 4K-sector disks, SSD erase blocks and cloud block devices.
+pub const PARTITION_ALIGNMENT: u64 = 1 << 20;
+/// Number of entries in the GPT partition entry array.
+pub const GPT_ENTRY_COUNT: u32 = 128;
+/// Size of one GPT partition entry in bytes.
+pub const GPT_ENTRY_SIZE: u32 = 128;
+/// Sectors taken by one copy of the entry array (128 × 128 bytes = 32 sectors).
+pub const GPT_ENTRY_ARRAY_SECTORS: u64 =
+    (GPT_ENTRY_COUNT as u64 * GPT_ENTRY_SIZE as u64).div_ceil(SECTOR_SIZE);
+/// First LBA a partition may use (1 MiB into the disk).
+pub const FIRST_USABLE_LBA: u64 = PARTITION_ALIGNMENT / SECTOR_SIZE;
+/// Longest GPT partition name, in UTF-16 code units (72 bytes on disk).
+pub const GPT_NAME_MAX_UNITS: usize = 36;
+
+/// Sectors at the end of the disk that hold the backup GPT (entries + header).
+const BACKUP_GPT_SECTORS: u64 = GPT_ENTRY_ARRAY_SECTORS + 1;
+
+/// The EFI System Partition type GUID.
+pub const ESP_TYPE_GUID: Guid = Guid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b);
+
+/// GPT partition attribute bits (UEFI spec and the Discoverable Partitions
+/// Specification).
+pub mod attr {
+    /// Platform-required partition: tools must not delete it (UEFI bit 0).
+    pub const REQUIRED_PARTITION: u64 = 1 << 0;
+    /// Firmware must not produce a block I/O protocol for it (UEFI bit 1).
+    pub const NO_BLOCK_IO_PROTOCOL: u64 = 1 << 1;
+    /// Legacy BIOS bootable (UEFI bit 2).
+    pub const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
+    /// DPS: grow the file system to the partition size on mount (bit 59).
+    pub const GROWFS: u64 = 1 << 59;
+    /// DPS: mount read-only (bit 60).
+    pub const READ_ONLY: u64 = 1 << 60;
+    /// DPS: do not mount automatically (bit 63).
+    pub const NO_AUTO: u64 = 1 << 63;
+
+    /// Whether every bit of `flag` is set in `attributes`.
+    pub fn has(attributes: u64, flag: u64) -> bool {
+        attributes & flag == flag
+    }
+}
+
+/// A GUID, stored in its textual byte order (`00112233-4455-...` is
+/// `[0x00, 0x11, 0x22, 0x33, 0x44, 0x55, ...]`).
+///
+/// GPT stores the first three fields little-endian; use
+/// [`Guid::to_gpt_bytes`] / [`Guid::from_gpt_bytes`] for the on-disk form.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Guid([u8; 16]);
+
+impl Guid {
+    /// The all-zero GUID, which marks an unused GPT entry.
+    pub const ZERO: Guid = Guid([0; 16]);
+
+    /// A GUID from its 128-bit value as written (`0xc12a7328_f81f_...`).
+    pub const fn from_u128(v: u128) -> Guid {
+        Guid(v.to_be_bytes())
+    }
+
+    /// A GUID from its bytes in textual order.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Guid {
+        Guid(bytes)
+    }
+
+    /// The bytes in textual order.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Whether this is the all-zero GUID.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 16]
+    }
+
+    /// The mixed-endian form GPT (and EFI in general) stores on disk.
+    pub fn to_gpt_bytes(&self) -> [u8; 16] {
+        let b = self.0;
+        let mut out = b;
+        out[0..4].copy_from_slice(&[b[3], b[2], b[1], b[0]]);
+        out[4..6].copy_from_slice(&[b[5], b[4]]);
+        out[6..8].copy_from_slice(&[b[7], b[6]]);
+        out
+    }
+
+    /// Reads the mixed-endian on-disk form.
+    pub fn from_gpt_bytes(raw: &[u8; 16]) -> Guid {
+        // The swap is its own inverse.
+        Guid(*raw).to_gpt_bytes().into()
+    }
+
+    /// A version-4 / variant-1 GUID derived from `seed` and a domain string,
+    /// so that the same inputs always give the same GUID and different roles
+    /// never collide.
+    pub fn derive(seed: &[u8; 32], domain: &str) -> Guid {
+        let mut h = Sha256::new();
+        h.update(seed);
+        h.update(domain.as_bytes());
+        let digest = h.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        Guid(b)
+    }
+}
+
+impl From<[u8; 16]> for Guid {
+    fn from(b: [u8; 16]) -> Guid {
+        Guid(b)
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-\
+             {:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+            b[0],
+            b[1],
+            b[2],
+            b[3],
+            b[4],
+            b[5],
+            b[6],
+            b[7],
+            b[8],
+            b[9],
+            b[10],
+            b[11],
+            b[12],
+            b[13],
+            b[14],
+            b[15]
+        )
+    }
+}
+
+impl fmt::Debug for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Guid({self})")
+    }
+}
+
+/// A string that is not a GUID in 8-4-4-4-12 hex form.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?} is not a GUID: expected 8-4-4-4-12 hex digits like c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+)]
+pub struct GuidParseError(pub String);
+
+impl FromStr for Guid {
+    type Err = GuidParseError;
+
+    fn from_str(s: &str) -> Result<Guid, GuidParseError> {
+        let err = || GuidParseError(s.to_string());
+        let groups: Vec<&str> = s.split('-').collect();
+        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if lens != [8, 4, 4, 4, 12] {
+            return Err(err());
+        }
+        let hex: String = groups.concat();
+        let mut b = [0u8; 16];
+        for (i, out) in b.iter_mut().enumerate() {
+            let pair = hex.get(2 * i..2 * i + 2).ok_or_else(err)?;
+            *out = u8::from_str_radix(pair, 16).map_err(|_| err())?;
+        }
+        Ok(Guid(b))
+    }
+}
+
+impl Serialize for Guid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Guid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Guid, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a partition is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionRole {
+    /// The EFI System Partition (FAT) holding the UKI and `kiln.toml`.
+    Esp,
+    /// The read-only root file system (ext4).
+    Root,
+    /// The dm-verity hash tree of the root.
+    RootVerity,
+}
+
+impl PartitionRole {
+    /// The GPT partition name of this role on `arch` (`esp`, `root-x86_64`,
+    /// `root-x86_64-verity`).
+    pub fn label(self, arch: Arch) -> String {
+        match self {
+            PartitionRole::Esp => "esp".to_string(),
+            PartitionRole::Root => format!("root-{arch}"),
+            PartitionRole::RootVerity => format!("root-{arch}-verity"),
+        }
+    }
+}
+
+impl fmt::Display for PartitionRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PartitionRole::Esp => "esp",
+            PartitionRole::Root => "root",
+            PartitionRole::RootVerity => "root-verity",
+        })
+    }
+}
+
+/// An inclusive range of sectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbaRange {
+    /// First sector.
+    pub first: u64,
+    /// Last sector (inclusive, as in GPT).
+    pub last: u64,
+}
+
+impl LbaRange {
+    /// Number of sectors.
+    pub fn sectors(&self) -> u64 {
+        self.last + 1 - self.first
+    }
+
+    /// Byte offset of the first sector.
+    pub fn offset(&self) -> u64 {
+        self.first * SECTOR_SIZE
+    }
+
+    /// Length in bytes.
+    pub fn size(&self) -> u64 {
+        self.sectors() * SECTOR_SIZE
+    }
+}
+
+/// Everything the planner needs; all sizes are in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanInput {
+    /// Target architecture (picks the root type GUIDs and labels).
+    pub arch: Arch,
+    /// Whole disk size (`disk.size` in the profile).
+    pub disk_size: u64,
+    /// ESP size (`disk.esp_size` in the profile).
+    pub esp_size: u64,
+    /// Size of the root file system image.
+    pub root_size: u64,
+    /// Size of the root verity hash tree; 0 plans no verity partition.
+    pub root_verity_size: u64,
+    /// Seed for every GUID, derived by the caller from the profile and lock.
+    pub seed: [u8; 32],
+    /// Leave room for a second root (+ verity) pair right after the first,
+    /// so A/B updates can be added without repartitioning.
+    pub reserve_ab: bool,
+}
+
+/// One planned partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedPartition {
+    /// What the partition holds.
+    pub role: PartitionRole,
+    /// GPT partition name.
+    pub name: String,
+    /// Partition type GUID.
+    pub type_guid: Guid,
+    /// Unique partition GUID.
+    pub unique_guid: Guid,
+    /// First sector.
+    pub first_lba: u64,
+    /// Last sector (inclusive).
+    pub last_lba: u64,
+    /// GPT attribute bits (see [`attr`]).
+    pub attributes: u64,
+}
+
+impl PlannedPartition {
+    /// The sectors the partition covers.
+    pub fn range(&self) -> LbaRange {
+        LbaRange {
+            first: self.first_lba,
+            last: self.last_lba,
+        }
+    }
+
+    /// Byte offset of the partition in the image.
+    pub fn offset(&self) -> u64 {
+        self.first_lba * SECTOR_SIZE
+    }
+
+    /// Size of the partition in bytes.
+    pub fn size(&self) -> u64 {
+        self.range().size()
+    }
+}
+
+/// The complete layout of one disk image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    /// Target architecture.
+    pub arch: Arch,
+    /// Bytes per sector (always [`SECTOR_SIZE`]).
+    pub sector_size: u64,
+    /// Image size in bytes.
+    pub total_size: u64,
+    /// GPT disk GUID.
+    pub disk_guid: Guid,
+    /// First LBA partitions may use.
+    pub first_usable_lba: u64,
+    /// Last LBA partitions may use (inclusive).
+    pub last_usable_lba: u64,
+    /// Entries in the GPT entry array.
+    pub entry_count: u32,
+    /// Bytes per GPT entry.
+    pub entry_size: u32,
+    /// Partitions in on-disk order (entry 1 first).
+    pub partitions: Vec<PlannedPartition>,
+    /// Space kept free for a second root (+ verity) pair, if asked for.
+    pub ab_reserve: Option<LbaRange>,
+}
+
+impl DiskPlan {
+    /// Number of sectors of the image.
+    pub fn total_sectors(&self) -> u64 {
+        self.total_size / self.sector_size
+    }
+
+    /// LBA of the backup GPT header (the last sector).
+    pub fn backup_header_lba(&self) -> u64 {
+        self.total_sectors() - 1
+    }
+
+    /// LBA of the backup entry array (just before the backup header).
+    pub fn backup_entries_lba(&self) -> u64 {
+        self.backup_header_lba() - GPT_ENTRY_ARRAY_SECTORS
+    }
+
+    /// The partition with `role`, if planned.
+    pub fn partition(&self, role: PartitionRole) -> Option<&PlannedPartition> {
+        self.partitions.iter().find(|p| p.role == role)
+    }
+
+    /// The free space after the last partition (and the A/B reserve),
+    /// starting on a 1 MiB boundary: where the node creates `var`.
+    pub fn free_range(&self) -> Option<LbaRange> {
+        let used_end = self
+            .partitions
+            .iter()
+            .map(|p| p.last_lba)
+            .chain(self.ab_reserve.map(|r| r.last))
+            .max()
+            .unwrap_or(self.first_usable_lba);
+        let first = align_lba(used_end + 1);
+        (first <= self.last_usable_lba).then_some(LbaRange {
+            first,
+            last: self.last_usable_lba,
+        })
+    }
+
+    /// Sets the root and root-verity partition GUIDs from the verity root
+    /// hash, as the Discoverable Partitions Specification recommends: the
+    /// first 128 bits for the root, the last 128 bits for the verity
+    /// partition. That lets the initramfs match them to the hash on the
+    /// kernel command line. Does nothing to partitions that are not planned.
+    pub fn apply_root_hash(&mut self, root_hash: &[u8; 32]) {
+        let mut first = [0u8; 16];
+        let mut last = [0u8; 16];
+        first.copy_from_slice(&root_hash[..16]);
+        last.copy_from_slice(&root_hash[16..]);
+        for p in &mut self.partitions {
+            match p.role {
+                PartitionRole::Root => p.unique_guid = Guid(first),
+                PartitionRole::RootVerity => p.unique_guid = Guid(last),
+                PartitionRole::Esp => {}
+            }
+        }
+    }
+}
+
+/// Why a disk cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The content does not fit the disk.
+    #[error(
+        "disk too small: the partitions need {needed} bytes ({}: {breakdown}) but `disk.size` \
+         in the profile is {given} bytes ({}); set `disk.size` to at least {} MiB",
+        format_size(*needed), format_size(*given), needed.div_ceil(1 << 20)
+    )]
+    DiskTooSmall {
+        /// Bytes the layout needs, GPT structures included.
+        needed: u64,
+        /// Bytes the profile gives.
+        given: u64,
+        /// Human summary of what takes the space.
+        breakdown: String,
+    },
+    /// The disk size is not a whole number of sectors.
+    #[error(
+        "`disk.size` in the profile is {0} bytes, not a multiple of 512-byte sectors; \
+         use a size like \"2GiB\""
+    )]
+    UnalignedDiskSize(u64),
+    /// A partition that must exist has size 0.
+    #[error("{what} is 0 bytes; {fix}")]
+    EmptyPartition {
+        /// Which size.
+        what: &'static str,
+        /// What to do about it.
+        fix: &'static str,
+    },
+    /// A type GUID constant is malformed (a bug in kiln, not in the profile).
+    #[error("internal error: bad type GUID for {what}: {source}")]
+    BadTypeGuid {
+        /// Which partition type.
+        what: &'static str,
+        /// The parse error.
+        source: GuidParseError,
+    },
+    /// A partition name does not fit GPT's 36 UTF-16 units.
+    #[error("partition name {0:?} is longer than GPT's 36 UTF-16 code units")]
+    NameTooLong(String),
+}
+
+/// Rounds a sector number up to the next partition alignment boundary.
+fn align_lba(lba: u64) -> u64 {
+    let step = PARTITION_ALIGNMENT / SECTOR_SIZE;
+    lba.div_ceil(step) * step
+}
+
+fn sectors_for(bytes: u64) -> u64 {
+    bytes.div_ceil(SECTOR_SIZE)
+}
+
+/// Computes the partition layout and GUIDs of a disk. Pure: no I/O, no clock,
+/// no randomness; the same input always gives the same plan.
+pub fn plan_disk(input: &PlanInput) -> Result<DiskPlan, PlanError> {
+    if input.disk_size % SECTOR_SIZE != 0 {
+        return Err(PlanError::UnalignedDiskSize(input.disk_size));
+    }
+    if input.esp_size == 0 {
+        return Err(PlanError::EmptyPartition {
+            what: "`disk.esp_size` in the profile",
+            fix: "set it to at least 33MiB (128MiB is a good default)",
+        });
+    }
+    if input.root_size == 0 {
+        return Err(PlanError::EmptyPartition {
+            what: "the root file system",
+            fix: "the root image must be built before the disk is planned",
+        });
+    }
+    let arch = input.arch;
+    let root_type: Guid =
+        arch.root_type_guid()
+            .parse()
+            .map_err(|source| PlanError::BadTypeGuid {
+                what: "root",
+                source,
+            })?;
+    let verity_type: Guid =
+        arch.root_verity_type_guid()
+            .parse()
+            .map_err(|source| PlanError::BadTypeGuid {
+                what: "root verity",
+                source,
+            })?;
+
+    let mut wanted = vec![
+        (PartitionRole::Esp, ESP_TYPE_GUID, input.esp_size, 0),
+        (
+            PartitionRole::Root,
+            root_type,
+            input.root_size,
+            attr::READ_ONLY,
+        ),
+    ];
+    if input.root_verity_size > 0 {
+        wanted.push((
+            PartitionRole::RootVerity,
+            verity_type,
+            input.root_verity_size,
+            attr::READ_ONLY,
+        ));
+    }
+
+    let mut partitions = Vec::with_capacity(wanted.len());
+    let mut next = FIRST_USABLE_LBA;
+    for (role, type_guid, bytes, attributes) in wanted {
+        let name = role.label(arch);
+        if name.encode_utf16().count() > GPT_NAME_MAX_UNITS {
+            return Err(PlanError::NameTooLong(name));
+        }
+        // Ends are rounded up to the alignment too: the slack is under 1 MiB,
+        // and whole-MiB partitions are what partitioning tools expect.
+        let first_lba = align_lba(next);
+        let last_lba = align_lba(first_lba + sectors_for(bytes)) - 1;
+        next = last_lba + 1;
+        let unique_guid = Guid::derive(&input.seed, &format!("gpt-partition:{name}"));
+        partitions.push(PlannedPartition {
+            role,
+            name,
+            type_guid,
+            unique_guid,
+            first_lba,
+            last_lba,
+            attributes,
+        });
+    }
+
+    let ab_reserve = if input.reserve_ab {
+        // The pair spans from the root's first sector to the last sector of
+        // the pair; a second copy at an aligned start keeps the same
+        // internal offsets, so it is aligned the same way.
+        let pair_first = partitions
+            .iter()
+            .find(|p| p.role == PartitionRole::Root)
+            .map_or(next, |p| p.first_lba);
+        let span = next - pair_first;
+        let first = align_lba(next);
+        next = first + span;
+        Some(LbaRange {
+            first,
+            last: next - 1,
+        })
+    } else {
+        None
+    };
+
+    let total_sectors = input.disk_size / SECTOR_SIZE;
+    let needed_sectors = next + BACKUP_GPT_SECTORS;
+    if needed_sectors > total_sectors {
+        let mut breakdown = format!(
+            "ESP {}, root {}",
+            format_size(input.esp_size),
+            format_size(input.root_size)
+        );
+        if input.root_verity_size > 0 {
+            breakdown.push_str(&format!(
+                ", root verity {}",
+                format_size(input.root_verity_size)
+            ));
+        }
+        if let Some(r) = ab_reserve {
+            breakdown.push_str(&format!(", A/B reserve {}", format_size(r.size())));
+        }
+        breakdown.push_str(", GPT and 1 MiB alignment");
+        return Err(PlanError::DiskTooSmall {
+            needed: needed_sectors * SECTOR_SIZE,
+            given: input.disk_size,
+            breakdown,
+        });
+    }
+
+    Ok(DiskPlan {
+        arch,
+        sector_size: SECTOR_SIZE,
+        total_size: input.disk_size,
+        disk_guid: Guid::derive(&input.seed, "gpt-disk"),
+        first_usable_lba: FIRST_USABLE_LBA,
+        last_usable_lba: total_sectors - BACKUP_GPT_SECTORS - 1,
+        entry_count: GPT_ENTRY_COUNT,
+        entry_size: GPT_ENTRY_SIZE,
+        partitions,
+        ab_reserve,
+    })
+}
+
+#[cfg(test)]
+mod tests;
