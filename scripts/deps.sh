@@ -20,7 +20,10 @@ APT_PKGS=(
   gdisk            # sgdisk -v
   cpio             # cpio -it on the initramfs
   cryptsetup-bin   # veritysetup
-  kmod             # depmod builds the module index files for the image
+  kmod             # depmod/modprobe: referees for the module index files
+  systemd          # systemd-sysusers, systemctl: referees for users and units
+  passwd           # pwck, grpck: referees for passwd/group
+  dpkg             # dpkg-deb builds test packages
   ovmf             # x86_64 UEFI firmware for QEMU
   qemu-efi-aarch64 # arm64 UEFI firmware for QEMU
   zstd

@@ -510,6 +510,16 @@ impl ModuleDb {
         let prefix = format!("{dir}/");
         let mut modules = BTreeMap::new();
         for (path, node) in tree.descendants(&dir) {
+            if [".ko.xz", ".ko.zst", ".ko.gz"]
+                .iter()
+                .any(|x| path.ends_with(x))
+            {
+                return Err(KmodError::BadModule {
+                    path: path.clone(),
+                    message: "compressed modules are not supported (Debian bookworm's kernels ship plain .ko)"
+                        .into(),
+                });
+            }
             if !path.ends_with(".ko") || !matches!(node.kind, Kind::File(_) | Kind::Hardlink(_)) {
                 continue;
             }
