@@ -87,7 +87,10 @@ pub enum BuildError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io { path: path.to_path_buf(), source }
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Progress display: bars on a terminal, nothing when quiet or piped.
@@ -111,8 +114,10 @@ impl Ui {
     pub fn bytes(&self, msg: &str) -> ProgressBar {
         let pb = self.multi.add(ProgressBar::new(0));
         pb.set_style(
-            ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         pb.set_message(msg.to_string());
         pb
@@ -121,7 +126,10 @@ impl Ui {
     /// A step counter bar.
     pub fn steps(&self, len: u64, msg: &str) -> ProgressBar {
         let pb = self.multi.add(ProgressBar::new(len));
-        pb.set_style(ProgressStyle::with_template("{msg:30!} [{bar:30}] {pos}/{len}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        pb.set_style(
+            ProgressStyle::with_template("{msg:30!} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         pb.set_message(msg.to_string());
         pb
     }
@@ -164,10 +172,16 @@ impl AgentSource {
             return if p.is_file() {
                 Ok(p.clone())
             } else {
-                Err(BuildError::Missing(format!("KILN_AGENT_{}={}: no such file", arch.name().to_uppercase(), p.display())))
+                Err(BuildError::Missing(format!(
+                    "KILN_AGENT_{}={}: no such file",
+                    arch.name().to_uppercase(),
+                    p.display()
+                )))
             };
         }
-        let rel = Path::new(arch.musl_triple()).join("agent").join("kiln-agent");
+        let rel = Path::new(arch.musl_triple())
+            .join("agent")
+            .join("kiln-agent");
         let exe = std::env::current_exe().unwrap_or_default();
         let mut looked = Vec::new();
         for dir in exe.ancestors().skip(1) {
@@ -183,7 +197,11 @@ impl AgentSource {
         Err(BuildError::Missing(format!(
             "kiln-agent for {arch} not found (looked at {}); build it with `make agent` \
              (cargo build -p kiln-agent --profile agent --target {}) or set KILN_AGENT_{}",
-            looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            looked
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             arch.musl_triple(),
             arch.name().to_uppercase()
         )))
@@ -245,17 +263,16 @@ impl fmt::Display for BuildReport {
     }
 }
 
+/// The apt sources (`KILN_APT_SOURCES`, else the host's).
 fn sources() -> Result<Sources, BuildError> {
-    Ok(match std::env::var_os("KILN_APT_SOURCES") {
-        Some(p) => Sources::from_deb822_file(Path::new(&p))?,
-        None => Sources::from_host()?,
-    })
+    Ok(Sources::from_host()?)
 }
 
 /// `kiln lock`: returns a sentence saying what happened.
 pub fn lock(profile: &Profile, cache: &Cache, update: bool, ui: &Ui) -> Result<String, BuildError> {
     let sp = ui.spinner(format!("resolving {}", profile.name));
-    let (lock, action) = lock::lock_profile(profile, cache.root(), &sources()?, &HostRunner, update)?;
+    let (lock, action) =
+        lock::lock_profile(profile, cache.root(), &sources()?, &HostRunner, update)?;
     sp.finish_and_clear();
     let counts: Vec<String> = profile
         .arches
@@ -263,8 +280,16 @@ pub fn lock(profile: &Profile, cache: &Cache, update: bool, ui: &Ui) -> Result<S
         .map(|a| format!("{} packages for {a}", lock.packages_for(*a, None).count()))
         .collect();
     Ok(match action {
-        lock::LockAction::Kept => format!("{}: up to date ({}); use --update to re-resolve", lock.path.display(), counts.join(", ")),
-        lock::LockAction::Written(why) => format!("{}: written ({}; {why})", lock.path.display(), counts.join(", ")),
+        lock::LockAction::Kept => format!(
+            "{}: up to date ({}); use --update to re-resolve",
+            lock.path.display(),
+            counts.join(", ")
+        ),
+        lock::LockAction::Written(why) => format!(
+            "{}: written ({}; {why})",
+            lock.path.display(),
+            counts.join(", ")
+        ),
     })
 }
 
@@ -282,18 +307,35 @@ fn read_lock(profile: &Profile) -> Result<Lockfile, BuildError> {
     Ok(lock)
 }
 
-fn fetch_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, ui: &Ui) -> Result<Vec<Fetched>, BuildError> {
+fn fetch_arch(
+    profile: &Profile,
+    lock: &Lockfile,
+    arch: Arch,
+    cache: &Cache,
+    ui: &Ui,
+) -> Result<Vec<Fetched>, BuildError> {
     let sources = sources()?;
     let downloader = HttpDownloader::new();
     let pb = ui.bytes(&format!("fetch {arch}"));
-    let ctx = FetchContext { cache, sources: &sources, downloader: &downloader, profile: &profile.path, progress: &pb };
+    let ctx = FetchContext {
+        cache,
+        sources: &sources,
+        downloader: &downloader,
+        profile: &profile.path,
+        progress: &pb,
+    };
     let r = crate::fetch::fetch_all(&ctx, lock, arch, None);
     pb.finish_and_clear();
     Ok(r?)
 }
 
 /// `kiln fetch`: every locked package of `arches` verified in the cache.
-pub fn fetch(profile: &Profile, arches: &[Arch], cache: &Cache, ui: &Ui) -> Result<usize, BuildError> {
+pub fn fetch(
+    profile: &Profile,
+    arches: &[Arch],
+    cache: &Cache,
+    ui: &Ui,
+) -> Result<usize, BuildError> {
     let lock = read_lock(profile)?;
     let mut n = 0;
     for &arch in arches {
@@ -303,7 +345,12 @@ pub fn fetch(profile: &Profile, arches: &[Arch], cache: &Cache, ui: &Ui) -> Resu
 }
 
 /// `kiln build`: one image per arch, published atomically.
-pub fn build(profile: &Profile, cache: &Cache, opts: &BuildOptions, ui: &Ui) -> Result<Vec<BuildReport>, BuildError> {
+pub fn build(
+    profile: &Profile,
+    cache: &Cache,
+    opts: &BuildOptions,
+    ui: &Ui,
+) -> Result<Vec<BuildReport>, BuildError> {
     let lock = read_lock(profile)?;
     let mut out = Vec::new();
     for &arch in &opts.arches {
@@ -321,7 +368,11 @@ struct Clock {
 
 impl Clock {
     fn new(arch: Arch) -> Clock {
-        Clock { arch, last: Instant::now(), steps: Vec::new() }
+        Clock {
+            arch,
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
     }
 
     fn lap(&mut self, step: &str) {
@@ -345,22 +396,42 @@ struct KernelParts {
 fn take_kernel(tree: &mut FileTree, kernel_pkgs: &[&Fetched]) -> Result<KernelParts, BuildError> {
     let image = kernel_pkgs
         .iter()
-        .find(|f| f.package.name.starts_with("linux-image-") && tree.descendants("boot").any(|(p, n)| n.origin == format!("pkg:{}", f.package.name) && p.starts_with("boot/vmlinuz-")))
-        .ok_or_else(|| BuildError::Missing("no kernel image (boot/vmlinuz-*) in the locked kernel packages".into()))?;
+        .find(|f| {
+            f.package.name.starts_with("linux-image-")
+                && tree.descendants("boot").any(|(p, n)| {
+                    n.origin == format!("pkg:{}", f.package.name) && p.starts_with("boot/vmlinuz-")
+                })
+        })
+        .ok_or_else(|| {
+            BuildError::Missing(
+                "no kernel image (boot/vmlinuz-*) in the locked kernel packages".into(),
+            )
+        })?;
     let (path, release) = tree
         .descendants("boot")
-        .find_map(|(p, _)| p.strip_prefix("boot/vmlinuz-").map(|r| (p.clone(), r.to_string())))
+        .find_map(|(p, _)| {
+            p.strip_prefix("boot/vmlinuz-")
+                .map(|r| (p.clone(), r.to_string()))
+        })
         .ok_or_else(|| BuildError::Missing("boot/vmlinuz-* missing".into()))?;
     let vmlinuz = tree.read(&path)?;
     tree.remove_subtree("boot");
     tree.insert("boot", Node::dir(0o755, tree.epoch(), "kiln:kernel"))?;
-    Ok(KernelParts { release, vmlinuz, package: image.package.name.clone(), version: image.package.version.clone() })
+    Ok(KernelParts {
+        release,
+        vmlinuz,
+        package: image.package.name.clone(),
+        version: image.package.version.clone(),
+    })
 }
 
 /// The newest file time in the packages: the default clamp, so the same
 /// lock always gives the same timestamps.
 fn newest_mtime(debs: &[unpack::Deb]) -> i64 {
-    debs.iter().flat_map(|d| d.entries.iter().map(|(_, n)| n.mtime)).max().unwrap_or(0)
+    debs.iter()
+        .flat_map(|d| d.entries.iter().map(|(_, n)| n.mtime))
+        .max()
+        .unwrap_or(0)
 }
 
 fn seed_for(profile: &Profile, lock: &Lockfile, arch: Arch) -> Result<[u8; 32], BuildError> {
@@ -387,13 +458,24 @@ fn kernel_cmdline(profile: &Profile, arch: Arch) -> String {
 
 /// The initramfs: the agent as /init, a console node, and the boot modules
 /// with their load order.
-fn initramfs_tree(root: &FileTree, agent: &Arc<[u8]>, modules: &tree::kmod::ModuleSelection, epoch: i64) -> Result<FileTree, BuildError> {
+fn initramfs_tree(
+    root: &FileTree,
+    agent: &Arc<[u8]>,
+    modules: &tree::kmod::ModuleSelection,
+    epoch: i64,
+) -> Result<FileTree, BuildError> {
     let mut t = FileTree::new(epoch);
     let o = "kiln:initramfs";
     for d in ["dev", "proc", "sys", "sysroot", "run", "tmp", "etc/kiln"] {
         t.insert(d, Node::dir(0o755, epoch, o))?;
     }
-    t.insert("dev/console", Node { kind: Kind::CharDev { major: 5, minor: 1 }, ..Node::file(Vec::new(), 0o600, epoch, o) })?;
+    t.insert(
+        "dev/console",
+        Node {
+            kind: Kind::CharDev { major: 5, minor: 1 },
+            ..Node::file(Vec::new(), 0o600, epoch, o)
+        },
+    )?;
     t.insert("init", Node::file(agent.clone(), 0o755, epoch, o))?;
     let mut load = String::from("# Kernel modules the init loads, in dependency order.\n");
     for m in &modules.boot {
@@ -405,40 +487,71 @@ fn initramfs_tree(root: &FileTree, agent: &Arc<[u8]>, modules: &tree::kmod::Modu
         load.push_str(&dst);
         load.push('\n');
     }
-    t.insert("etc/kiln/modules.load", Node::file(load.into_bytes(), 0o644, epoch, o))?;
+    t.insert(
+        "etc/kiln/modules.load",
+        Node::file(load.into_bytes(), 0o644, epoch, o),
+    )?;
     Ok(t)
 }
 
-fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opts: &BuildOptions, ui: &Ui) -> Result<BuildReport, BuildError> {
+fn build_arch(
+    profile: &Profile,
+    lock: &Lockfile,
+    arch: Arch,
+    cache: &Cache,
+    opts: &BuildOptions,
+    ui: &Ui,
+) -> Result<BuildReport, BuildError> {
     let mut clock = Clock::new(arch);
     let agent_path = opts.agent.locate(arch)?;
-    let agent: Arc<[u8]> = std::fs::read(&agent_path).map_err(io_err(&agent_path))?.into();
+    let agent: Arc<[u8]> = std::fs::read(&agent_path)
+        .map_err(io_err(&agent_path))?
+        .into();
 
     // fetch
     let fetched = fetch_arch(profile, lock, arch, cache, ui)?;
     clock.lap("fetch");
 
     // unpack: root and kernel packages into one tree, the stub package aside
-    let tree_debs: Vec<&Fetched> = fetched.iter().filter(|f| f.package.role != Role::Boot).collect();
-    let items: Vec<(String, PathBuf)> = tree_debs.iter().map(|f| (f.package.name.clone(), f.path.clone())).collect();
+    let tree_debs: Vec<&Fetched> = fetched
+        .iter()
+        .filter(|f| f.package.role != Role::Boot)
+        .collect();
+    let items: Vec<(String, PathBuf)> = tree_debs
+        .iter()
+        .map(|f| (f.package.name.clone(), f.path.clone()))
+        .collect();
     let pb = ui.steps(items.len() as u64, &format!("unpack {arch}"));
     let debs = unpack::read_debs_parallel(&items, &pb)?;
     pb.finish_and_clear();
     let epoch = opts.epoch.unwrap_or_else(|| newest_mtime(&debs));
     let mut root = FileTree::new(epoch);
     let rules = InsertRules {
-        exclude: profile.packages.exclude_paths.iter().map(|g| Glob::new(g)).collect(),
+        exclude: profile
+            .packages
+            .exclude_paths
+            .iter()
+            .map(|g| Glob::new(g))
+            .collect(),
         prefer: profile.packages.prefer.clone(),
     };
     for deb in debs {
         unpack::insert_deb(&mut root, deb, &rules)?;
     }
-    let kernel_debs: Vec<&Fetched> = fetched.iter().filter(|f| f.package.role == Role::Kernel).collect();
+    let kernel_debs: Vec<&Fetched> = fetched
+        .iter()
+        .filter(|f| f.package.role == Role::Kernel)
+        .collect();
     let kernel = take_kernel(&mut root, &kernel_debs)?;
     let stub_pkg = fetched
         .iter()
         .find(|f| f.package.role == Role::Boot)
-        .ok_or_else(|| BuildError::Missing(format!("{}: no boot stub package in the lock for {arch}", lock.path.display())))?;
+        .ok_or_else(|| {
+            BuildError::Missing(format!(
+                "{}: no boot stub package in the lock for {arch}",
+                lock.path.display()
+            ))
+        })?;
     let stub_deb = unpack::read_deb(&stub_pkg.path, &stub_pkg.package.name)?;
     let stub = stub_deb
         .entries
@@ -448,22 +561,47 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
             Kind::File(d) => Some(d.clone()),
             _ => None,
         })
-        .ok_or_else(|| BuildError::Missing(format!("{} does not ship /{}", stub_pkg.package.name, arch.efi_stub_path())))?;
+        .ok_or_else(|| {
+            BuildError::Missing(format!(
+                "{} does not ship /{}",
+                stub_pkg.package.name,
+                arch.efi_stub_path()
+            ))
+        })?;
     clock.lap("unpack");
 
     // tree: overlays, agent, maintainer-script effects, modules
     let mut vars = profile.vars.clone();
-    for (k, v) in [("arch", arch.name()), ("deb_arch", arch.deb_arch()), ("profile", profile.name.as_str()), ("kernel_release", kernel.release.as_str())] {
-        vars.entry(k.to_string()).or_insert_with(|| serde_json::Value::String(v.to_string()));
+    for (k, v) in [
+        ("arch", arch.name()),
+        ("deb_arch", arch.deb_arch()),
+        ("profile", profile.name.as_str()),
+        ("kernel_release", kernel.release.as_str()),
+    ] {
+        vars.entry(k.to_string())
+            .or_insert_with(|| serde_json::Value::String(v.to_string()));
     }
     for o in &profile.overlays {
         tree::overlay::apply(&mut root, &o.name, &o.dir, &vars)?;
     }
-    root.insert("usr/bin/kiln-agent", Node::file(agent.clone(), 0o755, epoch, "kiln:agent"))?;
+    root.insert(
+        "usr/bin/kiln-agent",
+        Node::file(agent.clone(), 0o755, epoch, "kiln:agent"),
+    )?;
     tree::effects::apply(&mut root)?;
     tree::sysusers::apply(&mut root)?;
-    tree::units::apply(&mut root, &profile.systemd.enable, &profile.systemd.mask, &profile.systemd.default_target)?;
-    let modules = tree::kmod::select(&root, &profile.kernel.module_sets, &profile.kernel.custom_sets, arch)?;
+    tree::units::apply(
+        &mut root,
+        &profile.systemd.enable,
+        &profile.systemd.mask,
+        &profile.systemd.default_target,
+    )?;
+    let modules = tree::kmod::select(
+        &root,
+        &profile.kernel.module_sets,
+        &profile.kernel.custom_sets,
+        arch,
+    )?;
     tree::kmod::prune(&mut root, &modules)?;
     tree::kmod::write_index(&mut root, &modules)?;
     clock.lap("tree");
@@ -473,7 +611,9 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
     let mut initrd = Vec::new();
     cpio::write_newc(&initrd_tree, &mut initrd)?;
     let cmdline = kernel_cmdline(profile, arch);
-    let osrel = root.read("usr/lib/os-release").or_else(|_| root.read("etc/os-release"))?;
+    let osrel = root
+        .read("usr/lib/os-release")
+        .or_else(|_| root.read("etc/os-release"))?;
     let uki = crate::uki::assemble(
         &stub,
         &crate::uki::UkiParts {
@@ -524,7 +664,11 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
     let uki_esp_path = format!("EFI/BOOT/{}", arch.efi_boot_file());
     let esp_files = [fat::EspFile::new(&uki_esp_path, &uki)];
     {
-        let esp_serial = u32::from_le_bytes(Guid::derive(&seed, "esp-serial").to_gpt_bytes()[..4].try_into().unwrap_or([0; 4]));
+        let esp_serial = u32::from_le_bytes(
+            Guid::derive(&seed, "esp-serial").to_gpt_bytes()[..4]
+                .try_into()
+                .unwrap_or([0; 4]),
+        );
         let mut fat_opts = fat::FatOptions::new("KILN-ESP", esp_serial, epoch);
         let mut window = image.window(PartitionRole::Esp)?;
         fat_opts.hidden_sectors = u32::try_from(window.partition().first_lba).unwrap_or(0);
@@ -535,8 +679,13 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
     clock.lap("esp+gpt");
 
     // manifest, then publish both files together
-    let ranges: Vec<(u64, u64)> = plan.partitions.iter().map(|p| (p.offset(), p.size())).collect();
-    let (image_sha, part_shas) = manifest::sha256_image_and_ranges(&image_path, &ranges).map_err(io_err(&image_path))?;
+    let ranges: Vec<(u64, u64)> = plan
+        .partitions
+        .iter()
+        .map(|p| (p.offset(), p.size()))
+        .collect();
+    let (image_sha, part_shas) =
+        manifest::sha256_image_and_ranges(&image_path, &ranges).map_err(io_err(&image_path))?;
     let partitions = plan
         .partitions
         .iter()
@@ -551,10 +700,16 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
             sha256,
         })
         .collect();
-    let image_size = std::fs::metadata(&image_path).map_err(io_err(&image_path))?.len();
+    let image_size = std::fs::metadata(&image_path)
+        .map_err(io_err(&image_path))?
+        .len();
     let lock_bytes = std::fs::read(&lock.path).map_err(io_err(&lock.path))?;
     let profile_bytes = std::fs::read(&profile.path).map_err(io_err(&profile.path))?;
-    let file_name = |p: &Path| p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     let stem = |p: &str| tree::file_name(p).trim_end_matches(".ko").to_string();
     let m = Manifest {
         schema: manifest::SCHEMA,
@@ -562,9 +717,20 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
         name: profile.name.clone(),
         arch: arch.name().to_string(),
         epoch,
-        profile: manifest::Input { file: file_name(&profile.path), sha256: sha256_hex(&profile_bytes) },
-        lock: manifest::Input { file: file_name(&lock.path), sha256: sha256_hex(&lock_bytes) },
-        kernel: manifest::Kernel { package: kernel.package.clone(), version: kernel.version.clone(), release: kernel.release.clone(), cmdline: cmdline.clone() },
+        profile: manifest::Input {
+            file: file_name(&profile.path),
+            sha256: sha256_hex(&profile_bytes),
+        },
+        lock: manifest::Input {
+            file: file_name(&lock.path),
+            sha256: sha256_hex(&lock_bytes),
+        },
+        kernel: manifest::Kernel {
+            package: kernel.package.clone(),
+            version: kernel.version.clone(),
+            release: kernel.release.clone(),
+            cmdline: cmdline.clone(),
+        },
         packages: fetched
             .iter()
             .map(|f| manifest::Package {
@@ -580,14 +746,59 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
             root: modules.all.iter().map(|m| stem(&m.path)).collect(),
             initramfs: modules.boot.iter().map(|m| stem(&m.path)).collect(),
         },
-        disk: manifest::Disk { size: plan.total_size, guid: plan.disk_guid.to_string(), partitions },
-        root: manifest::Root { fs: "ext4".into(), size: root_summary.size, data_bytes: root_summary.data_bytes, inodes: root_summary.inodes },
-        outputs: [("raw".to_string(), manifest::FileDigest { file: image_name.clone(), size: image_size, sha256: image_sha })].into(),
+        disk: manifest::Disk {
+            size: plan.total_size,
+            guid: plan.disk_guid.to_string(),
+            partitions,
+        },
+        root: manifest::Root {
+            fs: "ext4".into(),
+            size: root_summary.size,
+            data_bytes: root_summary.data_bytes,
+            inodes: root_summary.inodes,
+        },
+        outputs: [(
+            "raw".to_string(),
+            manifest::FileDigest {
+                file: image_name.clone(),
+                size: image_size,
+                sha256: image_sha,
+            },
+        )]
+        .into(),
         components: [
-            ("uki".to_string(), manifest::FileDigest { file: format!("EFI/BOOT/{}", arch.efi_boot_file()), size: uki.len() as u64, sha256: sha256_hex(&uki) }),
-            ("initramfs".to_string(), manifest::FileDigest { file: "initrd (.initrd section)".into(), size: initrd.len() as u64, sha256: sha256_hex(&initrd) }),
-            ("agent".to_string(), manifest::FileDigest { file: "usr/bin/kiln-agent".into(), size: agent.len() as u64, sha256: sha256_hex(&agent) }),
-            ("kernel".to_string(), manifest::FileDigest { file: format!("vmlinuz-{}", kernel.release), size: kernel.vmlinuz.len() as u64, sha256: sha256_hex(&kernel.vmlinuz) }),
+            (
+                "uki".to_string(),
+                manifest::FileDigest {
+                    file: format!("EFI/BOOT/{}", arch.efi_boot_file()),
+                    size: uki.len() as u64,
+                    sha256: sha256_hex(&uki),
+                },
+            ),
+            (
+                "initramfs".to_string(),
+                manifest::FileDigest {
+                    file: "initrd (.initrd section)".into(),
+                    size: initrd.len() as u64,
+                    sha256: sha256_hex(&initrd),
+                },
+            ),
+            (
+                "agent".to_string(),
+                manifest::FileDigest {
+                    file: "usr/bin/kiln-agent".into(),
+                    size: agent.len() as u64,
+                    sha256: sha256_hex(&agent),
+                },
+            ),
+            (
+                "kernel".to_string(),
+                manifest::FileDigest {
+                    file: format!("vmlinuz-{}", kernel.release),
+                    size: kernel.vmlinuz.len() as u64,
+                    sha256: sha256_hex(&kernel.vmlinuz),
+                },
+            ),
         ]
         .into(),
     };
@@ -603,7 +814,10 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
         image_size,
         root: root_summary,
         timings: clock.steps,
-        packages: fetched.iter().filter(|f| f.package.role == Role::Root).count(),
+        packages: fetched
+            .iter()
+            .filter(|f| f.package.role == Role::Root)
+            .count(),
     })
 }
 
@@ -611,10 +825,16 @@ fn build_arch(profile: &Profile, lock: &Lockfile, arch: Arch, cache: &Cache, opt
 pub fn image_arch(image: &Path) -> Result<Arch, BuildError> {
     let table = crate::disk::read_gpt(image)?;
     for arch in Arch::ALL {
-        let want: Guid = arch.root_type_guid().parse().map_err(|_| BuildError::Missing("bad built-in GUID".into()))?;
+        let want: Guid = arch
+            .root_type_guid()
+            .parse()
+            .map_err(|_| BuildError::Missing("bad built-in GUID".into()))?;
         if table.partitions.iter().any(|p| p.type_guid == want) {
             return Ok(arch);
         }
     }
-    Err(BuildError::Missing(format!("{}: no x86_64 or arm64 root partition in its GPT; pass --arch", image.display())))
+    Err(BuildError::Missing(format!(
+        "{}: no x86_64 or arm64 root partition in its GPT; pass --arch",
+        image.display()
+    )))
 }

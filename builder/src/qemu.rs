@@ -41,15 +41,33 @@ impl Firmware {
     /// Debian's OVMF (x86_64) or AAVMF (arm64) files.
     pub fn debian(arch: Arch) -> Result<Firmware, QemuError> {
         let (code, vars, package) = match arch {
-            Arch::X86_64 => ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
-            Arch::Arm64 => ("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd", "qemu-efi-aarch64"),
+            Arch::X86_64 => (
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                "ovmf",
+            ),
+            Arch::Arm64 => (
+                "/usr/share/AAVMF/AAVMF_CODE.fd",
+                "/usr/share/AAVMF/AAVMF_VARS.fd",
+                "qemu-efi-aarch64",
+            ),
         };
-        for (what, p) in [("UEFI firmware code", code), ("UEFI firmware variables", vars)] {
+        for (what, p) in [
+            ("UEFI firmware code", code),
+            ("UEFI firmware variables", vars),
+        ] {
             if !Path::new(p).is_file() {
-                return Err(QemuError::Missing { what, path: p.into(), package });
+                return Err(QemuError::Missing {
+                    what,
+                    path: p.into(),
+                    package,
+                });
             }
         }
-        Ok(Firmware { code: code.into(), vars: vars.into() })
+        Ok(Firmware {
+            code: code.into(),
+            vars: vars.into(),
+        })
     }
 }
 
@@ -115,9 +133,13 @@ impl Vm {
         let mut a: Vec<String> = vec!["-nodefaults".into(), "-no-user-config".into()];
         match self.arch {
             // No KVM on these machines (ENVIRONMENT.md): TCG everywhere.
-            Arch::X86_64 => a.extend(["-machine", "q35,accel=tcg", "-cpu", "max"].map(String::from)),
+            Arch::X86_64 => {
+                a.extend(["-machine", "q35,accel=tcg", "-cpu", "max"].map(String::from))
+            }
             // cortex-a57 boots faster under TCG than `max`.
-            Arch::Arm64 => a.extend(["-machine", "virt,accel=tcg", "-cpu", "cortex-a57"].map(String::from)),
+            Arch::Arm64 => {
+                a.extend(["-machine", "virt,accel=tcg", "-cpu", "cortex-a57"].map(String::from))
+            }
         }
         a.extend([
             "-m".into(),
@@ -128,11 +150,19 @@ impl Vm {
             "none".into(),
             "-no-reboot".into(),
             "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={}", fw.code.display()),
+            format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                fw.code.display()
+            ),
             "-drive".into(),
             format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             "-drive".into(),
-            format!("file={},format={},if=virtio{}", self.disk.display(), self.disk_format, if self.snapshot { ",snapshot=on" } else { "" }),
+            format!(
+                "file={},format={},if=virtio{}",
+                self.disk.display(),
+                self.disk_format,
+                if self.snapshot { ",snapshot=on" } else { "" }
+            ),
             "-device".into(),
             "virtio-rng-pci".into(),
         ]);
@@ -141,7 +171,12 @@ impl Vm {
         }
         match &self.serial {
             Serial::Stdio => a.extend(["-serial".into(), "mon:stdio".into()]),
-            Serial::File(p) => a.extend(["-serial".into(), format!("file:{}", p.display()), "-monitor".into(), "none".into()]),
+            Serial::File(p) => a.extend([
+                "-serial".into(),
+                format!("file:{}", p.display()),
+                "-monitor".into(),
+                "none".into(),
+            ]),
         }
         a.extend(self.extra.iter().cloned());
         a
@@ -160,10 +195,17 @@ impl Vm {
                 Arch::X86_64 => "qemu-system-x86",
                 Arch::Arm64 => "qemu-system-arm",
             };
-            return Err(QemuError::Missing { what: "QEMU", path: PathBuf::from(bin), package });
+            return Err(QemuError::Missing {
+                what: "QEMU",
+                path: PathBuf::from(bin),
+                package,
+            });
         }
         let vars = scratch.join(format!("efivars-{}.fd", self.arch));
-        std::fs::copy(&fw.vars, &vars).map_err(|source| QemuError::Io { path: vars.clone(), source })?;
+        std::fs::copy(&fw.vars, &vars).map_err(|source| QemuError::Io {
+            path: vars.clone(),
+            source,
+        })?;
         let mut c = std::process::Command::new(bin);
         c.args(self.args(&fw, &vars));
         Ok(c)
@@ -176,13 +218,25 @@ mod tests {
 
     #[test]
     fn arm64_uses_virt_and_the_aavmf_pair() {
-        let fw = Firmware { code: "/c.fd".into(), vars: "/v.fd".into() };
+        let fw = Firmware {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        };
         let mut vm = Vm::new(Arch::Arm64, "/d.raw");
         vm.serial = Serial::File("/s.log".into());
         let a = vm.args(&fw, Path::new("/mine.fd")).join(" ");
-        assert!(a.contains("virt,accel=tcg") && a.contains("cortex-a57"), "{a}");
-        assert!(a.contains("unit=0,readonly=on,file=/c.fd") && a.contains("unit=1,file=/mine.fd"), "{a}");
-        assert!(a.contains("file=/d.raw,format=raw,if=virtio,snapshot=on"), "{a}");
+        assert!(
+            a.contains("virt,accel=tcg") && a.contains("cortex-a57"),
+            "{a}"
+        );
+        assert!(
+            a.contains("unit=0,readonly=on,file=/c.fd") && a.contains("unit=1,file=/mine.fd"),
+            "{a}"
+        );
+        assert!(
+            a.contains("file=/d.raw,format=raw,if=virtio,snapshot=on"),
+            "{a}"
+        );
         assert!(a.contains("-serial file:/s.log"), "{a}");
         assert!(!a.contains("kvm"), "{a}");
     }

@@ -21,7 +21,10 @@ pub struct Cmd {
 impl Cmd {
     /// A command for `program`.
     pub fn new(program: impl Into<OsString>) -> Cmd {
-        Cmd { program: program.into(), ..Cmd::default() }
+        Cmd {
+            program: program.into(),
+            ..Cmd::default()
+        }
     }
 
     /// Adds one argument.
@@ -124,7 +127,10 @@ impl Runner for HostRunner {
         if let Some(dir) = &cmd.cwd {
             c.current_dir(dir);
         }
-        let out = c.output().map_err(|source| RunError::Spawn { cmd: line.clone(), source })?;
+        let out = c.output().map_err(|source| RunError::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
@@ -135,7 +141,10 @@ impl Runner for HostRunner {
                 stderr: tail.join("\n"),
             });
         }
-        Ok(Output { stdout: out.stdout, stderr: out.stderr })
+        Ok(Output {
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
     }
 }
 
@@ -156,7 +165,9 @@ mod tests {
 
     #[test]
     fn missing_program_says_so() {
-        let err = HostRunner.run(&Cmd::new("kiln-no-such-program")).unwrap_err();
+        let err = HostRunner
+            .run(&Cmd::new("kiln-no-such-program"))
+            .unwrap_err();
         assert!(matches!(err, RunError::Spawn { .. }), "{err}");
     }
 }

@@ -31,7 +31,11 @@ fn fixture(edit: impl Fn(String) -> String) -> (tempfile::TempDir, PathBuf) {
     let text = std::fs::read_to_string(repo().join("profiles/qemu.toml")).unwrap();
     let profile = d.path().join("profiles/qemu.toml");
     std::fs::write(&profile, edit(text)).unwrap();
-    std::fs::copy(repo().join("profiles/qemu.lock"), d.path().join("profiles/qemu.lock")).unwrap();
+    std::fs::copy(
+        repo().join("profiles/qemu.lock"),
+        d.path().join("profiles/qemu.lock"),
+    )
+    .unwrap();
     copy_dir(&repo().join("overlays"), &d.path().join("overlays"));
     (d, profile)
 }
@@ -48,8 +52,14 @@ fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
 /// Asserts failure with a one-line error containing every `needle`.
 fn assert_fails(out: &Output, needles: &[&str]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure, got success:\n{stderr}");
-    let line = stderr.lines().find(|l| l.starts_with("kiln: error:")).unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{stderr}"
+    );
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("kiln: error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"));
     for n in needles {
         assert!(line.contains(n), "error line lacks {n:?}: {line}");
     }
@@ -57,12 +67,24 @@ fn assert_fails(out: &Output, needles: &[&str]) -> String {
 }
 
 fn assert_nothing_written(out_dir: &Path) {
-    let left: Vec<_> = std::fs::read_dir(out_dir).map(|r| r.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(out_dir)
+        .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "output folder not empty: {left:?}");
 }
 
 fn build(profile: &Path, out: &Path, envs: &[(&str, &str)]) -> Output {
-    kiln(&["build", profile.to_str().unwrap(), "--arch", "x86_64", "--out", out.to_str().unwrap()], envs)
+    kiln(
+        &[
+            "build",
+            profile.to_str().unwrap(),
+            "--arch",
+            "x86_64",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        envs,
+    )
 }
 
 #[test]
@@ -85,18 +107,37 @@ fn bad_toml_is_named() {
 fn unknown_module_set_is_named() {
     let (d, p) = fixture(|t| t.replace("\"virtio\",", "\"virtio\", \"flux-capacitor\","));
     let out = d.path().join("out");
-    assert_fails(&build(&p, &out, &[]), &["qemu.toml", "kernel.modules", "flux-capacitor"]);
+    assert_fails(
+        &build(&p, &out, &[]),
+        &["qemu.toml", "kernel.modules", "flux-capacitor"],
+    );
     assert_nothing_written(&out);
 }
 
 #[test]
 fn unknown_package_is_named_by_lock_and_no_lock_is_written() {
-    let (d, p) = fixture(|t| t.replace("\"busybox-static\",", "\"busybox-static\", \"kiln-no-such-package\","));
+    let (d, p) = fixture(|t| {
+        t.replace(
+            "\"busybox-static\",",
+            "\"busybox-static\", \"kiln-no-such-package\",",
+        )
+    });
     std::fs::remove_file(d.path().join("profiles/qemu.lock")).unwrap();
     let cache = d.path().join("cache");
-    let out = kiln(&["lock", p.to_str().unwrap(), "--cache", cache.to_str().unwrap()], &[]);
+    let out = kiln(
+        &[
+            "lock",
+            p.to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_fails(&out, &["kiln-no-such-package"]);
-    assert!(!d.path().join("profiles/qemu.lock").exists(), "a lock was written despite the error");
+    assert!(
+        !d.path().join("profiles/qemu.lock").exists(),
+        "a lock was written despite the error"
+    );
 }
 
 #[test]
@@ -132,7 +173,11 @@ fn corrupt_cached_deb_is_removed_and_never_used() {
     let (d, p) = fixture(|t| t);
     // Warm the shared cache, then give this build a private cache of links to it.
     let fetch = kiln(&["fetch", p.to_str().unwrap(), "--arch", "x86_64"], &[]);
-    assert!(fetch.status.success(), "{}", String::from_utf8_lossy(&fetch.stderr));
+    assert!(
+        fetch.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetch.stderr)
+    );
     let lock = std::fs::read_to_string(d.path().join("profiles/qemu.lock")).unwrap();
     let bash_sha = lock
         .split("[[package]]")
@@ -140,13 +185,28 @@ fn corrupt_cached_deb_is_removed_and_never_used() {
         .and_then(|s| s.lines().find(|l| l.starts_with("sha256")))
         .map(|l| l.split('"').nth(1).unwrap().to_string())
         .unwrap();
-    let shared = std::env::var_os("KILN_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("kiln")).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kiln"))
-    });
+    let shared = std::env::var_os("KILN_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|x| PathBuf::from(x).join("kiln"))
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kiln")
+                })
+        });
     let cache = d.path().join("cache");
-    let st = Command::new("cp").arg("-al").arg(shared.join("sha256")).arg(cache.join("sha256")).status().unwrap();
+    std::fs::create_dir_all(&cache).unwrap();
+    let st = Command::new("cp")
+        .arg("-al")
+        .arg(shared.join("sha256"))
+        .arg(cache.join("sha256"))
+        .status()
+        .unwrap();
     assert!(st.success());
-    let victim = cache.join("sha256").join(&bash_sha[..2]).join(format!("{bash_sha}.deb"));
+    let victim = cache
+        .join("sha256")
+        .join(&bash_sha[..2])
+        .join(format!("{bash_sha}.deb"));
     let bytes = std::fs::read(&victim).unwrap();
     std::fs::remove_file(&victim).unwrap();
     std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
@@ -159,10 +219,20 @@ fn corrupt_cached_deb_is_removed_and_never_used() {
     )
     .unwrap();
     let out = d.path().join("out");
-    let r = build(&p, &out, &[("KILN_CACHE", cache.to_str().unwrap()), ("KILN_APT_SOURCES", sources.to_str().unwrap())]);
+    let r = build(
+        &p,
+        &out,
+        &[
+            ("KILN_CACHE", cache.to_str().unwrap()),
+            ("KILN_APT_SOURCES", sources.to_str().unwrap()),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert_fails(&r, &["bash"]);
-    assert!(stderr.contains(&bash_sha[..12]) || stderr.contains("bash"), "{stderr}");
+    assert!(
+        stderr.contains(&bash_sha[..12]) || stderr.contains("bash"),
+        "{stderr}"
+    );
     assert!(!victim.exists(), "the damaged file is still in the cache");
     assert_nothing_written(&out);
 }
@@ -177,7 +247,14 @@ fn help_lists_every_command() {
     }
     let out = kiln(&["build", "--help"], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--arch", "--out", "--cache", "--quiet", "--verbose", "SOURCE_DATE_EPOCH"] {
+    for flag in [
+        "--arch",
+        "--out",
+        "--cache",
+        "--quiet",
+        "--verbose",
+        "SOURCE_DATE_EPOCH",
+    ] {
         assert!(text.contains(flag), "build --help lacks {flag}:\n{text}");
     }
 }

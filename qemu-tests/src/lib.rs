@@ -18,7 +18,9 @@ pub fn repo_root() -> PathBuf {
 /// Scratch space for the tests, under the cargo target folder so a clean
 /// checkout starts empty and `cargo clean` removes it.
 pub fn work_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
     target.join("kiln-qemu-tests")
 }
 
@@ -36,7 +38,9 @@ static BUILDS: OnceLock<Mutex<Vec<(Arch, Built)>>> = OnceLock::new();
 /// Builds `profiles/qemu.toml` for `arch` (once per test process).
 pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
     let lock = BUILDS.get_or_init(|| Mutex::new(Vec::new()));
-    let mut done = lock.lock().map_err(|_| anyhow::anyhow!("an earlier image build panicked"))?;
+    let mut done = lock
+        .lock()
+        .map_err(|_| anyhow::anyhow!("an earlier image build panicked"))?;
     if let Some((_, b)) = done.iter().find(|(a, _)| *a == arch) {
         return Ok(b.clone());
     }
@@ -50,9 +54,16 @@ pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
         agent: kiln::build::AgentSource::from_env(),
     };
     let ui = kiln::build::Ui::new(true);
-    let reports = kiln::build::build(&profile, &cache, &opts, &ui).with_context(|| format!("building the default image for {arch}"))?;
-    let r = reports.into_iter().next().context("build returned no image")?;
-    let b = Built { image: r.image.clone(), manifest: r.manifest.clone() };
+    let reports = kiln::build::build(&profile, &cache, &opts, &ui)
+        .with_context(|| format!("building the default image for {arch}"))?;
+    let r = reports
+        .into_iter()
+        .next()
+        .context("build returned no image")?;
+    let b = Built {
+        image: r.image.clone(),
+        manifest: r.manifest.clone(),
+    };
     done.push((arch, b.clone()));
     Ok(b)
 }
@@ -72,9 +83,18 @@ impl RunningVm {
         let serial = scratch.path().join("serial.log");
         vm.serial = kiln::qemu::Serial::File(serial.clone());
         let mut cmd = vm.command(scratch.path())?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let child = cmd.spawn().with_context(|| format!("starting {}", kiln::qemu::qemu_binary(vm.arch)))?;
-        Ok(RunningVm { child, serial, started: Instant::now(), _scratch: scratch })
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", kiln::qemu::qemu_binary(vm.arch)))?;
+        Ok(RunningVm {
+            child,
+            serial,
+            started: Instant::now(),
+            _scratch: scratch,
+        })
     }
 
     /// Everything the guest printed so far (lossy UTF-8, carriage returns dropped).
@@ -107,11 +127,17 @@ impl RunningVm {
                     use std::io::Read;
                     let _ = e.read_to_string(&mut err);
                 }
-                bail!("QEMU exited ({status}) before {markers:?} appeared: {err}\n{}", tail(&text, 60));
+                bail!(
+                    "QEMU exited ({status}) before {markers:?} appeared: {err}\n{}",
+                    tail(&text, 60)
+                );
             }
             if self.started.elapsed() > timeout {
                 let missing: Vec<_> = markers.iter().filter(|m| !text.contains(*m)).collect();
-                bail!("timed out after {timeout:?} waiting for {missing:?}\n{}", tail(&text, 60));
+                bail!(
+                    "timed out after {timeout:?} waiting for {missing:?}\n{}",
+                    tail(&text, 60)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -129,7 +155,11 @@ impl Drop for RunningVm {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
-    format!("--- last {} console lines ---\n{}", lines.len() - start, lines[start..].join("\n"))
+    format!(
+        "--- last {} console lines ---\n{}",
+        lines.len() - start,
+        lines[start..].join("\n")
+    )
 }
 
 /// Copies a byte range of a file into a new file (to hand one partition to a checker).
@@ -154,7 +184,11 @@ pub fn check_tool(program: &str, args: &[&str]) -> anyhow::Result<String> {
         .with_context(|| format!("running {program} (installed by `make deps`)"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("{program} {args:?} failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{program} {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(stdout)
 }

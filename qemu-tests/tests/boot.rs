@@ -13,29 +13,54 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 
 fn boots_to_multi_user(arch: Arch) {
     let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut vm = RunningVm::start(kiln::qemu::Vm::new(arch, &built.image)).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut vm = RunningVm::start(kiln::qemu::Vm::new(arch, &built.image))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     let text = vm
         .wait_for(&["kiln-report:", "login:"], BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
-    eprintln!("{arch}: report and login prompt {:.1} s after QEMU started", vm.elapsed());
+    eprintln!(
+        "{arch}: report and login prompt {:.1} s after QEMU started",
+        vm.elapsed()
+    );
     let tail = kiln_qemu_tests::tail(&text, 40);
 
     // The initramfs init found the root by its type GUID and handed over.
-    assert!(text.contains("kiln-init: switching"), "{arch}: init did not switch root\n{tail}");
+    assert!(
+        text.contains("kiln-init: switching"),
+        "{arch}: init did not switch root\n{tail}"
+    );
     let report = text
         .lines()
         .find(|l| l.contains("kiln-report:"))
         .unwrap_or_default();
     // uname -m inside the guest.
-    assert!(report.contains(&format!("arch={}", arch.uname_machine())), "{arch}: {report}");
+    assert!(
+        report.contains(&format!("arch={}", arch.uname_machine())),
+        "{arch}: {report}"
+    );
     // systemd-stub sets StubInfo: only a UKI boot has it.
-    assert!(report.contains("stub=\"systemd-stub"), "{arch}: not booted through the UKI: {report}");
-    assert!(report.contains("root_mode=ro"), "{arch}: root is not read-only: {report}");
-    assert!(report.contains("failed=0"), "{arch}: failed units: {report}\n{tail}");
+    assert!(
+        report.contains("stub=\"systemd-stub"),
+        "{arch}: not booted through the UKI: {report}"
+    );
+    assert!(
+        report.contains("root_mode=ro"),
+        "{arch}: root is not read-only: {report}"
+    );
+    assert!(
+        report.contains("failed=0"),
+        "{arch}: failed units: {report}\n{tail}"
+    );
     // The report runs after multi-user.target and waits for the boot to
     // finish: `running` means the default target was reached, nothing failed.
-    assert!(report.contains("state=running"), "{arch}: system not running: {report}\n{tail}");
-    assert!(text.contains("default target multi-user.target"), "{arch}: default target is not multi-user\n{tail}");
+    assert!(
+        report.contains("state=running"),
+        "{arch}: system not running: {report}\n{tail}"
+    );
+    assert!(
+        text.contains("default target multi-user.target"),
+        "{arch}: default target is not multi-user\n{tail}"
+    );
 }
 
 #[test]

@@ -16,13 +16,25 @@ fn check_image(arch: Arch) {
     let v = check_tool("sgdisk", &["-v", &img]).unwrap();
     assert!(v.contains("No problems found"), "{v}");
     for (i, p) in m.disk.partitions.iter().enumerate() {
-        let info = check_tool("sgdisk", &["-i", &(i + 1).to_string(), &img]).unwrap().to_lowercase();
+        let info = check_tool("sgdisk", &["-i", &(i + 1).to_string(), &img])
+            .unwrap()
+            .to_lowercase();
         assert!(info.contains(&p.type_guid), "partition {}: {info}", p.role);
         assert!(info.contains(&p.uuid), "partition {}: {info}", p.role);
     }
-    let root = m.disk.partitions.iter().find(|p| p.role == "root").expect("root partition");
+    let root = m
+        .disk
+        .partitions
+        .iter()
+        .find(|p| p.role == "root")
+        .expect("root partition");
     assert_eq!(root.type_guid, arch.root_type_guid());
-    let esp = m.disk.partitions.iter().find(|p| p.role == "esp").expect("esp partition");
+    let esp = m
+        .disk
+        .partitions
+        .iter()
+        .find(|p| p.role == "esp")
+        .expect("esp partition");
 
     // Root: e2fsck clean; debugfs sees what the build put there.
     let root_img = tmp.path().join("root.ext4");
@@ -31,11 +43,25 @@ fn check_image(arch: Arch) {
     check_tool("e2fsck", &["-fn", root_s]).unwrap();
     let passwd = check_tool("debugfs", &["-R", "cat /etc/passwd", root_s]).unwrap();
     assert!(passwd.starts_with("root:x:0:0:"), "{passwd}");
-    assert!(passwd.contains("messagebus:"), "sysusers.d users missing: {passwd}");
+    assert!(
+        passwd.contains("messagebus:"),
+        "sysusers.d users missing: {passwd}"
+    );
     let agent = check_tool("debugfs", &["-R", "stat /usr/bin/kiln-agent", root_s]).unwrap();
     assert!(agent.contains("Mode:  0755"), "{agent}");
-    let deps = check_tool("debugfs", &["-R", &format!("cat /usr/lib/modules/{}/modules.dep", m.kernel.release), root_s]).unwrap();
-    assert!(deps.contains("wireguard.ko"), "modules.dep lacks wireguard: {deps}");
+    let deps = check_tool(
+        "debugfs",
+        &[
+            "-R",
+            &format!("cat /usr/lib/modules/{}/modules.dep", m.kernel.release),
+            root_s,
+        ],
+    )
+    .unwrap();
+    assert!(
+        deps.contains("wireguard.ko"),
+        "modules.dep lacks wireguard: {deps}"
+    );
 
     // ESP: fsck.fat clean; mtools reads the UKI back.
     let esp_img = tmp.path().join("esp.fat");
@@ -43,7 +69,17 @@ fn check_image(arch: Arch) {
     let esp_s = esp_img.to_str().unwrap();
     check_tool("fsck.fat", &["-n", esp_s]).unwrap();
     let uki_path = tmp.path().join("uki.efi");
-    check_tool("mcopy", &["-n", "-i", esp_s, &format!("::/EFI/BOOT/{}", arch.efi_boot_file()), uki_path.to_str().unwrap()]).unwrap();
+    check_tool(
+        "mcopy",
+        &[
+            "-n",
+            "-i",
+            esp_s,
+            &format!("::/EFI/BOOT/{}", arch.efi_boot_file()),
+            uki_path.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     let uki = std::fs::read(&uki_path).unwrap();
 
     // UKI: the PE sections parse back, with the command line and kernel release we asked for.
@@ -53,9 +89,15 @@ fn check_image(arch: Arch) {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
     let cmdline = kiln::uki::section_data(&uki, ".cmdline").unwrap().unwrap();
-    assert_eq!(String::from_utf8_lossy(cmdline).trim_end_matches('\0'), m.kernel.cmdline);
+    assert_eq!(
+        String::from_utf8_lossy(cmdline).trim_end_matches('\0'),
+        m.kernel.cmdline
+    );
     let uname = kiln::uki::section_data(&uki, ".uname").unwrap().unwrap();
-    assert_eq!(String::from_utf8_lossy(uname).trim_end_matches('\0'), m.kernel.release);
+    assert_eq!(
+        String::from_utf8_lossy(uname).trim_end_matches('\0'),
+        m.kernel.release
+    );
 
     // initramfs: cpio lists the init, the console node and the boot modules.
     let initrd = kiln::uki::section_data(&uki, ".initrd").unwrap().unwrap();
@@ -65,13 +107,30 @@ fn check_image(arch: Arch) {
         .args(["-itv", "-F", initrd_path.to_str().unwrap()])
         .output()
         .expect("cpio is installed by make deps");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(listing.lines().any(|l| l.ends_with(" init") && l.starts_with("-rwxr-xr-x")), "{listing}");
-    assert!(listing.lines().any(|l| l.starts_with("crw") && l.ends_with("dev/console")), "{listing}");
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with(" init") && l.starts_with("-rwxr-xr-x")),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("crw") && l.ends_with("dev/console")),
+        "{listing}"
+    );
     assert!(listing.contains("etc/kiln/modules.load"), "{listing}");
     for module in &m.modules.initramfs {
-        assert!(listing.contains(&format!("/{module}.ko")), "{module} not in the initramfs:\n{listing}");
+        assert!(
+            listing.contains(&format!("/{module}.ko")),
+            "{module} not in the initramfs:\n{listing}"
+        );
     }
 }
 

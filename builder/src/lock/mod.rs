@@ -453,7 +453,10 @@ pub fn lock_profile(
         let old = Lockfile::read(&path)?;
         match check_current(&old, profile) {
             Ok(()) => return Ok((old, LockAction::Kept)),
-            Err(e) => format!("inputs changed: {e}"),
+            Err(LockError::Stale { details, .. }) => {
+                format!("profile changed: {}", details.join("; "))
+            }
+            Err(e) => return Err(e),
         }
     } else {
         "no lock yet".to_string()

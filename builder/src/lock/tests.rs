@@ -404,3 +404,30 @@ fn apt_update_failure_is_an_error_not_a_warning() {
     assert!(err.contains("amd64") || err.contains("x86_64"), "{err}");
     assert!(err.contains("retry"), "{err}");
 }
+
+#[test]
+fn archive_integration_signatures_are_checked() {
+    // The real archive, but a keyring that cannot verify it: apt must refuse.
+    let cache = tempfile::tempdir().unwrap();
+    let mut sources = Sources::from_host().unwrap();
+    let entry = sources
+        .suites
+        .get_mut("bookworm-updates")
+        .expect("host sources list bookworm-updates");
+    entry.signed_by = Some("/usr/share/keyrings/debian-archive-removed-keys.gpg".into());
+    let d = Debian {
+        suites: vec!["bookworm-updates".into()],
+        components: vec!["main".into()],
+        essential: false,
+    };
+    let apt = AptArchive::prepare(cache.path(), Arch::Arm64, &d, &sources).unwrap();
+    let err = apt.update(&HostRunner).unwrap_err().to_string();
+    assert!(
+        err.contains("NO_PUBKEY") || err.contains("not signed"),
+        "expected a signature failure: {err}"
+    );
+    assert!(
+        apt.index_files(&HostRunner).is_err(),
+        "no index may be used from an unverified suite"
+    );
+}

@@ -156,7 +156,8 @@ impl Manifest {
     /// Reads a manifest file.
     pub fn read(path: &Path) -> Result<Manifest, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a kiln manifest: {e}", path.display()))
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a kiln manifest: {e}", path.display()))
     }
 }
 
@@ -186,11 +187,19 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// SHA-256 of a whole image and of byte ranges of it (its partitions), on
 /// two threads at once: SHA-256 is sequential per stream, so the image and
 /// the partitions are hashed side by side instead of one after the other.
-pub fn sha256_image_and_ranges(path: &Path, ranges: &[(u64, u64)]) -> std::io::Result<(String, Vec<String>)> {
+pub fn sha256_image_and_ranges(
+    path: &Path,
+    ranges: &[(u64, u64)],
+) -> std::io::Result<(String, Vec<String>)> {
     std::thread::scope(|s| {
         let whole = s.spawn(|| sha256_file(path));
-        let parts: std::io::Result<Vec<String>> = ranges.iter().map(|&(o, l)| sha256_range(path, o, l)).collect();
-        let whole = whole.join().map_err(|_| std::io::Error::other("hashing thread panicked"))??;
+        let parts: std::io::Result<Vec<String>> = ranges
+            .iter()
+            .map(|&(o, l)| sha256_range(path, o, l))
+            .collect();
+        let whole = whole
+            .join()
+            .map_err(|_| std::io::Error::other("hashing thread panicked"))??;
         Ok((whole, parts?))
     })
 }

@@ -22,7 +22,10 @@ pub enum OutputError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io { path: path.to_path_buf(), source }
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Staging folders alive right now; the Ctrl-C handler removes them.
@@ -62,7 +65,11 @@ impl Staging {
         if let Ok(mut live) = LIVE.lock() {
             live.push(dir.clone());
         }
-        Ok(Staging { dir, out: out.to_path_buf(), published: false })
+        Ok(Staging {
+            dir,
+            out: out.to_path_buf(),
+            published: false,
+        })
     }
 
     /// Where to write a file that will be published as `name`.
@@ -135,7 +142,10 @@ mod tests {
         std::fs::write(s.path("scratch"), b"x").unwrap();
         let out = s.publish(&["a"]).unwrap();
         assert_eq!(out, vec![d.path().join("a")]);
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a")]);
     }
 }

@@ -173,8 +173,10 @@ impl Profile {
     /// Reads, parses and validates a profile file. Overlays are looked up in
     /// `overlays/` next to the profile's folder (`profiles/../overlays`).
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ProfileError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let overlays_dir = path
             .parent()
             .and_then(|p| p.parent())
@@ -205,10 +207,16 @@ impl Profile {
     /// stores its digest so `build` can tell a stale lock from a current one.
     pub fn resolution_inputs(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("suites={:?}\ncomponents={:?}\nessential={}\n", self.debian.suites, self.debian.components, self.debian.essential));
+        s.push_str(&format!(
+            "suites={:?}\ncomponents={:?}\nessential={}\n",
+            self.debian.suites, self.debian.components, self.debian.essential
+        ));
         for arch in &self.arches {
             s.push_str(&format!("{arch}.packages={:?}\n", self.packages_for(*arch)));
-            s.push_str(&format!("{arch}.kernel={:?}\n", self.kernel.package.get(arch)));
+            s.push_str(&format!(
+                "{arch}.kernel={:?}\n",
+                self.kernel.package.get(arch)
+            ));
         }
         s.push_str(&format!("stub={}\n", self.boot.stub_package));
         s
@@ -217,7 +225,9 @@ impl Profile {
 
 /// toml's messages span several lines (with a caret diagram); kiln's errors are one line.
 fn one_line(msg: &str) -> String {
-    let mut lines = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' '));
+    let mut lines = msg.lines().map(str::trim).filter(|l| {
+        !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+    });
     let first = lines.next().unwrap_or_default().to_string();
     let rest: Vec<&str> = lines.filter(|l| !l.contains(" | ")).collect();
     if rest.is_empty() {
@@ -227,42 +237,80 @@ fn one_line(msg: &str) -> String {
     }
 }
 
-fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<Profile, ProfileError> {
+fn validate(
+    path: &Path,
+    raw: dto::ProfileFile,
+    overlays_dir: &Path,
+) -> Result<Profile, ProfileError> {
     let invalid = |field: &str, message: String| ProfileError::Invalid {
         path: path.to_path_buf(),
         field: field.to_string(),
         message,
     };
     if raw.schema != SCHEMA {
-        return Err(invalid("schema", format!("version {} is not supported; this kiln reads schema {SCHEMA}", raw.schema)));
+        return Err(invalid(
+            "schema",
+            format!(
+                "version {} is not supported; this kiln reads schema {SCHEMA}",
+                raw.schema
+            ),
+        ));
     }
-    if raw.name.is_empty() || !raw.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
-        return Err(invalid("name", format!("{:?}: use letters, digits, '-', '_' or '.' (it names output files)", raw.name)));
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(invalid(
+            "name",
+            format!(
+                "{:?}: use letters, digits, '-', '_' or '.' (it names output files)",
+                raw.name
+            ),
+        ));
     }
     let mut arches = Vec::new();
     for (i, a) in raw.arches.iter().enumerate() {
-        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| invalid(&format!("arches[{i}]"), e.to_string()))?;
+        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| {
+            invalid(&format!("arches[{i}]"), e.to_string())
+        })?;
         if !arches.contains(&arch) {
             arches.push(arch);
         }
     }
     if arches.is_empty() {
-        return Err(invalid("arches", "list at least one of \"x86_64\", \"arm64\"".into()));
+        return Err(invalid(
+            "arches",
+            "list at least one of \"x86_64\", \"arm64\"".into(),
+        ));
     }
     arches.sort();
 
     if raw.debian.suites.is_empty() {
-        return Err(invalid("debian.suites", "list at least one suite, e.g. \"bookworm\"".into()));
+        return Err(invalid(
+            "debian.suites",
+            "list at least one suite, e.g. \"bookworm\"".into(),
+        ));
     }
-    let components = if raw.debian.components.is_empty() { vec!["main".to_string()] } else { raw.debian.components };
+    let components = if raw.debian.components.is_empty() {
+        vec!["main".to_string()]
+    } else {
+        raw.debian.components
+    };
 
     let check_pkg = |field: &str, name: &str| -> Result<(), ProfileError> {
         let ok = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
         if ok {
             Ok(())
         } else {
-            Err(invalid(field, format!("{name:?} is not a Debian package name")))
+            Err(invalid(
+                field,
+                format!("{name:?} is not a Debian package name"),
+            ))
         }
     };
     for (i, p) in raw.packages.include.iter().enumerate() {
@@ -270,7 +318,9 @@ fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<P
     }
     let mut arch_include = BTreeMap::new();
     for (a, list) in raw.packages.arch {
-        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| invalid(&format!("packages.arch.{a}"), e.to_string()))?;
+        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| {
+            invalid(&format!("packages.arch.{a}"), e.to_string())
+        })?;
         for (i, p) in list.include.iter().enumerate() {
             check_pkg(&format!("packages.arch.{a}.include[{i}]"), p)?;
         }
@@ -278,7 +328,8 @@ fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<P
     }
     let mut prefer = BTreeMap::new();
     for (p, pkg) in raw.packages.prefer {
-        let norm = crate::tree::normalize(&p).map_err(|e| invalid(&format!("packages.prefer.{p:?}"), e.to_string()))?;
+        let norm = crate::tree::normalize(&p)
+            .map_err(|e| invalid(&format!("packages.prefer.{p:?}"), e.to_string()))?;
         check_pkg(&format!("packages.prefer.{p:?}"), &pkg)?;
         prefer.insert(norm, pkg);
     }
@@ -291,13 +342,21 @@ fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<P
 
     let mut package = BTreeMap::new();
     for (a, p) in raw.kernel.package {
-        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| invalid(&format!("kernel.package.{a}"), e.to_string()))?;
+        let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| {
+            invalid(&format!("kernel.package.{a}"), e.to_string())
+        })?;
         check_pkg(&format!("kernel.package.{a}"), &p)?;
         package.insert(arch, p);
     }
     for arch in &arches {
         if !package.contains_key(arch) {
-            return Err(invalid("kernel.package", format!("no kernel package for {arch}; add `{arch} = \"linux-image-{}\"`", arch.deb_arch())));
+            return Err(invalid(
+                "kernel.package",
+                format!(
+                    "no kernel package for {arch}; add `{arch} = \"linux-image-{}\"`",
+                    arch.deb_arch()
+                ),
+            ));
         }
     }
     let known = crate::tree::kmod::builtin_set_names();
@@ -305,30 +364,46 @@ fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<P
         if !known.contains(&s.as_str()) && !raw.kernel.sets.contains_key(s) {
             return Err(invalid(
                 &format!("kernel.modules[{i}]"),
-                format!("unknown module set {s:?}; built-in sets: {}; or define it under [kernel.sets]", known.join(", ")),
+                format!(
+                    "unknown module set {s:?}; built-in sets: {}; or define it under [kernel.sets]",
+                    known.join(", ")
+                ),
             ));
         }
     }
     for (i, w) in raw.kernel.cmdline.iter().enumerate() {
         if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid(&format!("kernel.cmdline[{i}]"), format!("{w:?}: one word per entry, no spaces")));
+            return Err(invalid(
+                &format!("kernel.cmdline[{i}]"),
+                format!("{w:?}: one word per entry, no spaces"),
+            ));
         }
     }
 
     let mut overlays = Vec::new();
     for (i, o) in raw.overlays.iter().enumerate() {
         if o.is_empty() || o.contains('/') || o.starts_with('.') {
-            return Err(invalid(&format!("overlays[{i}]"), format!("{o:?}: give a folder name under {}", overlays_dir.display())));
+            return Err(invalid(
+                &format!("overlays[{i}]"),
+                format!("{o:?}: give a folder name under {}", overlays_dir.display()),
+            ));
         }
         let dir = overlays_dir.join(o);
         if !dir.is_dir() {
-            return Err(invalid(&format!("overlays[{i}]"), format!("{o:?}: no folder {}", dir.display())));
+            return Err(invalid(
+                &format!("overlays[{i}]"),
+                format!("{o:?}: no folder {}", dir.display()),
+            ));
         }
-        overlays.push(OverlayRef { name: o.clone(), dir });
+        overlays.push(OverlayRef {
+            name: o.clone(),
+            dir,
+        });
     }
     let mut vars = BTreeMap::new();
     for (k, v) in raw.vars {
-        let json = serde_json::to_value(&v).map_err(|e| invalid(&format!("vars.{k}"), e.to_string()))?;
+        let json =
+            serde_json::to_value(&v).map_err(|e| invalid(&format!("vars.{k}"), e.to_string()))?;
         vars.insert(k, json);
     }
 
@@ -338,16 +413,38 @@ fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<P
         None => 128 << 20,
     };
     if esp_size < (33 << 20) {
-        return Err(invalid("disk.esp_size", format!("{} is too small: the ESP needs at least 33 MiB", format_size(esp_size))));
+        return Err(invalid(
+            "disk.esp_size",
+            format!(
+                "{} is too small: the ESP needs at least 33 MiB",
+                format_size(esp_size)
+            ),
+        ));
     }
     if size <= esp_size + (64 << 20) {
-        return Err(invalid("disk.size", format!("{} leaves no room for the root next to a {} ESP", format_size(size), format_size(esp_size))));
+        return Err(invalid(
+            "disk.size",
+            format!(
+                "{} leaves no room for the root next to a {} ESP",
+                format_size(size),
+                format_size(esp_size)
+            ),
+        ));
     }
 
     let mut formats = Vec::new();
-    let fmt_names = if raw.output.formats.is_empty() { vec!["raw".to_string()] } else { raw.output.formats };
+    let fmt_names = if raw.output.formats.is_empty() {
+        vec!["raw".to_string()]
+    } else {
+        raw.output.formats
+    };
     for (i, f) in fmt_names.iter().enumerate() {
-        let fmt = Format::parse(f).ok_or_else(|| invalid(&format!("output.formats[{i}]"), format!("unknown format {f:?}; supported: raw")))?;
+        let fmt = Format::parse(f).ok_or_else(|| {
+            invalid(
+                &format!("output.formats[{i}]"),
+                format!("unknown format {f:?}; supported: raw"),
+            )
+        })?;
         if !formats.contains(&fmt) {
             formats.push(fmt);
         }
@@ -358,19 +455,36 @@ fn validate(path: &Path, raw: dto::ProfileFile, overlays_dir: &Path) -> Result<P
         name: raw.name,
         description: raw.description,
         arches,
-        debian: Debian { suites: raw.debian.suites, components, essential: raw.debian.essential },
-        packages: Packages { include: raw.packages.include, arch_include, prefer, exclude_paths },
+        debian: Debian {
+            suites: raw.debian.suites,
+            components,
+            essential: raw.debian.essential,
+        },
+        packages: Packages {
+            include: raw.packages.include,
+            arch_include,
+            prefer,
+            exclude_paths,
+        },
         kernel: Kernel {
             package,
             module_sets: raw.kernel.modules,
             custom_sets: raw.kernel.sets,
             cmdline: raw.kernel.cmdline,
         },
-        boot: Boot { stub_package: raw.boot.stub_package.unwrap_or_else(|| "systemd-boot-efi".into()) },
+        boot: Boot {
+            stub_package: raw
+                .boot
+                .stub_package
+                .unwrap_or_else(|| "systemd-boot-efi".into()),
+        },
         systemd: Systemd {
             enable: raw.systemd.enable,
             mask: raw.systemd.mask,
-            default_target: raw.systemd.default_target.unwrap_or_else(|| "multi-user.target".into()),
+            default_target: raw
+                .systemd
+                .default_target
+                .unwrap_or_else(|| "multi-user.target".into()),
         },
         overlays,
         vars,

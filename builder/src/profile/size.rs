@@ -5,16 +5,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like \"2GiB\" or \"512MiB\""))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"2GiB\" or \"512MiB\""))?;
     let shift = match unit.trim() {
         "" | "B" => 0,
         "K" | "KiB" => 10,
         "M" | "MiB" => 20,
         "G" | "GiB" => 30,
         "T" | "TiB" => 40,
-        other => return Err(format!("{s:?}: unknown unit {other:?}; use KiB, MiB, GiB or TiB")),
+        other => {
+            return Err(format!(
+                "{s:?}: unknown unit {other:?}; use KiB, MiB, GiB or TiB"
+            ))
+        }
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Formats bytes with the largest exact-enough binary unit.
@@ -23,7 +30,11 @@ pub fn format_size(n: u64) -> String {
     for (name, shift) in UNITS {
         if n >= 1 << shift {
             let v = n as f64 / (1u64 << shift) as f64;
-            return if n % (1 << shift) == 0 { format!("{} {name}", n >> shift) } else { format!("{v:.1} {name}") };
+            return if n % (1 << shift) == 0 {
+                format!("{} {name}", n >> shift)
+            } else {
+                format!("{v:.1} {name}")
+            };
         }
     }
     format!("{n} B")

@@ -24,7 +24,8 @@ size = "1GiB"
 
 #[test]
 fn default_profile_validates() {
-    let p = Profile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/qemu.toml")).unwrap();
+    let p = Profile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/qemu.toml"))
+        .unwrap();
     assert_eq!(p.name, "qemu");
     assert_eq!(p.arches, vec![Arch::X86_64, Arch::Arm64]);
     assert!(p.packages_for(Arch::Arm64).contains(&"systemd".to_string()));
@@ -42,7 +43,9 @@ fn minimal_profile_gets_defaults() {
 
 #[test]
 fn unknown_field_is_named() {
-    let e = parse(&MINIMAL.replace("[disk]", "[disk]\nsizee = 3")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("[disk]", "[disk]\nsizee = 3"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("test.toml") && e.contains("sizee"), "{e}");
     assert!(!e.contains('\n'), "one line: {e}");
 }
@@ -55,42 +58,65 @@ fn bad_toml_is_named_with_its_file() {
 
 #[test]
 fn wrong_schema_is_refused() {
-    let e = parse(&MINIMAL.replace("schema = 1", "schema = 9")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("schema = 1", "schema = 9"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("schema") && e.contains('9'), "{e}");
 }
 
 #[test]
 fn unknown_module_set_lists_the_known_ones() {
-    let e = parse(&MINIMAL.replace("[\"virtio\"]", "[\"virtio\", \"warp-drive\"]")).unwrap_err().to_string();
-    assert!(e.contains("kernel.modules[1]") && e.contains("warp-drive") && e.contains("virtio"), "{e}");
+    let e = parse(&MINIMAL.replace("[\"virtio\"]", "[\"virtio\", \"warp-drive\"]"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kernel.modules[1]") && e.contains("warp-drive") && e.contains("virtio"),
+        "{e}"
+    );
 }
 
 #[test]
 fn custom_module_set_is_accepted() {
-    let p = parse(&MINIMAL.replace("[\"virtio\"]", "[\"mine\"]\nsets = { mine = [\"e1000\"] }")).unwrap();
+    let p = parse(&MINIMAL.replace("[\"virtio\"]", "[\"mine\"]\nsets = { mine = [\"e1000\"] }"))
+        .unwrap();
     assert_eq!(p.kernel.custom_sets["mine"], vec!["e1000"]);
 }
 
 #[test]
 fn missing_kernel_for_an_arch_is_refused() {
-    let e = parse(&MINIMAL.replace("[\"amd64\"]", "[\"amd64\", \"arm64\"]")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("[\"amd64\"]", "[\"amd64\", \"arm64\"]"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("kernel.package") && e.contains("arm64"), "{e}");
 }
 
 #[test]
 fn bad_sizes_and_formats_are_named() {
-    let e = parse(&MINIMAL.replace("\"1GiB\"", "\"1 furlong\"")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("\"1GiB\"", "\"1 furlong\""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("disk.size"), "{e}");
-    let e = parse(&MINIMAL.replace("\"1GiB\"", "\"100MiB\"")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("\"1GiB\"", "\"100MiB\""))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("disk.size") && e.contains("no room"), "{e}");
-    let e = parse(&format!("{MINIMAL}[output]\nformats = [\"floppy\"]\n")).unwrap_err().to_string();
-    assert!(e.contains("output.formats[0]") && e.contains("floppy"), "{e}");
+    let e = parse(&format!("{MINIMAL}[output]\nformats = [\"floppy\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("output.formats[0]") && e.contains("floppy"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_package_and_overlay_names_are_refused() {
-    let e = parse(&MINIMAL.replace("[debian]", "[packages]\ninclude = [\"Bad Name\"]\n[debian]")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("[debian]", "[packages]\ninclude = [\"Bad Name\"]\n[debian]"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("packages.include[0]"), "{e}");
-    let e = parse(&MINIMAL.replace("arches =", "overlays = [\"nope\"]\narches =")).unwrap_err().to_string();
+    let e = parse(&MINIMAL.replace("arches =", "overlays = [\"nope\"]\narches ="))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("overlays[0]") && e.contains("nope"), "{e}");
 }

@@ -17,7 +17,15 @@ pub fn apply(tree: &mut FileTree) -> Result<EffectsReport, TreeError> {
     let origin = "kiln:effects";
     crate::unpack::merged_usr_links(tree)?;
     // Mount points the init and systemd use.
-    for (dir, mode) in [("proc", 0o555), ("sys", 0o555), ("dev", 0o755), ("run", 0o755), ("var", 0o755), ("tmp", 0o1777), ("sysroot", 0o755)] {
+    for (dir, mode) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("run", 0o755),
+        ("var", 0o755),
+        ("tmp", 0o1777),
+        ("sysroot", 0o755),
+    ] {
         if dir == "sysroot" {
             continue;
         }
@@ -29,17 +37,33 @@ pub fn apply(tree: &mut FileTree) -> Result<EffectsReport, TreeError> {
         t.mode = 0o1777;
     }
     // Empty: systemd mounts a transient machine-id over it on a read-only /etc.
-    tree.insert("etc/machine-id", Node::file(Vec::new(), 0o444, epoch, origin))?;
-    tree.insert("etc/mtab", Node::symlink("../proc/self/mounts", epoch, origin))?;
+    tree.insert(
+        "etc/machine-id",
+        Node::file(Vec::new(), 0o444, epoch, origin),
+    )?;
+    tree.insert(
+        "etc/mtab",
+        Node::symlink("../proc/self/mounts", epoch, origin),
+    )?;
     if !tree.contains("etc/environment") {
-        tree.insert("etc/environment", Node::file(Vec::new(), 0o644, epoch, origin))?;
+        tree.insert(
+            "etc/environment",
+            Node::file(Vec::new(), 0o644, epoch, origin),
+        )?;
     }
     if !tree.contains("etc/fstab") {
         let text = "# kiln: / is mounted read-only by the initramfs; /var and /tmp are set up there too.\n";
-        tree.insert("etc/fstab", Node::file(text.as_bytes().to_vec(), 0o644, epoch, origin))?;
+        tree.insert(
+            "etc/fstab",
+            Node::file(text.as_bytes().to_vec(), 0o644, epoch, origin),
+        )?;
     }
     if tree.resolve("usr/bin/sh").is_err() {
-        let target = if tree.contains("usr/bin/dash") { "dash" } else { "busybox" };
+        let target = if tree.contains("usr/bin/dash") {
+            "dash"
+        } else {
+            "busybox"
+        };
         tree.insert("usr/bin/sh", Node::symlink(target, epoch, origin))?;
     }
     let ca_certificates = ca_bundle(tree)?;
@@ -61,7 +85,8 @@ fn ca_bundle(tree: &mut FileTree) -> Result<usize, TreeError> {
     }
     let epoch = tree.epoch();
     let origin = "kiln:ca-certificates";
-    let mut conf = String::from("# kiln: every certificate shipped by ca-certificates is enabled.\n");
+    let mut conf =
+        String::from("# kiln: every certificate shipped by ca-certificates is enabled.\n");
     let mut bundle = Vec::new();
     for c in &certs {
         conf.push_str(c);
@@ -72,10 +97,19 @@ fn ca_bundle(tree: &mut FileTree) -> Result<usize, TreeError> {
             bundle.push(b'\n');
         }
         let name = super::file_name(c).trim_end_matches(".crt");
-        tree.insert(&format!("etc/ssl/certs/{name}.pem"), Node::symlink(format!("/{base}/{c}"), epoch, origin))?;
+        tree.insert(
+            &format!("etc/ssl/certs/{name}.pem"),
+            Node::symlink(format!("/{base}/{c}"), epoch, origin),
+        )?;
     }
-    tree.insert("etc/ca-certificates.conf", Node::file(conf.into_bytes(), 0o644, epoch, origin))?;
-    tree.insert("etc/ssl/certs/ca-certificates.crt", Node::file(bundle, 0o644, epoch, origin))?;
+    tree.insert(
+        "etc/ca-certificates.conf",
+        Node::file(conf.into_bytes(), 0o644, epoch, origin),
+    )?;
+    tree.insert(
+        "etc/ssl/certs/ca-certificates.crt",
+        Node::file(bundle, 0o644, epoch, origin),
+    )?;
     Ok(certs.len())
 }
 
@@ -86,19 +120,38 @@ mod tests {
     #[test]
     fn fixups_make_a_bootable_layout() {
         let mut t = FileTree::new(100);
-        t.insert("usr/bin/dash", Node::file(b"elf".to_vec(), 0o755, 1, "pkg:dash")).unwrap();
-        t.insert("usr/lib/x", Node::file(b"".to_vec(), 0o644, 1, "pkg:x")).unwrap();
-        t.insert("usr/share/ca-certificates/mozilla/B.crt", Node::file(b"-----B-----".to_vec(), 0o644, 1, "pkg:ca")).unwrap();
-        t.insert("usr/share/ca-certificates/mozilla/A.crt", Node::file(b"-----A-----\n".to_vec(), 0o644, 1, "pkg:ca")).unwrap();
+        t.insert(
+            "usr/bin/dash",
+            Node::file(b"elf".to_vec(), 0o755, 1, "pkg:dash"),
+        )
+        .unwrap();
+        t.insert("usr/lib/x", Node::file(b"".to_vec(), 0o644, 1, "pkg:x"))
+            .unwrap();
+        t.insert(
+            "usr/share/ca-certificates/mozilla/B.crt",
+            Node::file(b"-----B-----".to_vec(), 0o644, 1, "pkg:ca"),
+        )
+        .unwrap();
+        t.insert(
+            "usr/share/ca-certificates/mozilla/A.crt",
+            Node::file(b"-----A-----\n".to_vec(), 0o644, 1, "pkg:ca"),
+        )
+        .unwrap();
         let r = apply(&mut t).unwrap();
         assert_eq!(r.ca_certificates, 2);
-        assert_eq!(&*t.read("etc/ssl/certs/ca-certificates.crt").unwrap(), b"-----A-----\n-----B-----\n");
+        assert_eq!(
+            &*t.read("etc/ssl/certs/ca-certificates.crt").unwrap(),
+            b"-----A-----\n-----B-----\n"
+        );
         assert_eq!(&*t.read("etc/ssl/certs/A.pem").unwrap(), b"-----A-----\n");
         assert_eq!(&*t.read("bin/sh").unwrap(), b"elf");
         assert_eq!(t.get("lib").unwrap().kind, Kind::Symlink("usr/lib".into()));
         assert_eq!(t.get("tmp").unwrap().mode, 0o1777);
         assert_eq!(t.read("etc/machine-id").unwrap().len(), 0);
-        assert_eq!(t.get("etc/mtab").unwrap().kind, Kind::Symlink("../proc/self/mounts".into()));
+        assert_eq!(
+            t.get("etc/mtab").unwrap().kind,
+            Kind::Symlink("../proc/self/mounts".into())
+        );
         // Idempotent.
         apply(&mut t).unwrap();
     }

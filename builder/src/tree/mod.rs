@@ -92,7 +92,12 @@ impl Node {
     }
 
     /// A root-owned regular file.
-    pub fn file(data: impl Into<Arc<[u8]>>, mode: u32, mtime: i64, origin: impl Into<String>) -> Node {
+    pub fn file(
+        data: impl Into<Arc<[u8]>>,
+        mode: u32,
+        mtime: i64,
+        origin: impl Into<String>,
+    ) -> Node {
         Node {
             kind: Kind::File(data.into()),
             mode,
@@ -252,13 +257,24 @@ impl FileTree {
     }
 
     /// Entries strictly below `dir` (all depths), in path order.
-    pub fn descendants<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    pub fn descendants<'a>(
+        &'a self,
+        dir: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         self.nodes
             .range(prefix.clone()..)
             .skip_while(move |(k, _)| k.is_empty() && !prefix.is_empty())
             .take_while({
-                let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                let prefix = if dir.is_empty() {
+                    String::new()
+                } else {
+                    format!("{dir}/")
+                };
                 move |(k, _)| k.starts_with(&prefix)
             })
             .filter(|(k, _)| !k.is_empty())
@@ -315,7 +331,12 @@ impl FileTree {
     /// replace different content. Identical content is accepted (the first
     /// origin is kept); two directories merge; otherwise it is a conflict,
     /// unless `wins` names the newcomer's origin as the one to keep.
-    pub fn insert_checked(&mut self, path: &str, mut node: Node, wins: Option<&str>) -> Result<(), TreeError> {
+    pub fn insert_checked(
+        &mut self,
+        path: &str,
+        mut node: Node,
+        wins: Option<&str>,
+    ) -> Result<(), TreeError> {
         node.mtime = node.mtime.min(self.epoch);
         self.ensure_parents(path, &node.origin)?;
         match self.nodes.get(path) {
@@ -370,8 +391,12 @@ impl FileTree {
     /// Removes every entry for which `keep` returns false (and everything
     /// below removed directories). Returns how many went.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &Node) -> bool) -> usize {
-        let drop: Vec<String> =
-            self.nodes.iter().filter(|(k, n)| !k.is_empty() && !keep(k, n)).map(|(k, _)| k.clone()).collect();
+        let drop: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(k, n)| !k.is_empty() && !keep(k, n))
+            .map(|(k, _)| k.clone())
+            .collect();
         drop.iter().map(|k| self.remove_subtree(k)).sum()
     }
 
@@ -380,9 +405,18 @@ impl FileTree {
     pub fn resolve(&self, path: &str) -> Result<String, TreeError> {
         let mut budget = 40;
         let mut done = String::new();
-        let mut todo: Vec<String> = normalize(path)?.split('/').filter(|s| !s.is_empty()).rev().map(String::from).collect();
+        let mut todo: Vec<String> = normalize(path)?
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .rev()
+            .map(String::from)
+            .collect();
         while let Some(comp) = todo.pop() {
-            let cand = if done.is_empty() { comp.clone() } else { format!("{done}/{comp}") };
+            let cand = if done.is_empty() {
+                comp.clone()
+            } else {
+                format!("{done}/{comp}")
+            };
             match self.nodes.get(&cand).map(|n| &n.kind) {
                 Some(Kind::Symlink(target)) => {
                     budget -= 1;
@@ -441,9 +475,16 @@ mod tests {
         let mut t = FileTree::new(1000);
         t.insert_checked("etc/x", f(b"a", "pkg:one"), None).unwrap();
         t.insert_checked("etc/x", f(b"a", "pkg:two"), None).unwrap();
-        let e = t.insert_checked("etc/x", f(b"b", "pkg:three"), None).unwrap_err().to_string();
-        assert!(e.contains("pkg:one") && e.contains("pkg:three") && e.contains("etc/x"), "{e}");
-        t.insert_checked("etc/x", f(b"b", "pkg:three"), Some("pkg:three")).unwrap();
+        let e = t
+            .insert_checked("etc/x", f(b"b", "pkg:three"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pkg:one") && e.contains("pkg:three") && e.contains("etc/x"),
+            "{e}"
+        );
+        t.insert_checked("etc/x", f(b"b", "pkg:three"), Some("pkg:three"))
+            .unwrap();
         assert_eq!(&*t.read("etc/x").unwrap(), b"b");
     }
 
@@ -461,7 +502,8 @@ mod tests {
         let mut t = FileTree::new(50);
         t.insert("usr/bin/bash", f(b"elf", "p")).unwrap();
         t.insert("bin", Node::symlink("usr/bin", 0, "k")).unwrap();
-        t.insert("usr/bin/sh", Node::symlink("/bin/bash", 0, "k")).unwrap();
+        t.insert("usr/bin/sh", Node::symlink("/bin/bash", 0, "k"))
+            .unwrap();
         assert_eq!(t.resolve("bin/sh").unwrap(), "usr/bin/bash");
         assert_eq!(&*t.read("/bin/sh").unwrap(), b"elf");
         t.insert("loop", Node::symlink("loop", 0, "k")).unwrap();

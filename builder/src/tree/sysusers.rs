@@ -663,9 +663,11 @@ fn expand_specifiers(s: &str) -> Result<String, String> {
         if c == '%' {
             match chars.next() {
                 Some('%') => out.push('%'),
-                Some(x) => return Err(format!(
+                Some(x) => {
+                    return Err(format!(
                     "specifier %{x} in {s:?} is not supported at build time; write the value out"
-                )),
+                ))
+                }
                 None => return Err(format!("{s:?} ends with a lone %")),
             }
         } else {

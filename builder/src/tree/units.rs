@@ -439,14 +439,16 @@ fn expand(path: &str, value: &str, unit: &UnitName) -> Result<String, UnitsError
             Some('i') => out.push_str(unit.instance.as_deref().unwrap_or("")),
             Some('j') => out.push_str(unit.prefix.rsplit('-').next().unwrap_or("")),
             Some('%') => out.push('%'),
-            other => return Err(UnitsError::Specifier {
-                path: path.into(),
-                value: value.into(),
-                message: format!(
+            other => {
+                return Err(UnitsError::Specifier {
+                    path: path.into(),
+                    value: value.into(),
+                    message: format!(
                     "specifier %{} is not supported at build time (supported: %n %N %p %i %j %%)",
                     other.map(String::from).unwrap_or_default()
                 ),
-            }),
+                })
+            }
         }
     }
     Ok(out)

@@ -10,7 +10,14 @@ pub struct Glob {
 impl Glob {
     /// Compiles a pattern such as `usr/share/doc/**` or `usr/lib/*/*.a`.
     pub fn new(pattern: &str) -> Glob {
-        Glob { pattern: pattern.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).map(String::from).collect() }
+        Glob {
+            pattern: pattern
+                .trim_start_matches('/')
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }
     }
 
     /// Whether a normalised path matches.
@@ -25,7 +32,9 @@ fn match_parts(pat: &[String], path: &[&str]) -> bool {
         None => path.is_empty(),
         Some((p, rest)) if p == "**" => (0..=path.len()).any(|i| match_parts(rest, &path[i..])),
         Some((p, rest)) => match path.split_first() {
-            Some((c, crest)) => match_component(p.as_bytes(), c.as_bytes()) && match_parts(rest, crest),
+            Some((c, crest)) => {
+                match_component(p.as_bytes(), c.as_bytes()) && match_parts(rest, crest)
+            }
             None => false,
         },
     }

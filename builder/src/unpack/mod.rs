@@ -93,7 +93,10 @@ pub fn read_deb(path: &Path, package: &str) -> Result<Deb, UnpackError> {
         package: package.to_string(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|source| UnpackError::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| UnpackError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut ar = ar::Archive::new(BufReader::with_capacity(1 << 20, file));
     let mut control = None;
     let mut entries = None;
@@ -112,11 +115,17 @@ pub fn read_deb(path: &Path, package: &str) -> Result<Deb, UnpackError> {
         }
     }
     if !saw_magic {
-        return Err(corrupt("no debian-binary member: not a Debian package".into()));
+        return Err(corrupt(
+            "no debian-binary member: not a Debian package".into(),
+        ));
     }
     let control = control.ok_or_else(|| corrupt("no control.tar member".into()))?;
     let entries = entries.ok_or_else(|| corrupt("no data.tar member".into()))?;
-    Ok(Deb { package: package.to_string(), control, entries })
+    Ok(Deb {
+        package: package.to_string(),
+        control,
+        entries,
+    })
 }
 
 fn decompressor<'a>(suffix: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>, String> {
@@ -124,7 +133,9 @@ fn decompressor<'a>(suffix: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a
         "" => Box::new(r),
         ".xz" => Box::new(liblzma::read::XzDecoder::new_multi_decoder(r)),
         ".gz" => Box::new(flate2::read::GzDecoder::new(r)),
-        ".zst" => Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?),
+        ".zst" => {
+            Box::new(ruzstd::decoding::StreamingDecoder::new(r).map_err(|e| format!("zstd: {e}"))?)
+        }
         other => return Err(format!("unsupported compression {other:?}")),
     })
 }
@@ -140,7 +151,10 @@ fn read_control(r: impl Read) -> io::Result<BTreeMap<String, String>> {
             return Ok(parse_control(&text));
         }
     }
-    Err(io::Error::new(io::ErrorKind::InvalidData, "no control file"))
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "no control file",
+    ))
 }
 
 /// Parses one deb822 stanza (continuation lines are joined with newlines).
@@ -174,7 +188,12 @@ fn read_data(r: impl Read, package: &str) -> io::Result<Vec<(String, Node)>> {
         let path = match normalize(&raw_path) {
             Ok(p) if p.is_empty() => continue,
             Ok(p) => merge_usr(&p),
-            Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{raw_path:?} escapes the root"))),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{raw_path:?} escapes the root"),
+                ))
+            }
         };
         let h = e.header();
         let mode = h.mode()? & 0o7777;
@@ -183,13 +202,20 @@ fn read_data(r: impl Read, package: &str) -> io::Result<Vec<(String, Node)>> {
         let mtime = h.mtime()? as i64;
         let et = h.entry_type();
         let link = || -> io::Result<String> {
-            e_link(h).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{raw_path}: link without target")))
+            e_link(h).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{raw_path}: link without target"),
+                )
+            })
         };
         let kind = match et {
             tar::EntryType::Directory => Kind::Dir,
             tar::EntryType::Symlink => Kind::Symlink(link()?),
             tar::EntryType::Link => {
-                let t = normalize(&link()?).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad hardlink target"))?;
+                let t = normalize(&link()?).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "bad hardlink target")
+                })?;
                 Kind::Hardlink(merge_usr(&t))
             }
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -207,19 +233,36 @@ fn read_data(r: impl Read, package: &str) -> io::Result<Vec<(String, Node)>> {
                 e.read_to_end(&mut data)?;
                 Kind::File(Arc::from(data))
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => continue,
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => continue,
             other => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{raw_path}: unsupported tar entry type {other:?}")))
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{raw_path}: unsupported tar entry type {other:?}"),
+                ))
             }
         };
-        let node = Node { kind, mode, uid, gid, mtime, xattrs: BTreeMap::new(), origin: origin.clone() };
+        let node = Node {
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs: BTreeMap::new(),
+            origin: origin.clone(),
+        };
         out.push((path, node));
     }
     Ok(out)
 }
 
 fn e_link(h: &tar::Header) -> Option<String> {
-    h.link_name().ok().flatten().map(|p| p.to_string_lossy().into_owned())
+    h.link_name()
+        .ok()
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// What to leave out and who wins conflicts while inserting packages.
@@ -243,7 +286,11 @@ pub struct InsertStats {
 }
 
 /// Inserts a package's entries into the tree, refusing silent overwrites.
-pub fn insert_deb(tree: &mut FileTree, deb: Deb, rules: &InsertRules) -> Result<InsertStats, UnpackError> {
+pub fn insert_deb(
+    tree: &mut FileTree,
+    deb: Deb,
+    rules: &InsertRules,
+) -> Result<InsertStats, UnpackError> {
     let mut stats = InsertStats::default();
     let origin = format!("pkg:{}", deb.package);
     let excluded = |p: &str| rules.exclude.iter().any(|g| g.matches(p));
@@ -258,22 +305,36 @@ pub fn insert_deb(tree: &mut FileTree, deb: Deb, rules: &InsertRules) -> Result<
             stats.bytes += d.len() as u64;
         }
         let wins = rules.prefer.get(&path).map(|p| format!("pkg:{p}"));
-        let wins = wins.as_deref().filter(|w| *w == origin || tree.get(&path).is_some_and(|n| n.origin == *w));
+        let wins = wins
+            .as_deref()
+            .filter(|w| *w == origin || tree.get(&path).is_some_and(|n| n.origin == *w));
         tree.insert_checked(&path, node, wins)
-            .map_err(|source| UnpackError::Tree { package: deb.package.clone(), source })?;
+            .map_err(|source| UnpackError::Tree {
+                package: deb.package.clone(),
+                source,
+            })?;
         stats.entries += 1;
     }
     Ok(stats)
 }
 
 /// Reads several packages on all cores, returning them in input order.
-pub fn read_debs_parallel(items: &[(String, PathBuf)], progress: &indicatif::ProgressBar) -> Result<Vec<Deb>, UnpackError> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+pub fn read_debs_parallel(
+    items: &[(String, PathBuf)],
+    progress: &indicatif::ProgressBar,
+) -> Result<Vec<Deb>, UnpackError> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<Deb, UnpackError>>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<std::sync::Mutex<Option<Result<Deb, UnpackError>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
     // Largest packages first so one huge kernel .deb does not finish last alone.
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(std::fs::metadata(&items[i].1).map(|m| m.len()).unwrap_or(0)));
+    order.sort_by_key(|&i| {
+        std::cmp::Reverse(std::fs::metadata(&items[i].1).map(|m| m.len()).unwrap_or(0))
+    });
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
@@ -291,7 +352,11 @@ pub fn read_debs_parallel(items: &[(String, PathBuf)], progress: &indicatif::Pro
     let mut out = Vec::with_capacity(items.len());
     for (slot, (name, path)) in slots.into_iter().zip(items) {
         let r = slot.into_inner().ok().flatten().unwrap_or_else(|| {
-            Err(UnpackError::Corrupt { path: path.clone(), package: name.clone(), message: "reader thread failed".into() })
+            Err(UnpackError::Corrupt {
+                path: path.clone(),
+                package: name.clone(),
+                message: "reader thread failed".into(),
+            })
         });
         out.push(r?);
     }

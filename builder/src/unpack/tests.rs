@@ -3,7 +3,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 /// Builds a real .deb with dpkg-deb (the independent tool) from a staged tree.
-fn build_deb(dir: &Path, name: &str, files: &[(&str, &[u8], u32)], symlinks: &[(&str, &str)], hardlinks: &[(&str, &str)]) -> PathBuf {
+fn build_deb(
+    dir: &Path,
+    name: &str,
+    files: &[(&str, &[u8], u32)],
+    symlinks: &[(&str, &str)],
+    hardlinks: &[(&str, &str)],
+) -> PathBuf {
     let root = dir.join(format!("{name}-root"));
     std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
     std::fs::write(
@@ -32,7 +38,11 @@ fn build_deb(dir: &Path, name: &str, files: &[(&str, &[u8], u32)], symlinks: &[(
         .arg(&out)
         .output()
         .expect("dpkg-deb is part of every Debian system");
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     out
 }
 
@@ -42,7 +52,10 @@ fn reads_files_links_modes_and_merges_usr() {
     let deb = build_deb(
         d.path(),
         "demo",
-        &[("bin/tool", b"#!/bin/sh\n", 0o4755), ("etc/demo.conf", b"x=1\n", 0o640)],
+        &[
+            ("bin/tool", b"#!/bin/sh\n", 0o4755),
+            ("etc/demo.conf", b"x=1\n", 0o640),
+        ],
         &[("usr/bin/alias", "../../bin/tool")],
         &[("bin/tool2", "bin/tool")],
     );
@@ -52,13 +65,21 @@ fn reads_files_links_modes_and_merges_usr() {
     let mut tree = FileTree::new(2_000_000_000);
     let stats = insert_deb(&mut tree, parsed, &InsertRules::default()).unwrap();
     assert!(stats.entries >= 4);
-    let tool = tree.get("usr/bin/tool").expect("bin/ is mapped onto usr/bin");
+    let tool = tree
+        .get("usr/bin/tool")
+        .expect("bin/ is mapped onto usr/bin");
     assert_eq!(tool.mode, 0o4755);
     assert_eq!((tool.uid, tool.gid), (0, 0));
     assert_eq!(tree.get("etc/demo.conf").unwrap().mode, 0o640);
-    assert_eq!(tree.get("usr/bin/alias").unwrap().kind, Kind::Symlink("../../bin/tool".into()));
+    assert_eq!(
+        tree.get("usr/bin/alias").unwrap().kind,
+        Kind::Symlink("../../bin/tool".into())
+    );
     let link = &tree.get("usr/bin/tool2").unwrap().kind;
-    assert!(matches!(link, Kind::Hardlink(t) if t == "usr/bin/tool") || matches!(link, Kind::File(_)), "{link:?}");
+    assert!(
+        matches!(link, Kind::Hardlink(t) if t == "usr/bin/tool") || matches!(link, Kind::File(_)),
+        "{link:?}"
+    );
     assert!(!tree.contains("bin"));
     merged_usr_links(&mut tree).unwrap();
     assert_eq!(&*tree.read("bin/tool").unwrap(), b"#!/bin/sh\n");
@@ -67,12 +88,21 @@ fn reads_files_links_modes_and_merges_usr() {
 #[test]
 fn truncated_package_names_file_and_package() {
     let d = tempfile::tempdir().unwrap();
-    let deb = build_deb(d.path(), "big", &[("usr/share/big", &vec![7u8; 300_000], 0o644)], &[], &[]);
+    let deb = build_deb(
+        d.path(),
+        "big",
+        &[("usr/share/big", &vec![7u8; 300_000], 0o644)],
+        &[],
+        &[],
+    );
     let bytes = std::fs::read(&deb).unwrap();
     let cut = d.path().join("cut.deb");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let e = read_deb(&cut, "big").unwrap_err().to_string();
-    assert!(e.contains("cut.deb") && e.contains("big") && e.contains("corrupt"), "{e}");
+    assert!(
+        e.contains("cut.deb") && e.contains("big") && e.contains("corrupt"),
+        "{e}"
+    );
     std::fs::write(&cut, b"not a deb at all").unwrap();
     assert!(read_deb(&cut, "big").is_err());
 }
@@ -80,16 +110,40 @@ fn truncated_package_names_file_and_package() {
 #[test]
 fn conflicting_packages_are_named_unless_preferred() {
     let d = tempfile::tempdir().unwrap();
-    let a = read_deb(&build_deb(d.path(), "aa", &[("etc/x", b"a", 0o644)], &[], &[]), "aa").unwrap();
-    let b = read_deb(&build_deb(d.path(), "bb", &[("etc/x", b"b", 0o644)], &[], &[]), "bb").unwrap();
+    let a = read_deb(
+        &build_deb(d.path(), "aa", &[("etc/x", b"a", 0o644)], &[], &[]),
+        "aa",
+    )
+    .unwrap();
+    let b = read_deb(
+        &build_deb(d.path(), "bb", &[("etc/x", b"b", 0o644)], &[], &[]),
+        "bb",
+    )
+    .unwrap();
     let mut tree = FileTree::new(2_000_000_000);
     insert_deb(&mut tree, a, &InsertRules::default()).unwrap();
-    let e = insert_deb(&mut tree, b, &InsertRules::default()).unwrap_err().to_string();
-    assert!(e.contains("pkg:aa") && e.contains("pkg:bb") && e.contains("etc/x") && e.contains("prefer"), "{e}");
+    let e = insert_deb(&mut tree, b, &InsertRules::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pkg:aa") && e.contains("pkg:bb") && e.contains("etc/x") && e.contains("prefer"),
+        "{e}"
+    );
 
-    let a = read_deb(&build_deb(d.path(), "aa", &[("etc/x", b"a", 0o644)], &[], &[]), "aa").unwrap();
-    let b = read_deb(&build_deb(d.path(), "bb", &[("etc/x", b"b", 0o644)], &[], &[]), "bb").unwrap();
-    let rules = InsertRules { prefer: [("etc/x".to_string(), "bb".to_string())].into(), ..Default::default() };
+    let a = read_deb(
+        &build_deb(d.path(), "aa", &[("etc/x", b"a", 0o644)], &[], &[]),
+        "aa",
+    )
+    .unwrap();
+    let b = read_deb(
+        &build_deb(d.path(), "bb", &[("etc/x", b"b", 0o644)], &[], &[]),
+        "bb",
+    )
+    .unwrap();
+    let rules = InsertRules {
+        prefer: [("etc/x".to_string(), "bb".to_string())].into(),
+        ..Default::default()
+    };
     let mut tree = FileTree::new(2_000_000_000);
     insert_deb(&mut tree, a, &rules).unwrap();
     insert_deb(&mut tree, b, &rules).unwrap();
@@ -102,11 +156,17 @@ fn excluded_paths_and_their_hardlinks_are_left_out() {
     let deb = build_deb(
         d.path(),
         "docs",
-        &[("usr/share/doc/docs/README", b"r", 0o644), ("usr/bin/keep", b"k", 0o755)],
+        &[
+            ("usr/share/doc/docs/README", b"r", 0o644),
+            ("usr/bin/keep", b"k", 0o755),
+        ],
         &[],
         &[("usr/share/doc/docs/README2", "usr/share/doc/docs/README")],
     );
-    let rules = InsertRules { exclude: vec![Glob::new("usr/share/doc/**")], ..Default::default() };
+    let rules = InsertRules {
+        exclude: vec![Glob::new("usr/share/doc/**")],
+        ..Default::default()
+    };
     let mut tree = FileTree::new(2_000_000_000);
     let stats = insert_deb(&mut tree, read_deb(&deb, "docs").unwrap(), &rules).unwrap();
     assert_eq!(stats.excluded, 2);
@@ -121,7 +181,13 @@ fn parallel_reads_keep_input_order() {
         .map(|i| {
             let name = format!("p{i}");
             let big = vec![i as u8; 10_000 * (5 - i)];
-            let deb = build_deb(d.path(), &name, &[(&format!("usr/share/{name}"), &big, 0o644)], &[], &[]);
+            let deb = build_deb(
+                d.path(),
+                &name,
+                &[(&format!("usr/share/{name}"), &big, 0o644)],
+                &[],
+                &[],
+            );
             (name, deb)
         })
         .collect();

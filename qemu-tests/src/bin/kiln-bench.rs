@@ -29,28 +29,70 @@ struct ArchFigures {
     bare_init_secs: f64,
 }
 
-fn build(profile: &kiln::profile::Profile, arch: Arch, cache: &Path, out: &Path) -> anyhow::Result<(f64, kiln::build::BuildReport)> {
-    let opts = kiln::build::BuildOptions { arches: vec![arch], out: out.to_path_buf(), epoch: None, agent: kiln::build::AgentSource::from_env() };
+fn build(
+    profile: &kiln::profile::Profile,
+    arch: Arch,
+    cache: &Path,
+    out: &Path,
+) -> anyhow::Result<(f64, kiln::build::BuildReport)> {
+    let opts = kiln::build::BuildOptions {
+        arches: vec![arch],
+        out: out.to_path_buf(),
+        epoch: None,
+        agent: kiln::build::AgentSource::from_env(),
+    };
     let t = Instant::now();
-    let r = kiln::build::build(profile, &kiln::fetch::Cache::new(cache), &opts, &kiln::build::Ui::new(true))?;
-    Ok((t.elapsed().as_secs_f64(), r.into_iter().next().context("no image")?))
+    let r = kiln::build::build(
+        profile,
+        &kiln::fetch::Cache::new(cache),
+        &opts,
+        &kiln::build::Ui::new(true),
+    )?;
+    Ok((
+        t.elapsed().as_secs_f64(),
+        r.into_iter().next().context("no image")?,
+    ))
 }
 
 /// `mkfs.ext4 -d` on the same tree: the root partition unpacked with
 /// debugfs (ownership kept, we run as root), then rebuilt by mke2fs.
 fn mkfs_floor(image: &Path, m: &Manifest, work: &Path) -> anyhow::Result<f64> {
-    let root = m.disk.partitions.iter().find(|p| p.role == "root").context("no root partition")?;
+    let root = m
+        .disk
+        .partitions
+        .iter()
+        .find(|p| p.role == "root")
+        .context("no root partition")?;
     let part = work.join("root.ext4");
     extract_range(image, root.offset, root.size, &part)?;
     let tree = work.join("tree");
     std::fs::create_dir_all(&tree)?;
-    check_tool("debugfs", &["-R", &format!("rdump / {}", tree.display()), part.to_str().unwrap_or_default()])?;
+    check_tool(
+        "debugfs",
+        &[
+            "-R",
+            &format!("rdump / {}", tree.display()),
+            part.to_str().unwrap_or_default(),
+        ],
+    )?;
     let out = work.join("mkfs.ext4");
     let mut best = f64::MAX;
     for _ in 0..3 {
         let _ = std::fs::remove_file(&out);
         let t = Instant::now();
-        check_tool("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-d", tree.to_str().unwrap_or_default(), out.to_str().unwrap_or_default(), &format!("{}k", root.size / 1024)])?;
+        check_tool(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+                "-d",
+                tree.to_str().unwrap_or_default(),
+                out.to_str().unwrap_or_default(),
+                &format!("{}k", root.size / 1024),
+            ],
+        )?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(best)
@@ -60,41 +102,81 @@ fn mkfs_floor(image: &Path, m: &Manifest, work: &Path) -> anyhow::Result<f64> {
 /// tiny initramfs holding only the agent as /init: the time from QEMU start
 /// to the first line of userspace.
 fn bare_boot(arch: Arch, image: &Path, m: &Manifest, work: &Path) -> anyhow::Result<f64> {
-    let esp = m.disk.partitions.iter().find(|p| p.role == "esp").context("no esp")?;
+    let esp = m
+        .disk
+        .partitions
+        .iter()
+        .find(|p| p.role == "esp")
+        .context("no esp")?;
     let esp_img = work.join("esp.fat");
     extract_range(image, esp.offset, esp.size, &esp_img)?;
     let uki_path = work.join("uki.efi");
-    check_tool("mcopy", &["-n", "-i", esp_img.to_str().unwrap_or_default(), &format!("::/EFI/BOOT/{}", arch.efi_boot_file()), uki_path.to_str().unwrap_or_default()])?;
+    check_tool(
+        "mcopy",
+        &[
+            "-n",
+            "-i",
+            esp_img.to_str().unwrap_or_default(),
+            &format!("::/EFI/BOOT/{}", arch.efi_boot_file()),
+            uki_path.to_str().unwrap_or_default(),
+        ],
+    )?;
     let uki = std::fs::read(&uki_path)?;
     let linux = kiln::uki::section_data(&uki, ".linux")?.context("no .linux")?;
     let kernel = work.join("vmlinuz");
     std::fs::write(&kernel, linux)?;
     let agent = kiln::build::AgentSource::from_env().locate(arch)?;
     let mut t = kiln::tree::FileTree::new(0);
-    t.insert("init", kiln::tree::Node::file(std::fs::read(agent)?, 0o755, 0, "bench"))?;
-    t.insert("dev/console", kiln::tree::Node { kind: kiln::tree::Kind::CharDev { major: 5, minor: 1 }, ..kiln::tree::Node::file(Vec::new(), 0o600, 0, "bench") })?;
+    t.insert(
+        "init",
+        kiln::tree::Node::file(std::fs::read(agent)?, 0o755, 0, "bench"),
+    )?;
+    t.insert(
+        "dev/console",
+        kiln::tree::Node {
+            kind: kiln::tree::Kind::CharDev { major: 5, minor: 1 },
+            ..kiln::tree::Node::file(Vec::new(), 0o600, 0, "bench")
+        },
+    )?;
     let mut cpio = Vec::new();
     kiln::fs::cpio::write_newc(&t, &mut cpio)?;
     let initrd = work.join("tiny.cpio");
     std::fs::write(&initrd, cpio)?;
-    let console = if arch == Arch::X86_64 { "ttyS0" } else { "ttyAMA0" };
+    let console = if arch == Arch::X86_64 {
+        "ttyS0"
+    } else {
+        "ttyAMA0"
+    };
     let serial = work.join("bare-serial.log");
     let mut cmd = std::process::Command::new(kiln::qemu::qemu_binary(arch));
     match arch {
         Arch::X86_64 => cmd.args(["-machine", "q35,accel=tcg", "-cpu", "max"]),
         Arch::Arm64 => cmd.args(["-machine", "virt,accel=tcg", "-cpu", "cortex-a57"]),
     };
-    cmd.args(["-nodefaults", "-m", "1024", "-smp", "2", "-display", "none", "-no-reboot", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-kernel")
-        .arg(&kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-append")
-        .arg(format!("console={console} kiln.on_failure=poweroff kiln.rootwait=1"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "-nodefaults",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .arg("-kernel")
+    .arg(&kernel)
+    .arg("-initrd")
+    .arg(&initrd)
+    .arg("-append")
+    .arg(format!(
+        "console={console} kiln.on_failure=poweroff kiln.rootwait=1"
+    ))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     let start = Instant::now();
     let mut child = cmd.spawn()?;
     let result = loop {
@@ -113,7 +195,7 @@ fn bare_boot(arch: Arch, image: &Path, m: &Manifest, work: &Path) -> anyhow::Res
 }
 
 fn boot(arch: Arch, image: &Path) -> anyhow::Result<(f64, f64)> {
-    let mut vm = RunningVm::start(kiln::qemu::Vm::new(arch, image))?;
+    let vm = RunningVm::start(kiln::qemu::Vm::new(arch, image))?;
     let mut init = None;
     let deadline = Duration::from_secs(600);
     loop {
@@ -125,7 +207,10 @@ fn boot(arch: Arch, image: &Path) -> anyhow::Result<(f64, f64)> {
             return Ok((init.unwrap_or(f64::NAN), vm.elapsed()));
         }
         if vm.elapsed() > deadline.as_secs_f64() {
-            anyhow::bail!("{arch}: no login prompt in {deadline:?}\n{}", kiln_qemu_tests::tail(&text, 30));
+            anyhow::bail!(
+                "{arch}: no login prompt in {deadline:?}\n{}",
+                kiln_qemu_tests::tail(&text, 30)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -139,7 +224,12 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
     eprintln!("bench: {arch}: warm builds");
     let mut warm: Option<(f64, kiln::build::BuildReport)> = None;
     for i in 0..2 {
-        let r = build(profile, arch, &cache, &work.path().join(format!("out-warm{i}")))?;
+        let r = build(
+            profile,
+            arch,
+            &cache,
+            &work.path().join(format!("out-warm{i}")),
+        )?;
         if warm.as_ref().is_none_or(|w| r.0 < w.0) {
             warm = Some(r);
         }
@@ -157,7 +247,12 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
         arch,
         cold_secs,
         warm_secs,
-        ours_ext4_secs: report.timings.iter().find(|(s, _)| s == "ext4").map(|(_, t)| *t).unwrap_or(f64::NAN),
+        ours_ext4_secs: report
+            .timings
+            .iter()
+            .find(|(s, _)| s == "ext4")
+            .map(|(_, t)| *t)
+            .unwrap_or(f64::NAN),
         warm_steps: report.timings.clone(),
         image_size: meta.len(),
         image_allocated: meta.blocks() * 512,
@@ -174,19 +269,36 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
         .map(|kb| format!("{:.0} GiB", kb as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|o| o.lines().find(|l| l.starts_with("PRETTY_NAME=")).map(|l| l[12..].trim_matches('"').to_string()))
+        .and_then(|o| {
+            o.lines()
+                .find(|l| l.starts_with("PRETTY_NAME="))
+                .map(|l| l[12..].trim_matches('"').to_string())
+        })
         .unwrap_or_default();
-    let qemu = check_tool("qemu-system-x86_64", &["--version"]).map(|v| v.lines().next().unwrap_or("").to_string()).unwrap_or_default();
+    let qemu = check_tool("qemu-system-x86_64", &["--version"])
+        .map(|v| v.lines().next().unwrap_or("").to_string())
+        .unwrap_or_default();
     format!("{cpu}, {cores} cores, {mem} RAM, {os}; {qemu}; TCG (no KVM)")
 }
 
@@ -205,34 +317,74 @@ fn main() -> anyhow::Result<()> {
     writeln!(md, "Written by `make bench` (qemu-tests/src/bin/kiln-bench.rs). Profile: `profiles/qemu.toml`.\n")?;
     writeln!(md, "Machine: {}\n", machine())?;
     writeln!(md, "## Build\n")?;
-    writeln!(md, "| arch | cold build (empty cache, downloads) | warm build | target | packages |")?;
+    writeln!(
+        md,
+        "| arch | cold build (empty cache, downloads) | warm build | target | packages |"
+    )?;
     writeln!(md, "|---|---|---|---|---|")?;
     for f in &figs {
-        writeln!(md, "| {} | {:.1} s | {:.1} s | < 15 s | {} |", f.arch, f.cold_secs, f.warm_secs, f.packages)?;
+        writeln!(
+            md,
+            "| {} | {:.1} s | {:.1} s | < 15 s | {} |",
+            f.arch, f.cold_secs, f.warm_secs, f.packages
+        )?;
     }
     writeln!(md, "\nWarm build steps (seconds):\n")?;
     for f in &figs {
-        let steps: Vec<String> = f.warm_steps.iter().map(|(s, t)| format!("{s} {t:.2}")).collect();
+        let steps: Vec<String> = f
+            .warm_steps
+            .iter()
+            .map(|(s, t)| format!("{s} {t:.2}"))
+            .collect();
         writeln!(md, "- {}: {}", f.arch, steps.join(", "))?;
     }
     writeln!(md, "\n## Size\n")?;
     writeln!(md, "| arch | root data (files) | root ext4 size | image file | image bytes allocated (sparse) | target |")?;
     writeln!(md, "|---|---|---|---|---|---|")?;
     for f in &figs {
-        writeln!(md, "| {} | {} | {} | {} | {} | root < 250 MB used |", f.arch, mib(f.root_data), mib(f.root_fs_size), mib(f.image_size), mib(f.image_allocated))?;
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | root < 250 MB used |",
+            f.arch,
+            mib(f.root_data),
+            mib(f.root_fs_size),
+            mib(f.image_size),
+            mib(f.image_allocated)
+        )?;
     }
-    writeln!(md, "\n## ext4 step against the `mkfs.ext4 -d` floor (same tree, same size)\n")?;
-    writeln!(md, "| arch | `mkfs.ext4 -d` (best of 3) | kiln ext4 step | ratio | target |")?;
+    writeln!(
+        md,
+        "\n## ext4 step against the `mkfs.ext4 -d` floor (same tree, same size)\n"
+    )?;
+    writeln!(
+        md,
+        "| arch | `mkfs.ext4 -d` (best of 3) | kiln ext4 step | ratio | target |"
+    )?;
     writeln!(md, "|---|---|---|---|---|")?;
     for f in &figs {
-        writeln!(md, "| {} | {:.2} s | {:.2} s | {:.2}x | within 3x |", f.arch, f.mkfs_secs, f.ours_ext4_secs, f.ours_ext4_secs / f.mkfs_secs)?;
+        writeln!(
+            md,
+            "| {} | {:.2} s | {:.2} s | {:.2}x | within 3x |",
+            f.arch,
+            f.mkfs_secs,
+            f.ours_ext4_secs,
+            f.ours_ext4_secs / f.mkfs_secs
+        )?;
     }
     writeln!(md, "\n## Boot under QEMU/TCG\n")?;
     writeln!(md, "From QEMU start. The floor is a direct kernel boot (no firmware, no UKI) of the same kernel with a tiny initramfs whose /init is the agent.\n")?;
     writeln!(md, "| arch | floor: bare kernel to first init line | kiln: UEFI + UKI to first init line | kiln: to login prompt | ratio init/floor |")?;
     writeln!(md, "|---|---|---|---|---|")?;
     for f in &figs {
-        writeln!(md, "| {} | {:.1} s | {:.1} s | {:.1} s | {:.2}x |", f.arch, f.bare_init_secs, f.boot_init_secs, f.boot_login_secs, f.boot_init_secs / f.bare_init_secs)?;
+        writeln!(
+            md,
+            "| {} | {:.1} s | {:.1} s | {:.1} s | {:.2}x |",
+            f.arch,
+            f.bare_init_secs,
+            f.boot_init_secs,
+            f.boot_login_secs,
+            f.boot_init_secs / f.bare_init_secs
+        )?;
     }
     let path = repo_root().join("BENCHMARKS.md");
     std::fs::write(&path, &md).with_context(|| path.display().to_string())?;
