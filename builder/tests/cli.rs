@@ -3,6 +3,8 @@
 //! at the output path. These run the real binary, the real archive and the
 //! real package cache.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -3,6 +3,8 @@
 //! reached multi-user with nothing failed, the serial getty is up, and
 //! `uname -m` is right.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
+
 use std::time::Duration;
 
 use kiln::arch::Arch;

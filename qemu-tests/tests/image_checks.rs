@@ -2,6 +2,8 @@
 //! sgdisk for the GPT, e2fsck and debugfs for the root, fsck.fat and mtools
 //! for the ESP, the `object` PE parser for the UKI, cpio for the initramfs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
+
 use kiln::arch::Arch;
 use kiln::output::manifest::Manifest;
 use kiln_qemu_tests::{check_tool, default_image, extract_range};

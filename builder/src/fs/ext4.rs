@@ -263,7 +263,7 @@ mod tests {
         t.insert("bin", Node::symlink("usr/bin", 1, "t")).unwrap();
         t.insert(
             "etc/long",
-            Node::symlink("/".repeat(1) + &"x".repeat(100), 1, "t"),
+            Node::symlink(format!("/{}", "x".repeat(100)), 1, "t"),
         )
         .unwrap();
         t.insert(

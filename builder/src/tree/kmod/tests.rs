@@ -24,6 +24,9 @@ struct Fake {
 }
 
 /// Builds an ELF64 little-endian relocatable with the given sections.
+/// An ELF section of a test module: name, type, data, link, info, entsize.
+type Section<'a> = (&'a str, u32, Vec<u8>, u32, u32, u64);
+
 fn elf(machine: u16, f: &Fake) -> Vec<u8> {
     let mut strtab = vec![0u8];
     let mut syms: Vec<[u8; 24]> = vec![[0; 24]];
@@ -78,8 +81,7 @@ fn elf(machine: u16, f: &Fake) -> Vec<u8> {
         }
     }
     let symtab: Vec<u8> = syms.concat();
-    // name, type, data, link, info, entsize
-    let mut sections: Vec<(&str, u32, Vec<u8>, u32, u32, u64)> = vec![
+    let mut sections: Vec<Section> = vec![
         (".text", 1, vec![0xc3; 16], 0, 0, 0),
         (".modinfo", 1, modinfo, 0, 0, 0),
         (".symtab", 2, symtab, 4, first_global, 24),
