@@ -72,7 +72,7 @@ fn inode_count(tree: &FileTree) -> u32 {
 /// A filesystem size (bytes, MiB-aligned) that holds the tree with a small
 /// margin: blocks for data, directories and long symlinks, inode tables,
 /// journal and per-group metadata. The root is read-only, so free space is
-/// only waste; [`write`] grows the size if the estimate falls short.
+/// only waste; [`write()`] grows the size if the estimate falls short.
 pub fn estimate_size(tree: &FileTree) -> u64 {
     let mut blocks: u64 = 0;
     let mut dir_bytes: HashMap<&str, u64> = HashMap::new();

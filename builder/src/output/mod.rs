@@ -37,7 +37,12 @@ pub fn install_interrupt_cleanup() {
     let _ = ctrlc::set_handler(|| {
         if let Ok(live) = LIVE.lock() {
             for p in live.iter() {
-                let _ = std::fs::remove_dir_all(p);
+                // The build thread may still be adding files while we delete: retry.
+                for _ in 0..5 {
+                    if std::fs::remove_dir_all(p).is_ok() || !p.exists() {
+                        break;
+                    }
+                }
             }
         }
         eprintln!("kiln: interrupted; no output was written");

@@ -27,6 +27,8 @@ struct ArchFigures {
     boot_init_secs: f64,
     boot_login_secs: f64,
     bare_init_secs: f64,
+    /// Whether the cold and both warm builds gave the same image sha256.
+    identical_images: bool,
 }
 
 fn build(
@@ -220,7 +222,12 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
     let work = tempfile::tempdir()?;
     let cache = work.path().join("cache");
     eprintln!("bench: {arch}: cold build (empty cache)");
-    let (cold_secs, _) = build(profile, arch, &cache, &work.path().join("out-cold"))?;
+    let (cold_secs, cold) = build(profile, arch, &cache, &work.path().join("out-cold"))?;
+    let image_sha = |r: &kiln::build::BuildReport| -> anyhow::Result<String> {
+        let m = Manifest::read(&r.manifest).map_err(anyhow::Error::msg)?;
+        Ok(m.outputs.get("raw").map(|o| o.sha256.clone()).unwrap_or_default())
+    };
+    let mut shas = vec![image_sha(&cold)?];
     eprintln!("bench: {arch}: warm builds");
     let mut warm: Option<(f64, kiln::build::BuildReport)> = None;
     for i in 0..2 {
@@ -263,6 +270,7 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
         boot_init_secs,
         boot_login_secs,
         bare_init_secs,
+        identical_images: shas.windows(2).all(|w| w[0] == w[1]),
     })
 }
 
@@ -328,6 +336,9 @@ fn main() -> anyhow::Result<()> {
             "| {} | {:.1} s | {:.1} s | < 15 s | {} |",
             f.arch, f.cold_secs, f.warm_secs, f.packages
         )?;
+    }
+    for f in &figs {
+        writeln!(md, "\n{}: the cold and two warm builds (separate output folders) gave {} images.", f.arch, if f.identical_images { "byte-identical" } else { "DIFFERENT" })?;
     }
     writeln!(md, "\nWarm build steps (seconds):\n")?;
     for f in &figs {
