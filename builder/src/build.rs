@@ -394,26 +394,25 @@ struct KernelParts {
 /// Moves `boot/vmlinuz-*` out of the tree (it goes into the UKI, not the root)
 /// and drops the rest of /boot (config, System.map).
 fn take_kernel(tree: &mut FileTree, kernel_pkgs: &[&Fetched]) -> Result<KernelParts, BuildError> {
-    let image = kernel_pkgs
-        .iter()
-        .find(|f| {
-            f.package.name.starts_with("linux-image-")
-                && tree.descendants("boot").any(|(p, n)| {
-                    n.origin == format!("pkg:{}", f.package.name) && p.starts_with("boot/vmlinuz-")
-                })
+    let (path, release, origin) = tree
+        .descendants("boot")
+        .find_map(|(p, n)| {
+            p.strip_prefix("boot/vmlinuz-")
+                .map(|r| (p.clone(), r.to_string(), n.origin.clone()))
         })
         .ok_or_else(|| {
             BuildError::Missing(
                 "no kernel image (boot/vmlinuz-*) in the locked kernel packages".into(),
             )
         })?;
-    let (path, release) = tree
-        .descendants("boot")
-        .find_map(|(p, _)| {
-            p.strip_prefix("boot/vmlinuz-")
-                .map(|r| (p.clone(), r.to_string()))
-        })
-        .ok_or_else(|| BuildError::Missing("boot/vmlinuz-* missing".into()))?;
+    let image = kernel_pkgs
+        .iter()
+        .find(|f| origin == format!("pkg:{}", f.package.name))
+        .ok_or_else(|| {
+            BuildError::Missing(format!(
+                "/{path} comes from {origin}, not from a locked kernel package"
+            ))
+        })?;
     let vmlinuz = tree.read(&path)?;
     tree.remove_subtree("boot");
     tree.insert("boot", Node::dir(0o755, tree.epoch(), "kiln:kernel"))?;

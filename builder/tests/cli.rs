@@ -266,7 +266,14 @@ fn ctrl_c_during_the_disk_write_leaves_nothing_at_the_output_path() {
     let (d, p) = fixture(|t| t);
     let out = d.path().join("out");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["build", p.to_str().unwrap(), "--arch", "x86_64", "--out", out.to_str().unwrap()])
+        .args([
+            "build",
+            p.to_str().unwrap(),
+            "--arch",
+            "x86_64",
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -274,17 +281,32 @@ fn ctrl_c_during_the_disk_write_leaves_nothing_at_the_output_path() {
     // The staging folder appears when the disk image starts being written.
     let start = std::time::Instant::now();
     let staging = loop {
-        let found = std::fs::read_dir(&out)
-            .ok()
-            .and_then(|mut r| r.find_map(|e| e.ok().filter(|e| e.file_name().to_string_lossy().starts_with(".kiln-staging-"))));
+        let found = std::fs::read_dir(&out).ok().and_then(|mut r| {
+            r.find_map(|e| {
+                e.ok().filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".kiln-staging-")
+                })
+            })
+        });
         if let Some(e) = found {
             break e.path();
         }
-        assert!(child.try_wait().unwrap().is_none(), "build ended before it started writing");
-        assert!(start.elapsed().as_secs() < 300, "no staging folder after 300 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "build ended before it started writing"
+        );
+        assert!(
+            start.elapsed().as_secs() < 300,
+            "no staging folder after 300 s"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let out_status = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out_status.stderr);

@@ -225,7 +225,10 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
     let (cold_secs, cold) = build(profile, arch, &cache, &work.path().join("out-cold"))?;
     let image_sha = |r: &kiln::build::BuildReport| -> anyhow::Result<String> {
         let m = Manifest::read(&r.manifest).map_err(anyhow::Error::msg)?;
-        Ok(m.outputs.get("raw").map(|o| o.sha256.clone()).unwrap_or_default())
+        Ok(m.outputs
+            .get("raw")
+            .map(|o| o.sha256.clone())
+            .unwrap_or_default())
     };
     let mut shas = vec![image_sha(&cold)?];
     eprintln!("bench: {arch}: warm builds");
@@ -237,6 +240,7 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
             &cache,
             &work.path().join(format!("out-warm{i}")),
         )?;
+        shas.push(image_sha(&r.1)?);
         if warm.as_ref().is_none_or(|w| r.0 < w.0) {
             warm = Some(r);
         }
@@ -338,7 +342,16 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     for f in &figs {
-        writeln!(md, "\n{}: the cold and two warm builds (separate output folders) gave {} images.", f.arch, if f.identical_images { "byte-identical" } else { "DIFFERENT" })?;
+        writeln!(
+            md,
+            "\n{}: the cold and two warm builds (separate output folders) gave {} images.",
+            f.arch,
+            if f.identical_images {
+                "byte-identical"
+            } else {
+                "DIFFERENT"
+            }
+        )?;
     }
     writeln!(md, "\nWarm build steps (seconds):\n")?;
     for f in &figs {
