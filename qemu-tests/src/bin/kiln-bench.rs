@@ -382,6 +382,12 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
+        "kiln writes the in-memory tree straight into the image's root partition; \
+         `mkfs.ext4 -d` reads the same tree, unpacked by `debugfs rdump` with its \
+         ownership, from the page cache. Neither syncs to disk.\n"
+    )?;
+    writeln!(
+        md,
         "| arch | `mkfs.ext4 -d` (best of 3) | kiln ext4 step | ratio | target |"
     )?;
     writeln!(md, "|---|---|---|---|---|")?;
