@@ -180,55 +180,30 @@ impl Database {
         if let Some((file, text)) =
             first_existing(tree, &["etc/passwd", "usr/share/base-passwd/passwd.master"])?
         {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let f: Vec<&str> = line.split(':').collect();
-                let bad = || SysusersError::Database {
-                    file: file.clone(),
-                    line: i + 1,
-                    entry: line.to_string(),
-                    expected: 7,
-                };
-                if f.len() != 7 {
-                    return Err(bad());
-                }
+            for_each_record(&file, &text, 7, |f| {
                 db.users.push(PwEntry {
                     name: f[0].to_string(),
                     passwd: f[1].to_string(),
-                    uid: f[2].parse().map_err(|_| bad())?,
-                    gid: f[3].parse().map_err(|_| bad())?,
+                    uid: f[2].parse().ok()?,
+                    gid: f[3].parse().ok()?,
                     gecos: f[4].to_string(),
                     home: f[5].to_string(),
                     shell: f[6].to_string(),
                     created: false,
                 });
-            }
+                Some(())
+            })?;
         } else {
             tracing::debug!("no /etc/passwd and no base-passwd master file: starting from an empty user database");
         }
         if let Some((file, text)) =
             first_existing(tree, &["etc/group", "usr/share/base-passwd/group.master"])?
         {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let f: Vec<&str> = line.split(':').collect();
-                let bad = || SysusersError::Database {
-                    file: file.clone(),
-                    line: i + 1,
-                    entry: line.to_string(),
-                    expected: 4,
-                };
-                if f.len() != 4 {
-                    return Err(bad());
-                }
+            for_each_record(&file, &text, 4, |f| {
                 db.groups.push(GrEntry {
                     name: f[0].to_string(),
                     passwd: f[1].to_string(),
-                    gid: f[2].parse().map_err(|_| bad())?,
+                    gid: f[2].parse().ok()?,
                     members: f[3]
                         .split(',')
                         .filter(|s| !s.is_empty())
@@ -236,7 +211,8 @@ impl Database {
                         .collect(),
                     new_gshadow: None,
                 });
-            }
+                Some(())
+            })?;
         }
         for (path, map) in [
             ("etc/shadow", &mut db.shadow),
@@ -319,6 +295,33 @@ impl Database {
 }
 
 /// The text of the first of `paths` that is a regular file in the tree.
+/// Hands the fields of every entry of a colon-separated database file
+/// (passwd, group) to `record`. Blank and `#` lines are skipped; a line
+/// without exactly `expected` fields, or one `record` rejects (returns
+/// `None`, e.g. a non-numeric id), is an error naming the file and line.
+fn for_each_record(
+    file: &str,
+    text: &str,
+    expected: usize,
+    mut record: impl FnMut(&[&str]) -> Option<()>,
+) -> Result<(), SysusersError> {
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() != expected || record(&fields).is_none() {
+            return Err(SysusersError::Database {
+                file: file.to_string(),
+                line: i + 1,
+                entry: line.to_string(),
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn first_existing(
     tree: &FileTree,
     paths: &[&str],
@@ -1386,6 +1389,24 @@ mod tests {
                 e.contains(&format!("/usr/lib/sysusers.d/z.conf:{n}")) && e.contains(want),
                 "{body:?}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn malformed_passwd_and_group_lines_name_file_and_line() {
+        for (path, body) in [
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/bash\nbad:x:zero:0:b:/:/bin/sh\n",
+            ),
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/bash\nshort:x:1\n"),
+            ("etc/group", "root:x:0:\n# comment\nstaff:x:notanumber:\n"),
+        ] {
+            let mut t = base_tree();
+            conf(&mut t, path, body);
+            let e = apply(&mut t).unwrap_err().to_string();
+            let line = if path == "etc/group" { 3 } else { 2 };
+            assert!(e.contains(&format!("/{path}:{line}")), "{body:?}: {e}");
         }
     }
 
