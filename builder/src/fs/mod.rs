@@ -6,3 +6,4 @@
 pub mod cpio;
 pub mod ext4;
 pub mod fat;
+pub mod verity;
