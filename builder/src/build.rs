@@ -433,17 +433,16 @@ fn newest_mtime(debs: &[unpack::Deb]) -> i64 {
         .unwrap_or(0)
 }
 
-fn seed_for(profile: &Profile, lock: &Lockfile, arch: Arch) -> Result<[u8; 32], BuildError> {
-    let profile_bytes = std::fs::read(&profile.path).map_err(io_err(&profile.path))?;
+fn seed_for(profile_bytes: &[u8], lock: &Lockfile, arch: Arch) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b"kiln-disk-seed-v1\0");
-    h.update(Sha256::digest(&profile_bytes));
+    h.update(Sha256::digest(profile_bytes));
     h.update(lock.inputs.as_bytes());
     for p in lock.packages_for(arch, None) {
         h.update(p.sha256.as_bytes());
     }
     h.update(arch.name().as_bytes());
-    Ok(h.finalize().into())
+    h.finalize().into()
 }
 
 fn kernel_cmdline(profile: &Profile, arch: Arch) -> String {
@@ -627,7 +626,8 @@ fn build_arch(
     clock.lap("uki");
 
     // plan, then write the disk
-    let seed = seed_for(profile, lock, arch)?;
+    let profile_bytes = std::fs::read(&profile.path).map_err(io_err(&profile.path))?;
+    let seed = seed_for(&profile_bytes, lock, arch);
     let staging = Staging::new(&opts.out, &format!("{}-{arch}", profile.name))?;
     let image_name = format!("{}-{arch}.raw", profile.name);
     let manifest_name = format!("{}-{arch}.manifest.json", profile.name);
@@ -703,7 +703,6 @@ fn build_arch(
         .map_err(io_err(&image_path))?
         .len();
     let lock_bytes = std::fs::read(&lock.path).map_err(io_err(&lock.path))?;
-    let profile_bytes = std::fs::read(&profile.path).map_err(io_err(&profile.path))?;
     let file_name = |p: &Path| {
         p.file_name()
             .map(|s| s.to_string_lossy().into_owned())

@@ -24,11 +24,7 @@ pub fn apply(tree: &mut FileTree) -> Result<EffectsReport, TreeError> {
         ("run", 0o755),
         ("var", 0o755),
         ("tmp", 0o1777),
-        ("sysroot", 0o755),
     ] {
-        if dir == "sysroot" {
-            continue;
-        }
         if !tree.contains(dir) {
             tree.insert(dir, Node::dir(mode, epoch, origin))?;
         }
