@@ -16,6 +16,29 @@ pub enum FailureAction {
     Reboot,
 }
 
+/// How much of the verified root init checks before switching to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerityCheck {
+    /// Read every data block through dm-verity once before the switch, so a changed
+    /// block anywhere stops the boot (`kiln.verity_check=full`, the default).
+    Full,
+    /// Only check the hash partition; data blocks are checked when they are read
+    /// (`kiln.verity_check=on-read`).
+    OnRead,
+}
+
+/// What init does when there is no room for the `var` partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarFallback {
+    /// Stop the boot (the default: state would silently be lost at every reboot).
+    Halt,
+    /// Keep /var on a tmpfs and say so (`kiln.var_fallback=tmpfs`).
+    Tmpfs,
+}
+
+/// Default smallest `var` partition init creates (256 MiB).
+pub const DEFAULT_VAR_MIN: u64 = 256 << 20;
+
 /// The `kiln.*` options, with their defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitOptions {
@@ -27,6 +50,16 @@ pub struct InitOptions {
     pub root_wait: Duration,
     /// `kiln.on_failure=halt|poweroff|reboot`.
     pub on_failure: FailureAction,
+    /// `roothash=<64 hex digits>`: the dm-verity root hash of the root partition. When
+    /// present the root is only ever mounted through dm-verity.
+    pub root_hash: Option<[u8; 32]>,
+    /// `kiln.verity_check=full|on-read`.
+    pub verity_check: VerityCheck,
+    /// `kiln.var_min=<size>` (bytes, or with a K/M/G/T suffix): the smallest `var`
+    /// partition worth creating.
+    pub var_min: u64,
+    /// `kiln.var_fallback=halt|tmpfs`.
+    pub var_fallback: VarFallback,
     /// Problems with options that were ignored in favour of the default, to log.
     pub warnings: Vec<String>,
     /// Options whose value cannot be used and that have no safe default: init stops.
@@ -43,6 +76,10 @@ impl Default for InitOptions {
             root_type: native_root_type(),
             root_wait: DEFAULT_ROOT_WAIT,
             on_failure: FailureAction::Halt,
+            root_hash: None,
+            verity_check: VerityCheck::Full,
+            var_min: DEFAULT_VAR_MIN,
+            var_fallback: VarFallback::Halt,
             warnings: Vec::new(),
             errors: Vec::new(),
         }
@@ -95,6 +132,35 @@ fn parse_bool(v: Option<&str>) -> Option<bool> {
     }
 }
 
+/// Parses a size: bytes, or a whole number with a binary K, M, G or T suffix
+/// (`256M` = 256 MiB; `MiB`/`MB` spellings are accepted the same).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// Reads the `kiln.*` options from a command line. The last occurrence of an option wins,
 /// as with kernel parameters. An unusable `kiln.root_type` goes to `errors` (guessing
 /// could mount the wrong root); other bad values fall back to the default with a warning.
@@ -133,6 +199,37 @@ pub fn parse(cmdline: &str) -> InitOptions {
                     v.unwrap_or_default()
                 )),
             },
+            "roothash" => match v.and_then(parse_hash) {
+                Some(h) => opts.root_hash = Some(h),
+                // Booting an unverified root instead would defeat the point of the hash.
+                None => opts.errors.push(format!(
+                    "kernel command line option roothash={}: expected 64 hex digits",
+                    v.unwrap_or_default()
+                )),
+            },
+            "kiln.verity_check" => match v {
+                Some("full") => opts.verity_check = VerityCheck::Full,
+                Some("on-read") => opts.verity_check = VerityCheck::OnRead,
+                _ => opts.warnings.push(format!(
+                    "ignoring kiln.verity_check={}: expected full or on-read; checking everything",
+                    v.unwrap_or_default()
+                )),
+            },
+            "kiln.var_min" => match v.and_then(parse_size) {
+                Some(n) => opts.var_min = n,
+                None => opts.warnings.push(format!(
+                    "ignoring kiln.var_min={}: expected a size such as 256M or 2G",
+                    v.unwrap_or_default()
+                )),
+            },
+            "kiln.var_fallback" => match v {
+                Some("halt") => opts.var_fallback = VarFallback::Halt,
+                Some("tmpfs") => opts.var_fallback = VarFallback::Tmpfs,
+                _ => opts.warnings.push(format!(
+                    "ignoring kiln.var_fallback={}: expected halt or tmpfs; halting without room for var",
+                    v.unwrap_or_default()
+                )),
+            },
             other if other.starts_with("kiln.") && is_init_option_prefix(other) => {
                 opts.warnings
                     .push(format!("unknown option {other} ignored"));
@@ -146,7 +243,7 @@ pub fn parse(cmdline: &str) -> InitOptions {
 /// The agent reads other `kiln.*` options later in the boot; init only warns about
 /// misspellings of its own.
 fn is_init_option_prefix(key: &str) -> bool {
-    ["kiln.root", "kiln.debug", "kiln.on_"]
+    ["kiln.root", "kiln.debug", "kiln.on_", "kiln.verity", "kiln.var"]
         .iter()
         .any(|p| key.starts_with(p))
 }
@@ -212,5 +309,31 @@ mod tests {
         assert!(o.errors[0].contains("kiln.root_type") && o.errors[0].contains("\"root\""));
         // The failure action is still honoured when another option is unusable.
         assert_eq!(o.on_failure, FailureAction::Poweroff);
+    }
+
+    #[test]
+    fn verity_and_var_options() {
+        let hash = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let o = parse(&format!(
+            "roothash={hash} kiln.verity_check=on-read kiln.var_min=2G kiln.var_fallback=tmpfs"
+        ));
+        assert!(o.errors.is_empty() && o.warnings.is_empty(), "{o:?}");
+        let h = o.root_hash.unwrap();
+        assert_eq!((h[0], h[15], h[31]), (0x00, 0xff, 0xff));
+        assert_eq!(o.verity_check, VerityCheck::OnRead);
+        assert_eq!(o.var_min, 2 << 30);
+        assert_eq!(o.var_fallback, VarFallback::Tmpfs);
+        let d = parse("");
+        assert_eq!((d.root_hash, d.var_min), (None, DEFAULT_VAR_MIN));
+        assert_eq!(d.var_fallback, VarFallback::Halt);
+        // A short or non-hex hash stops the boot; a bad size or mode only warns.
+        assert_eq!(parse("roothash=abcd").errors.len(), 1);
+        assert_eq!(parse(&format!("roothash={}", "g".repeat(64))).errors.len(), 1);
+        let w = parse("kiln.var_min=lots kiln.var_fallback=maybe kiln.verity_check=some kiln.varmin=1");
+        assert_eq!(w.warnings.len(), 4, "{:?}", w.warnings);
+        assert_eq!(parse_size("256M"), Some(256 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1TiB"), Some(1 << 40));
+        assert_eq!(parse_size("99999999999T"), None);
     }
 }

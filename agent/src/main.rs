@@ -10,6 +10,7 @@ mod cmdline;
 mod crc32;
 mod gpt;
 mod init;
+mod ioctl;
 mod report;
 
 use std::io::Write;

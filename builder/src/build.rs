@@ -12,12 +12,12 @@ use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
 use crate::fetch::{Cache, FetchContext, Fetched, HttpDownloader};
-use crate::fs::{cpio, ext4, fat};
+use crate::fs::{cpio, ext4, fat, verity};
 use crate::lock::{self, Lockfile, Role, Sources};
 use crate::output::manifest::{self, sha256_hex, Manifest};
 use crate::output::Staging;
 use crate::plan::{Guid, PartitionRole, PlanInput};
-use crate::profile::{format_size, Profile};
+use crate::profile::{format_size, Profile, VarFallback, VerityCheck};
 use crate::runner::HostRunner;
 use crate::tree::{self, FileTree, Kind, Node};
 use crate::unpack::{self, Glob, InsertRules};
@@ -67,6 +67,9 @@ pub enum BuildError {
     /// Initramfs archive.
     #[error(transparent)]
     Cpio(#[from] cpio::CpioError),
+    /// Verity hash tree.
+    #[error(transparent)]
+    Verity(#[from] verity::VerityError),
     /// UKI assembly.
     #[error(transparent)]
     Uki(#[from] crate::uki::UkiError),
@@ -219,6 +222,8 @@ pub struct BuildOptions {
     pub epoch: Option<i64>,
     /// Where the agent binaries are.
     pub agent: AgentSource,
+    /// Output formats instead of the profile's `[output] formats`.
+    pub formats: Option<Vec<crate::profile::Format>>,
 }
 
 /// What one arch's build produced, with timings for benchmarks.
@@ -445,13 +450,57 @@ fn seed_for(profile_bytes: &[u8], lock: &Lockfile, arch: Arch) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn kernel_cmdline(profile: &Profile, arch: Arch) -> String {
+/// The UKI's command line: consoles, the verity root hash and the node's
+/// boot policy from the profile, then the profile's own words.
+fn kernel_cmdline(profile: &Profile, arch: Arch, root_hash: &[u8; 32]) -> String {
     let mut words: Vec<String> = match arch {
         Arch::X86_64 => vec!["console=tty0".into(), "console=ttyS0,115200".into()],
         Arch::Arm64 => vec!["console=tty0".into(), "console=ttyAMA0,115200".into()],
     };
+    words.push(format!("roothash={}", hex::encode(root_hash)));
+    if profile.disk.verity_check == VerityCheck::OnRead {
+        words.push("kiln.verity_check=on-read".into());
+    }
+    words.push(format!("kiln.var_min={}", profile.disk.var_min_size));
+    if profile.disk.var_fallback == VarFallback::Tmpfs {
+        words.push("kiln.var_fallback=tmpfs".into());
+    }
     words.extend(profile.kernel.cmdline.iter().cloned());
     words.join(" ")
+}
+
+/// Salt and superblock UUID of the root's hash tree. The seed already is a
+/// digest of everything that decides the root's content (profile, lock and
+/// every package's sha256), so the salt is fixed by the content and differs
+/// between images.
+fn verity_params(seed: &[u8; 32]) -> verity::VerityParams {
+    let mut h = Sha256::new();
+    h.update(b"kiln-verity-salt-v1\0");
+    h.update(seed);
+    verity::VerityParams {
+        salt: h.finalize().into(),
+        uuid: Guid::derive(seed, "root-verity-superblock").to_gpt_bytes(),
+    }
+}
+
+/// Reads `len` bytes of an image file from `offset`, for hashing in place.
+struct RangeReader<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+    end: u64,
+}
+
+impl std::io::Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 /// The initramfs: the agent as /init, a console node, and the boot modules
@@ -604,28 +653,16 @@ fn build_arch(
     tree::kmod::write_index(&mut root, &modules)?;
     clock.lap("tree");
 
-    // initramfs + UKI
+    // initramfs (the UKI needs the root hash, so it is assembled after the root)
     let initrd_tree = initramfs_tree(&root, &agent, &modules, epoch)?;
     let mut initrd = Vec::new();
     cpio::write_newc(&initrd_tree, &mut initrd)?;
-    let cmdline = kernel_cmdline(profile, arch);
     let osrel = root
         .read("usr/lib/os-release")
         .or_else(|_| root.read("etc/os-release"))?;
-    let uki = crate::uki::assemble(
-        &stub,
-        &crate::uki::UkiParts {
-            arch,
-            osrel: &osrel,
-            cmdline: cmdline.as_bytes(),
-            uname: kernel.release.as_bytes(),
-            initrd: &initrd,
-            linux: &kernel.vmlinuz,
-        },
-    )?;
-    clock.lap("uki");
+    clock.lap("initramfs");
 
-    // plan, then write the disk
+    // plan, then write the disk: root, its hash tree, the UKI on the ESP
     let profile_bytes = std::fs::read(&profile.path).map_err(io_err(&profile.path))?;
     let seed = seed_for(&profile_bytes, lock, arch);
     let staging = Staging::new(&opts.out, &format!("{}-{arch}", profile.name))?;
@@ -638,13 +675,13 @@ fn build_arch(
         epoch,
     };
     let mut root_size = ext4::estimate_size(&root);
-    let (image, root_summary) = loop {
+    let (mut image, root_summary) = loop {
         let plan = crate::plan::plan_disk(&PlanInput {
             arch,
             disk_size: profile.disk.size,
             esp_size: profile.disk.esp_size,
             root_size,
-            root_verity_size: 0,
+            root_verity_size: verity::VerityGeometry::new(root_size)?.hash_bytes(),
             seed,
             reserve_ab: false,
         })?;
@@ -660,6 +697,39 @@ fn build_arch(
         }
     };
     clock.lap("ext4");
+
+    let vparams = verity_params(&seed);
+    let tree = {
+        let root_window = image.window(PartitionRole::Root)?;
+        let mut reader = std::io::BufReader::with_capacity(
+            1 << 20,
+            RangeReader {
+                file: image.file(),
+                pos: root_window.offset(),
+                end: root_window.offset() + root_summary.size,
+            },
+        );
+        verity::build(&mut reader, root_summary.size, &vparams)?
+    };
+    image
+        .window(PartitionRole::RootVerity)?
+        .write_at(0, &tree.hash_device)?;
+    image.apply_root_hash(&tree.root_hash)?;
+    clock.lap("verity");
+
+    let cmdline = kernel_cmdline(profile, arch, &tree.root_hash);
+    let uki = crate::uki::assemble(
+        &stub,
+        &crate::uki::UkiParts {
+            arch,
+            osrel: &osrel,
+            cmdline: cmdline.as_bytes(),
+            uname: kernel.release.as_bytes(),
+            initrd: &initrd,
+            linux: &kernel.vmlinuz,
+        },
+    )?;
+    clock.lap("uki");
     let uki_esp_path = format!("EFI/BOOT/{}", arch.efi_boot_file());
     let esp_files = [fat::EspFile::new(&uki_esp_path, &uki)];
     {
@@ -746,6 +816,7 @@ fn build_arch(
         },
         disk: manifest::Disk {
             size: plan.total_size,
+            sha256: image_sha.clone(),
             guid: plan.disk_guid.to_string(),
             partitions,
         },
@@ -754,6 +825,20 @@ fn build_arch(
             size: root_summary.size,
             data_bytes: root_summary.data_bytes,
             inodes: root_summary.inodes,
+        },
+        verity: manifest::Verity {
+            algorithm: "sha256".into(),
+            data_block_size: verity::BLOCK,
+            hash_block_size: verity::BLOCK,
+            data_blocks: tree.geometry.data_blocks,
+            hash_size: tree.hash_device.len() as u64,
+            salt: hex::encode(vparams.salt),
+            uuid: Guid::from_gpt_bytes(&vparams.uuid).to_string(),
+            root_hash: hex::encode(tree.root_hash),
+            check: match profile.disk.verity_check {
+                VerityCheck::Full => "full".into(),
+                VerityCheck::OnRead => "on-read".into(),
+            },
         },
         outputs: [(
             "raw".to_string(),

@@ -235,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out,
                 epoch: source_date_epoch,
                 agent: kiln::build::AgentSource::from_env(),
+                formats: None,
             };
             let results = kiln::build::build(&profile, &cache()?, &opts, &ui)?;
             if !g.quiet {

@@ -52,6 +52,7 @@ pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
         out: out.clone(),
         epoch: None,
         agent: kiln::build::AgentSource::from_env(),
+        formats: None,
     };
     let ui = kiln::build::Ui::new(true);
     let reports = kiln::build::build(&profile, &cache, &opts, &ui)

@@ -9,6 +9,8 @@ pub mod fsutil;
 pub mod modules;
 pub mod real;
 pub mod root;
+pub mod var;
+pub mod verity;
 
 use std::io;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use nix::mount::MsFlags;
 
 use crate::cmdline::{self, FailureAction, InitOptions};
 use modules::{load_all, parse_modules_load, ModuleError, ModuleResults, MODULES_LOAD};
-use root::{describe_type, wait_for_root};
+use root::{describe_type, wait_for_root, RootPartition};
 
 /// Where the root filesystem is mounted before the switch.
 pub const SYSROOT: &str = "/sysroot";
@@ -217,11 +219,11 @@ fn load_modules(sys: &mut dyn InitSys, debug: bool) -> ModuleResults {
     results
 }
 
-fn mount_root(
+fn find_root(
     sys: &mut dyn InitSys,
     opts: &InitOptions,
     modules: &ModuleResults,
-) -> Result<(), Fatal> {
+) -> Result<RootPartition, Fatal> {
     let (root, others) =
         wait_for_root(sys, &opts.root_type, opts.root_wait, opts.debug).map_err(|nf| {
             fatal(
@@ -254,10 +256,20 @@ fn mount_root(
             ),
         );
     }
+    Ok(root)
+}
+
+/// Mounts `dev` (the root partition itself, or the dm-verity device over it) read-only
+/// on [`SYSROOT`], then a tmpfs on /tmp.
+fn mount_root(
+    sys: &mut dyn InitSys,
+    root: &RootPartition,
+    dev: &str,
+    modules: &ModuleResults,
+) -> Result<(), Fatal> {
     sys.mkdir(SYSROOT)
         .map_err(|e| fatal(Stage::BeforeRoot, format!("creating {SYSROOT}: {e}")))?;
-    let dev = format!("/dev/{}", root.device);
-    if let Err(e) = sys.mount(&dev, SYSROOT, Some("ext4"), MsFlags::MS_RDONLY, None) {
+    if let Err(e) = sys.mount(dev, SYSROOT, Some("ext4"), MsFlags::MS_RDONLY, None) {
         let hint = match e {
             Errno::ENODEV => {
                 "; the kernel has no ext4 driver: ext4.ko (with crc32c_generic, jbd2, mbcache, \
@@ -276,10 +288,8 @@ fn mount_root(
         ));
     }
     say(sys, &format!("mounted {dev} read-only on {SYSROOT}"));
-    let tmpfs: [(&str, MsFlags, &str); 2] = [
-        ("var", MsFlags::empty(), "mode=0755"),
-        ("tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"),
-    ];
+    let tmpfs: [(&str, MsFlags, &str); 1] =
+        [("tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")];
     for (dir, flags, data) in tmpfs {
         let target = format!("{SYSROOT}/{dir}");
         if !sys.is_dir(&target) {
@@ -382,8 +392,15 @@ fn boot(
         return Err(fatal(Stage::BeforeRoot, opts.errors.join("; ")));
     }
     let modules = load_modules(sys, opts.debug);
-    mount_root(sys, &opts, &modules)?;
-    switch_root(sys, init_args, opts.debug)
+    let root = find_root(sys, &opts, &modules)?;
+    // The partition table may only change while nothing on the disk is open.
+    let var_plan = var::prepare(sys, &opts, &root)?;
+    let dev = verity::open_root(sys, &opts, &root)?;
+    mount_root(sys, &root, &dev, &modules)?;
+    var::mount(sys, &opts, var_plan)?;
+    let mut args = init_args.to_vec();
+    args.extend(var::machine_id(sys)?);
+    switch_root(sys, &args, opts.debug)
 }
 
 #[cfg(test)]

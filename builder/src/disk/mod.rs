@@ -463,41 +463,65 @@ fn encode_gpt(plan: &DiskPlan) -> Result<GptBytes, DiskError> {
 /// writes the protective MBR and both GPTs. Partition contents are written
 /// afterwards through the returned [`ImageFile`].
 pub fn create_image(path: &Path, plan: &DiskPlan) -> Result<ImageFile, DiskError> {
-    let gpt = encode_gpt(plan)?;
-    let io_err = |action| {
-        move |source| DiskError::Io {
-            path: path.to_path_buf(),
-            action,
-            source,
-        }
-    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)
-        .map_err(io_err("creating the image file"))?;
+        .map_err(|source| DiskError::Io {
+            path: path.to_path_buf(),
+            action: "creating the image file",
+            source,
+        })?;
     file.set_len(plan.total_size)
-        .map_err(io_err("setting the image size"))?;
-    let last = plan.total_sectors() - 1;
-    let backup_entries = (last - entry_array_sectors(plan)) * SECTOR;
-    let writes: [(u64, &[u8]); 5] = [
-        (0, &gpt.mbr),
-        (SECTOR, &gpt.primary_header),
-        (2 * SECTOR, &gpt.entries),
-        (backup_entries, &gpt.entries),
-        (last * SECTOR, &gpt.backup_header),
-    ];
-    for (offset, bytes) in writes {
-        file.write_all_at(bytes, offset)
-            .map_err(io_err("writing the partition table"))?;
-    }
-    Ok(ImageFile {
+        .map_err(|source| DiskError::Io {
+            path: path.to_path_buf(),
+            action: "setting the image size",
+            source,
+        })?;
+    let image = ImageFile {
         path: path.to_path_buf(),
         file,
         plan: plan.clone(),
-    })
+    };
+    image.write_table()?;
+    Ok(image)
+}
+
+impl ImageFile {
+    /// Writes the protective MBR and both GPTs from the plan.
+    fn write_table(&self) -> Result<(), DiskError> {
+        let plan = &self.plan;
+        let gpt = encode_gpt(plan)?;
+        let last = plan.total_sectors() - 1;
+        let backup_entries = (last - entry_array_sectors(plan)) * SECTOR;
+        let writes: [(u64, &[u8]); 5] = [
+            (0, &gpt.mbr),
+            (SECTOR, &gpt.primary_header),
+            (2 * SECTOR, &gpt.entries),
+            (backup_entries, &gpt.entries),
+            (last * SECTOR, &gpt.backup_header),
+        ];
+        for (offset, bytes) in writes {
+            self.file
+                .write_all_at(bytes, offset)
+                .map_err(|source| DiskError::Io {
+                    path: self.path.clone(),
+                    action: "writing the partition table",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Derives the root and root-verity partition GUIDs from the verity root
+    /// hash ([`DiskPlan::apply_root_hash`]) and rewrites the partition table.
+    /// The hash is only known once the root is written, hence after creation.
+    pub fn apply_root_hash(&mut self, root_hash: &[u8; 32]) -> Result<(), DiskError> {
+        self.plan.apply_root_hash(root_hash);
+        self.write_table()
+    }
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {

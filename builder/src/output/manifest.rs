@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// The manifest schema version.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// The whole manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +37,8 @@ pub struct Manifest {
     pub disk: Disk,
     /// The root filesystem.
     pub root: Root,
+    /// The dm-verity hash tree over the root filesystem.
+    pub verity: Verity,
     /// Files produced, by kind (`image`, ...), and their digests.
     pub outputs: BTreeMap<String, FileDigest>,
     /// Digests of components inside the image.
@@ -96,6 +98,8 @@ pub struct Modules {
 pub struct Disk {
     /// Disk size in bytes.
     pub size: u64,
+    /// SHA-256 of the whole raw disk (whatever format it is published in).
+    pub sha256: String,
     /// GPT disk GUID.
     pub guid: String,
     /// Partitions in table order.
@@ -132,6 +136,29 @@ pub struct Root {
     pub data_bytes: u64,
     /// Inodes used.
     pub inodes: u64,
+}
+
+/// The dm-verity hash tree (`veritysetup format` v1 geometry).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verity {
+    /// Hash algorithm (`sha256`).
+    pub algorithm: String,
+    /// Data block size in bytes.
+    pub data_block_size: u64,
+    /// Hash block size in bytes.
+    pub hash_block_size: u64,
+    /// Data blocks covered (the root filesystem, from the start of its partition).
+    pub data_blocks: u64,
+    /// Bytes of the hash device (superblock and every level).
+    pub hash_size: u64,
+    /// Salt, hex.
+    pub salt: String,
+    /// Superblock UUID.
+    pub uuid: String,
+    /// Root hash, hex (also `roothash=` on the kernel command line).
+    pub root_hash: String,
+    /// `full` or `on-read`: what the node checks at boot.
+    pub check: String,
 }
 
 /// A file's size and digest.

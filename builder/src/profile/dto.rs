@@ -132,6 +132,12 @@ pub struct DiskFile {
     pub size: String,
     /// ESP size, e.g. "128MiB".
     pub esp_size: Option<String>,
+    /// Smallest `var` partition the node creates on first boot, e.g. "1GiB".
+    pub var_min_size: Option<String>,
+    /// "halt" (default) or "tmpfs": what the node does without room for `var`.
+    pub var_fallback: Option<String>,
+    /// "full" (default) or "on-read": how much of the root is verified at boot.
+    pub verity_check: Option<String>,
 }
 
 /// `[output]`

@@ -119,23 +119,83 @@ pub struct Disk {
     pub size: u64,
     /// ESP size in bytes.
     pub esp_size: u64,
+    /// Smallest `var` partition the node creates on first boot.
+    pub var_min_size: u64,
+    /// Without room for that: halt or keep /var on a tmpfs.
+    pub var_fallback: VarFallback,
+    /// How the node checks the verified root at boot.
+    pub verity_check: VerityCheck,
 }
 
 /// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Format {
-    /// Raw disk image.
+    /// Raw disk image (`.raw`).
     Raw,
+    /// zstd-compressed raw image plus a bmaptool block map (`.raw.zst`, `.bmap`).
+    RawZst,
+    /// qcow2 (`.qcow2`), written by `qemu-img convert`.
+    Qcow2,
+    /// Fixed VHD for Azure (`.vhd`): the raw disk plus a 512-byte footer.
+    Vhd,
+    /// Google Compute Engine import tarball (`.gce.tar.gz` holding `disk.raw`).
+    Gce,
 }
 
 impl Format {
-    /// Parses a format name.
+    /// Every format, in the order outputs are written.
+    pub const ALL: [Format; 5] = [
+        Format::Raw,
+        Format::RawZst,
+        Format::Qcow2,
+        Format::Vhd,
+        Format::Gce,
+    ];
+
+    /// Parses a format name as written in profiles and on the command line.
     pub fn parse(s: &str) -> Option<Format> {
-        match s {
-            "raw" => Some(Format::Raw),
-            _ => None,
+        Format::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// The name used in profiles, `--format` and the manifest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Raw => "raw",
+            Format::RawZst => "raw.zst",
+            Format::Qcow2 => "qcow2",
+            Format::Vhd => "vhd",
+            Format::Gce => "gce",
         }
     }
+
+    /// The supported names, for messages.
+    pub fn names() -> String {
+        Format::ALL.map(Format::name).join(", ")
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the node does when the disk has no room for the `var` partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarFallback {
+    /// Stop the boot with a message.
+    Halt,
+    /// Keep /var on a tmpfs (state is lost at every reboot) and say so.
+    Tmpfs,
+}
+
+/// How much of the verified root the node checks while booting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerityCheck {
+    /// Every block, before switching to the root.
+    Full,
+    /// Only blocks as they are read.
+    OnRead,
 }
 
 /// A validated profile.
@@ -432,6 +492,40 @@ fn validate(
         ));
     }
 
+    let var_min_size = match &raw.disk.var_min_size {
+        Some(s) => parse_size(s).map_err(|m| invalid("disk.var_min_size", m))?,
+        None => 256 << 20,
+    };
+    if var_min_size < 16 << 20 {
+        return Err(invalid(
+            "disk.var_min_size",
+            format!(
+                "{} is too small for an ext4 /var; use at least 16MiB",
+                format_size(var_min_size)
+            ),
+        ));
+    }
+    let var_fallback = match raw.disk.var_fallback.as_deref() {
+        None | Some("halt") => VarFallback::Halt,
+        Some("tmpfs") => VarFallback::Tmpfs,
+        Some(other) => {
+            return Err(invalid(
+                "disk.var_fallback",
+                format!("{other:?}: expected \"halt\" or \"tmpfs\""),
+            ))
+        }
+    };
+    let verity_check = match raw.disk.verity_check.as_deref() {
+        None | Some("full") => VerityCheck::Full,
+        Some("on-read") => VerityCheck::OnRead,
+        Some(other) => {
+            return Err(invalid(
+                "disk.verity_check",
+                format!("{other:?}: expected \"full\" or \"on-read\""),
+            ))
+        }
+    };
+
     let mut formats = Vec::new();
     let fmt_names = if raw.output.formats.is_empty() {
         vec!["raw".to_string()]
@@ -442,7 +536,7 @@ fn validate(
         let fmt = Format::parse(f).ok_or_else(|| {
             invalid(
                 &format!("output.formats[{i}]"),
-                format!("unknown format {f:?}; supported: raw"),
+                format!("unknown format {f:?}; supported: {}", Format::names()),
             )
         })?;
         if !formats.contains(&fmt) {
@@ -488,7 +582,13 @@ fn validate(
         },
         overlays,
         vars,
-        disk: Disk { size, esp_size },
+        disk: Disk {
+            size,
+            esp_size,
+            var_min_size,
+            var_fallback,
+            verity_check,
+        },
         formats,
     })
 }

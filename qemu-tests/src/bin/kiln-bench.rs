@@ -42,6 +42,7 @@ fn build(
         out: out.to_path_buf(),
         epoch: None,
         agent: kiln::build::AgentSource::from_env(),
+        formats: None,
     };
     let t = Instant::now();
     let r = kiln::build::build(
