@@ -50,7 +50,7 @@ pub struct InitOptions {
     pub root_wait: Duration,
     /// `kiln.on_failure=halt|poweroff|reboot`.
     pub on_failure: FailureAction,
-    /// `roothash=<64 hex digits>`: the dm-verity root hash of the root partition. When
+    /// `kiln.roothash=<64 hex digits>`: the dm-verity root hash of the root partition. When
     /// present the root is only ever mounted through dm-verity.
     pub root_hash: Option<[u8; 32]>,
     /// `kiln.verity_check=full|on-read`.
@@ -199,11 +199,11 @@ pub fn parse(cmdline: &str) -> InitOptions {
                     v.unwrap_or_default()
                 )),
             },
-            "roothash" => match v.and_then(parse_hash) {
+            "kiln.roothash" => match v.and_then(parse_hash) {
                 Some(h) => opts.root_hash = Some(h),
                 // Booting an unverified root instead would defeat the point of the hash.
                 None => opts.errors.push(format!(
-                    "kernel command line option roothash={}: expected 64 hex digits",
+                    "kernel command line option kiln.roothash={}: expected 64 hex digits",
                     v.unwrap_or_default()
                 )),
             },
@@ -315,7 +315,7 @@ mod tests {
     fn verity_and_var_options() {
         let hash = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
         let o = parse(&format!(
-            "roothash={hash} kiln.verity_check=on-read kiln.var_min=2G kiln.var_fallback=tmpfs"
+            "kiln.roothash={hash} kiln.verity_check=on-read kiln.var_min=2G kiln.var_fallback=tmpfs"
         ));
         assert!(o.errors.is_empty() && o.warnings.is_empty(), "{o:?}");
         let h = o.root_hash.unwrap();
@@ -327,8 +327,8 @@ mod tests {
         assert_eq!((d.root_hash, d.var_min), (None, DEFAULT_VAR_MIN));
         assert_eq!(d.var_fallback, VarFallback::Halt);
         // A short or non-hex hash stops the boot; a bad size or mode only warns.
-        assert_eq!(parse("roothash=abcd").errors.len(), 1);
-        assert_eq!(parse(&format!("roothash={}", "g".repeat(64))).errors.len(), 1);
+        assert_eq!(parse("kiln.roothash=abcd").errors.len(), 1);
+        assert_eq!(parse(&format!("kiln.roothash={}", "g".repeat(64))).errors.len(), 1);
         let w = parse("kiln.var_min=lots kiln.var_fallback=maybe kiln.verity_check=some kiln.varmin=1");
         assert_eq!(w.warnings.len(), 4, "{:?}", w.warnings);
         assert_eq!(parse_size("256M"), Some(256 << 20));

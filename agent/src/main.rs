@@ -8,10 +8,12 @@
 
 mod cmdline;
 mod crc32;
+mod dm;
 mod gpt;
 mod init;
 mod ioctl;
 mod report;
+mod verity_sb;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -26,8 +28,10 @@ Usage:
                                 also runs whenever the binary is PID 1
   kiln-agent report [--timeout SECONDS]
                                 print one status line (arch, kernel, root, /var, boot stub,
-                                systemd state, failed units); exit 0 when systemd is running
-                                and / is read-only (default timeout 120 s)
+                                systemd state, failed units, machine-id, boots); exit 0
+                                when systemd is running, / is read-only and creating a
+                                file under /usr and /etc fails with EROFS (default timeout
+                                120 s)
   kiln-agent --help             this text
   kiln-agent --version          the version
 
@@ -38,6 +42,20 @@ Kernel command line options read by init:
   kiln.on_failure=halt|poweroff|reboot
                                 what to do when the boot cannot continue (default halt)
   kiln.debug                    log every step
+  kiln.roothash=HEX             the root's dm-verity root hash (64 hex digits): the root
+                                partition (PARTUUID = its first half) is only mounted
+                                through dm-verity with the hash partition (PARTUUID = its
+                                second half), whose whole tree is checked first
+  kiln.verity_check=full|on-read
+                                full (default): read every root block through dm-verity
+                                before switching, so a changed root stops the boot;
+                                on-read: blocks are checked only when read
+  kiln.var_min=SIZE             smallest var partition worth creating in the free space
+                                after the last partition on first boot (bytes or K/M/G/T;
+                                default 256M)
+  kiln.var_fallback=halt|tmpfs  without room for var (or when it cannot be formatted or
+                                mounted): stop the boot (halt, the default) or keep /var
+                                on a tmpfs whose state is lost at every reboot
 ";
 
 fn out(text: &str) {

@@ -457,7 +457,7 @@ fn kernel_cmdline(profile: &Profile, arch: Arch, root_hash: &[u8; 32]) -> String
         Arch::X86_64 => vec!["console=tty0".into(), "console=ttyS0,115200".into()],
         Arch::Arm64 => vec!["console=tty0".into(), "console=ttyAMA0,115200".into()],
     };
-    words.push(format!("roothash={}", hex::encode(root_hash)));
+    words.push(format!("kiln.roothash={}", hex::encode(root_hash)));
     if profile.disk.verity_check == VerityCheck::OnRead {
         words.push("kiln.verity_check=on-read".into());
     }

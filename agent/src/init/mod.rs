@@ -6,6 +6,7 @@
 //! The steps are written against [`InitSys`], so the whole sequence is tested with a fake.
 
 pub mod fsutil;
+pub mod machine_id;
 pub mod modules;
 pub mod real;
 pub mod root;
@@ -83,6 +84,35 @@ pub trait InitSys {
     fn exec(&mut self, path: &str, argv: &[String]) -> Result<(), Errno>;
     /// Stops for good: sleeps forever, powers off or reboots. Only a fake returns.
     fn halt(&mut self, action: FailureAction);
+    /// Device-mapper ioctl `nr` on /dev/mapper/control; `buf` holds a `struct dm_ioctl`
+    /// and its payload (built by [`crate::dm`]) and receives the kernel's reply. ENOENT:
+    /// there is no control device (dm-mod not loaded).
+    fn dm_ioctl(&mut self, nr: u8, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Reads all of /dev/`name` front to back in large reads without keeping it in the
+    /// page cache. Returns the bytes read, or the offset of the failed read and its error.
+    fn read_dev_all(&mut self, name: &str) -> Result<u64, (u64, io::Error)>;
+    /// Writes `data` at byte `offset` of /dev/`name` (buffered: see `sync_dev`).
+    fn write_dev(&mut self, name: &str, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Flushes what was written to /dev/`name` down to the device (fsync).
+    fn sync_dev(&mut self, name: &str) -> io::Result<()>;
+    /// Makes the kernel re-read /dev/`disk`'s partition table (BLKRRPART).
+    fn reread_partitions(&mut self, disk: &str) -> Result<(), Errno>;
+    /// Fills `buf` from /dev/urandom.
+    fn random_bytes(&mut self, buf: &mut [u8]) -> io::Result<()>;
+    /// Runs `program` with `args` and exactly the environment `env`, stdin on
+    /// /dev/null, and waits for it.
+    fn run_program(
+        &mut self,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> io::Result<var::ProgramOutput>;
+    /// Replaces the file at `path` with `data` (mode `mode`) so that a power loss leaves
+    /// the old or the new content: a temporary file, fsync, rename, fsync of the folder.
+    fn write_file_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> io::Result<()>;
+    /// Where `path` leads once `root` is `/` (symlinks resolved inside `root`), as a
+    /// path usable now; None unless it is an existing file.
+    fn resolve_in_root(&mut self, root: &str, path: &str) -> Option<String>;
 }
 
 /// How far init got when it failed, which decides the final message.
@@ -90,6 +120,7 @@ pub trait InitSys {
 enum Stage {
     BeforeRoot,
     AfterRoot,
+    Var,
 }
 
 /// A failure that stops the boot.
@@ -116,6 +147,7 @@ pub fn run(sys: &mut dyn InitSys, init_args: &[String]) {
         let why = match f.stage {
             Stage::BeforeRoot => "the root filesystem could not be mounted",
             Stage::AfterRoot => "the system's init could not be started",
+            Stage::Var => "/var could not be set up on the var partition",
         };
         say(sys, &format!("halting; {why}"));
         match on_failure {
@@ -224,13 +256,20 @@ fn find_root(
     opts: &InitOptions,
     modules: &ModuleResults,
 ) -> Result<RootPartition, Fatal> {
-    let (root, others) =
-        wait_for_root(sys, &opts.root_type, opts.root_wait, opts.debug).map_err(|nf| {
-            fatal(
-                Stage::BeforeRoot,
-                format!("{}; {}", nf.message(), modules.failures_phrase()),
-            )
-        })?;
+    let root_uuid = opts.root_hash.as_ref().map(verity::root_part_uuid);
+    let (root, others) = wait_for_root(
+        sys,
+        &opts.root_type,
+        root_uuid.as_ref(),
+        opts.root_wait,
+        opts.debug,
+    )
+    .map_err(|nf| {
+        fatal(
+            Stage::BeforeRoot,
+            format!("{}; {}", nf.message(), modules.failures_phrase()),
+        )
+    })?;
     say(
         sys,
         &format!(
@@ -397,9 +436,9 @@ fn boot(
     let var_plan = var::prepare(sys, &opts, &root)?;
     let dev = verity::open_root(sys, &opts, &root)?;
     mount_root(sys, &root, &dev, &modules)?;
-    var::mount(sys, &opts, var_plan)?;
+    let var = var::mount(sys, &opts, var_plan)?;
     let mut args = init_args.to_vec();
-    args.extend(var::machine_id(sys)?);
+    args.extend(machine_id::machine_id(sys, &var)?);
     switch_root(sys, &args, opts.debug)
 }
 

@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -221,5 +221,115 @@ impl InitSys for RealSys {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
+    }
+
+    fn dm_ioctl(&mut self, nr: u8, buf: &mut [u8]) -> Result<(), Errno> {
+        let path = self.dev.join("mapper/control");
+        let control = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| errno_of(&e))?;
+        crate::ioctl::dm(&control, nr, buf)
+    }
+
+    fn read_dev_all(&mut self, name: &str) -> Result<u64, (u64, io::Error)> {
+        let path = self.dev.join(name);
+        let file = File::open(&path).map_err(|e| (0, e))?;
+        let mut buf = vec![0u8; super::verity::FULL_CHECK_READ];
+        let mut offset = 0u64;
+        loop {
+            let n = match file.read_at(&mut buf, offset) {
+                Ok(0) => return Ok(offset),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err((offset, e)),
+            };
+            // The pages were only read to be checked; on a small VM they would crowd out
+            // the system's own. Failing to drop them costs memory, not correctness.
+            let _ = nix::fcntl::posix_fadvise(
+                file.as_raw_fd(),
+                offset as i64,
+                n as i64,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            offset += n as u64;
+        }
+    }
+
+    fn write_dev(&mut self, name: &str, offset: u64, data: &[u8]) -> io::Result<()> {
+        // No O_CREAT: a missing node must fail, not become a regular file in /dev.
+        let file = OpenOptions::new().write(true).open(self.dev.join(name))?;
+        file.write_all_at(data, offset)
+    }
+
+    fn sync_dev(&mut self, name: &str) -> io::Result<()> {
+        // fsync on any descriptor of a block device flushes its whole page cache and
+        // the device's write cache.
+        OpenOptions::new()
+            .write(true)
+            .open(self.dev.join(name))?
+            .sync_all()
+    }
+
+    fn reread_partitions(&mut self, disk: &str) -> Result<(), Errno> {
+        let file = File::open(self.dev.join(disk)).map_err(|e| errno_of(&e))?;
+        crate::ioctl::blkrrpart(&file)
+    }
+
+    fn random_bytes(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        // /dev/urandom never blocks, which early boot needs; by the time init runs the
+        // kernel's generator is seeded on the machines kiln targets.
+        io::Read::read_exact(&mut File::open("/dev/urandom")?, buf)
+    }
+
+    fn run_program(
+        &mut self,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> io::Result<super::var::ProgramOutput> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok(super::var::ProgramOutput {
+            code: out.status.code(),
+            output,
+        })
+    }
+
+    fn write_file_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        let target = Path::new(path);
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = target
+            .file_name()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        // A leftover temporary file keeps its old mode; set it explicitly.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, target)?;
+        File::open(dir)?.sync_all()
+    }
+
+    fn resolve_in_root(&mut self, root: &str, path: &str) -> Option<String> {
+        resolve_in_root(Path::new(root), path)
+            .filter(|p| p.is_file())
+            .map(|p| p.to_string_lossy().into_owned())
     }
 }

@@ -87,7 +87,7 @@ fn trimmed(sys: &mut dyn InitSys, rel: &str) -> Option<String> {
 }
 
 /// Reads one disk's table through the Sys.
-fn disk_gpt(sys: &mut dyn InitSys, disk: &str) -> Result<Gpt, String> {
+pub(super) fn disk_gpt(sys: &mut dyn InitSys, disk: &str) -> Result<Gpt, String> {
     let sectors: Option<u64> = trimmed(sys, &format!("{disk}/size")).and_then(|s| s.parse().ok());
     if sectors == Some(0) {
         return Err("empty (size 0)".to_string());
@@ -104,8 +104,40 @@ fn disk_gpt(sys: &mut dyn InitSys, disk: &str) -> Result<Gpt, String> {
     }
 }
 
+/// Whether the kernel has a device for partition `n` of `disk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PartNode {
+    /// Its name (`vda2`, `nvme0n1p2`); /dev has the node.
+    Ready(String),
+    /// The kernel added it but /dev has no node yet.
+    NoNode(String),
+    /// The kernel has not added it (yet).
+    NotAdded,
+}
+
+/// Looks up partition `n` of `disk` in sysfs and /dev.
+pub(super) fn partition_node(sys: &mut dyn InitSys, disk: &str, n: u32) -> PartNode {
+    let candidates = [format!("{disk}{n}"), format!("{disk}p{n}")];
+    let present = candidates.into_iter().find(|c| {
+        trimmed(sys, &format!("{disk}/{c}/partition")).as_deref() == Some(n.to_string().as_str())
+    });
+    match present {
+        Some(device) if sys.dev_exists(&device) => PartNode::Ready(device),
+        Some(device) => PartNode::NoNode(device),
+        None => PartNode::NotAdded,
+    }
+}
+
 /// Scans the block devices once for a partition of type `wanted`.
+#[cfg(test)]
 pub fn scan_once(sys: &mut dyn InitSys, wanted: &Guid) -> Scan {
+    scan(sys, wanted, None)
+}
+
+/// Scans the block devices once for a partition of type `wanted` and, when given,
+/// unique GUID `part_uuid` (the first half of `kiln.roothash=`, which names the one root
+/// the hash belongs to).
+pub fn scan(sys: &mut dyn InitSys, wanted: &Guid, part_uuid: Option<&Guid>) -> Scan {
     let mut names = match sys.list_block() {
         Ok(n) => n,
         Err(e) => {
@@ -148,29 +180,34 @@ pub fn scan_once(sys: &mut dyn InitSys, wanted: &Guid) -> Scan {
             gpt.entries.len(),
             types.join(", ")
         );
-        for entry in gpt
-            .entries
-            .iter()
-            .filter(|e| e.type_guid == *wanted && e.attributes & ATTR_NO_AUTO == 0)
-        {
+        for entry in gpt.entries.iter().filter(|e| e.type_guid == *wanted) {
             let n = entry.number();
-            let candidates = [format!("{disk}{n}"), format!("{disk}p{n}")];
-            let present = candidates.iter().find(|c| {
-                trimmed(sys, &format!("{disk}/{c}/partition")).as_deref()
-                    == Some(n.to_string().as_str())
-            });
-            match present {
-                Some(device) if sys.dev_exists(device) => found.push(RootPartition {
+            match part_uuid {
+                // The hash names this partition exactly, so "do not mount automatically"
+                // (e.g. on the other slot of an A/B pair) does not apply.
+                Some(u) if entry.part_guid != *u => {
+                    summary.push_str(&format!(
+                        "; partition {n} has PARTUUID {}, not {u} (the first half of kiln.roothash=)",
+                        entry.part_guid
+                    ));
+                    continue;
+                }
+                Some(_) => {}
+                None if entry.attributes & ATTR_NO_AUTO != 0 => continue,
+                None => {}
+            }
+            match partition_node(sys, &disk, n) {
+                PartNode::Ready(device) => found.push(RootPartition {
                     disk: disk.clone(),
-                    device: device.clone(),
+                    device,
                     number: n,
                     part_uuid: entry.part_guid,
                     from_backup: gpt.from_backup,
                 }),
-                Some(device) => {
+                PartNode::NoNode(device) => {
                     summary.push_str(&format!("; /dev/{device} not created yet"));
                 }
-                None => summary.push_str(&format!(
+                PartNode::NotAdded => summary.push_str(&format!(
                     "; partition {n} matches but the kernel has not added it yet"
                 )),
             }
@@ -199,6 +236,8 @@ pub struct NotFound {
     pub disks: Vec<DiskSeen>,
     /// The wanted type.
     pub wanted: Guid,
+    /// The wanted unique GUID, if `kiln.roothash=` pins one.
+    pub part_uuid: Option<Guid>,
     /// The configured wait (`kiln.rootwait`).
     pub wait: Duration,
 }
@@ -216,8 +255,13 @@ impl NotFound {
                 .collect();
             d.join("; ")
         };
+        let uuid = match &self.part_uuid {
+            Some(u) => format!(" with PARTUUID {u} (the first half of kiln.roothash=)"),
+            None => String::new(),
+        };
         format!(
-            "no root partition: no GPT partition of type {} appeared within {} s; disks seen: {}",
+            "no root partition: no GPT partition of type {}{uuid} appeared within {} s; disks \
+             seen: {}",
             describe_type(&self.wanted),
             self.wait.as_secs(),
             disks
@@ -229,6 +273,7 @@ impl NotFound {
 pub fn wait_for_root(
     sys: &mut dyn InitSys,
     wanted: &Guid,
+    part_uuid: Option<&Guid>,
     wait: Duration,
     debug: bool,
 ) -> Result<(RootPartition, Vec<String>), NotFound> {
@@ -236,7 +281,7 @@ pub fn wait_for_root(
     let mut announced = false;
     let mut last_seen: Option<Vec<DiskSeen>> = None;
     loop {
-        match scan_once(sys, wanted) {
+        match scan(sys, wanted, part_uuid) {
             Scan::Found { root, others } => return Ok((root, others)),
             Scan::NotYet(seen) => {
                 if debug && last_seen.as_ref() != Some(&seen) {
@@ -249,6 +294,7 @@ pub fn wait_for_root(
                     return Err(NotFound {
                         disks: seen,
                         wanted: *wanted,
+                        part_uuid: part_uuid.copied(),
                         wait,
                     });
                 }

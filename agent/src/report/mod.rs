@@ -1,8 +1,15 @@
 //! `report` mode: one status line on the console for people and the QEMU tests, e.g.
 //!
 //! ```text
-//! kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=ro var=tmpfs stub="systemd-stub 252.x" state=running failed=0
+//! kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=ro usr_write=EROFS var=/dev/vda4 var_size=2.3G machine_id=0123456789abcdef0123456789abcdef boots=2 stub="systemd-stub 252.x" state=running failed=0 verity=off
 //! ```
+//!
+//! `usr_write` is what creating a file under /usr and /etc gave (`EROFS` on a read-only
+//! root); `var=tmpfs` has no `var_size`; `boots` counts boots of the persistent /var
+//! (init keeps the count) and is `none` without one.
+//!
+//! `verity=on:dm-0:0123456789ab` says the root is kiln's dm-verity device `dm-0`, set up
+//! for the root hash starting with those 12 hex digits.
 //!
 //! It waits for systemd to finish starting up, so its unit must not hold up start-up
 //! itself: use `Type=simple` (or `idle`), not `Type=oneshot`, or
@@ -52,6 +59,11 @@ pub trait ReportSys {
     fn run(&mut self, program: &str, args: &[&str], timeout: Duration) -> CommandResult;
     /// A diagnostic for stderr (the journal), never the report line.
     fn note(&mut self, msg: &str);
+    /// Size in bytes of the filesystem mounted at `path` (statvfs), if known.
+    fn fs_size(&mut self, path: &str) -> Option<u64>;
+    /// Tries to create (and then removes) a file in the folder `dir`: Ok if it could
+    /// be created, else the error (EROFS on a read-only filesystem).
+    fn try_create(&mut self, dir: &str) -> Result<(), nix::errno::Errno>;
 }
 
 /// What the report found.
@@ -71,6 +83,70 @@ pub struct Report {
     pub state: String,
     /// Failed unit names, or None if they could not be listed.
     pub failed: Option<Vec<String>>,
+    /// Whether the root is kiln's dm-verity device.
+    pub verity: Verity,
+    /// What creating a file under /usr and /etc gave: `EROFS` when both refuse that way.
+    pub usr_write: String,
+    /// Size of the filesystem on /var when it is a device.
+    pub var_size: Option<u64>,
+    /// Contents of /etc/machine-id (trimmed), if it has any.
+    pub machine_id: Option<String>,
+    /// Contents of /var/lib/kiln/boots (trimmed), if it exists.
+    pub boots: Option<String>,
+}
+
+/// Whether `/` is mounted through kiln's dm-verity device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verity {
+    /// The root is the device-mapper device `dev` (`dm-0`) that init created for the root
+    /// hash beginning with `hash_prefix` (12 hex digits).
+    On {
+        /// Device name.
+        dev: String,
+        /// First 12 hex digits of the root hash.
+        hash_prefix: String,
+    },
+    /// The root is not a kiln verity device.
+    Off,
+    /// The mount table or the device's sysfs entry could not be read.
+    Unknown,
+}
+
+/// The device-mapper uuid prefix init gives the verity device (see `init::verity`).
+const VERITY_UUID_PREFIX: &str = "KILN-VERITY-";
+
+/// Reads whether the device `source` (the root mount's source) is kiln's verity device,
+/// from /sys/block/dm-N/dm/uuid.
+fn verity_of(sys: &mut dyn ReportSys, source: &str) -> Verity {
+    let Some(dev) = source.strip_prefix("/dev/").filter(|d| {
+        d.strip_prefix("dm-")
+            .is_some_and(|n| n.parse::<u32>().is_ok())
+    }) else {
+        return Verity::Off;
+    };
+    let path = format!("/sys/block/{dev}/dm/uuid");
+    match sys.read_file(&path) {
+        Ok(bytes) => {
+            let uuid = String::from_utf8_lossy(&bytes).trim().to_string();
+            match uuid.strip_prefix(VERITY_UUID_PREFIX) {
+                Some(hash) if hash.len() >= 12 && hash.is_ascii() => Verity::On {
+                    dev: dev.to_string(),
+                    hash_prefix: hash[..12].to_ascii_lowercase(),
+                },
+                _ => {
+                    sys.note(&format!(
+                        "/ is on {dev}, a device-mapper device that is not kiln's verity \
+                         device (uuid {uuid:?})"
+                    ));
+                    Verity::Off
+                }
+            }
+        }
+        Err(e) => {
+            sys.note(&format!("reading {path}: {e}"));
+            Verity::Unknown
+        }
+    }
 }
 
 /// Decodes StubInfo/LoaderInfo-style EFI variables: 4 bytes of attributes, then a
@@ -138,7 +214,7 @@ impl Report {
 
     /// The healthy outcome: systemd reports `running` and the root is read-only.
     pub fn healthy(&self) -> bool {
-        self.state == "running" && self.root_read_only()
+        self.state == "running" && self.root_read_only() && self.usr_write == "EROFS"
     }
 
     /// The one line printed on the console.
@@ -150,8 +226,17 @@ impl Report {
         let var = match &self.var {
             None => "none".to_string(),
             Some(m) if m.source == m.fstype || !m.source.starts_with('/') => word(&m.fstype),
-            Some(m) => word(&format!("{}:{}", m.fstype, m.source)),
+            Some(m) => word(&m.source),
         };
+        let var_size = match (&self.var, self.var_size) {
+            (Some(m), Some(bytes)) if m.source.starts_with('/') => {
+                format!(" var_size={}", short_size(bytes))
+            }
+            (Some(m), None) if m.source.starts_with('/') => " var_size=unknown".to_string(),
+            _ => String::new(),
+        };
+        let machine_id = self.machine_id.as_deref().map_or("none".to_string(), word);
+        let boots = self.boots.as_deref().map_or("none".to_string(), word);
         let stub = match &self.stub {
             Some(s) => quoted(s),
             None => "none".to_string(),
@@ -161,11 +246,18 @@ impl Report {
             Some(units) if units.is_empty() => "0".to_string(),
             Some(units) => word(&format!("{}({})", units.len(), units.join(","))),
         };
+        let verity = match &self.verity {
+            Verity::On { dev, hash_prefix } => word(&format!("on:{dev}:{hash_prefix}")),
+            Verity::Off => "off".to_string(),
+            Verity::Unknown => "unknown".to_string(),
+        };
         format!(
-            "kiln-report: arch={} kernel={} root={root} root_mode={mode} var={var} stub={stub} \
-             state={} failed={failed}",
+            "kiln-report: arch={} kernel={} root={root} root_mode={mode} usr_write={} var={var}\
+             {var_size} machine_id={machine_id} boots={boots} stub={stub} \
+             state={} failed={failed} verity={verity}",
             word(&self.arch),
             word(&self.kernel),
+            word(&self.usr_write),
             word(&self.state),
         )
     }
@@ -191,6 +283,16 @@ pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
     let mounts = read_mounts(sys).unwrap_or_default();
     let root = mounted_on(&mounts, "/").cloned();
     let var = mounted_on(&mounts, "/var").cloned();
+    let var_size = match &var {
+        Some(m) if m.source.starts_with('/') => sys.fs_size("/var"),
+        _ => None,
+    };
+    let machine_id = read_trimmed(sys, "/etc/machine-id").filter(|s| !s.is_empty());
+    let boots = read_trimmed(sys, BOOTS_FILE);
+    let verity = match &root {
+        Some(m) => verity_of(sys, &m.source),
+        None => Verity::Unknown,
+    };
     let stub = match sys.read_file(STUB_INFO) {
         Ok(bytes) => decode_efi_string(&bytes),
         Err(e) => {
@@ -241,7 +343,59 @@ pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
         stub,
         state,
         failed,
+        verity,
+        usr_write: usr_write(sys),
+        var_size,
+        machine_id,
+        boots,
     }
+}
+
+/// Where init counts the boots of a persistent /var.
+pub const BOOTS_FILE: &str = "/var/lib/kiln/boots";
+
+/// Sizes for the report line: `2.3G`, `512M`.
+pub fn short_size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{}M", bytes >> 20)
+    }
+}
+
+fn read_trimmed(sys: &mut dyn ReportSys, path: &str) -> Option<String> {
+    match sys.read_file(path) {
+        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_string()),
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                sys.note(&format!("reading {path}: {e}"));
+            }
+            None
+        }
+    }
+}
+
+/// Tries to create a file under /usr and /etc, which a read-only root must refuse:
+/// `EROFS` when both do, else each folder's outcome (`/usr:writable,/etc:EROFS`).
+fn usr_write(sys: &mut dyn ReportSys) -> String {
+    let outcomes: Vec<(&str, String)> = ["/usr", "/etc"]
+        .into_iter()
+        .map(|dir| {
+            let outcome = match sys.try_create(dir) {
+                Ok(()) => {
+                    sys.note(&format!("{dir} is writable: a file could be created in it"));
+                    "writable".to_string()
+                }
+                Err(e) => format!("{e:?}"),
+            };
+            (dir, outcome)
+        })
+        .collect();
+    if outcomes.iter().all(|(_, o)| *o == outcomes[0].1) {
+        return outcomes[0].1.clone();
+    }
+    let each: Vec<String> = outcomes.iter().map(|(d, o)| format!("{d}:{o}")).collect();
+    each.join(",")
 }
 
 #[cfg(test)]

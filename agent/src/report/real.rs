@@ -87,6 +87,31 @@ impl ReportSys for RealReport {
     fn note(&mut self, msg: &str) {
         let _ = writeln!(io::stderr(), "kiln-report: {msg}");
     }
+
+    fn fs_size(&mut self, path: &str) -> Option<u64> {
+        let st = nix::sys::statvfs::statvfs(path).ok()?;
+        Some(st.blocks().saturating_mul(st.fragment_size()))
+    }
+
+    fn try_create(&mut self, dir: &str) -> Result<(), nix::errno::Errno> {
+        try_create_in(std::path::Path::new(dir))
+    }
+}
+
+/// Creates and removes a probe file in `dir`. Without O_EXCL a leftover probe is
+/// reused; a read-only filesystem refuses the open for writing either way (EROFS comes
+/// before permission checks, so this holds for any user).
+pub fn try_create_in(dir: &std::path::Path) -> Result<(), nix::errno::Errno> {
+    let path = dir.join(".kiln-report-write-probe");
+    let errno =
+        |e: io::Error| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::libc::EIO));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(errno)?;
+    std::fs::remove_file(&path).map_err(errno)
 }
 
 #[cfg(test)]
@@ -121,6 +146,17 @@ mod tests {
     fn missing_program_is_a_failure() {
         let r = run_with_timeout("/nonexistent/systemctl", &[], Duration::from_secs(1));
         assert!(matches!(r, CommandResult::Failed(ref m) if m.contains("/nonexistent/systemctl")));
+    }
+
+    #[test]
+    fn write_probe_leaves_nothing_and_reports_the_errno() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(try_create_in(dir.path()), Ok(()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let missing = dir.path().join("missing");
+        assert_eq!(try_create_in(&missing), Err(nix::errno::Errno::ENOENT));
+        let size = RealReport.fs_size(&dir.path().to_string_lossy()).unwrap();
+        assert!(size > 0);
     }
 
     #[test]
