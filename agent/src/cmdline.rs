@@ -243,9 +243,15 @@ pub fn parse(cmdline: &str) -> InitOptions {
 /// The agent reads other `kiln.*` options later in the boot; init only warns about
 /// misspellings of its own.
 fn is_init_option_prefix(key: &str) -> bool {
-    ["kiln.root", "kiln.debug", "kiln.on_", "kiln.verity", "kiln.var"]
-        .iter()
-        .any(|p| key.starts_with(p))
+    [
+        "kiln.root",
+        "kiln.debug",
+        "kiln.on_",
+        "kiln.verity",
+        "kiln.var",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 #[cfg(test)]
@@ -328,8 +334,14 @@ mod tests {
         assert_eq!(d.var_fallback, VarFallback::Halt);
         // A short or non-hex hash stops the boot; a bad size or mode only warns.
         assert_eq!(parse("kiln.roothash=abcd").errors.len(), 1);
-        assert_eq!(parse(&format!("kiln.roothash={}", "g".repeat(64))).errors.len(), 1);
-        let w = parse("kiln.var_min=lots kiln.var_fallback=maybe kiln.verity_check=some kiln.varmin=1");
+        assert_eq!(
+            parse(&format!("kiln.roothash={}", "g".repeat(64)))
+                .errors
+                .len(),
+            1
+        );
+        let w =
+            parse("kiln.var_min=lots kiln.var_fallback=maybe kiln.verity_check=some kiln.varmin=1");
         assert_eq!(w.warnings.len(), 4, "{:?}", w.warnings);
         assert_eq!(parse_size("256M"), Some(256 << 20));
         assert_eq!(parse_size("4096"), Some(4096));

@@ -568,12 +568,12 @@ fn mount_partition(sys: &mut dyn InitSys, p: &VarPartition, target: &str) -> Res
     // No nosuid/nodev: container images and snapshotters under /var/lib
     // (containerd, kubelet) need setuid binaries and device nodes to work.
     sys.mount(&dev, target, Some("ext4"), MsFlags::empty(), None)
-    .map_err(|e| {
-        problem(
-            format!("mounting {dev} as ext4 on {target}: {e}"),
-            "check the var partition with e2fsck",
-        )
-    })?;
+        .map_err(|e| {
+            problem(
+                format!("mounting {dev} as ext4 on {target}: {e}"),
+                "check the var partition with e2fsck",
+            )
+        })?;
     say(
         sys,
         &format!(
