@@ -18,6 +18,7 @@ APT_PKGS=(
   dosfstools       # fsck.fat
   mtools           # mcopy: reads files back from the ESP in tests
   gdisk            # sgdisk -v
+  bmap-tools       # bmaptool copy: checks the raw.zst + .bmap output
   cpio             # cpio -it on the initramfs
   cryptsetup-bin   # veritysetup
   kmod             # depmod/modprobe: referees for the module index files

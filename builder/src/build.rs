@@ -70,6 +70,9 @@ pub enum BuildError {
     /// Verity hash tree.
     #[error(transparent)]
     Verity(#[from] verity::VerityError),
+    /// Output formats.
+    #[error(transparent)]
+    Format(#[from] crate::output::formats::FormatError),
     /// UKI assembly.
     #[error(transparent)]
     Uki(#[from] crate::uki::UkiError),
@@ -744,6 +747,7 @@ fn build_arch(
         fat::build_fat(&esp_files, window.len(), &fat_opts, &mut window)?;
     }
     let plan = image.plan().clone();
+    let mapped = image.mapped_blocks();
     image.finish()?;
     clock.lap("esp+gpt");
 
@@ -755,6 +759,25 @@ fn build_arch(
         .collect();
     let (image_sha, part_shas) =
         manifest::sha256_image_and_ranges(&image_path, &ranges).map_err(io_err(&image_path))?;
+    let formats = opts
+        .formats
+        .clone()
+        .unwrap_or_else(|| profile.formats.clone());
+    let outputs = crate::output::formats::write_outputs(&crate::output::formats::OutputJob {
+        raw: &image_path,
+        dir: staging.dir(),
+        stem: &format!("{}-{arch}", profile.name),
+        formats: &formats,
+        mapped: &mapped,
+        epoch,
+        seed,
+        runner: &HostRunner,
+        raw_sha256: Some(&image_sha),
+        progress: None,
+    })
+    ?;
+    tracing::debug!(files = outputs.files.len(), "output formats written");
+    clock.lap("formats");
     let partitions = plan
         .partitions
         .iter()
@@ -833,22 +856,18 @@ fn build_arch(
             data_blocks: tree.geometry.data_blocks,
             hash_size: tree.hash_device.len() as u64,
             salt: hex::encode(vparams.salt),
-            uuid: Guid::from_gpt_bytes(&vparams.uuid).to_string(),
+            uuid: Guid::from_bytes(vparams.uuid).to_string(),
             root_hash: hex::encode(tree.root_hash),
             check: match profile.disk.verity_check {
                 VerityCheck::Full => "full".into(),
                 VerityCheck::OnRead => "on-read".into(),
             },
         },
-        outputs: [(
-            "raw".to_string(),
-            manifest::FileDigest {
-                file: image_name.clone(),
-                size: image_size,
-                sha256: image_sha,
-            },
-        )]
-        .into(),
+        outputs: outputs
+            .files
+            .iter()
+            .map(|o| (o.key.clone(), o.digest.clone()))
+            .collect(),
         components: [
             (
                 "uki".to_string(),
@@ -887,13 +906,23 @@ fn build_arch(
     };
     let manifest_path = staging.path(&manifest_name);
     std::fs::write(&manifest_path, m.to_json()).map_err(io_err(&manifest_path))?;
-    let published = staging.publish(&[&image_name, &manifest_name])?;
+    let mut names: Vec<&str> = outputs.files.iter().map(|o| o.digest.file.as_str()).collect();
+    names.push(&manifest_name);
+    let mut published = staging.publish(&names)?;
+    let manifest_path = published.pop().unwrap_or_default();
+    // The raw image if it was published, else the first output.
+    let image = published
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| *n == *image_name))
+        .or(published.first())
+        .cloned()
+        .unwrap_or_default();
     clock.lap("manifest");
 
     Ok(BuildReport {
         arch,
-        image: published[0].clone(),
-        manifest: published[1].clone(),
+        image,
+        manifest: manifest_path,
         image_size,
         root: root_summary,
         timings: clock.steps,

@@ -10,6 +10,7 @@ pub mod build;
 pub mod disk;
 pub mod fetch;
 pub mod fs;
+pub mod inspect;
 pub mod lock;
 pub mod output;
 pub mod plan;

@@ -86,6 +86,12 @@ enum Command {
         /// locked packages.
         #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
         source_date_epoch: Option<i64>,
+        /// Output format(s) instead of the profile's [output] formats:
+        /// raw, raw.zst (with a .bmap for bmaptool), qcow2, vhd (fixed, for
+        /// Azure) or gce (tar.gz for Google Compute Engine). Repeat the flag
+        /// or separate names with commas.
+        #[arg(long = "format", value_name = "NAME", value_delimiter = ',')]
+        formats: Vec<String>,
     },
     /// Boot an image in QEMU with UEFI firmware (OVMF / AAVMF) under TCG,
     /// with the serial console on this terminal. Quit with Ctrl-A X.
@@ -108,6 +114,41 @@ enum Command {
         /// Extra QEMU arguments, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
+    },
+    /// Show what is in an image: its format, the partition table, the ESP's
+    /// files, the UKI's kernel, os-release and command line (with the
+    /// verity roothash=), the verity superblock, the root filesystem, and
+    /// what the manifest next to it says (kiln version, profile, epoch,
+    /// kernel, packages).
+    ///
+    /// The format is read from the bytes: raw, raw.zst, qcow2 (converted to
+    /// a temporary raw disk with qemu-img), fixed VHD or GCE tar.gz.
+    /// With --verify, everything that can be recomputed is recomputed and
+    /// compared, one line per check: both GPT headers and entry arrays, the
+    /// sha256 of each partition, of the raw disk and of the file against the
+    /// manifest, the dm-verity hash tree rebuilt from the root partition
+    /// against the hash partition, its root hash against roothash= and the
+    /// manifest, and the root/verity PARTUUIDs against the root hash. Exits
+    /// 1 if anything differs or cannot be read.
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+        /// Recompute and compare every checksum; exit 1 on any difference.
+        #[arg(long)]
+        verify: bool,
+        /// The manifest to use. Default: <name>-<arch>.manifest.json next to
+        /// the image (its format suffix replaced), if it exists.
+        #[arg(long, value_name = "PATH", conflicts_with = "no_manifest")]
+        manifest: Option<PathBuf>,
+        /// Do not read a manifest (inspect and verify the image alone).
+        #[arg(long)]
+        no_manifest: bool,
+        /// List every package the manifest records.
+        #[arg(long)]
+        packages: bool,
+        /// Print the report as JSON (for scripts) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -157,6 +198,26 @@ fn arches_for(arg: Option<ArchArg>, profile: &kiln::profile::Profile) -> anyhow:
         );
     }
     Ok(vec![wanted])
+}
+
+/// `--format` values, in order, without duplicates; `None` when not given.
+fn parse_formats(names: &[String]) -> anyhow::Result<Option<Vec<kiln::profile::Format>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut formats = Vec::new();
+    for name in names {
+        let f = kiln::profile::Format::parse(name.trim()).with_context(|| {
+            format!(
+                "--format {name:?}: unknown output format; supported: {}",
+                kiln::profile::Format::names()
+            )
+        })?;
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+    }
+    Ok(Some(formats))
 }
 
 fn init_logging(g: &Global) {
@@ -227,7 +288,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             arch,
             out,
             source_date_epoch,
+            formats,
         } => {
+            let formats = parse_formats(&formats)?;
             let profile = kiln::profile::Profile::load(&profile)?;
             let arches = arches_for(arch, &profile)?;
             let opts = kiln::build::BuildOptions {
@@ -235,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out,
                 epoch: source_date_epoch,
                 agent: kiln::build::AgentSource::from_env(),
-                formats: None,
+                formats,
             };
             let results = kiln::build::build(&profile, &cache()?, &opts, &ui)?;
             if !g.quiet {
@@ -276,6 +339,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8)
             });
+        }
+        Command::Inspect {
+            image,
+            verify,
+            manifest,
+            no_manifest,
+            packages,
+            json,
+        } => {
+            use kiln::inspect::{InspectOptions, ManifestSource};
+            let opts = InspectOptions {
+                manifest: match (manifest, no_manifest) {
+                    (Some(p), _) => ManifestSource::Path(p),
+                    (None, true) => ManifestSource::Skip,
+                    (None, false) => ManifestSource::Beside,
+                },
+                verify,
+            };
+            let report = kiln::inspect::inspect(&image, &opts, &kiln::runner::HostRunner)?;
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&report).context("writing the report as JSON")?;
+                println!("{text}");
+            } else if !g.quiet {
+                if packages {
+                    print!("{}", report.with_packages());
+                } else {
+                    print!("{report}");
+                }
+            }
+            if let Some(why) = report
+                .verification
+                .as_ref()
+                .and_then(|v| v.manifest_skipped.as_ref())
+            {
+                tracing::warn!("manifest checks skipped: {why}");
+            }
+            if !report.problems.is_empty() {
+                anyhow::bail!(
+                    "{}: {} part(s) could not be read: {}",
+                    image.display(),
+                    report.problems.len(),
+                    report.problems.join("; ")
+                );
+            }
+            if let Some(v) = report.verification.as_ref().filter(|v| !v.passed()) {
+                let failed: Vec<String> = v.failures().map(|c| c.describe()).collect();
+                anyhow::bail!(
+                    "{}: {} of {} checks failed: {}",
+                    image.display(),
+                    failed.len(),
+                    v.checks.len(),
+                    failed.join("; ")
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

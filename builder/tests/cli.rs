@@ -315,3 +315,41 @@ fn ctrl_c_during_the_disk_write_leaves_nothing_at_the_output_path() {
     assert!(!staging.exists(), "staging folder left behind");
     assert_nothing_written(&out);
 }
+
+#[test]
+fn unknown_output_format_is_named_with_the_supported_ones() {
+    let (d, p) = fixture(|t| t);
+    let out = d.path().join("out");
+    for (arg, bad) in [
+        ("floppy", "\"floppy\""),
+        ("raw,vhd,floppy", "\"floppy\""),
+        ("raw.zst,,vhd", "\"\""),
+    ] {
+        let o = kiln(
+            &[
+                "build",
+                p.to_str().unwrap(),
+                "--arch",
+                "x86_64",
+                "--out",
+                out.to_str().unwrap(),
+                "--format",
+                arg,
+            ],
+            &[],
+        );
+        assert_fails(
+            &o,
+            &[
+                "--format",
+                bad,
+                "unknown output format",
+                "raw, raw.zst, qcow2, vhd, gce",
+            ],
+        );
+    }
+    assert_nothing_written(&out);
+    let help = kiln(&["build", "--help"], &[]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("--format <NAME>"), "{text}");
+}

@@ -13,8 +13,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::plan::{DiskPlan, Guid, PartitionRole, PlannedPartition, GPT_NAME_MAX_UNITS};
 
@@ -29,6 +31,8 @@ const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 const MAX_ENTRY_ARRAY_BYTES: u64 = 1 << 20;
 /// Copy buffer for [`ImageFile::write_partition`].
 const COPY_CHUNK: usize = 4 << 20;
+/// Block size of [`ImageFile::mapped_blocks`] (bmaptool's block size).
+pub const MAP_BLOCK_SIZE: u64 = 4096;
 
 /// Errors of writing or reading disk images.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +135,62 @@ pub struct ImageFile {
     path: PathBuf,
     file: File,
     plan: DiskPlan,
+    written: Mutex<WrittenBlocks>,
+}
+
+/// The blocks of an image that kiln wrote, so the output formats know what
+/// to copy without asking the host filesystem where its holes are (that
+/// varies with the filesystem; this does not). Zero bytes that were written
+/// count: flashing over old data must overwrite them.
+#[derive(Debug, Default)]
+struct WrittenBlocks {
+    /// Half-open block ranges; unsorted between compactions.
+    ranges: Vec<Range<u64>>,
+    /// Length after the last compaction, to compact only when it doubled.
+    compacted_len: usize,
+}
+
+impl WrittenBlocks {
+    fn record(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let first = offset / MAP_BLOCK_SIZE;
+        let end = offset.saturating_add(len).div_ceil(MAP_BLOCK_SIZE);
+        // Writers mostly go forward, so most writes extend the last range.
+        if let Some(last) = self.ranges.last_mut() {
+            if first <= last.end && end >= last.start {
+                last.start = last.start.min(first);
+                last.end = last.end.max(end);
+                return;
+            }
+        }
+        self.ranges.push(first..end);
+        if self.ranges.len() >= 1024 && self.ranges.len() > 2 * self.compacted_len {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(self.ranges.len());
+        for r in self.ranges.drain(..) {
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.ranges = merged;
+        self.compacted_len = self.ranges.len();
+    }
+}
+
+fn record_write(written: &Mutex<WrittenBlocks>, offset: u64, len: u64) {
+    // A panic elsewhere cannot leave the list half-updated: take it anyway.
+    written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .record(offset, len);
 }
 
 /// A partition's byte range in an image file, for positioned writes.
@@ -143,10 +203,14 @@ pub struct PartitionWindow<'a> {
     file: &'a File,
     path: &'a Path,
     part: &'a PlannedPartition,
+    written: &'a Mutex<WrittenBlocks>,
 }
 
 impl PartitionWindow<'_> {
-    /// The image file (for callers that want their own positioned I/O).
+    /// The image file, for reading. Write through [`PartitionWindow::write_at`]
+    /// only: writes made directly on the file are not in
+    /// [`ImageFile::mapped_blocks`], so the compressed outputs would lose them
+    /// (the output writers refuse such an image).
     pub fn file(&self) -> &File {
         self.file
     }
@@ -192,7 +256,9 @@ impl PartitionWindow<'_> {
                 path: self.path.to_path_buf(),
                 action: "writing partition content",
                 source,
-            })
+            })?;
+        record_write(self.written, self.offset() + pos, bytes.len() as u64);
+        Ok(())
     }
 }
 
@@ -233,7 +299,8 @@ impl ImageFile {
         &self.plan
     }
 
-    /// The open image file.
+    /// The open image file, for reading. Writes must go through the image's
+    /// own methods so that [`ImageFile::mapped_blocks`] knows about them.
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -251,6 +318,7 @@ impl ImageFile {
             file: &self.file,
             path: &self.path,
             part,
+            written: &self.written,
         })
     }
 
@@ -289,6 +357,16 @@ impl ImageFile {
             window.write_at(pos, &buf[..n])?;
             pos += n as u64;
         }
+    }
+
+    /// The blocks of [`MAP_BLOCK_SIZE`] bytes written so far (partition
+    /// tables and partition contents, zeros included when they were written
+    /// rather than skipped), as sorted, merged, half-open block ranges. Every
+    /// block outside them reads as zero.
+    pub fn mapped_blocks(&self) -> Vec<Range<u64>> {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.compact();
+        w.ranges.clone()
     }
 
     /// Flushes the image to stable storage and closes it.
@@ -484,6 +562,7 @@ pub fn create_image(path: &Path, plan: &DiskPlan) -> Result<ImageFile, DiskError
         path: path.to_path_buf(),
         file,
         plan: plan.clone(),
+        written: Mutex::new(WrittenBlocks::default()),
     };
     image.write_table()?;
     Ok(image)
@@ -511,6 +590,7 @@ impl ImageFile {
                     action: "writing the partition table",
                     source,
                 })?;
+            record_write(&self.written, offset, bytes.len() as u64);
         }
         Ok(())
     }
