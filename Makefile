@@ -9,7 +9,7 @@ ARCH ?= x86_64
 KILN := target/release/kiln
 AGENT_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 
-.PHONY: all deps agent kiln lock image run test check fmt bench clean
+.PHONY: all deps agent kiln lock image run test check fmt bench repro clean
 
 all: image
 
@@ -55,6 +55,10 @@ fmt:
 ## bench: build and boot timings and sizes into BENCHMARKS.md
 bench: deps agent kiln
 	bash scripts/bench.sh
+
+## repro: build twice (other cache, out, TMPDIR, umask, time) and compare sha256s
+repro: deps agent kiln
+	bash scripts/repro.sh
 
 clean:
 	$(CARGO) clean

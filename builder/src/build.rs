@@ -774,8 +774,7 @@ fn build_arch(
         runner: &HostRunner,
         raw_sha256: Some(&image_sha),
         progress: None,
-    })
-    ?;
+    })?;
     tracing::debug!(files = outputs.files.len(), "output formats written");
     clock.lap("formats");
     let partitions = plan
@@ -906,7 +905,11 @@ fn build_arch(
     };
     let manifest_path = staging.path(&manifest_name);
     std::fs::write(&manifest_path, m.to_json()).map_err(io_err(&manifest_path))?;
-    let mut names: Vec<&str> = outputs.files.iter().map(|o| o.digest.file.as_str()).collect();
+    let mut names: Vec<&str> = outputs
+        .files
+        .iter()
+        .map(|o| o.digest.file.as_str())
+        .collect();
     names.push(&manifest_name);
     let mut published = staging.publish(&names)?;
     let manifest_path = published.pop().unwrap_or_default();

@@ -44,7 +44,13 @@ fn build(arch: &str, work: &Path, cache: &Path, umask: &str) -> BTreeMap<String,
         .arg(cache)
         .arg("build")
         .arg(&profile)
-        .args(["--arch", arch, "--format", "raw,raw.zst,qcow2,vhd,gce", "--out"])
+        .args([
+            "--arch",
+            arch,
+            "--format",
+            "raw,raw.zst,qcow2,vhd,gce",
+            "--out",
+        ])
         .arg(&out)
         .env("TMPDIR", &tmp)
         .env_remove("SOURCE_DATE_EPOCH")
@@ -73,13 +79,24 @@ fn reproducible(arch: &str) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let second = build(arch, b.path(), &cache_b, "077");
     let names: Vec<&String> = first.keys().collect();
-    for want in [".raw", ".raw.zst", ".raw.bmap", ".qcow2", ".vhd", ".gce.tar.gz", ".manifest.json"] {
+    for want in [
+        ".raw",
+        ".raw.zst",
+        ".raw.bmap",
+        ".qcow2",
+        ".vhd",
+        ".gce.tar.gz",
+        ".manifest.json",
+    ] {
         assert!(
             names.iter().any(|n| n.ends_with(want)),
             "{arch}: no *{want} output among {names:?}"
         );
     }
-    assert_eq!(first, second, "{arch}: outputs differ between the two builds");
+    assert_eq!(
+        first, second,
+        "{arch}: outputs differ between the two builds"
+    );
 }
 
 #[test]

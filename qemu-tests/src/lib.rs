@@ -33,9 +33,23 @@ pub struct Built {
     pub manifest: PathBuf,
 }
 
+impl Built {
+    /// The output beside the raw image whose name ends in `suffix`
+    /// (`.qcow2`, `.vhd`, `.raw.zst`, `.raw.bmap`, `.gce.tar.gz`).
+    pub fn output(&self, suffix: &str) -> PathBuf {
+        let name = self
+            .image
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(".raw").to_string())
+            .unwrap_or_default();
+        self.image.with_file_name(format!("{name}{suffix}"))
+    }
+}
+
 static BUILDS: OnceLock<Mutex<Vec<(Arch, Built)>>> = OnceLock::new();
 
-/// Builds `profiles/qemu.toml` for `arch` (once per test process).
+/// Builds `profiles/qemu.toml` for `arch` in every output format (once per
+/// test process); the other formats sit beside the raw image.
 pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
     let lock = BUILDS.get_or_init(|| Mutex::new(Vec::new()));
     let mut done = lock
@@ -52,7 +66,7 @@ pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
         out: out.clone(),
         epoch: None,
         agent: kiln::build::AgentSource::from_env(),
-        formats: None,
+        formats: Some(kiln::profile::Format::ALL.to_vec()),
     };
     let ui = kiln::build::Ui::new(true);
     let reports = kiln::build::build(&profile, &cache, &opts, &ui)
@@ -113,13 +127,32 @@ impl RunningVm {
     /// a marker of a failed boot, on QEMU exiting, or after `timeout`;
     /// every failure carries the last console lines.
     pub fn wait_for(&mut self, markers: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        self.wait(markers, timeout, true)
+    }
+
+    /// Like [`RunningVm::wait_for`], for boots that are meant to fail: a
+    /// FATAL line from init does not end the wait early.
+    pub fn wait_for_failure(
+        &mut self,
+        markers: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.wait(markers, timeout, false)
+    }
+
+    fn wait(
+        &mut self,
+        markers: &[&str],
+        timeout: Duration,
+        fatal_ends: bool,
+    ) -> anyhow::Result<String> {
         const FATAL: [&str; 3] = ["kiln-init: FATAL", "Kernel panic", "end Kernel panic"];
         loop {
             let text = self.console();
             if markers.iter().all(|m| text.contains(m)) {
                 return Ok(text);
             }
-            if let Some(f) = FATAL.iter().find(|f| text.contains(*f)) {
+            if let Some(f) = FATAL.iter().find(|f| fatal_ends && text.contains(*f)) {
                 bail!("boot failed ({f:?} on the console)\n{}", tail(&text, 60));
             }
             if let Some(status) = self.child.try_wait()? {
@@ -174,6 +207,93 @@ pub fn extract_range(src: &Path, offset: u64, len: u64, dst: &Path) -> anyhow::R
         bail!("{}: short read at {offset}+{len}", src.display());
     }
     Ok(())
+}
+
+/// Copies an image sparsely into `dir` (to change or grow it without touching
+/// the shared build) and returns the copy's path.
+pub fn copy_image(image: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let dst = dir.join(
+        image
+            .file_name()
+            .context("image path without a file name")?,
+    );
+    check_tool(
+        "cp",
+        &[
+            "--sparse=always",
+            &image.display().to_string(),
+            &dst.display().to_string(),
+        ],
+    )?;
+    Ok(dst)
+}
+
+/// Flips every bit of the byte at `offset` of `path`.
+pub fn flip_byte(path: &Path, offset: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)?;
+    b[0] ^= 0xff;
+    f.write_all_at(&b, offset)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The `kiln-report:` line's `key=value` fields (values unquoted).
+pub fn report_fields(console: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let line = console
+        .lines()
+        .rev()
+        .find(|l| l.contains("kiln-report:"))
+        .context("no kiln-report line on the console")?;
+    let rest = &line[line.find("kiln-report:").unwrap_or(0) + "kiln-report:".len()..];
+    let mut out = std::collections::BTreeMap::new();
+    let mut chars = rest.chars().peekable();
+    while chars.peek().is_some() {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c == '"' {
+                    break;
+                }
+                value.push(c);
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.insert(key.trim().to_string(), value);
+    }
+    Ok(out)
+}
+
+/// The manifest's partition entry with `role`: (offset, size).
+pub fn partition(manifest: &Path, role: &str) -> anyhow::Result<(u64, u64)> {
+    let m = kiln::output::manifest::Manifest::read(manifest).map_err(anyhow::Error::msg)?;
+    m.disk
+        .partitions
+        .iter()
+        .find(|p| p.role == role)
+        .map(|p| (p.offset, p.size))
+        .with_context(|| format!("{}: no {role} partition", manifest.display()))
 }
 
 /// Runs a checker program and returns its stdout; a non-zero exit is an

@@ -49,6 +49,17 @@ fn boots_to_multi_user(arch: Arch) {
         report.contains("root_mode=ro"),
         "{arch}: root is not read-only: {report}"
     );
+    // The root came through dm-verity, and the 512 MiB image has no room for
+    // var: the profile allows a tmpfs, and the init said so.
+    assert!(
+        report.contains("root=/dev/dm-0") && report.contains("verity=on:dm-0:"),
+        "{arch}: root not mounted through dm-verity: {report}"
+    );
+    assert!(report.contains("var=tmpfs"), "{arch}: {report}");
+    assert!(
+        text.contains("/var stays on a tmpfs") || text.contains("keeping /var on a tmpfs"),
+        "{arch}: no word about /var on a tmpfs\n{tail}"
+    );
     assert!(
         report.contains("failed=0"),
         "{arch}: failed units: {report}\n{tail}"

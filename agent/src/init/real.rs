@@ -236,24 +236,61 @@ impl InitSys for RealSys {
     fn read_dev_all(&mut self, name: &str) -> Result<u64, (u64, io::Error)> {
         let path = self.dev.join(name);
         let file = File::open(&path).map_err(|e| (0, e))?;
-        let mut buf = vec![0u8; super::verity::FULL_CHECK_READ];
-        let mut offset = 0u64;
-        loop {
-            let n = match file.read_at(&mut buf, offset) {
-                Ok(0) => return Ok(offset),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err((offset, e)),
-            };
-            // The pages were only read to be checked; on a small VM they would crowd out
-            // the system's own. Failing to drop them costs memory, not correctness.
-            let _ = nix::fcntl::posix_fadvise(
-                file.as_raw_fd(),
-                offset as i64,
-                n as i64,
-                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-            );
-            offset += n as u64;
+        let size = file.metadata().map_err(|e| (0, e))?.len();
+        // A block device's metadata length is 0; ask where it ends instead.
+        let size = if size > 0 {
+            size
+        } else {
+            use std::io::Seek;
+            (&file).seek(io::SeekFrom::End(0)).map_err(|e| (0, e))?
+        };
+        // dm-verity checks blocks on the CPU that completes each read: several
+        // readers in flight keep every CPU hashing instead of one.
+        let readers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4) as u64;
+        let chunk = super::verity::FULL_CHECK_READ as u64;
+        let chunks = size.div_ceil(chunk);
+        let first_error = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..readers)
+                .map(|r| {
+                    let file = &file;
+                    s.spawn(move || -> Option<(u64, io::Error)> {
+                        let mut buf = vec![0u8; chunk as usize];
+                        let mut i = r;
+                        while i < chunks {
+                            let offset = i * chunk;
+                            let len = chunk.min(size - offset) as usize;
+                            if let Err(e) = file.read_exact_at(&mut buf[..len], offset) {
+                                return Some((offset, e));
+                            }
+                            // The pages were only read to be checked; on a small VM they
+                            // would crowd out the system's own. Failing to drop them
+                            // costs memory, not correctness.
+                            let _ = nix::fcntl::posix_fadvise(
+                                file.as_raw_fd(),
+                                offset as i64,
+                                len as i64,
+                                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                            );
+                            i += readers;
+                        }
+                        None
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Some((0, io::Error::other("a reader thread panicked"))))
+                })
+                .min_by_key(|(offset, _)| *offset)
+        });
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(size),
         }
     }
 

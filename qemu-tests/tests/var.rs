@@ -1,0 +1,123 @@
+//! First boot on a bigger disk: the init grows the partition table, creates
+//! and formats `var` up to the end of the disk, and /var plus the machine-id
+//! survive a reboot. The root stays read-only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use kiln::arch::Arch;
+use kiln_qemu_tests::{check_tool, copy_image, default_image, report_fields, RunningVm};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
+const GROW: u64 = 2 << 30;
+const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+
+fn boot(
+    arch: Arch,
+    image: &std::path::Path,
+) -> (String, std::collections::BTreeMap<String, String>) {
+    let mut vm = kiln::qemu::Vm::new(arch, image);
+    vm.snapshot = false;
+    let mut vm = RunningVm::start(vm).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = vm
+        .wait_for(&["kiln-report:"], BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    eprintln!("{arch}: report {:.1} s after QEMU started", vm.elapsed());
+    let fields = report_fields(&text).unwrap();
+    // Dropping the VM kills QEMU: a power cut. The agent syncs what it writes.
+    (text, fields)
+}
+
+fn var_persists(arch: Arch) {
+    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = tempfile::tempdir().unwrap();
+    let image = copy_image(&built.image, dir.path()).unwrap();
+    let size = std::fs::metadata(&image).unwrap().len() + GROW;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    let img = image.display().to_string();
+
+    let (text, first) = boot(arch, &image);
+    let tail = kiln_qemu_tests::tail(&text, 40);
+    assert_eq!(
+        first.get("var").map(String::as_str),
+        Some("/dev/vda4"),
+        "{arch}: {first:?}\n{tail}"
+    );
+    assert_eq!(
+        first.get("boots").map(String::as_str),
+        Some("1"),
+        "{arch}: {first:?}"
+    );
+    let id = first.get("machine_id").cloned().unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{arch}: {first:?}"
+    );
+    assert_eq!(
+        first.get("usr_write").map(String::as_str),
+        Some("EROFS"),
+        "{arch}: {first:?}"
+    );
+    assert_eq!(
+        first.get("root_mode").map(String::as_str),
+        Some("ro"),
+        "{arch}: {first:?}"
+    );
+
+    // sgdisk reads the table the node wrote: both headers valid, the backup
+    // moved to the end, `var` reaching the last usable sector.
+    let verify = check_tool("sgdisk", &["-v", &img]).unwrap();
+    assert!(
+        verify.contains("No problems found"),
+        "{arch}: sgdisk -v:\n{verify}"
+    );
+    let info = check_tool("sgdisk", &["-i", "4", &img]).unwrap();
+    assert!(
+        info.contains(VAR_TYPE),
+        "{arch}: partition 4 is not var:\n{info}"
+    );
+    let last_usable = size / 512 - 34;
+    assert!(
+        info.contains(&format!("Last sector: {last_usable} ")),
+        "{arch}: var does not end at sector {last_usable}:\n{info}"
+    );
+
+    let (text, second) = boot(arch, &image);
+    let tail = kiln_qemu_tests::tail(&text, 40);
+    assert_eq!(
+        second.get("var").map(String::as_str),
+        Some("/dev/vda4"),
+        "{arch}: {second:?}\n{tail}"
+    );
+    assert_eq!(
+        second.get("boots").map(String::as_str),
+        Some("2"),
+        "{arch}: /var lost its data: {second:?}"
+    );
+    assert_eq!(
+        second.get("machine_id"),
+        Some(&id),
+        "{arch}: machine-id changed"
+    );
+    assert_eq!(
+        second.get("failed").map(String::as_str),
+        Some("0"),
+        "{arch}: {second:?}\n{tail}"
+    );
+}
+
+#[test]
+fn x86_64_creates_var_on_first_boot_and_keeps_it() {
+    var_persists(Arch::X86_64);
+}
+
+#[test]
+fn arm64_creates_var_on_first_boot_and_keeps_it() {
+    var_persists(Arch::Arm64);
+}
