@@ -604,19 +604,22 @@ impl ImageFile {
     }
 }
 
-fn le_u32(b: &[u8], at: usize) -> u32 {
+/// The little-endian u32 at `at` (GPT fields).
+pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(a)
 }
 
-fn le_u64(b: &[u8], at: usize) -> u64 {
+/// The little-endian u64 at `at` (GPT fields).
+pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
 
-fn guid_at(b: &[u8], at: usize) -> Guid {
+/// The GUID stored in GPT's mixed-endian form at `at`.
+pub(crate) fn guid_at(b: &[u8], at: usize) -> Guid {
     let mut a = [0u8; 16];
     a.copy_from_slice(&b[at..at + 16]);
     Guid::from_gpt_bytes(&a)

@@ -299,15 +299,7 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
                 .partitions
                 .iter()
                 .zip(part_shas)
-                .map(|(p, sha256)| manifest::Partition {
-                    role: p.role.to_string(),
-                    label: p.name.clone(),
-                    type_guid: p.type_guid.to_string(),
-                    uuid: p.unique_guid.to_string(),
-                    offset: p.offset(),
-                    size: p.size(),
-                    sha256,
-                })
+                .map(|(p, sha256)| manifest::Partition::of(p, sha256))
                 .collect(),
         },
         root: manifest::Root {

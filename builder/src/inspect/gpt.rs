@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::verify::Check;
 use super::{DiskFile, InspectError};
 use crate::arch::Arch;
+use crate::disk::{guid_at, le_u32, le_u64};
 use crate::plan::{attr, Guid, ESP_TYPE_GUID};
 
 const SECTOR: u64 = 512;
@@ -186,45 +187,29 @@ impl Header {
     }
 }
 
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn guid_at(b: &[u8], at: usize) -> Guid {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    Guid::from_gpt_bytes(&a)
-}
-
 /// Parses a header sector. Errors only when it cannot be a header at all
 /// (no signature, impossible sizes); a wrong CRC is for the caller to judge.
 fn parse_header(s: &[u8]) -> Result<Header, String> {
     if &s[0..8] != SIGNATURE {
         return Err("no \"EFI PART\" signature".into());
     }
-    let size = le32(s, 12);
+    let size = le_u32(s, 12);
     if !(MIN_HEADER_SIZE..=SECTOR as u32).contains(&size) {
         return Err(format!("header size {size} is outside 92..=512"));
     }
     let mut copy = s[..size as usize].to_vec();
     copy[16..20].fill(0);
     let h = Header {
-        my_lba: le64(s, 24),
-        alternate_lba: le64(s, 32),
-        first_usable: le64(s, 40),
-        last_usable: le64(s, 48),
+        my_lba: le_u64(s, 24),
+        alternate_lba: le_u64(s, 32),
+        first_usable: le_u64(s, 40),
+        last_usable: le_u64(s, 48),
         disk_guid: guid_at(s, 56),
-        entries_lba: le64(s, 72),
-        entry_count: le32(s, 80),
-        entry_size: le32(s, 84),
-        entries_crc: le32(s, 88),
-        stored_crc: le32(s, 16),
+        entries_lba: le_u64(s, 72),
+        entry_count: le_u32(s, 80),
+        entry_size: le_u32(s, 84),
+        entries_crc: le_u32(s, 88),
+        stored_crc: le_u32(s, 16),
         computed_crc: crc32fast::hash(&copy),
     };
     if h.entry_size < 128 || h.entry_size % 8 != 0 {
@@ -294,7 +279,7 @@ fn entries(array: &[u8], entry_size: u32) -> Vec<PartitionInfo> {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
-        let (first_lba, last_lba, attributes) = (le64(e, 32), le64(e, 40), le64(e, 48));
+        let (first_lba, last_lba, attributes) = (le_u64(e, 32), le_u64(e, 40), le_u64(e, 48));
         let attribute_names = [
             (attr::REQUIRED_PARTITION, "required"),
             (attr::NO_BLOCK_IO_PROTOCOL, "no-block-io"),

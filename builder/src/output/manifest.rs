@@ -125,6 +125,21 @@ pub struct Partition {
     pub sha256: String,
 }
 
+impl Partition {
+    /// The manifest entry of a planned partition whose bytes hash to `sha256`.
+    pub fn of(p: &crate::plan::PlannedPartition, sha256: String) -> Partition {
+        Partition {
+            role: p.role.to_string(),
+            label: p.name.clone(),
+            type_guid: p.type_guid.to_string(),
+            uuid: p.unique_guid.to_string(),
+            offset: p.offset(),
+            size: p.size(),
+            sha256,
+        }
+    }
+}
+
 /// The root filesystem.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Root {
