@@ -581,8 +581,15 @@ fn parse_vhd_footer(f: &[u8]) -> VhdFooter {
 /// Copies `r` into `out`, skipping all-zero 4 KiB blocks so the copy of a
 /// mostly empty disk stays sparse; returns the bytes copied.
 fn copy_sparse(r: &mut impl Read, out: &File) -> io::Result<u64> {
+    let end = copy_sparse_at(r, out, 0)?;
+    out.set_len(end)?;
+    Ok(end)
+}
+
+/// Writes what `r` yields into `out` from byte `pos` on, leaving zero blocks
+/// as holes; returns the end position.
+fn copy_sparse_at(r: &mut impl Read, out: &File, mut pos: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
     loop {
         let mut filled = 0;
         while filled < buf.len() {
@@ -603,7 +610,22 @@ fn copy_sparse(r: &mut impl Read, out: &File) -> io::Result<u64> {
         }
         pos += filled as u64;
     }
-    out.set_len(pos)?;
+    Ok(pos)
+}
+
+/// Decompresses a zstd stream of one or more concatenated frames (kiln's
+/// raw.zst is one frame per piece, which `zstd -d` reads the same way).
+fn unzstd_sparse(input: &mut impl io::BufRead, out: &File) -> Result<u64, String> {
+    let mut pos = 0u64;
+    loop {
+        if input.fill_buf().map_err(|e| e.to_string())?.is_empty() {
+            break;
+        }
+        let mut frame =
+            ruzstd::decoding::StreamingDecoder::new(&mut *input).map_err(|e| e.to_string())?;
+        pos = copy_sparse_at(&mut frame, out, pos).map_err(|e| e.to_string())?;
+    }
+    out.set_len(pos).map_err(|e| e.to_string())?;
     Ok(pos)
 }
 
@@ -671,11 +693,9 @@ fn unpack(
             action: "creating the temporary raw disk",
             source,
         })?;
-    let input = io::BufReader::new(file);
+    let mut input = io::BufReader::new(file);
     if format == Format::RawZst {
-        let mut dec =
-            ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| fail(e.to_string()))?;
-        copy_sparse(&mut dec, &out).map_err(|e| fail(e.to_string()))?;
+        unzstd_sparse(&mut input, &out).map_err(fail)?;
     } else {
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
         let mut found = false;
