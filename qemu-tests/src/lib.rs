@@ -46,27 +46,42 @@ impl Built {
     }
 }
 
-static BUILDS: OnceLock<Mutex<Vec<(Arch, Built)>>> = OnceLock::new();
+static BUILDS: OnceLock<Mutex<Vec<(Arch, bool, Built)>>> = OnceLock::new();
 
-/// Builds `profiles/qemu.toml` for `arch` in every output format (once per
-/// test process); the other formats sit beside the raw image.
+/// Builds `profiles/qemu.toml` for `arch` as the profile says (a raw image),
+/// once per test process.
 pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
+    build_once(arch, false)
+}
+
+/// Builds `profiles/qemu.toml` for `arch` in every output format, once per
+/// test process; the other formats sit beside the raw image
+/// ([`Built::output`]). Slower than [`default_image`]: only for the tests of
+/// the formats themselves.
+pub fn image_with_all_formats(arch: Arch) -> anyhow::Result<Built> {
+    build_once(arch, true)
+}
+
+fn build_once(arch: Arch, all_formats: bool) -> anyhow::Result<Built> {
     let lock = BUILDS.get_or_init(|| Mutex::new(Vec::new()));
     let mut done = lock
         .lock()
         .map_err(|_| anyhow::anyhow!("an earlier image build panicked"))?;
-    if let Some((_, b)) = done.iter().find(|(a, _)| *a == arch) {
+    if let Some((_, _, b)) = done
+        .iter()
+        .find(|(a, all, _)| *a == arch && *all == all_formats)
+    {
         return Ok(b.clone());
     }
     let profile = kiln::profile::Profile::load(&repo_root().join("profiles/qemu.toml"))?;
-    let out = work_dir().join("out");
+    let out = work_dir().join(if all_formats { "out-formats" } else { "out" });
     let cache = kiln::fetch::Cache::from_env()?;
     let opts = kiln::build::BuildOptions {
         arches: vec![arch],
         out: out.clone(),
         epoch: None,
         agent: kiln::build::AgentSource::from_env(),
-        formats: Some(kiln::profile::Format::ALL.to_vec()),
+        formats: all_formats.then(|| kiln::profile::Format::ALL.to_vec()),
     };
     let ui = kiln::build::Ui::new(true);
     let reports = kiln::build::build(&profile, &cache, &opts, &ui)
@@ -79,7 +94,7 @@ pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
         image: r.image.clone(),
         manifest: r.manifest.clone(),
     };
-    done.push((arch, b.clone()));
+    done.push((arch, all_formats, b.clone()));
     Ok(b)
 }
 

@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use kiln::arch::Arch;
-use kiln_qemu_tests::{check_tool, default_image, report_fields, RunningVm};
+use kiln_qemu_tests::{check_tool, image_with_all_formats, report_fields, RunningVm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
 
 fn same_disk(arch: Arch) {
-    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
     let raw = built.image.display().to_string();
     let qcow2 = built.output(".qcow2").display().to_string();
     let vhd = built.output(".vhd").display().to_string();
@@ -53,7 +53,7 @@ fn same_disk(arch: Arch) {
 }
 
 fn qcow2_boots(arch: Arch) {
-    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
     let mut vm = kiln::qemu::Vm::new(arch, built.output(".qcow2"));
     vm.disk_format = "qcow2".into();
     let mut vm = RunningVm::start(vm).unwrap_or_else(|e| panic!("{e:#}"));

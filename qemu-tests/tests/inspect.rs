@@ -10,7 +10,7 @@ use kiln::arch::Arch;
 use kiln::inspect::{inspect, InspectOptions, Kind, ManifestSource, Outcome, Report};
 use kiln::output::manifest::Manifest;
 use kiln::runner::HostRunner;
-use kiln_qemu_tests::{check_tool, default_image, extract_range};
+use kiln_qemu_tests::{check_tool, extract_range, image_with_all_formats};
 
 fn verify(image: &std::path::Path, manifest: &std::path::Path) -> Report {
     let r = inspect(
@@ -32,7 +32,7 @@ fn verify(image: &std::path::Path, manifest: &std::path::Path) -> Report {
 }
 
 fn inspect_default_image(arch: Arch) {
-    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
     let m = Manifest::read(&built.manifest).unwrap();
     let r = verify(&built.image, &built.manifest);
     let v = r.verification.as_ref().unwrap();
