@@ -8,7 +8,6 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use kiln::arch::Arch;
 use kiln::disk::{create_image, MAP_BLOCK_SIZE};
@@ -586,77 +585,6 @@ fn a_multi_gib_sparse_image_streams() {
     // tar reads the whole stream through gzip, which checks the CRC and ISIZE.
     let listing = run(Command::new("tar").arg("-tzvf").arg(&gce));
     assert!(listing.contains(&format!(" {size} ")), "{listing}");
-}
-
-/// Builds a 512 MiB image with ~200 MB of real binaries from the host and
-/// times each writer; run with
-/// `cargo test --release -p kiln --test formats -- --ignored --nocapture`.
-#[test]
-#[ignore = "a timing run: slow in debug builds"]
-fn time_each_writer_on_a_512_mib_image() {
-    let d = tempfile::tempdir().unwrap();
-    let mut tree = FileTree::new(EPOCH);
-    let mut total = 0u64;
-    let mut stack = vec![
-        PathBuf::from("/usr/lib/x86_64-linux-gnu"),
-        PathBuf::from("/usr/bin"),
-    ];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else if ft.is_file() && total < 200 * MIB {
-                if let Ok(data) = std::fs::read(e.path()) {
-                    total += data.len() as u64;
-                    let p = e
-                        .path()
-                        .to_string_lossy()
-                        .trim_start_matches('/')
-                        .to_string();
-                    tree.insert(&p, Node::file(data, 0o644, EPOCH, "host"))
-                        .unwrap();
-                }
-            }
-        }
-    }
-    let raw = d.path().join("bench-x86_64.raw");
-    let mapped = image_from_tree(&raw, &tree, 512 * MIB, 34 * MIB);
-    let mapped_bytes: u64 = mapped
-        .iter()
-        .map(|r| (r.end - r.start) * MAP_BLOCK_SIZE)
-        .sum();
-    eprintln!(
-        "image 512 MiB, {} MB of files, {} MB mapped",
-        total / 1_000_000,
-        mapped_bytes / 1_000_000
-    );
-    let mut outputs = Vec::new();
-    for f in [
-        Format::Raw,
-        Format::RawZst,
-        Format::Qcow2,
-        Format::Vhd,
-        Format::Gce,
-    ] {
-        let t = Instant::now();
-        let o = write_outputs(&job(&raw, &[f], &mapped, "bench-x86_64"))
-            .unwrap()
-            .files;
-        let secs = t.elapsed().as_secs_f64();
-        let sizes: Vec<String> = o
-            .iter()
-            .map(|o| format!("{} {} MB", o.key, o.digest.size / 1_000_000))
-            .collect();
-        eprintln!("{f}: {secs:.2} s ({})", sizes.join(", "));
-        outputs.extend(o);
-    }
-    check_outputs(&raw, &outputs);
 }
 
 #[test]
