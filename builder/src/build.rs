@@ -759,6 +759,7 @@ fn build_arch(
         .collect();
     let (image_sha, part_shas) =
         manifest::sha256_image_and_ranges(&image_path, &ranges).map_err(io_err(&image_path))?;
+    clock.lap("sha256");
     let formats = opts
         .formats
         .clone()
