@@ -7,11 +7,13 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cmdline;
+mod config;
 mod crc32;
 mod dm;
 mod gpt;
 mod init;
 mod ioctl;
+mod preflight;
 mod report;
 mod verity_sb;
 
@@ -32,6 +34,14 @@ Usage:
                                 when systemd is running, / is read-only and creating a
                                 file under /usr and /etc fails with EROFS (default timeout
                                 120 s)
+  kiln-agent config [--dry-run]
+                                gather the node's configuration from every channel (see
+                                below), print what each one gave, set the hostname and
+                                write the merged result to /run/kiln/config.toml
+  kiln-agent preflight [--wait SECONDS]
+                                check the node's Kubernetes prerequisites, one line per
+                                check; exit non-zero when one fails (with --wait, retry
+                                failing checks until they pass or the time is up)
   kiln-agent --help             this text
   kiln-agent --version          the version
 
@@ -122,6 +132,8 @@ fn main() -> ExitCode {
     match rest.first().map(String::as_str) {
         Some("init") => run_init(&rest[1..]),
         Some("report") => run_report(&rest[1..]),
+        Some("config") => config::main(&rest[1..]),
+        Some("preflight") => preflight::main(&rest[1..]),
         None | Some("--help" | "-h" | "help") => {
             out(USAGE);
             ExitCode::SUCCESS
