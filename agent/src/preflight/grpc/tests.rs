@@ -1,0 +1,391 @@
+//! The client against a small HTTP/2 server thread speaking real frames over Unix sockets.
+//! Server header blocks are fixed bytes from an independent HPACK encoder (python-hyper's
+//! hpack, Huffman-coded and indexed the way Go's encoder does it).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::thread;
+use std::time::Duration;
+
+use super::*;
+
+pub(crate) fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.split_whitespace().collect();
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `:status: 200`, `content-type: application/grpc` (incremental indexing, Huffman).
+pub(crate) const RESPONSE_HEADERS: &str = "885f8b1d75d0620d263d4c4d6564";
+/// `grpc-status: 0`, `grpc-message: ""` after RESPONSE_HEADERS on the same connection.
+const OK_TRAILERS: &str = "40889acac8b21234da8f810740899acac8b5254207317f80";
+/// Trailers-only: `:status: 200`, content-type, `grpc-status: 12`,
+/// `grpc-message: unknown service runtime.v1.RuntimeService`.
+pub(crate) const UNIMPLEMENTED: &str =
+    "885f8b1d75d0620d263d4c4d656440889acac8b21234da8f8208bf40899acac8b\
+     5254207317f9eb6aeb51fc54a20b677310aa596d4935255fb857db6d493525dc5b3b9885f";
+
+/// A VersionResponse as containerd 1.6.20 in bookworm fills it.
+fn version_response() -> Vec<u8> {
+    let mut m = Vec::new();
+    for (field, value) in [
+        (1u8, "0.1.0"),
+        (2, "containerd"),
+        (3, "1.6.20~ds1"),
+        (4, "v1"),
+    ] {
+        m.push(field << 3 | 2);
+        m.push(value.len() as u8);
+        m.extend_from_slice(value.as_bytes());
+    }
+    let mut framed = vec![0, 0, 0, 0, m.len() as u8];
+    framed.extend(m);
+    framed
+}
+
+pub(crate) struct Request {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// The server side up to the client's complete request and its SETTINGS ACK.
+pub(crate) fn accept_call(s: &mut UnixStream) -> Request {
+    let mut preface = [0u8; 24];
+    s.read_exact(&mut preface).unwrap();
+    assert_eq!(&preface[..], PREFACE);
+    // SETTINGS_MAX_CONCURRENT_STREAMS = 100.
+    s.write_all(&encode_frame(
+        frame_type::SETTINGS,
+        0,
+        0,
+        &[0, 3, 0, 0, 0, 100],
+    ))
+    .unwrap();
+    let mut decoder = Decoder::default();
+    let (mut headers, mut body) = (Vec::new(), Vec::new());
+    let (mut acked, mut ended, mut settings) = (false, false, false);
+    while !(acked && ended) {
+        let f = read_frame(s).unwrap().expect("client closed early");
+        match f.ty {
+            frame_type::SETTINGS if f.flags & flag::ACK != 0 => acked = true,
+            frame_type::SETTINGS => {
+                assert_eq!(f.payload, [0, 2, 0, 0, 0, 0], "ENABLE_PUSH=0");
+                settings = true;
+            }
+            frame_type::HEADERS => {
+                assert!(settings, "SETTINGS must come first");
+                assert_eq!(f.stream, 1);
+                assert_eq!(f.flags, flag::END_HEADERS);
+                headers = decoder.decode(&f.payload).unwrap();
+            }
+            frame_type::DATA => {
+                assert_eq!(f.stream, 1);
+                body.extend(f.payload);
+                ended = f.flags & flag::END_STREAM != 0;
+            }
+            t => panic!("unexpected frame type {t}"),
+        }
+    }
+    Request { headers, body }
+}
+
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    encode_frame(ty, flags, stream, payload)
+}
+
+/// Runs `respond` as the server on one end of a socket pair and the client on the other.
+fn call(respond: impl FnOnce(&mut UnixStream) + Send + 'static) -> Result<CriVersion, CallError> {
+    let (mut client, server) = UnixStream::pair().unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let server = thread::spawn(move || {
+        let mut s = server;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = accept_call(&mut s);
+        respond(&mut s);
+        req
+    });
+    let result = cri_version(&mut client);
+    drop(client);
+    let req = server.join().unwrap();
+    let expect: Vec<(String, String)> = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/runtime.v1.RuntimeService/Version"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(req.headers, expect);
+    // 5-byte gRPC prefix, then field 1 (version) = "v1".
+    assert_eq!(req.body, [0, 0, 0, 0, 4, 0x0a, 2, b'v', b'1']);
+    result
+}
+
+pub(crate) fn ok_response(s: &mut UnixStream) {
+    let mut out = frame(
+        frame_type::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &hex(RESPONSE_HEADERS),
+    );
+    out.extend(frame(frame_type::DATA, 0, 1, &version_response()));
+    out.extend(frame(
+        frame_type::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &hex(OK_TRAILERS),
+    ));
+    s.write_all(&out).unwrap();
+}
+
+#[test]
+fn version_call_succeeds() {
+    let v = call(ok_response).unwrap();
+    assert_eq!(
+        v,
+        CriVersion {
+            version: "0.1.0".into(),
+            runtime_name: "containerd".into(),
+            runtime_version: "1.6.20~ds1".into(),
+            runtime_api_version: "v1".into(),
+        }
+    );
+}
+
+#[test]
+fn version_call_over_a_listening_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("containerd.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        accept_call(&mut s);
+        ok_response(&mut s);
+    });
+    let mut client = UnixStream::connect(&path).unwrap();
+    let v = cri_version(&mut client).unwrap();
+    server.join().unwrap();
+    assert_eq!(v.runtime_version, "1.6.20~ds1");
+}
+
+#[test]
+fn continuation_padding_ping_and_window_updates_are_handled() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let v = call(move |s| {
+        let block = hex(RESPONSE_HEADERS);
+        // PADDED + PRIORITY HEADERS with the block split over a CONTINUATION.
+        let mut first = vec![3u8];
+        first.extend_from_slice(&[0, 0, 0, 0, 16]);
+        first.extend_from_slice(&block[..4]);
+        first.extend_from_slice(&[0, 0, 0]);
+        let mut out = frame(frame_type::WINDOW_UPDATE, 0, 0, &[0, 0, 0x10, 0]);
+        out.extend(frame(frame_type::PING, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8]));
+        out.extend(frame(
+            frame_type::HEADERS,
+            flag::PADDED | flag::PRIORITY,
+            1,
+            &first,
+        ));
+        out.extend(frame(
+            frame_type::CONTINUATION,
+            flag::END_HEADERS,
+            1,
+            &block[4..],
+        ));
+        // The message in two DATA frames, the first padded.
+        let msg = version_response();
+        let mut padded = vec![2u8];
+        padded.extend_from_slice(&msg[..7]);
+        padded.extend_from_slice(&[0, 0]);
+        out.extend(frame(frame_type::DATA, flag::PADDED, 1, &padded));
+        out.extend(frame(frame_type::DATA, 0, 1, &msg[7..]));
+        out.extend(frame(
+            frame_type::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &hex(OK_TRAILERS),
+        ));
+        s.write_all(&out).unwrap();
+        let pong = read_frame(s).unwrap().unwrap();
+        tx.send(pong).unwrap();
+    })
+    .unwrap();
+    assert_eq!(v.runtime_name, "containerd");
+    let pong = rx.recv().unwrap();
+    assert_eq!(pong.ty, frame_type::PING);
+    assert_eq!(pong.flags, flag::ACK);
+    assert_eq!(pong.payload, [1, 2, 3, 4, 5, 6, 7, 8]);
+}
+
+#[test]
+fn trailers_only_grpc_error_is_reported() {
+    let err = call(|s| {
+        s.write_all(&frame(
+            frame_type::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &hex(UNIMPLEMENTED),
+        ))
+        .unwrap();
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "grpc-status 12 UNIMPLEMENTED: unknown service runtime.v1.RuntimeService"
+    );
+}
+
+#[test]
+fn goaway_is_reported_with_its_code_and_debug_data() {
+    let err = call(|s| {
+        let mut p = vec![0, 0, 0, 1, 0, 0, 0, 0xb];
+        p.extend_from_slice(b"too_many_pings");
+        s.write_all(&frame(frame_type::GOAWAY, 0, 0, &p)).unwrap();
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the server sent GOAWAY ENHANCE_YOUR_CALM (11): too_many_pings"
+    );
+}
+
+#[test]
+fn rst_stream_is_reported() {
+    let err = call(|s| {
+        s.write_all(&frame(frame_type::RST_STREAM, 0, 1, &[0, 0, 0, 7]))
+            .unwrap();
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the server reset the call (RST_STREAM REFUSED_STREAM (7))"
+    );
+}
+
+#[test]
+fn early_close_http_status_and_oversized_frames_are_errors() {
+    let err = call(|_| {}).unwrap_err();
+    assert!(matches!(err, CallError::Closed), "{err}");
+
+    // 0x8d is static entry 13, `:status: 404`.
+    let err = call(|s| {
+        s.write_all(&frame(
+            frame_type::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &[0x8d],
+        ))
+        .unwrap();
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "HTTP status 404, not 200");
+
+    let err = call(|s| {
+        s.write_all(&[0x01, 0, 0, frame_type::DATA, 0, 0, 0, 0, 1])
+            .unwrap();
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("65536-byte frame"), "{err}");
+
+    // A response without trailers but with END_STREAM on the DATA.
+    let err = call(|s| {
+        let mut out = frame(
+            frame_type::HEADERS,
+            flag::END_HEADERS,
+            1,
+            &hex(RESPONSE_HEADERS),
+        );
+        out.extend(frame(
+            frame_type::DATA,
+            flag::END_STREAM,
+            1,
+            &version_response(),
+        ));
+        s.write_all(&out).unwrap();
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "HTTP/2 protocol error: the call ended without grpc-status"
+    );
+}
+
+#[test]
+fn http1_server_is_named() {
+    let (mut client, mut server) = UnixStream::pair().unwrap();
+    server
+        .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        .unwrap();
+    let err = cri_version(&mut client).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "HTTP/2 protocol error: the server answered in HTTP/1.x, not HTTP/2"
+    );
+}
+
+#[test]
+fn frames_encode_as_rfc_9113_lays_them_out() {
+    // SETTINGS ACK: length 0, type 4, flags 1, stream 0.
+    assert_eq!(
+        encode_frame(frame_type::SETTINGS, flag::ACK, 0, &[]),
+        [0, 0, 0, 4, 1, 0, 0, 0, 0]
+    );
+    assert_eq!(
+        encode_frame(frame_type::DATA, flag::END_STREAM, 0x8000_0003, b"ab"),
+        [0, 0, 2, 0, 1, 0, 0, 0, 3, b'a', b'b']
+    );
+    // The reserved bit is ignored when reading.
+    let f = read_frame(&mut &[0, 0, 1, 8, 0, 0x80, 0, 0, 5, 9][..])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        f,
+        Frame {
+            ty: 8,
+            flags: 0,
+            stream: 5,
+            payload: vec![9]
+        }
+    );
+    assert!(read_frame(&mut &[][..]).unwrap().is_none());
+    assert!(matches!(
+        read_frame(&mut &[0, 0, 4, 0, 0, 0, 0, 0, 1, 1][..]),
+        Err(CallError::Closed)
+    ));
+    let padded = Frame {
+        ty: frame_type::DATA,
+        flags: flag::PADDED,
+        stream: 1,
+        payload: vec![5, 1, 2],
+    };
+    assert!(frame_content(&padded).is_err());
+}
+
+#[test]
+fn protobuf_matches_the_encoding_guide() {
+    // protobuf.dev "Encoding": 150 is 96 01, 300 is ac 02.
+    let mut out = Vec::new();
+    put_varint(&mut out, 150);
+    put_varint(&mut out, 300);
+    assert_eq!(out, [0x96, 0x01, 0xac, 0x02]);
+    let mut pos = 2;
+    assert_eq!(get_varint(&out, &mut pos).unwrap(), 300);
+    // Field 1 = varint 150 is skipped; field 2 = "testing" is kept.
+    let msg = hex("089601 120774657374696e67 1d01020304 090102030405060708");
+    let fields = length_delimited_fields(&msg).unwrap();
+    assert_eq!(fields, vec![(2, &b"testing"[..])]);
+    assert!(length_delimited_fields(&hex("1208 74")).is_err());
+    assert!(length_delimited_fields(&hex("0b")).is_err());
+    assert!(length_delimited_fields(&[0xff; 11]).is_err());
+    // Unknown fields of a VersionResponse are skipped.
+    let v = CriVersion::decode(&hex("2a0178 1a03312e36")).unwrap();
+    assert_eq!(v.runtime_version, "1.6");
+    assert_eq!(percent_decode("a%20b%zz%"), "a b%zz%");
+}

@@ -1,0 +1,643 @@
+//! Every check against a fake system: passing, and failing with the right reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::grpc::tests::{accept_call, hex, ok_response, UNIMPLEMENTED};
+use super::grpc::{encode_frame, flag, frame_type};
+use super::*;
+
+/// What connecting to containerd's socket gives.
+#[derive(Clone, Copy)]
+enum Socket {
+    Refuse(io::ErrorKind),
+    Serve(fn(&mut UnixStream)),
+}
+
+/// A change the fake applies once its clock reaches a time.
+type Hook = (Duration, fn(&mut Fake));
+
+struct Fake {
+    files: BTreeMap<String, Vec<u8>>,
+    paths: BTreeSet<String>,
+    broken: BTreeMap<String, CommandResult>,
+    socket: Socket,
+    now: Duration,
+    hooks: Vec<Hook>,
+    runs: Vec<String>,
+    lines: Vec<String>,
+}
+
+impl PreflightSys for Fake {
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    }
+    fn exists(&mut self, path: &str) -> bool {
+        self.paths.contains(path) || self.files.contains_key(path)
+    }
+    fn connect(&mut self, _path: &str) -> io::Result<Box<dyn Stream>> {
+        match self.socket {
+            Socket::Refuse(kind) => Err(io::Error::from(kind)),
+            Socket::Serve(respond) => {
+                let (client, mut server) = UnixStream::pair()?;
+                client.set_read_timeout(Some(Duration::from_secs(10)))?;
+                std::thread::spawn(move || {
+                    accept_call(&mut server);
+                    respond(&mut server);
+                });
+                Ok(Box::new(client))
+            }
+        }
+    }
+    fn run(&mut self, program: &str, args: &[&str]) -> CommandResult {
+        assert_eq!(args, ["--version"]);
+        self.runs.push(program.to_string());
+        self.broken
+            .get(program)
+            .cloned()
+            .unwrap_or(CommandResult::Exited {
+                success: true,
+                stdout: "v1\n".into(),
+            })
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.now += d;
+        let now = self.now;
+        let due: Vec<Hook> = self.hooks.iter().copied().filter(|h| h.0 <= now).collect();
+        self.hooks.retain(|h| h.0 > now);
+        for (_, hook) in due {
+            hook(self);
+        }
+    }
+    fn elapsed(&mut self) -> Duration {
+        self.now
+    }
+    fn say(&mut self, line: &str) {
+        self.lines.push(line.to_string());
+    }
+}
+
+const MOUNTINFO: &str = "\
+22 1 254:2 / / ro,relatime shared:1 - ext4 /dev/vda2 ro
+25 22 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:2 - sysfs sysfs rw
+26 25 0:23 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+40 22 254:4 / /var rw,relatime shared:20 - ext4 /dev/vda4 rw
+";
+
+const CONTAINERD_TOML: &str = r#"
+version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = true
+"#;
+
+const ROUTE_HEADER: &str =
+    "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n";
+
+/// lo's unreachable default route, present on every IPv6-enabled system.
+const IPV6_LO_REJECT: &str = "00000000000000000000000000000000 00 \
+    00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff \
+    00000001 00000000 00200200       lo\n";
+
+const TCP_HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when \
+    retrnsmt   uid  timeout inode\n";
+
+fn tcp_line(port: u16, state: &str) -> String {
+    format!(
+        "   0: 00000000:{port:04X} 00000000:0000 {state} 00000000:00000000 00:00000000 \
+         00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n"
+    )
+}
+
+fn healthy() -> Fake {
+    let mut files = BTreeMap::new();
+    let mut put = |p: &str, c: &str| {
+        files.insert(p.to_string(), c.as_bytes().to_vec());
+    };
+    put(
+        "/proc/modules",
+        "overlay 151552 0 - Live 0x0000000000000000\n",
+    );
+    for key in checks::SYSCTLS {
+        put(&format!("/proc/sys/{}", key.replace('.', "/")), "1\n");
+    }
+    put(
+        "/proc/swaps",
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+    );
+    put("/proc/self/mountinfo", MOUNTINFO);
+    put(
+        "/sys/fs/cgroup/cgroup.controllers",
+        "cpuset cpu io memory hugetlb pids rdma misc\n",
+    );
+    put(checks::CONTAINERD_CONFIG, CONTAINERD_TOML);
+    put(
+        "/proc/net/route",
+        &format!(
+            "{ROUTE_HEADER}enp0s2\t0002000A\t00000000\t0001\t0\t0\t1024\t00FFFFFF\t0\t0\t0\n\
+             enp0s2\t00000000\t0202000A\t0003\t0\t0\t1024\t00000000\t0\t0\t0\n"
+        ),
+    );
+    put("/proc/net/ipv6_route", IPV6_LO_REJECT);
+    put("/proc/sys/kernel/hostname", "node-1\n");
+    put(
+        "/proc/net/tcp",
+        &format!("{TCP_HEADER}{}", tcp_line(22, "0A")),
+    );
+    put("/proc/net/tcp6", TCP_HEADER);
+    let mut paths: BTreeSet<String> = [
+        "/sys/module/overlay",
+        "/sys/module/br_netfilter",
+        checks::TIMESYNC_FLAG,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for tool in checks::TOOLS {
+        paths.insert(format!("/usr/sbin/{tool}"));
+    }
+    Fake {
+        files,
+        paths,
+        broken: BTreeMap::new(),
+        socket: Socket::Serve(ok_response),
+        now: Duration::ZERO,
+        hooks: Vec::new(),
+        runs: Vec::new(),
+        lines: Vec::new(),
+    }
+}
+
+impl Fake {
+    fn put(&mut self, path: &str, content: &str) {
+        self.files
+            .insert(path.to_string(), content.as_bytes().to_vec());
+    }
+    fn check(&mut self, name: &str) -> Outcome {
+        let c = CHECKS.iter().find(|c| c.name == name).unwrap();
+        (c.run)(self)
+    }
+}
+
+fn fail(s: &str) -> Outcome {
+    Outcome::Fail(s.to_string())
+}
+
+#[test]
+fn a_healthy_node_passes_every_check() {
+    let mut f = healthy();
+    assert!(run(&mut f, CHECKS, Duration::ZERO));
+    assert_eq!(
+        f.lines,
+        [
+            "kiln-preflight: [PASS] modules: overlay, br_netfilter loaded",
+            "kiln-preflight: [PASS] sysctl: net.ipv4.ip_forward, net.ipv6.conf.all.forwarding, \
+             net.bridge.bridge-nf-call-iptables, net.bridge.bridge-nf-call-ip6tables = 1",
+            "kiln-preflight: [PASS] swap: off",
+            "kiln-preflight: [PASS] tools: nft, iptables, ip6tables, conntrack run (in /usr/sbin)",
+            "kiln-preflight: [PASS] cgroup: cgroup2 with cpu cpuset io memory pids",
+            "kiln-preflight: [PASS] containerd-config: SystemdCgroup = true, snapshotter \
+             overlayfs (config version 2)",
+            "kiln-preflight: [PASS] containerd: containerd 1.6.20~ds1 (CRI v1)",
+            "kiln-preflight: [PASS] clock: synchronized (systemd-timesyncd)",
+            "kiln-preflight: [PASS] route: IPv4 via 10.0.2.2 dev enp0s2",
+            "kiln-preflight: [PASS] hostname: node-1",
+            "kiln-preflight: [PASS] var: /var on /dev/vda4 (ext4)",
+            "kiln-preflight: [PASS] kubelet-port: port 10250 free",
+            "kiln-preflight: passed (12 checks)",
+        ]
+    );
+    assert_eq!(
+        f.runs,
+        [
+            "/usr/sbin/nft",
+            "/usr/sbin/iptables",
+            "/usr/sbin/ip6tables",
+            "/usr/sbin/conntrack"
+        ]
+    );
+}
+
+#[test]
+fn modules_missing_are_named() {
+    let mut f = healthy();
+    f.paths.remove("/sys/module/br_netfilter");
+    assert!(
+        matches!(f.check("modules"), Outcome::Fail(m) if m.starts_with("not loaded: br_netfilter ("))
+    );
+    // /proc/modules alone is enough.
+    f.put("/proc/modules", "br_netfilter 32768 0 - Live 0x0\n");
+    assert!(!f.check("modules").failed());
+    f.paths.remove("/sys/module/overlay");
+    assert!(
+        matches!(f.check("modules"), Outcome::Fail(m) if m.starts_with("not loaded: overlay ("))
+    );
+}
+
+#[test]
+fn sysctls_not_one_or_missing_are_named() {
+    let mut f = healthy();
+    f.put("/proc/sys/net/ipv4/ip_forward", "0\n");
+    f.files
+        .remove("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    assert_eq!(
+        f.check("sysctl"),
+        fail(
+            "net.ipv4.ip_forward = 0 (needs 1); net.bridge.bridge-nf-call-iptables missing \
+             (br_netfilter is not loaded)"
+        )
+    );
+}
+
+#[test]
+fn swap_on_names_the_device() {
+    let mut f = healthy();
+    f.put(
+        "/proc/swaps",
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+         /dev/vda3                               partition\t524284\t\t0\t\t-2\n",
+    );
+    assert_eq!(
+        f.check("swap"),
+        fail("swap is on: /dev/vda3 (524284 KiB); kubelet needs it off (swapoff)")
+    );
+    f.files.remove("/proc/swaps");
+    assert!(matches!(f.check("swap"), Outcome::Fail(m) if m.starts_with("/proc/swaps: ")));
+}
+
+#[test]
+fn tools_missing_or_broken_are_named() {
+    let mut f = healthy();
+    f.paths.remove("/usr/sbin/conntrack");
+    f.paths.remove("/usr/sbin/nft");
+    f.paths.insert("/usr/bin/nft".into());
+    f.broken.insert(
+        "/usr/sbin/iptables".into(),
+        CommandResult::Failed("/usr/sbin/iptables: No such file or directory".into()),
+    );
+    f.broken
+        .insert("/usr/sbin/ip6tables".into(), CommandResult::TimedOut);
+    assert_eq!(
+        f.check("tools"),
+        fail(
+            "missing: conntrack (looked in /usr/sbin, /sbin, /usr/bin); /usr/sbin/iptables \
+             does not run: /usr/sbin/iptables: No such file or directory; \
+             /usr/sbin/ip6tables --version timed out"
+        )
+    );
+    f.broken.clear();
+    f.paths.insert("/sbin/conntrack".into());
+    assert_eq!(
+        f.check("tools"),
+        Outcome::Pass(
+            "nft, iptables, ip6tables, conntrack run (in /usr/bin, /usr/sbin, /sbin)".into()
+        )
+    );
+    f.broken.insert(
+        "/usr/bin/nft".into(),
+        CommandResult::Exited {
+            success: false,
+            stdout: String::new(),
+        },
+    );
+    assert_eq!(f.check("tools"), fail("/usr/bin/nft --version failed"));
+}
+
+#[test]
+fn cgroup_v1_and_missing_controllers_fail() {
+    let mut f = healthy();
+    f.put("/sys/fs/cgroup/cgroup.controllers", "cpu memory pids\n");
+    assert_eq!(
+        f.check("cgroup"),
+        fail(
+            "cgroup2 lacks controllers: cpuset, io (/sys/fs/cgroup/cgroup.controllers has \
+             \"cpu memory pids\")"
+        )
+    );
+    let v1 = MOUNTINFO.replace("- cgroup2 cgroup2", "- tmpfs tmpfs");
+    f.put("/proc/self/mountinfo", &v1);
+    assert!(
+        matches!(f.check("cgroup"), Outcome::Fail(m) if m.starts_with("/sys/fs/cgroup is tmpfs, not cgroup2"))
+    );
+    let none: String = MOUNTINFO
+        .lines()
+        .filter(|l| !l.contains("cgroup"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    f.put("/proc/self/mountinfo", &none);
+    assert_eq!(
+        f.check("cgroup"),
+        fail("nothing is mounted on /sys/fs/cgroup")
+    );
+}
+
+#[test]
+fn containerd_config_problems_are_named() {
+    let mut f = healthy();
+    f.put(
+        checks::CONTAINERD_CONFIG,
+        &CONTAINERD_TOML
+            .replace("SystemdCgroup = true", "SystemdCgroup = false")
+            .replace("\"overlayfs\"", "\"native\""),
+    );
+    assert_eq!(
+        f.check("containerd-config"),
+        fail(
+            "/etc/containerd/config.toml: SystemdCgroup is false for the runc runtime, needs \
+             true ([plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]); \
+             snapshotter is \"native\", needs \"overlayfs\" \
+             (plugins.\"io.containerd.grpc.v1.cri\".containerd.snapshotter)"
+        )
+    );
+    // An unset snapshotter is containerd's default, overlayfs; an unset SystemdCgroup is
+    // false; a disabled CRI plugin is named.
+    f.put(
+        checks::CONTAINERD_CONFIG,
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    );
+    assert_eq!(
+        f.check("containerd-config"),
+        fail(
+            "/etc/containerd/config.toml: disabled_plugins turns the CRI plugin off; \
+             SystemdCgroup is not set for the runc runtime, needs true \
+             ([plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options])"
+        )
+    );
+    f.put(checks::CONTAINERD_CONFIG, "version = 2\n[plugins\n");
+    assert!(
+        matches!(f.check("containerd-config"), Outcome::Fail(m) if m.starts_with("/etc/containerd/config.toml is not valid TOML (line 2): "))
+    );
+    f.files.remove(checks::CONTAINERD_CONFIG);
+    assert!(
+        matches!(f.check("containerd-config"), Outcome::Fail(m) if m.starts_with("no /etc/containerd/config.toml: "))
+    );
+    // containerd 2's version 3 layout.
+    f.put(
+        checks::CONTAINERD_CONFIG,
+        "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+         SystemdCgroup = true\n",
+    );
+    assert_eq!(
+        f.check("containerd-config"),
+        Outcome::Pass("SystemdCgroup = true, snapshotter overlayfs (config version 3)".into())
+    );
+}
+
+#[test]
+fn containerd_socket_failures_have_clear_reasons() {
+    let mut f = healthy();
+    f.socket = Socket::Refuse(io::ErrorKind::NotFound);
+    assert_eq!(
+        f.check("containerd"),
+        fail("no socket /run/containerd/containerd.sock (containerd not running?)")
+    );
+    f.socket = Socket::Refuse(io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        f.check("containerd"),
+        fail("/run/containerd/containerd.sock: connection refused (containerd not listening)")
+    );
+    f.socket = Socket::Serve(|s| {
+        use std::io::Write;
+        s.write_all(&encode_frame(
+            frame_type::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &hex(UNIMPLEMENTED),
+        ))
+        .unwrap();
+    });
+    assert_eq!(
+        f.check("containerd"),
+        fail(
+            "CRI Version call on /run/containerd/containerd.sock: grpc-status 12 \
+             UNIMPLEMENTED: unknown service runtime.v1.RuntimeService (is the CRI plugin \
+             disabled?)"
+        )
+    );
+    f.socket = Socket::Serve(|s| {
+        use std::io::Write;
+        s.write_all(&encode_frame(
+            frame_type::GOAWAY,
+            0,
+            0,
+            &[0, 0, 0, 0, 0, 0, 0, 2],
+        ))
+        .unwrap();
+    });
+    assert_eq!(
+        f.check("containerd"),
+        fail(
+            "CRI Version call on /run/containerd/containerd.sock: the server sent GOAWAY \
+             INTERNAL_ERROR (2)"
+        )
+    );
+}
+
+#[test]
+fn unsynchronized_clock_fails() {
+    let mut f = healthy();
+    f.paths.remove(checks::TIMESYNC_FLAG);
+    assert_eq!(
+        f.check("clock"),
+        fail("not synchronized (no NTP answer yet; no /run/systemd/timesync/synchronized)")
+    );
+}
+
+#[test]
+fn default_routes_ipv4_ipv6_and_none() {
+    let mut f = healthy();
+    // IPv6 only: a default via a link-local router; lo's reject route is ignored.
+    f.put("/proc/net/route", ROUTE_HEADER);
+    f.put(
+        "/proc/net/ipv6_route",
+        &format!(
+            "{IPV6_LO_REJECT}00000000000000000000000000000000 00 \
+             00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 \
+             00000001 00000000 00000003   enp0s2\n"
+        ),
+    );
+    assert_eq!(
+        f.check("route"),
+        Outcome::Pass("IPv6 via fe80::1 dev enp0s2".into())
+    );
+    f.put("/proc/net/ipv6_route", IPV6_LO_REJECT);
+    assert!(
+        matches!(f.check("route"), Outcome::Fail(m) if m.starts_with("no default route (IPv4 in /proc/net/route or IPv6"))
+    );
+    // A down (flags 0) IPv4 default does not count; an on-link one does.
+    f.put(
+        "/proc/net/route",
+        &format!(
+            "{ROUTE_HEADER}eth0\t00000000\t0101A8C0\t0002\t0\t0\t0\t00000000\t0\t0\t0\n\
+             wg0\t00000000\t00000000\t0001\t0\t0\t0\t00000000\t0\t0\t0\n"
+        ),
+    );
+    assert_eq!(
+        f.check("route"),
+        Outcome::Pass("IPv4 dev wg0 (no gateway)".into())
+    );
+}
+
+#[test]
+fn hostname_localhost_invalid_and_upper_case() {
+    let mut f = healthy();
+    f.put("/proc/sys/kernel/hostname", "localhost\n");
+    assert!(
+        matches!(f.check("hostname"), Outcome::Fail(m) if m.starts_with("hostname is \"localhost\": give the node a name"))
+    );
+    f.put("/proc/sys/kernel/hostname", "node_1\n");
+    assert_eq!(
+        f.check("hostname"),
+        fail(
+            "hostname \"node_1\" is not a valid node name: label \"node_1\" has characters \
+             other than letters, digits and '-'"
+        )
+    );
+    f.put("/proc/sys/kernel/hostname", "-a.b\n");
+    assert!(f.check("hostname").failed());
+    f.put(
+        "/proc/sys/kernel/hostname",
+        &format!("{}\n", "a".repeat(64)),
+    );
+    assert!(f.check("hostname").failed());
+    f.put("/proc/sys/kernel/hostname", "Node-1.example\n");
+    assert_eq!(
+        f.check("hostname"),
+        Outcome::Warn("Node-1.example: kubelet registers the node as \"node-1.example\"".into())
+    );
+    assert_eq!(
+        checks::hostname_problem("a..b"),
+        Some("has an empty label".into())
+    );
+    assert_eq!(
+        checks::hostname_problem(&"a.".repeat(127)),
+        Some("254 characters, more than 253".into())
+    );
+    assert_eq!(
+        checks::hostname_problem(&format!("{}a", "a.".repeat(126))),
+        None
+    );
+}
+
+#[test]
+fn var_on_tmpfs_warns_and_read_only_fails() {
+    let mut f = healthy();
+    f.put(
+        "/proc/self/mountinfo",
+        &MOUNTINFO.replace("- ext4 /dev/vda4 rw", "- tmpfs tmpfs rw,size=200m"),
+    );
+    assert_eq!(
+        f.check("var"),
+        Outcome::Warn(
+            "/var is a tmpfs: container images and kubelet state are lost at reboot".into()
+        )
+    );
+    // The WARN does not fail the run.
+    assert!(run(&mut f, CHECKS, Duration::ZERO));
+    assert!(f
+        .lines
+        .contains(&"kiln-preflight: passed (12 checks)".to_string()));
+    let no_var: String = MOUNTINFO
+        .lines()
+        .filter(|l| !l.contains(" /var "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    f.put("/proc/self/mountinfo", &no_var);
+    assert_eq!(
+        f.check("var"),
+        fail("/ (/dev/vda2, ext4) is read-only: containerd and kubelet write under /var/lib")
+    );
+}
+
+#[test]
+fn kubelet_port_in_use_fails() {
+    let mut f = healthy();
+    f.put(
+        "/proc/net/tcp6",
+        &format!("{TCP_HEADER}{}", tcp_line(10250, "0A")),
+    );
+    assert_eq!(
+        f.check("kubelet-port"),
+        fail("port 10250 is already in use (is a kubelet running already?)")
+    );
+    // An established connection from port 10250 is not a listener.
+    f.put(
+        "/proc/net/tcp6",
+        &format!("{TCP_HEADER}{}", tcp_line(10250, "01")),
+    );
+    assert!(!f.check("kubelet-port").failed());
+}
+
+#[test]
+fn wait_retries_only_failing_checks_until_they_pass() {
+    let mut f = healthy();
+    f.paths.remove(checks::TIMESYNC_FLAG);
+    f.socket = Socket::Refuse(io::ErrorKind::NotFound);
+    f.hooks.push((Duration::from_secs(4), |f| {
+        f.socket = Socket::Serve(ok_response);
+    }));
+    f.hooks.push((Duration::from_secs(20), |f| {
+        f.paths.insert(checks::TIMESYNC_FLAG.into());
+    }));
+    assert!(run(&mut f, CHECKS, Duration::from_secs(240)));
+    assert_eq!(f.now, Duration::from_secs(20));
+    let waiting: Vec<&String> = f.lines.iter().filter(|l| l.contains("waiting")).collect();
+    assert_eq!(
+        waiting,
+        [
+            "kiln-preflight: waiting for: containerd, clock",
+            "kiln-preflight: waiting for: clock",
+        ]
+    );
+    assert_eq!(f.lines.len(), 2 + 13);
+    assert_eq!(
+        f.lines.last().unwrap(),
+        "kiln-preflight: passed (12 checks)"
+    );
+    // The passing tools check ran once, not once per retry.
+    assert_eq!(f.runs.len(), 4);
+}
+
+#[test]
+fn wait_gives_up_after_the_limit_with_the_full_report() {
+    let mut f = healthy();
+    f.paths.remove(checks::TIMESYNC_FLAG);
+    assert!(!run(&mut f, CHECKS, Duration::from_secs(41)));
+    assert_eq!(f.now, Duration::from_secs(41));
+    let waiting = f.lines.iter().filter(|l| l.contains("waiting")).count();
+    // At 0, 16 and 32 s: at most one line every 15 s.
+    assert_eq!(waiting, 3);
+    assert!(f
+        .lines
+        .contains(&"kiln-preflight: [FAIL] clock: not synchronized (no NTP answer yet; no /run/systemd/timesync/synchronized)".to_string()));
+    assert_eq!(
+        f.lines.last().unwrap(),
+        "kiln-preflight: FAILED (1 of 12 checks)"
+    );
+    // Without --wait nothing is retried and nothing waits.
+    let mut f = healthy();
+    f.paths.remove(checks::TIMESYNC_FLAG);
+    assert!(!run(&mut f, CHECKS, Duration::ZERO));
+    assert_eq!(f.now, Duration::ZERO);
+    assert_eq!(f.lines.len(), 13);
+}
+
+#[test]
+fn arguments() {
+    let a = |s: &[&str]| parse_args(&s.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(a(&[]), Ok(Duration::ZERO));
+    assert_eq!(a(&["--wait", "240"]), Ok(Duration::from_secs(240)));
+    assert_eq!(a(&["--wait=5"]), Ok(Duration::from_secs(5)));
+    assert!(a(&["--wait"]).is_err());
+    assert!(a(&["--wait", "x"]).is_err());
+    assert_eq!(a(&["-v"]), Err("unknown argument \"-v\"".into()));
+}
