@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod fs;
 pub mod inspect;
 pub mod lock;
+pub mod oci;
 pub mod output;
 pub mod plan;
 pub mod profile;
