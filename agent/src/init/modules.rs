@@ -48,6 +48,9 @@ pub struct ModuleResults {
     pub loaded: usize,
     /// Modules that were already loaded or built in (EEXIST).
     pub present: usize,
+    /// Drivers whose hardware this machine does not have (ENODEV): a cloud image carries
+    /// the drivers of several clouds (Hyper-V's vmbus refuses to load outside Hyper-V).
+    pub no_device: usize,
     /// Modules that failed: (path, one-line reason).
     pub failed: Vec<(String, String)>,
 }
@@ -84,6 +87,12 @@ pub fn load_all(sys: &mut dyn InitSys, paths: &[String], debug: bool) -> ModuleR
                 results.present += 1;
                 if debug {
                     sys.log(&format!("kiln-init: {path} is already loaded or built in"));
+                }
+            }
+            Err(ModuleError::Load(Errno::ENODEV)) => {
+                results.no_device += 1;
+                if debug {
+                    sys.log(&format!("kiln-init: {path}: no such device on this machine"));
                 }
             }
             Err(e) => {

@@ -1513,3 +1513,18 @@ mod verity_real {
         assert_eq!((at, e.kind()), (0, io::ErrorKind::NotFound));
     }
 }
+
+#[test]
+fn a_driver_without_its_hardware_is_not_a_failure() {
+    let mut sys = Fake::default();
+    sys.module_errors
+        .insert("/hv_vmbus.ko".into(), ModuleError::Load(Errno::ENODEV));
+    sys.module_errors
+        .insert("/bad.ko".into(), ModuleError::Load(Errno::ENOEXEC));
+    let paths = ["/virtio.ko", "/hv_vmbus.ko", "/bad.ko"].map(String::from);
+    let r = super::modules::load_all(&mut sys, &paths, false);
+    assert_eq!((r.loaded, r.no_device), (1, 1));
+    assert_eq!(r.failed.len(), 1, "{r:?}");
+    assert_eq!(r.failed[0].0, "/bad.ko");
+    assert!(!sys.log.iter().any(|l| l.contains("hv_vmbus")), "{:?}", sys.log);
+}
