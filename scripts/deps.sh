@@ -17,18 +17,21 @@ APT_PKGS=(
   e2fsprogs        # e2fsck, mkfs.ext4 (test referee and benchmark floor)
   dosfstools       # fsck.fat
   mtools           # mcopy: reads files back from the ESP in tests
+  xorriso          # makes the NoCloud cidata ISO the QEMU tests attach
   gdisk            # sgdisk -v
   bmap-tools       # bmaptool copy: checks the raw.zst + .bmap output
   cpio             # cpio -it on the initramfs
   cryptsetup-bin   # veritysetup
   kmod             # depmod/modprobe: referees for the module index files
-  systemd          # systemd-sysusers, systemctl: referees for users and units
+  systemd          # systemd-sysusers, systemctl, systemd-analyze verify: referees for users and units
   passwd           # pwck, grpck: referees for passwd/group
   dpkg             # dpkg-deb builds test packages
   ovmf             # x86_64 UEFI firmware for QEMU
   qemu-efi-aarch64 # arm64 UEFI firmware for QEMU
   zstd
   lz4
+  skopeo           # skopeo inspect oci-archive: checks the container image archives
+  umoci            # umoci unpack: checks their tags, digests and layers
   xz-utils
 )
 # QEMU itself must come from bookworm-backports to match qemu-utils.

@@ -79,6 +79,9 @@ pub enum BuildError {
     /// Output staging.
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
+    /// Container images from `[[container_image]]`.
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
     /// Something the packages should have provided is missing.
     #[error("{0}")]
     Missing(String),
@@ -453,6 +456,20 @@ fn seed_for(profile_bytes: &[u8], lock: &Lockfile, arch: Arch) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The profile's bytes plus the build's command line settings, so an image
+/// built with `--debug-shell` or `--append-cmdline` gets its own GUIDs.
+fn seed_input(profile_bytes: &[u8], profile: &Profile) -> Vec<u8> {
+    let mut v = profile_bytes.to_vec();
+    let extras = &profile.extras;
+    if extras.debug_shell || !extras.append_cmdline.is_empty() {
+        v.extend_from_slice(b"\0kiln-build-extras\0");
+        v.extend_from_slice(
+            format!("{}\0{:?}", extras.debug_shell, extras.append_cmdline).as_bytes(),
+        );
+    }
+    v
+}
+
 /// The UKI's command line: consoles, the verity root hash and the node's
 /// boot policy from the profile, then the profile's own words.
 fn kernel_cmdline(profile: &Profile, arch: Arch, root_hash: &[u8; 32]) -> String {
@@ -468,7 +485,7 @@ fn kernel_cmdline(profile: &Profile, arch: Arch, root_hash: &[u8; 32]) -> String
     if profile.disk.var_fallback == VarFallback::Tmpfs {
         words.push("kiln.var_fallback=tmpfs".into());
     }
-    words.extend(profile.kernel.cmdline.iter().cloned());
+    words.extend(profile.extra_cmdline());
     words.join(" ")
 }
 
@@ -638,6 +655,19 @@ fn build_arch(
         "usr/bin/kiln-agent",
         Node::file(agent.clone(), 0o755, epoch, "kiln:agent"),
     )?;
+    tree::node::apply(&mut root, &profile.agent, profile.extras.debug_shell)?;
+    crate::oci::add_to_root(
+        &mut root,
+        &profile.container_images,
+        crate::oci::PackageSource {
+            fetched: &fetched,
+            profile: &profile.path,
+            lock: &lock.path,
+        },
+        &rules,
+        arch,
+        epoch,
+    )?;
     tree::effects::apply(&mut root)?;
     tree::sysusers::apply(&mut root)?;
     tree::units::apply(
@@ -667,7 +697,7 @@ fn build_arch(
 
     // plan, then write the disk: root, its hash tree, the UKI on the ESP
     let profile_bytes = std::fs::read(&profile.path).map_err(io_err(&profile.path))?;
-    let seed = seed_for(&profile_bytes, lock, arch);
+    let seed = seed_for(&seed_input(&profile_bytes, profile), lock, arch);
     let staging = Staging::new(&opts.out, &format!("{}-{arch}", profile.name))?;
     let image_name = format!("{}-{arch}.raw", profile.name);
     let manifest_name = format!("{}-{arch}.manifest.json", profile.name);
@@ -795,6 +825,7 @@ fn build_arch(
     };
     let stem = |p: &str| tree::file_name(p).trim_end_matches(".ko").to_string();
     let m = Manifest {
+        debug_shell: profile.extras.debug_shell,
         schema: manifest::SCHEMA,
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         name: profile.name.clone(),

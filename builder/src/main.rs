@@ -92,6 +92,16 @@ enum Command {
         /// or separate names with commas.
         #[arg(long = "format", value_name = "NAME", value_delimiter = ',')]
         formats: Vec<String>,
+        /// Debug image: root logs in on the serial console (and the virtual
+        /// consoles) without a password. Recorded in the manifest. Refused for
+        /// profiles whose [agent] channels include "cloud".
+        #[arg(long)]
+        debug_shell: bool,
+        /// Kernel command line words appended after the profile's, e.g.
+        /// `kiln.hostname=node-1` (the agent's cmdline channel). Repeatable;
+        /// the full command line is recorded in the manifest.
+        #[arg(long = "append-cmdline", value_name = "WORDS")]
+        append_cmdline: Vec<String>,
     },
     /// Boot an image in QEMU with UEFI firmware (OVMF / AAVMF) under TCG,
     /// with the serial console on this terminal. Quit with Ctrl-A X.
@@ -111,6 +121,14 @@ enum Command {
         /// the image stays the bytes the manifest describes).
         #[arg(long)]
         persist: bool,
+        /// A node config file (kiln.toml) handed to the guest through QEMU's
+        /// fw_cfg as `opt/kiln/config` (the agent's fw_cfg channel).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// An extra read-only raw disk, e.g. a NoCloud `cidata` volume
+        /// (repeatable).
+        #[arg(long, value_name = "FILE")]
+        drive: Vec<PathBuf>,
         /// Extra QEMU arguments, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -289,9 +307,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
             source_date_epoch,
             formats,
+            debug_shell,
+            append_cmdline,
         } => {
             let formats = parse_formats(&formats)?;
-            let profile = kiln::profile::Profile::load(&profile)?;
+            let mut profile = kiln::profile::Profile::load(&profile)?;
+            if debug_shell {
+                profile.enable_debug_shell()?;
+            }
+            profile.append_cmdline(&append_cmdline)?;
             let arches = arches_for(arch, &profile)?;
             let opts = kiln::build::BuildOptions {
                 arches,
@@ -313,6 +337,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             cpus,
             persist,
+            config,
+            drive,
             qemu_args,
         } => {
             let arch = match arch {
@@ -323,6 +349,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             vm.memory_mib = memory;
             vm.cpus = cpus;
             vm.snapshot = !persist;
+            for path in [&config].into_iter().flatten().chain(&drive) {
+                if !path.is_file() {
+                    anyhow::bail!("{}: no such file", path.display());
+                }
+            }
+            vm.fw_cfg = config
+                .map(|file| kiln::qemu::FwCfg {
+                    name: "opt/kiln/config".into(),
+                    file,
+                })
+                .into_iter()
+                .collect();
+            vm.drives = drive;
             vm.extra = qemu_args;
             let scratch = tempfile::tempdir()
                 .context("creating a scratch folder for the firmware variables")?;

@@ -152,7 +152,7 @@ fn package_missing_from_the_lock_is_named_with_the_fix() {
 
 #[test]
 fn missing_template_variable_names_template_and_variable() {
-    let (d, p) = fixture(|t| t.replace("overlays = [\"base\"]", "overlays = [\"base\", \"bad\"]"));
+    let (d, p) = fixture(|t| t.replace("overlays = [\"base\"", "overlays = [\"base\", \"bad\""));
     let bad = d.path().join("overlays/bad");
     std::fs::create_dir_all(bad.join("root/etc")).unwrap();
     std::fs::write(bad.join("overlay.toml"), "schema = 1\n").unwrap();
@@ -352,4 +352,86 @@ fn unknown_output_format_is_named_with_the_supported_ones() {
     let help = kiln(&["build", "--help"], &[]);
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(text.contains("--format <NAME>"), "{text}");
+}
+
+#[test]
+fn debug_shell_is_refused_for_a_profile_with_the_cloud_channel() {
+    // The default profile lists every channel, "cloud" included.
+    let (d, p) = fixture(|t| t);
+    let out = d.path().join("out");
+    let r = kiln(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--arch",
+            "x86_64",
+            "--out",
+            out.to_str().unwrap(),
+            "--debug-shell",
+        ],
+        &[],
+    );
+    assert_fails(
+        &r,
+        &[
+            "qemu.toml",
+            "--debug-shell",
+            "\"cloud\"",
+            "[agent] channels",
+        ],
+    );
+    assert_nothing_written(&out);
+    // The same refusal for the shipped cloud profile.
+    let r = kiln(
+        &[
+            "build",
+            repo().join("profiles/cloud.toml").to_str().unwrap(),
+            "--arch",
+            "x86_64",
+            "--out",
+            out.to_str().unwrap(),
+            "--debug-shell",
+        ],
+        &[],
+    );
+    assert_fails(&r, &["cloud.toml", "--debug-shell"]);
+    assert_nothing_written(&out);
+}
+
+#[test]
+fn bad_agent_channels_and_appended_cmdline_are_named() {
+    let (d, p) = fixture(|t| {
+        t.replace(
+            "channels = [\"cmdline\", \"esp\", \"cidata\", \"fw_cfg\", \"cloud\"]",
+            "channels = [\"cmdline\", \"smoke-signals\"]",
+        )
+    });
+    let out = d.path().join("out");
+    assert_fails(
+        &build(&p, &out, &[]),
+        &["qemu.toml", "agent.channels[1]", "smoke-signals"],
+    );
+    let (d, p) = fixture(|t| t);
+    let r = kiln(
+        &[
+            "build",
+            p.to_str().unwrap(),
+            "--arch",
+            "x86_64",
+            "--out",
+            out.to_str().unwrap(),
+            "--append-cmdline",
+            "kiln.roothash=00",
+        ],
+        &[],
+    );
+    assert_fails(&r, &["--append-cmdline", "kiln.roothash"]);
+    assert_nothing_written(&out);
+    drop(d);
+    let help = kiln(&["build", "--help"], &[]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--debug-shell") && text.contains("--append-cmdline <WORDS>"),
+        "{text}"
+    );
 }

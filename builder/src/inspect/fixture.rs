@@ -256,6 +256,7 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
         .collect();
     let (disk_sha, part_shas) = manifest::sha256_image_and_ranges(&image_path, &ranges).unwrap();
     let m = Manifest {
+        debug_shell: false,
         schema: manifest::SCHEMA,
         kiln_version: "0.1.0".into(),
         name: "test".into(),

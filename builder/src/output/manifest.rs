@@ -43,6 +43,10 @@ pub struct Manifest {
     pub outputs: BTreeMap<String, FileDigest>,
     /// Digests of components inside the image.
     pub components: BTreeMap<String, FileDigest>,
+    /// Built with `kiln build --debug-shell` (root logs in on the consoles
+    /// without a password): such an image is for debugging, never for production.
+    #[serde(default)]
+    pub debug_shell: bool,
 }
 
 /// An input file, named without host paths.

@@ -42,6 +42,35 @@ pub struct ProfileFile {
     /// `[output]`
     #[serde(default)]
     pub output: OutputFile,
+    /// `[agent]`
+    #[serde(default)]
+    pub agent: AgentFile,
+    /// `[[container_image]]`: OCI images built from packages of the lock.
+    #[serde(default)]
+    pub container_image: Vec<ContainerImageFile>,
+}
+
+/// `[[container_image]]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerImageFile {
+    /// Reference it is imported under, `DOMAIN/PATH:TAG`.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Packages (from the lock) whose files make the layer.
+    pub packages: Vec<String>,
+    /// Default arguments.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// Entrypoint.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
 }
 
 /// `[debian]`
@@ -147,4 +176,12 @@ pub struct OutputFile {
     /// Format names.
     #[serde(default)]
     pub formats: Vec<String>,
+}
+
+/// `[agent]`: settings of the in-image agent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// Config channels the node reads, highest precedence first (default: all).
+    pub channels: Option<Vec<String>>,
 }

@@ -46,6 +46,80 @@ pub enum ProfileError {
         /// What is wrong and what to do.
         message: String,
     },
+    /// `--debug-shell` asked for an image that reads cloud metadata.
+    #[error(
+        "{path}: --debug-shell is refused: `[agent] channels` includes \"cloud\", and a \
+         password-less root shell must never ship in a cloud image; build without \
+         --debug-shell, or use a profile without the cloud channel"
+    )]
+    DebugShellRefused {
+        /// The profile path.
+        path: PathBuf,
+    },
+    /// A `--append-cmdline` word kiln cannot use.
+    #[error("--append-cmdline {word:?}: {message}")]
+    BadCmdlineWord {
+        /// The word as given.
+        word: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// The agent's config channels, in the default precedence (highest first).
+pub const AGENT_CHANNELS: [&str; 5] = ["cmdline", "esp", "cidata", "fw_cfg", "cloud"];
+
+/// The schema of `/usr/lib/kiln/agent.toml`.
+pub const AGENT_SCHEMA: u32 = 1;
+
+/// Where the image-side agent settings live in the root.
+pub const AGENT_TOML_PATH: &str = "usr/lib/kiln/agent.toml";
+
+/// Kernel command line keys the builder or kiln's init own; appending them
+/// would override what the build computed.
+const RESERVED_CMDLINE_KEYS: [&str; 2] = ["kiln.roothash", "kiln.root_type"];
+
+/// Settings of the in-image agent (`[agent]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Config channels the node reads, highest precedence first.
+    pub channels: Vec<String>,
+}
+
+impl Default for Agent {
+    fn default() -> Agent {
+        Agent {
+            channels: AGENT_CHANNELS.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+impl Agent {
+    /// Whether the node reads cloud metadata.
+    pub fn uses_cloud(&self) -> bool {
+        self.channels.iter().any(|c| c == "cloud")
+    }
+
+    /// The text of `/usr/lib/kiln/agent.toml` (the agent's contract).
+    pub fn to_toml(&self) -> String {
+        let list: Vec<String> = self.channels.iter().map(|c| format!("{c:?}")).collect();
+        format!(
+            "# Written by kiln from the profile's [agent] section.\n\
+             schema = {AGENT_SCHEMA}\n\
+             # Config channels, highest precedence first.\n\
+             channels = [{}]\n",
+            list.join(", ")
+        )
+    }
+}
+
+/// Settings given to one build on the command line rather than in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildExtras {
+    /// `--debug-shell`: root autologin on the consoles.
+    pub debug_shell: bool,
+    /// `--append-cmdline`: words after the profile's `[kernel] cmdline`.
+    pub append_cmdline: Vec<String>,
 }
 
 /// Where packages come from.
@@ -227,6 +301,12 @@ pub struct Profile {
     pub disk: Disk,
     /// Output formats.
     pub formats: Vec<Format>,
+    /// The in-image agent's settings.
+    pub agent: Agent,
+    /// OCI images built from locked packages and shipped in the root.
+    pub container_images: Vec<crate::oci::ImageSpec>,
+    /// Command line settings of this build (not part of the file).
+    pub extras: BuildExtras,
 }
 
 impl Profile {
@@ -252,6 +332,60 @@ impl Profile {
             message: one_line(&e.to_string()),
         })?;
         validate(path, raw, overlays_dir)
+    }
+
+    /// Turns on the debug shell (`kiln build --debug-shell`): root logs in
+    /// on the consoles without a password. Refused when the node reads cloud
+    /// metadata, so it can never reach a cloud image.
+    pub fn enable_debug_shell(&mut self) -> Result<(), ProfileError> {
+        if self.agent.uses_cloud() {
+            return Err(ProfileError::DebugShellRefused {
+                path: self.path.clone(),
+            });
+        }
+        self.extras.debug_shell = true;
+        Ok(())
+    }
+
+    /// Appends kernel command line words (`kiln build --append-cmdline`),
+    /// e.g. `kiln.hostname=node-1`. Each entry may hold several words
+    /// separated by spaces.
+    pub fn append_cmdline(&mut self, entries: &[String]) -> Result<(), ProfileError> {
+        for entry in entries {
+            for word in entry.split_whitespace() {
+                if word.chars().any(char::is_control) {
+                    return Err(ProfileError::BadCmdlineWord {
+                        word: word.to_string(),
+                        message: "control characters cannot be on a kernel command line".into(),
+                    });
+                }
+                let key = word.split('=').next().unwrap_or_default();
+                if RESERVED_CMDLINE_KEYS.contains(&key) {
+                    return Err(ProfileError::BadCmdlineWord {
+                        word: word.to_string(),
+                        message: format!("{key} is computed by kiln and cannot be overridden"),
+                    });
+                }
+                self.extras.append_cmdline.push(word.to_string());
+            }
+            if entry.trim().is_empty() {
+                return Err(ProfileError::BadCmdlineWord {
+                    word: entry.clone(),
+                    message: "empty; give at least one word, e.g. kiln.hostname=node-1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile's own command line words, then the appended ones.
+    pub fn extra_cmdline(&self) -> Vec<String> {
+        self.kernel
+            .cmdline
+            .iter()
+            .chain(&self.extras.append_cmdline)
+            .cloned()
+            .collect()
     }
 
     /// Packages requested for `arch` (common plus arch-specific), sorted.
@@ -526,6 +660,42 @@ fn validate(
         }
     };
 
+    let agent = match raw.agent.channels {
+        None => Agent::default(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(invalid(
+                    "agent.channels",
+                    format!(
+                        "empty: list at least one of {}",
+                        AGENT_CHANNELS.map(|c| format!("{c:?}")).join(", ")
+                    ),
+                ));
+            }
+            for (i, c) in list.iter().enumerate() {
+                if !AGENT_CHANNELS.contains(&c.as_str()) {
+                    return Err(invalid(
+                        &format!("agent.channels[{i}]"),
+                        format!(
+                            "unknown channel {c:?}; known: {}",
+                            AGENT_CHANNELS.map(|c| format!("{c:?}")).join(", ")
+                        ),
+                    ));
+                }
+                if list[..i].contains(c) {
+                    return Err(invalid(
+                        &format!("agent.channels[{i}]"),
+                        format!("{c:?} is listed twice; list each channel once"),
+                    ));
+                }
+            }
+            Agent { channels: list }
+        }
+    };
+
+    let container_images = crate::oci::validate_images(&raw.container_image)
+        .map_err(|e| invalid(&e.field, e.message))?;
+
     let mut formats = Vec::new();
     let fmt_names = if raw.output.formats.is_empty() {
         vec!["raw".to_string()]
@@ -590,6 +760,9 @@ fn validate(
             verity_check,
         },
         formats,
+        agent,
+        container_images,
+        extras: BuildExtras::default(),
     })
 }
 

@@ -120,3 +120,91 @@ fn bad_package_and_overlay_names_are_refused() {
         .to_string();
     assert!(e.contains("overlays[0]") && e.contains("nope"), "{e}");
 }
+
+#[test]
+fn agent_channels_default_to_all_five_and_render_as_toml() {
+    let p = parse(MINIMAL).unwrap();
+    assert_eq!(p.agent.channels, AGENT_CHANNELS.to_vec());
+    let text = p.agent.to_toml();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(v["schema"].as_integer(), Some(1));
+    let ch: Vec<&str> = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(ch, ["cmdline", "esp", "cidata", "fw_cfg", "cloud"]);
+    let p = parse(&format!(
+        "{MINIMAL}[agent]\nchannels = [\"esp\", \"cmdline\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(p.agent.channels, ["esp", "cmdline"]);
+    assert!(!p.agent.uses_cloud());
+}
+
+#[test]
+fn bad_agent_channels_are_named() {
+    for (list, field, needle) in [
+        ("[]", "agent.channels", "empty"),
+        (
+            "[\"esp\", \"carrier-pigeon\"]",
+            "agent.channels[1]",
+            "carrier-pigeon",
+        ),
+        (
+            "[\"esp\", \"cmdline\", \"esp\"]",
+            "agent.channels[2]",
+            "twice",
+        ),
+    ] {
+        let e = parse(&format!("{MINIMAL}[agent]\nchannels = {list}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.toml") && e.contains(field) && e.contains(needle),
+            "{e}"
+        );
+    }
+    let e = parse(&format!("{MINIMAL}[agent]\nchanels = []\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chanels"), "{e}");
+}
+
+#[test]
+fn debug_shell_is_refused_with_the_cloud_channel() {
+    let mut p = parse(MINIMAL).unwrap();
+    let e = p.enable_debug_shell().unwrap_err().to_string();
+    assert!(
+        e.contains("test.toml") && e.contains("--debug-shell") && e.contains("cloud"),
+        "{e}"
+    );
+    assert!(!p.extras.debug_shell);
+    let mut p = parse(&format!(
+        "{MINIMAL}[agent]\nchannels = [\"cmdline\", \"esp\"]\n"
+    ))
+    .unwrap();
+    p.enable_debug_shell().unwrap();
+    assert!(p.extras.debug_shell);
+}
+
+#[test]
+fn appended_cmdline_words_follow_the_profile_ones() {
+    let mut p = parse(&MINIMAL.replace("[kernel]", "[kernel]\ncmdline = [\"quiet\"]")).unwrap();
+    p.append_cmdline(&["kiln.hostname=a".into(), "kiln.debug  x=1".into()])
+        .unwrap();
+    assert_eq!(
+        p.extra_cmdline(),
+        ["quiet", "kiln.hostname=a", "kiln.debug", "x=1"]
+    );
+    let e = p
+        .append_cmdline(&["kiln.roothash=00".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--append-cmdline") && e.contains("kiln.roothash"),
+        "{e}"
+    );
+    assert!(p.append_cmdline(&[" ".into()]).is_err());
+}

@@ -7,6 +7,7 @@
 
 pub mod effects;
 pub mod kmod;
+pub mod node;
 pub mod overlay;
 pub mod sysusers;
 pub mod units;

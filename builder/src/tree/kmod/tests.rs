@@ -340,6 +340,10 @@ fn builtin_sets_parse_and_have_the_required_names() {
         "usb-storage",
         "nics",
         "efi",
+        "kubernetes",
+        "config-channels",
+        "cloud",
+        "homelab",
     ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
@@ -351,7 +355,16 @@ fn builtin_sets_parse_and_have_the_required_names() {
         .collect();
     assert_eq!(
         boot,
-        vec!["ahci", "dm-verity", "ext4", "nvme", "usb-storage", "virtio"]
+        vec![
+            "ahci",
+            "cloud",
+            "dm-verity",
+            "ext4",
+            "homelab",
+            "nvme",
+            "usb-storage",
+            "virtio"
+        ]
     );
     let dmv = sets.iter().find(|s| s.name == "dm-verity").unwrap();
     assert!(dmv.modules[&Arch::X86_64].contains(&"sha256-ssse3".to_string()));
