@@ -29,21 +29,44 @@ Usage:
                                 type) read-only and switch to the system's init; this mode
                                 also runs whenever the binary is PID 1
   kiln-agent report [--timeout SECONDS]
-                                print one status line (arch, kernel, root, /var, boot stub,
-                                systemd state, failed units, machine-id, boots); exit 0
+                                print one status line (arch, kernel, hostname, root, /var,
+                                boot stub, systemd state, failed units, machine-id,
+                                boots); exit 0
                                 when systemd is running, / is read-only and creating a
                                 file under /usr and /etc fails with EROFS (default timeout
                                 120 s)
   kiln-agent config [--dry-run]
                                 gather the node's configuration from every channel (see
                                 below), print what each one gave, set the hostname and
-                                write the merged result to /run/kiln/config.toml
+                                write the merged result to /run/kiln/config.toml; a
+                                channel with bad config prints an ERROR line and is
+                                ignored (exit 0); --dry-run sets and writes nothing
   kiln-agent preflight [--wait SECONDS]
                                 check the node's Kubernetes prerequisites, one line per
                                 check; exit non-zero when one fails (with --wait, retry
                                 failing checks until they pass or the time is up)
   kiln-agent --help             this text
   kiln-agent --version          the version
+
+Node config (kiln-agent config), the same TOML in every channel:
+  schema = 1                    optional; any other value is an error
+  hostname = \"node-1\"         RFC 1123 labels (a-z, 0-9, '-'; <= 63 characters each,
+                                <= 253 in all; lowercased); without one, kiln-<8 hex
+                                digits derived from the machine-id
+  Unknown keys and wrong types are errors. Per key, the highest channel that sets it
+  wins. Channels, highest precedence first (/usr/lib/kiln/agent.toml `channels` may
+  drop or reorder them):
+  cmdline                       kernel command line kiln.<key>=<value> (kiln.hostname=
+                                node-1; dotted for tables); init's options below are not
+                                config keys
+  esp                           kiln.toml (any case) in the root folder of the boot
+                                disk's EFI system partition
+  cidata                        a vfat or iso9660 volume labelled cidata/CIDATA on another
+                                device, holding kiln.toml, or user-data whose first line
+                                is #kiln-config
+  fw_cfg                        QEMU -fw_cfg name=opt/kiln/config,file=kiln.toml
+  cloud                         the user-data of EC2, GCE, Azure or Oracle Cloud (detected
+                                from DMI), optionally starting with #kiln-config
 
 Kernel command line options read by init:
   kiln.root_type=GUID           root partition type (default: the architecture's

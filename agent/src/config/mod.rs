@@ -1,8 +1,429 @@
-//! The node's configuration: gathered from every channel, merged by precedence, applied.
+//! `kiln-agent config`: the node's configuration, gathered from every channel, merged by
+//! precedence, applied (the hostname) and written to `/run/kiln/config.toml`.
+//!
+//! Channels, highest precedence first unless `/usr/lib/kiln/agent.toml` says otherwise
+//! ([`settings`]): the kernel command line ([`cmdline`]), `kiln.toml` on the boot disk's
+//! ESP ([`esp`]), a NoCloud `cidata` volume ([`cidata`]), QEMU's fw_cfg ([`fw_cfg`]) and
+//! the cloud's user-data ([`cloud`]). All speak the one schema in [`schema`]; per key, the
+//! highest channel that sets it wins.
+//!
+//! A channel that fails (unreadable, malformed) prints an ERROR line and is ignored as a
+//! whole, and the others go on: the node must come up and stay debuggable whatever a user
+//! puts in a config. Console lines:
+//!
+//! ```text
+//! kiln-config: esp: /dev/vda1:/kiln.toml: hostname=node-1
+//! kiln-config: ERROR: cidata: /dev/vdb:kiln.toml: hostname: expected a string, got integer 5
+//! kiln-config: hostname node-1 (from esp)
+//! ```
 
+pub mod blockdev;
+pub mod cidata;
+pub mod cloud;
+pub mod cmdline;
+pub mod esp;
+pub mod fslabel;
+pub mod fw_cfg;
+pub mod media;
+pub mod real;
+pub mod schema;
+pub mod settings;
+
+use std::collections::BTreeMap;
+use std::io;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use schema::{Hostname, NodeConfig, SchemaError};
+use settings::{Channel, Settings, SETTINGS_PATH};
+
+/// Where the merged configuration is written.
+pub const CONFIG_OUT: &str = "/run/kiln/config.toml";
+/// The machine-id the fallback hostname is derived from.
+pub const MACHINE_ID: &str = "/etc/machine-id";
+/// The kernel's hostname.
+pub const KERNEL_HOSTNAME: &str = "/proc/sys/kernel/hostname";
+/// The kernel keeps at most this many bytes of hostname (`__NEW_UTS_LEN`).
+pub const KERNEL_HOSTNAME_MAX: usize = 64;
+/// How long the cloud channel may spend waiting for the metadata service.
+pub const CLOUD_BUDGET: Duration = Duration::from_secs(30);
+
+/// A channel that could not give its config: who, where, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelFailure {
+    /// Channel name as printed (`cloud`, `ec2`, ...).
+    pub channel: &'static str,
+    /// Device, file or URL.
+    pub place: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Everything `config` does to the system, so the logic runs against a fake in tests.
+pub trait ConfigSys {
+    /// Reads a file (callers refuse anything over [`schema::MAX_CONFIG_BYTES`]; an
+    /// implementation may stop reading just past that).
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
+    /// Names in a directory.
+    fn list_dir(&mut self, path: &str) -> io::Result<Vec<String>>;
+    /// Whether a path exists.
+    fn exists(&mut self, path: &str) -> bool;
+    /// Reads `len` bytes at `offset` of the device node `dev` (`/dev/vdb`).
+    fn read_dev(&mut self, dev: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// (major, minor) of the device the root filesystem is on.
+    fn root_dev(&mut self) -> io::Result<(u64, u64)>;
+    /// Mounts `dev` read-only, nosuid, nodev, noexec at `target` (created if missing).
+    fn mount_ro(&mut self, dev: &str, target: &str, fstype: &str) -> Result<(), String>;
+    /// Unmounts `target`.
+    fn umount(&mut self, target: &str) -> Result<(), String>;
+    /// Loads a kernel module by name.
+    fn modprobe(&mut self, module: &str) -> Result<(), String>;
+    /// The cloud's user-data (None off-cloud).
+    fn cloud(&mut self) -> Result<Option<cloud::CloudUserData>, ChannelFailure>;
+    /// Sets the kernel's hostname.
+    fn set_hostname(&mut self, name: &str) -> io::Result<()>;
+    /// Writes a file atomically (temporary file, then rename), creating its folder.
+    fn write_file_atomic(&mut self, path: &str, data: &[u8]) -> io::Result<()>;
+    /// Waits.
+    fn sleep(&mut self, d: Duration);
+    /// Prints one console line.
+    fn say(&mut self, line: &str);
+}
+
+/// Where a piece of config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Channel name as printed: `cmdline`, `esp`, `cidata`, `fw_cfg`, or the cloud's
+    /// provider `ec2`, `gce`, `azure`, `oracle`.
+    pub channel: &'static str,
+    /// Device, file or URL (`/dev/vda1:/kiln.toml`).
+    pub place: String,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.place.is_empty() {
+            f.write_str(self.channel)
+        } else {
+            write!(f, "{}: {}", self.channel, self.place)
+        }
+    }
+}
+
+/// What one channel gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Where.
+    pub source: Source,
+    /// Its config, or every problem found with it.
+    pub result: Result<NodeConfig, Vec<String>>,
+}
+
+impl Finding {
+    /// A failure with one message.
+    pub fn error(channel: &'static str, place: impl Into<String>, message: String) -> Self {
+        Finding {
+            source: Source {
+                channel,
+                place: place.into(),
+            },
+            result: Err(vec![message]),
+        }
+    }
+
+    /// Parses a config document's bytes.
+    pub fn parse(channel: &'static str, place: impl Into<String>, bytes: &[u8]) -> Self {
+        Self::from_result(channel, place, schema::parse_bytes(bytes))
+    }
+
+    /// Wraps a schema check's outcome.
+    pub fn from_result(
+        channel: &'static str,
+        place: impl Into<String>,
+        result: Result<NodeConfig, Vec<SchemaError>>,
+    ) -> Self {
+        Finding {
+            source: Source {
+                channel,
+                place: place.into(),
+            },
+            result: result.map_err(|errs| errs.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    /// The console lines for this finding.
+    pub fn lines(&self) -> Vec<String> {
+        match &self.result {
+            Ok(c) => vec![format!("kiln-config: {}: {}", self.source, c.summary())],
+            Err(errs) => errs
+                .iter()
+                .map(|e| format!("kiln-config: ERROR: {}: {e}", self.source))
+                .collect(),
+        }
+    }
+}
+
+/// The merged configuration and where each key came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Merged {
+    /// The winning value of every key.
+    pub config: NodeConfig,
+    /// Key → the source that set it.
+    pub sources: BTreeMap<&'static str, Source>,
+}
+
+/// Merges findings given in precedence order (highest first): per key, the first
+/// channel that sets it wins; failed channels count for nothing.
+pub fn merge(findings: &[Finding]) -> Merged {
+    let mut m = Merged::default();
+    for f in findings {
+        let Ok(c) = &f.result else { continue };
+        if m.config.schema.is_none() && c.schema.is_some() {
+            m.config.schema = c.schema;
+            m.sources.insert("schema", f.source.clone());
+        }
+        if m.config.hostname.is_none() && c.hostname.is_some() {
+            m.config.hostname = c.hostname.clone();
+            m.sources.insert("hostname", f.source.clone());
+        }
+    }
+    m
+}
+
+/// The fallback hostname: `kiln-` and 8 hex digits of a hash of the machine-id, so the
+/// name is stable per machine without revealing the id itself.
+pub fn hostname_from_machine_id(machine_id: &str) -> String {
+    let digest = Sha256::digest(format!("kiln-hostname:{machine_id}").as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("kiln-{hex}")
+}
+
+/// What the kernel gets for `name`: the whole name if it fits, else its first label (as
+/// systemd-hostnamed does for long FQDNs).
+pub fn kernel_hostname(name: &str) -> &str {
+    if name.len() <= KERNEL_HOSTNAME_MAX {
+        name
+    } else {
+        name.split('.').next().unwrap_or(name)
+    }
+}
+
+/// The text of `/run/kiln/config.toml`: the merged keys, each with a comment naming its
+/// source, so the file stays valid input for the schema.
+pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source) -> String {
+    let mut out = String::from(
+        "# The node's configuration, merged by `kiln-agent config` from its channels.\n\
+         # Each key says where it came from.\n",
+    );
+    let schema_value = merged.config.schema.unwrap_or(schema::SCHEMA_VERSION);
+    match merged.sources.get("schema") {
+        Some(s) => out.push_str(&format!("schema = {schema_value} # from {s}\n")),
+        None => out.push_str(&format!("schema = {schema_value}\n")),
+    }
+    out.push_str(&format!(
+        "hostname = {} # from {hostname_from}\n",
+        toml::Value::String(hostname.to_string())
+    ));
+    out
+}
+
+/// Reads the agent settings; problems are printed and the defaults used, so a broken
+/// settings file does not cost the node its config.
+pub fn load_settings(sys: &mut dyn ConfigSys) -> Settings {
+    match sys.read_file(SETTINGS_PATH) {
+        Ok(bytes) => {
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(|e| format!("not UTF-8 (at byte {})", e.valid_up_to()))
+                .and_then(settings::parse_settings);
+            match parsed {
+                Ok(s) => s,
+                Err(e) => {
+                    sys.say(&format!(
+                        "kiln-config: ERROR: settings: {SETTINGS_PATH}: {e}; reading every \
+                         channel"
+                    ));
+                    Settings::default()
+                }
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Settings::default(),
+        Err(e) => {
+            sys.say(&format!(
+                "kiln-config: ERROR: settings: {SETTINGS_PATH}: {e}; reading every channel"
+            ));
+            Settings::default()
+        }
+    }
+}
+
+fn gather_cloud(sys: &mut dyn ConfigSys) -> Option<Finding> {
+    match sys.cloud() {
+        Ok(None) => None,
+        Ok(Some(cloud::CloudUserData {
+            text: None,
+            provider,
+            source,
+        })) => {
+            sys.say(&format!("kiln-config: {provider}: {source}: no user-data"));
+            None
+        }
+        Ok(Some(cloud::CloudUserData {
+            text: Some(text),
+            provider,
+            source,
+        })) => Some(Finding::parse(provider, source, text.as_bytes())),
+        Err(f) => Some(Finding {
+            source: Source {
+                channel: f.channel,
+                place: f.place,
+            },
+            result: Err(vec![f.message]),
+        }),
+    }
+}
+
+/// Reads every channel of `settings` in precedence order.
+pub fn gather(sys: &mut dyn ConfigSys, settings: &Settings) -> Vec<Finding> {
+    // The boot disk is needed by two channels; look it up once.
+    let mut boot: Option<Result<blockdev::BootDisk, String>> = None;
+    let mut findings = Vec::new();
+    for &channel in &settings.channels {
+        match channel {
+            Channel::Cmdline => findings.extend(cmdline::gather(sys)),
+            Channel::Esp => {
+                let b = boot.get_or_insert_with(|| blockdev::boot_disk(sys)).clone();
+                findings.extend(esp::gather(sys, b.as_ref()));
+            }
+            Channel::Cidata => {
+                let b = boot.get_or_insert_with(|| blockdev::boot_disk(sys)).clone();
+                findings.extend(cidata::gather(sys, b.as_ref().ok()));
+            }
+            Channel::FwCfg => findings.extend(fw_cfg::gather(sys)),
+            Channel::Cloud => findings.extend(gather_cloud(sys)),
+        }
+    }
+    findings
+}
+
+fn machine_id_hostname(sys: &mut dyn ConfigSys) -> Result<String, String> {
+    let bytes = sys
+        .read_file(MACHINE_ID)
+        .map_err(|e| format!("{MACHINE_ID}: {e}"))?;
+    let id = String::from_utf8_lossy(&bytes).trim().to_string();
+    if !crate::init::machine_id::valid_machine_id(&id) {
+        return Err(format!(
+            "{MACHINE_ID} does not hold a machine-id (32 lowercase hex digits)"
+        ));
+    }
+    Ok(hostname_from_machine_id(&id))
+}
+
+/// Runs `config`: gathers, prints, merges and (unless `dry_run`) applies. False when the
+/// node could not get a hostname or its config file: the unit then shows as failed,
+/// while bad input alone never fails it.
+pub fn run(sys: &mut dyn ConfigSys, dry_run: bool) -> bool {
+    let settings = load_settings(sys);
+    let findings = gather(sys, &settings);
+    for f in &findings {
+        for line in f.lines() {
+            sys.say(&line);
+        }
+    }
+    let merged = merge(&findings);
+    let (hostname, from) = match &merged.config.hostname {
+        Some(h) => (
+            h.as_str().to_string(),
+            merged.sources.get("hostname").cloned().unwrap_or(Source {
+                channel: "config",
+                place: String::new(),
+            }),
+        ),
+        None => match machine_id_hostname(sys) {
+            Ok(h) => (
+                h,
+                Source {
+                    channel: "machine-id",
+                    place: MACHINE_ID.to_string(),
+                },
+            ),
+            Err(e) => {
+                sys.say(&format!(
+                    "kiln-config: ERROR: hostname: no channel set one and none can be \
+                     derived: {e}"
+                ));
+                return false;
+            }
+        },
+    };
+    // The derived name is valid by construction; checking it anyway keeps the kernel
+    // from ever getting something the schema would refuse.
+    if let Err(why) = Hostname::parse(&hostname) {
+        sys.say(&format!(
+            "kiln-config: ERROR: hostname: {hostname:?}: {why}"
+        ));
+        return false;
+    }
+    let text = render(&merged, &hostname, &from);
+    if dry_run {
+        sys.say(&format!(
+            "kiln-config: hostname {hostname} (from {}) [dry run: not set]",
+            from.channel
+        ));
+        sys.say(&format!("kiln-config: would write {CONFIG_OUT}:"));
+        for line in text.lines() {
+            sys.say(line);
+        }
+        return true;
+    }
+    if let Err(e) = sys.set_hostname(kernel_hostname(&hostname)) {
+        sys.say(&format!(
+            "kiln-config: ERROR: hostname: {KERNEL_HOSTNAME}: cannot set {hostname:?}: {e}"
+        ));
+        return false;
+    }
+    sys.say(&format!(
+        "kiln-config: hostname {hostname} (from {})",
+        from.channel
+    ));
+    if let Err(e) = sys.write_file_atomic(CONFIG_OUT, text.as_bytes()) {
+        sys.say(&format!("kiln-config: ERROR: writing {CONFIG_OUT}: {e}"));
+        return false;
+    }
+    true
+}
+
+const CONFIG_USAGE: &str = "\
+Usage: kiln-agent config [--dry-run]
+  --dry-run   print what every channel gives and the merged result; set nothing and
+              write nothing (the ESP and cidata volumes are still mounted read-only for
+              a moment to read them)
+";
 
 /// `kiln-agent config`.
-pub fn main(_args: &[String]) -> ExitCode {
-    ExitCode::FAILURE
+pub fn main(args: &[String]) -> ExitCode {
+    let mut dry_run = false;
+    for a in args {
+        match a.as_str() {
+            "--dry-run" => dry_run = true,
+            "--help" | "-h" => {
+                print!("{CONFIG_USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprint!("kiln-agent config: unknown argument {other:?}\n\n{CONFIG_USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut sys = real::RealConfigSys;
+    if run(&mut sys, dry_run) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,11 @@
 //! `report` mode: one status line on the console for people and the QEMU tests, e.g.
 //!
 //! ```text
-//! kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=ro usr_write=EROFS var=/dev/vda4 var_size=2.3G machine_id=0123456789abcdef0123456789abcdef boots=2 stub="systemd-stub 252.x" state=running failed=0 verity=off
+//! kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 hostname=node-1 root=/dev/vda2 root_mode=ro usr_write=EROFS var=/dev/vda4 var_size=2.3G machine_id=0123456789abcdef0123456789abcdef boots=2 stub="systemd-stub 252.x" state=running failed=0 verity=off
 //! ```
+//!
+//! `hostname` is the kernel's hostname (what `kiln-agent config` set), `unknown` when it
+//! cannot be read.
 //!
 //! `usr_write` is what creating a file under /usr and /etc gave (`EROFS` on a read-only
 //! root); `var=tmpfs` has no `var_size`; `boots` counts boots of the persistent /var
@@ -73,6 +76,8 @@ pub struct Report {
     pub arch: String,
     /// uname release.
     pub kernel: String,
+    /// The kernel's hostname (/proc/sys/kernel/hostname, trimmed), if readable.
+    pub hostname: Option<String>,
     /// The mount on `/`, if the mount table could be read.
     pub root: Option<Mount>,
     /// The mount on `/var`, if any.
@@ -236,6 +241,7 @@ impl Report {
             _ => String::new(),
         };
         let machine_id = self.machine_id.as_deref().map_or("none".to_string(), word);
+        let hostname = self.hostname.as_deref().map_or("unknown".to_string(), word);
         let boots = self.boots.as_deref().map_or("none".to_string(), word);
         let stub = match &self.stub {
             Some(s) => quoted(s),
@@ -252,7 +258,7 @@ impl Report {
             Verity::Unknown => "unknown".to_string(),
         };
         format!(
-            "kiln-report: arch={} kernel={} root={root} root_mode={mode} usr_write={} var={var}\
+            "kiln-report: arch={} kernel={} hostname={hostname} root={root} root_mode={mode} usr_write={} var={var}\
              {var_size} machine_id={machine_id} boots={boots} stub={stub} \
              state={} failed={failed} verity={verity}",
             word(&self.arch),
@@ -288,6 +294,7 @@ pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
         _ => None,
     };
     let machine_id = read_trimmed(sys, "/etc/machine-id").filter(|s| !s.is_empty());
+    let hostname = read_trimmed(sys, HOSTNAME_FILE).filter(|s| !s.is_empty());
     let boots = read_trimmed(sys, BOOTS_FILE);
     let verity = match &root {
         Some(m) => verity_of(sys, &m.source),
@@ -338,6 +345,7 @@ pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
     Report {
         arch,
         kernel,
+        hostname,
         root,
         var,
         stub,
@@ -350,6 +358,9 @@ pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
         boots,
     }
 }
+
+/// The kernel's hostname.
+pub const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 
 /// Where init counts the boots of a persistent /var.
 pub const BOOTS_FILE: &str = "/var/lib/kiln/boots";

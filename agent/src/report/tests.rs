@@ -89,6 +89,7 @@ fn healthy_system() -> Fake {
     }
     f.files
         .insert("/etc/machine-id".into(), format!("{ID}\n").into_bytes());
+    f.files.insert(HOSTNAME_FILE.into(), b"node-1\n".to_vec());
     f
 }
 
@@ -122,7 +123,7 @@ fn healthy_line_and_exit() {
     assert_eq!(
         r.line(),
         format!(
-            "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=ro \
+            "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 hostname=node-1 root=/dev/vda2 root_mode=ro \
              usr_write=EROFS var=tmpfs machine_id={ID} boots=none \
              stub=\"systemd-stub 252.33-1~deb12u1\" state=running failed=0 verity=off"
         )
@@ -159,7 +160,7 @@ fn degraded_rw_and_missing_pieces() {
     assert_eq!(
         r.line(),
         format!(
-            "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=/dev/vda2 root_mode=rw \
+            "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 hostname=node-1 root=/dev/vda2 root_mode=rw \
              usr_write=EROFS var=/dev/vda4 var_size=2.3G machine_id={ID} boots=2 stub=none \
              state=degraded failed=2(foo.service,bar.service) verity=off"
         )
@@ -213,7 +214,7 @@ fn timeout_and_no_systemctl() {
     let r = collect(&mut f, Duration::from_secs(7));
     assert_eq!(
         r.line(),
-        "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 root=unknown root_mode=unknown \
+        "kiln-report: arch=x86_64 kernel=6.1.0-28-amd64 hostname=unknown root=unknown root_mode=unknown \
          usr_write=writable var=none machine_id=none boots=none stub=none state=unknown \
          failed=unknown verity=unknown"
     );

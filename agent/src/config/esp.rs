@@ -1,0 +1,85 @@
+//! The ESP channel: `kiln.toml` in the root folder of the boot disk's EFI system
+//! partition, which a user can edit from any OS after flashing the image.
+//!
+//! The ESP is found by its GPT type on the disk that holds the root filesystem (not by
+//! label: a second kiln disk plugged in must not configure this node), mounted read-only
+//! under `/run/kiln/esp` and unmounted again. No file there is not an error.
+
+use crate::gpt::{read_gpt, Guid};
+
+use super::blockdev::{self, BootDisk};
+use super::media::read_files;
+use super::{ConfigSys, Finding};
+
+/// The EFI system partition type, C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
+pub const ESP_TYPE: Guid = Guid::from_fields(
+    0xc12a_7328,
+    0xf81f,
+    0x11d2,
+    [0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b],
+);
+
+/// Where the ESP is mounted while it is read.
+pub const ESP_MOUNT: &str = "/run/kiln/esp";
+
+/// The file looked for (any case).
+pub const ESP_FILE: &str = "kiln.toml";
+
+/// The kernel name of the ESP on `boot`.
+pub fn find_esp(sys: &mut dyn ConfigSys, boot: &BootDisk) -> Result<String, String> {
+    let disk = &boot.disk;
+    let dev = format!("/dev/{disk}");
+    let sector: u64 = blockdev::attr(sys, disk, "queue/logical_block_size")
+        .and_then(|s| s.parse().ok())
+        .filter(|s: &u64| s.is_power_of_two() && *s >= 512)
+        .unwrap_or(512);
+    let size = blockdev::size_bytes(sys, disk);
+    let gpt = read_gpt(
+        &mut |offset, len| sys.read_dev(&dev, offset, len),
+        sector,
+        size,
+    )
+    .map_err(|e| format!("reading the partition table: {e}"))?;
+    let entry = gpt
+        .entries
+        .iter()
+        .find(|e| e.type_guid == ESP_TYPE)
+        .ok_or_else(|| "no EFI system partition in the partition table".to_string())?;
+    let number = entry.number().to_string();
+    boot.partitions
+        .iter()
+        .find(|p| blockdev::attr(sys, p, "partition").as_deref() == Some(number.as_str()))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "the EFI system partition is number {number}, but the kernel shows no \
+                 such partition"
+            )
+        })
+}
+
+/// Reads the channel. `boot` is the boot disk, or why it could not be found.
+pub fn gather(sys: &mut dyn ConfigSys, boot: Result<&BootDisk, &String>) -> Option<Finding> {
+    let boot = match boot {
+        Ok(b) => b,
+        Err(e) => {
+            return Some(Finding::error(
+                "esp",
+                "/",
+                format!("cannot find the boot disk: {e}"),
+            ))
+        }
+    };
+    let part = match find_esp(sys, boot) {
+        Ok(p) => p,
+        Err(e) => return Some(Finding::error("esp", format!("/dev/{}", boot.disk), e)),
+    };
+    let dev = format!("/dev/{part}");
+    match read_files(sys, &dev, "vfat", ESP_MOUNT, &[ESP_FILE]) {
+        Ok(files) => files
+            .into_iter()
+            .next()
+            .map(|f| Finding::parse("esp", format!("{dev}:/{}", f.name), &f.bytes)),
+        Err(e) => Some(Finding::error("esp", dev, e)),
+    }
+}

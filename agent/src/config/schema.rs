@@ -1,0 +1,333 @@
+//! The node config schema, the same TOML for every channel:
+//!
+//! ```toml
+//! schema = 1          # optional; any other value is an error
+//! hostname = "node-1" # RFC 1123 label(s): <= 63 characters each, <= 253 in all
+//! ```
+//!
+//! Text is checked in two steps: the keys and value types of the parsed table first, so a
+//! user gets every problem of a file at once in words that name the key and the value,
+//! then the serde DTO (`deny_unknown_fields`) as the final gate, and last the values
+//! themselves (the hostname's syntax) into the domain [`NodeConfig`].
+
+use std::fmt;
+
+use serde::Deserialize;
+
+/// The only schema version this agent understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// First line that marks a user-data document as kiln's (stripped before parsing).
+pub const MAGIC_LINE: &str = "#kiln-config";
+
+/// Largest config document accepted from any channel.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Every key of the schema, in the order they are documented and written.
+pub const KNOWN_KEYS: &[&str] = &["schema", "hostname"];
+
+/// The wire form of a config document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfigDto {
+    /// Schema version; only [`SCHEMA_VERSION`] is accepted.
+    pub schema: Option<i64>,
+    /// The node's hostname.
+    pub hostname: Option<String>,
+}
+
+/// A validated hostname: RFC 1123 labels, lowercase.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Hostname(String);
+
+impl Hostname {
+    /// Checks `text` and lowercases it (hostnames are case-insensitive, and Kubernetes
+    /// node names must be lowercase).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("a hostname cannot be empty".to_string());
+        }
+        if text.len() > 253 {
+            return Err(format!(
+                "{} characters is longer than the 253 a hostname may have",
+                text.len()
+            ));
+        }
+        for label in text.split('.') {
+            if label.is_empty() {
+                return Err(
+                    "empty label (a leading, trailing or doubled '.'); labels are separated \
+                     by single dots"
+                        .to_string(),
+                );
+            }
+            if label.len() > 63 {
+                return Err(format!(
+                    "label {label:?} has {} characters, more than the 63 allowed",
+                    label.len()
+                ));
+            }
+            if let Some(c) = label
+                .chars()
+                .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+            {
+                return Err(format!(
+                    "{c:?} is not allowed (only letters a-z, digits 0-9 and '-')"
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(format!("label {label:?} starts or ends with '-'"));
+            }
+        }
+        Ok(Hostname(text.to_ascii_lowercase()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One channel's validated configuration; `None` fields were not set by it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `schema`, when given (always [`SCHEMA_VERSION`]).
+    pub schema: Option<i64>,
+    /// `hostname`.
+    pub hostname: Option<Hostname>,
+}
+
+impl NodeConfig {
+    /// The `key=value` words for the console line (`hostname=node-1`); the schema
+    /// version says nothing to a reader and is left out.
+    pub fn summary(&self) -> String {
+        let words: Vec<String> = self
+            .hostname
+            .iter()
+            .map(|h| format!("hostname={h}"))
+            .collect();
+        if words.is_empty() {
+            "no settings".to_string()
+        } else {
+            words.join(" ")
+        }
+    }
+}
+
+/// One problem with a config document. The channel and place are added by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaError {
+    /// The bytes are not UTF-8.
+    NotUtf8 {
+        /// Offset of the first bad byte.
+        offset: usize,
+        /// The bad byte.
+        byte: u8,
+    },
+    /// More than [`MAX_CONFIG_BYTES`].
+    TooLarge {
+        /// The size seen.
+        bytes: usize,
+    },
+    /// Not TOML.
+    Syntax {
+        /// 1-based line, when known.
+        line: Option<usize>,
+        /// 1-based column, when known.
+        column: Option<usize>,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key the schema does not have.
+    UnknownKey {
+        /// The key (dotted for tables).
+        key: String,
+    },
+    /// A value of the wrong TOML type.
+    WrongType {
+        /// The key.
+        key: String,
+        /// What the schema wants (`a string`).
+        expected: &'static str,
+        /// The value's TOML type.
+        got_type: &'static str,
+        /// The value as TOML.
+        got: String,
+    },
+    /// A value of the right type that is not allowed.
+    BadValue {
+        /// The key.
+        key: String,
+        /// The value as TOML.
+        value: String,
+        /// Why it is refused.
+        why: String,
+    },
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SchemaError::NotUtf8 { offset, byte } => write!(
+                f,
+                "not UTF-8 text (byte {byte:#04x} at offset {offset}); the config must be \
+                 a UTF-8 TOML document"
+            ),
+            SchemaError::TooLarge { bytes } => write!(
+                f,
+                "{bytes} bytes is more than the {MAX_CONFIG_BYTES} a config may have"
+            ),
+            SchemaError::Syntax {
+                line,
+                column,
+                message,
+            } => {
+                write!(f, "not valid TOML")?;
+                if let (Some(l), Some(c)) = (line, column) {
+                    write!(f, " at line {l}, column {c}")?;
+                }
+                write!(f, ": {message}")
+            }
+            SchemaError::UnknownKey { key } => {
+                write!(f, "unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))
+            }
+            SchemaError::WrongType {
+                key,
+                expected,
+                got_type,
+                got,
+            } => write!(f, "{key}: expected {expected}, got {got_type} {got}"),
+            SchemaError::BadValue { key, value, why } => write!(f, "{key}: {value}: {why}"),
+        }
+    }
+}
+
+/// Turns a channel's bytes into text: UTF-8, size-capped, without a `#kiln-config`
+/// first line.
+pub fn config_text(bytes: &[u8]) -> Result<&str, SchemaError> {
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(SchemaError::TooLarge { bytes: bytes.len() });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| SchemaError::NotUtf8 {
+        offset: e.valid_up_to(),
+        byte: bytes[e.valid_up_to()],
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    Ok(strip_magic(text).unwrap_or(text))
+}
+
+/// The document after a `#kiln-config` first line, or None when it does not start with
+/// one.
+pub fn strip_magic(text: &str) -> Option<&str> {
+    let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
+    (first.trim_end() == MAGIC_LINE).then_some(rest)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Parses a config document's text.
+pub fn parse_text(text: &str) -> Result<NodeConfig, Vec<SchemaError>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let pos = e.span().map(|s| line_col(text, s.start));
+        vec![SchemaError::Syntax {
+            line: pos.map(|p| p.0),
+            column: pos.map(|p| p.1),
+            message: e.message().trim().to_string(),
+        }]
+    })?;
+    from_table(table)
+}
+
+/// Parses a config document's bytes (see [`config_text`]).
+pub fn parse_bytes(bytes: &[u8]) -> Result<NodeConfig, Vec<SchemaError>> {
+    parse_text(config_text(bytes).map_err(|e| vec![e])?)
+}
+
+fn wrong_type(key: &str, expected: &'static str, v: &toml::Value) -> SchemaError {
+    SchemaError::WrongType {
+        key: key.to_string(),
+        expected,
+        got_type: v.type_str(),
+        got: v.to_string(),
+    }
+}
+
+/// Checks a parsed table against the schema and validates it.
+pub fn from_table(table: toml::Table) -> Result<NodeConfig, Vec<SchemaError>> {
+    let mut errors = Vec::new();
+    for (key, value) in &table {
+        match key.as_str() {
+            "schema" => match value {
+                toml::Value::Integer(SCHEMA_VERSION) => {}
+                toml::Value::Integer(_) => errors.push(SchemaError::BadValue {
+                    key: key.clone(),
+                    value: value.to_string(),
+                    why: format!(
+                        "this agent understands schema {SCHEMA_VERSION} only (leave the \
+                         key out or set it to {SCHEMA_VERSION})"
+                    ),
+                }),
+                v => errors.push(wrong_type(key, "an integer", v)),
+            },
+            "hostname" => match value {
+                toml::Value::String(s) => {
+                    if let Err(why) = Hostname::parse(s) {
+                        errors.push(SchemaError::BadValue {
+                            key: key.clone(),
+                            value: value.to_string(),
+                            why,
+                        });
+                    }
+                }
+                v => errors.push(wrong_type(key, "a string", v)),
+            },
+            _ => errors.push(SchemaError::UnknownKey { key: key.clone() }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let dto = NodeConfigDto::deserialize(toml::Value::Table(table)).map_err(|e| {
+        vec![SchemaError::Syntax {
+            line: None,
+            column: None,
+            message: e.to_string().trim().to_string(),
+        }]
+    })?;
+    validate(dto).map_err(|e| vec![e])
+}
+
+/// Turns the DTO into the domain config.
+pub fn validate(dto: NodeConfigDto) -> Result<NodeConfig, SchemaError> {
+    if let Some(v) = dto.schema.filter(|v| *v != SCHEMA_VERSION) {
+        return Err(SchemaError::BadValue {
+            key: "schema".to_string(),
+            value: v.to_string(),
+            why: format!("this agent understands schema {SCHEMA_VERSION} only"),
+        });
+    }
+    let hostname = match dto.hostname {
+        Some(h) => Some(Hostname::parse(&h).map_err(|why| SchemaError::BadValue {
+            key: "hostname".to_string(),
+            value: toml::Value::String(h.clone()).to_string(),
+            why,
+        })?),
+        None => None,
+    };
+    Ok(NodeConfig {
+        schema: dto.schema,
+        hostname,
+    })
+}
