@@ -68,11 +68,26 @@ impl HttpError {
     pub fn is_transient(&self) -> bool {
         matches!(self, HttpError::Connect(_) | HttpError::Interrupted(_))
     }
+
+    /// Whether the host has no route (or no address) to reach the server yet: the network
+    /// is still being configured, as opposed to a server that does not answer.
+    pub fn is_no_route(&self) -> bool {
+        matches!(self, HttpError::Connect(e) if matches!(
+            e.kind(),
+            io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::NetworkDown
+        ))
+    }
 }
 
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            HttpError::Connect(e) if self.is_no_route() => {
+                write!(f, "cannot connect, no network route yet: {e}")
+            }
             HttpError::Connect(e) => write!(f, "cannot connect: {e}"),
             HttpError::Interrupted(m) => write!(f, "{m}"),
             HttpError::Malformed(m) => write!(f, "bad response: {m}"),

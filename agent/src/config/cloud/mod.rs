@@ -52,6 +52,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const PER_TRY: Duration = Duration::from_secs(5);
 /// Shortest timeout given to an attempt, even when the budget is spent.
 const MIN_TRY: Duration = Duration::from_millis(200);
+/// How long "no route to the metadata address" is retried, whatever the budget: DHCP can
+/// take longer than the budget on a slow (emulated, busy) machine, and a cloud VM without
+/// network has nothing better to do. Only reached on machines whose DMI names a cloud.
+pub const NETWORK_WAIT: Duration = Duration::from_secs(180);
+/// Once the network is up, a server that fails is retried at least this long, even when
+/// waiting for the network used up the budget.
+const GRACE_AFTER_NETWORK: Duration = Duration::from_secs(10);
 
 /// A supported cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,8 +238,9 @@ impl fmt::Display for CloudError {
 impl std::error::Error for CloudError {}
 
 /// Detects the cloud from the DMI folder `dmi` (normally `/sys/class/dmi/id`) and reads its
-/// user-data, retrying for at most `budget` while the network comes up. `Ok(None)` when
-/// DMI names no supported cloud.
+/// user-data. Failures are retried for at most `budget`, except that while the host has no
+/// route to the metadata address (DHCP still running) it waits up to [`NETWORK_WAIT`].
+/// `Ok(None)` when DMI names no supported cloud.
 pub fn fetch(dmi: &Path, budget: Duration) -> Result<Option<CloudUserData>, CloudError> {
     let Some(provider) = detect(&Dmi::read(dmi)) else {
         return Ok(None);
@@ -257,11 +265,14 @@ pub fn fetch_from(
     budget: Duration,
     media: &mut MediaReader<'_>,
 ) -> Result<CloudUserData, CloudError> {
-    let deadline = http.now() + budget;
+    let now = http.now();
     let mut s = Session {
         http,
         provider,
-        deadline,
+        deadline: now + budget,
+        net_deadline: now + budget.max(NETWORK_WAIT),
+        saw_no_route: false,
+        reachable_at: None,
     };
     match provider {
         Provider::Ec2 => ec2(&mut s),
@@ -402,7 +413,14 @@ fn oracle(s: &mut Session<'_>) -> Result<CloudUserData, CloudError> {
 struct Session<'a> {
     http: &'a mut dyn Http,
     provider: Provider,
+    /// When failures of a reachable server stop being retried.
     deadline: Instant,
+    /// When "no route" failures stop being retried.
+    net_deadline: Instant,
+    /// Whether a "no route" failure was seen.
+    saw_no_route: bool,
+    /// When the metadata address became reachable after "no route" failures.
+    reachable_at: Option<Instant>,
 }
 
 impl Session<'_> {
@@ -483,14 +501,25 @@ impl Session<'_> {
             attempts += 1;
             let remaining = self.deadline.saturating_duration_since(self.http.now());
             let timeout = remaining.clamp(MIN_TRY, PER_TRY);
-            let last = match self.http.send(req, timeout) {
-                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}", r.status),
+            let (last, no_route) = match self.http.send(req, timeout) {
+                Ok(r) if r.status == 429 || r.status >= 500 => {
+                    (format!("HTTP {}", r.status), false)
+                }
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_transient() => e.to_string(),
+                Err(e) if e.is_transient() => (e.to_string(), e.is_no_route()),
                 Err(e) => return Err(self.err(req.path, CloudErrorKind::Http(e))),
             };
             let now = self.http.now();
-            if now + delay > self.deadline {
+            self.saw_no_route |= no_route;
+            if !no_route && self.saw_no_route && self.reachable_at.is_none() {
+                self.reachable_at = Some(now);
+            }
+            let give_up_at = match (no_route, self.reachable_at) {
+                (true, _) => self.net_deadline,
+                (false, Some(t)) => self.deadline.max(t + GRACE_AFTER_NETWORK),
+                (false, None) => self.deadline,
+            };
+            if now + delay > give_up_at {
                 return Err(self.err(
                     req.path,
                     CloudErrorKind::GaveUp {

@@ -463,3 +463,33 @@ fn tcp_client_times_out_on_a_silent_server_and_retries_refusals() {
     );
     assert!(matches!(e.kind, CloudErrorKind::GaveUp { .. }), "{e}");
 }
+
+#[test]
+fn waits_longer_than_the_budget_for_a_route_then_gives_the_server_a_grace_period() {
+    let unreachable = || {
+        Err(HttpError::Connect(
+            std::io::ErrorKind::NetworkUnreachable.into(),
+        ))
+    };
+    // DHCP takes ~60 s: far over the 30 s budget, still within NETWORK_WAIT.
+    let mut answers: Vec<_> = (0..32).map(|_| unreachable()).collect();
+    answers.push(ok(404, ""));
+    let (r, s) = run(Provider::Oracle, answers);
+    assert_eq!(r.unwrap().text, None);
+    assert!(s.elapsed > Duration::from_secs(55), "{:?}", s.elapsed);
+
+    // The route appears late, then the server only drops connections: a grace period
+    // after the network came up, not the rest of NETWORK_WAIT.
+    let mut answers: Vec<_> = (0..32).map(|_| unreachable()).collect();
+    answers.extend((0..100).map(|_| Err(HttpError::Interrupted("closed".into()))));
+    let (r, s) = run(Provider::Oracle, answers);
+    assert!(matches!(r.unwrap_err().kind, CloudErrorKind::GaveUp { .. }));
+    assert!(s.elapsed < Duration::from_secs(80), "{:?}", s.elapsed);
+
+    // Never a route: gives up after NETWORK_WAIT and says why.
+    let answers: Vec<_> = (0..1000).map(|_| unreachable()).collect();
+    let (r, s) = run(Provider::Oracle, answers);
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("no network route yet"), "{e}");
+    assert!(s.elapsed <= NETWORK_WAIT && s.elapsed > NETWORK_WAIT - Duration::from_secs(3));
+}
