@@ -86,6 +86,25 @@ pub enum Serial {
     Stdio,
     /// A file (tests read it while the VM runs).
     File(PathBuf),
+    /// A Unix socket QEMU listens on (tests type into the console through
+    /// it), with everything the guest prints also written to `log`.
+    Socket {
+        /// The socket QEMU creates; connect to it after QEMU started.
+        path: PathBuf,
+        /// The log of the guest's output, complete from the first byte,
+        /// whether a client is connected or not.
+        log: PathBuf,
+    },
+}
+
+/// A file the guest reads through QEMU's fw_cfg interface
+/// (`/sys/firmware/qemu_fw_cfg/by_name/<name>/raw` with module qemu_fw_cfg).
+#[derive(Debug, Clone)]
+pub struct FwCfg {
+    /// The fw_cfg name, e.g. `opt/kiln/config` (user entries start with `opt/`).
+    pub name: String,
+    /// The host file whose bytes the guest sees.
+    pub file: PathBuf,
 }
 
 /// One VM.
@@ -107,6 +126,14 @@ pub struct Vm {
     pub serial: Serial,
     /// A user-mode NIC (NAT to the host).
     pub user_net: bool,
+    /// Options added to the user-mode NIC, e.g.
+    /// `guestfwd=tcp:169.254.169.254:80-cmd:...`.
+    pub user_net_options: Vec<String>,
+    /// Extra read-only raw disks after the boot disk (`/dev/vdb`, ...),
+    /// e.g. a NoCloud `cidata` volume.
+    pub drives: Vec<PathBuf>,
+    /// fw_cfg entries.
+    pub fw_cfg: Vec<FwCfg>,
     /// Extra arguments appended as they are.
     pub extra: Vec<String>,
 }
@@ -123,6 +150,9 @@ impl Vm {
             snapshot: true,
             serial: Serial::Stdio,
             user_net: true,
+            user_net_options: Vec::new(),
+            drives: Vec::new(),
+            fw_cfg: Vec::new(),
             extra: Vec::new(),
         }
     }
@@ -166,14 +196,45 @@ impl Vm {
             "-device".into(),
             "virtio-rng-pci".into(),
         ]);
+        for d in &self.drives {
+            a.extend([
+                "-drive".into(),
+                format!("file={},format=raw,if=virtio,readonly=on", d.display()),
+            ]);
+        }
         if self.user_net {
-            a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
+            let mut nic = String::from("user,model=virtio-net-pci");
+            for o in &self.user_net_options {
+                nic.push(',');
+                nic.push_str(o);
+            }
+            a.extend(["-nic".into(), nic]);
+        }
+        for f in &self.fw_cfg {
+            a.extend([
+                "-fw_cfg".into(),
+                format!("name={},file={}", f.name, f.file.display()),
+            ]);
         }
         match &self.serial {
             Serial::Stdio => a.extend(["-serial".into(), "mon:stdio".into()]),
             Serial::File(p) => a.extend([
                 "-serial".into(),
                 format!("file:{}", p.display()),
+                "-monitor".into(),
+                "none".into(),
+            ]),
+            // wait=off: the guest runs before anyone connects; the logfile
+            // still gets every byte.
+            Serial::Socket { path, log } => a.extend([
+                "-chardev".into(),
+                format!(
+                    "socket,id=ser0,path={},server=on,wait=off,logfile={}",
+                    path.display(),
+                    log.display()
+                ),
+                "-serial".into(),
+                "chardev:ser0".into(),
                 "-monitor".into(),
                 "none".into(),
             ]),
@@ -239,5 +300,58 @@ mod tests {
         );
         assert!(a.contains("-serial file:/s.log"), "{a}");
         assert!(!a.contains("kvm"), "{a}");
+    }
+
+    #[test]
+    fn socket_console_drives_and_fw_cfg() {
+        let fw = Firmware {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        };
+        let mut vm = Vm::new(Arch::X86_64, "/d.raw");
+        vm.serial = Serial::Socket {
+            path: "/t/ser.sock".into(),
+            log: "/t/ser.log".into(),
+        };
+        vm.drives.push("/t/cidata.img".into());
+        vm.fw_cfg.push(FwCfg {
+            name: "opt/kiln/config".into(),
+            file: "/t/kiln.toml".into(),
+        });
+        vm.user_net_options.push("hostfwd=udp::5353-:53".into());
+        let a = vm.args(&fw, Path::new("/mine.fd"));
+        let pair = |flag: &str, value: &str| a.windows(2).any(|w| w[0] == flag && w[1] == value);
+        assert!(
+            pair(
+                "-chardev",
+                "socket,id=ser0,path=/t/ser.sock,server=on,wait=off,logfile=/t/ser.log"
+            ),
+            "{a:?}"
+        );
+        assert!(pair("-serial", "chardev:ser0"), "{a:?}");
+        assert!(
+            pair(
+                "-drive",
+                "file=/t/cidata.img,format=raw,if=virtio,readonly=on"
+            ),
+            "{a:?}"
+        );
+        assert!(
+            pair("-fw_cfg", "name=opt/kiln/config,file=/t/kiln.toml"),
+            "{a:?}"
+        );
+        assert!(
+            pair("-nic", "user,model=virtio-net-pci,hostfwd=udp::5353-:53"),
+            "{a:?}"
+        );
+        // The boot disk stays first, so it is /dev/vda and extra disks follow.
+        let first_drive = a
+            .windows(2)
+            .find(|w| w[0] == "-drive" && w[1].contains("if=virtio"))
+            .map(|w| w[1].clone());
+        assert_eq!(
+            first_drive.as_deref(),
+            Some("file=/d.raw,format=raw,if=virtio,snapshot=on")
+        );
     }
 }

@@ -1,14 +1,22 @@
-//! Helpers for the QEMU tests: build the default profile once per arch with
-//! the real kiln library, boot it under TCG with the real firmware, and
-//! watch the serial console.
+//! Helpers for the QEMU tests: build each profile once per arch with the
+//! real kiln library, boot it under TCG with the real firmware, watch the
+//! serial console and type into the debug shell on it, and the host-side
+//! fixtures the node's config channels read (cidata volumes, the ESP's
+//! kiln.toml, fw_cfg files) plus the SNTP server timesyncd syncs from.
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kiln::arch::Arch;
+
+pub mod metadata;
+pub mod sntp;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -46,72 +54,163 @@ impl Built {
     }
 }
 
-static BUILDS: OnceLock<Mutex<Vec<(Arch, bool, Built)>>> = OnceLock::new();
+/// One image the tests need: which profile, which arch, how it is built.
+/// Each distinct spec is built at most once per test process.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Spec {
+    /// Profile path relative to the repository root.
+    profile: String,
+    arch: Arch,
+    all_formats: bool,
+    debug_shell: bool,
+    append_cmdline: Vec<String>,
+    /// Output folder name under [`work_dir`].
+    out: String,
+}
 
-/// Builds `profiles/qemu.toml` for `arch` as the profile says (a raw image),
-/// once per test process.
+type Slot = Arc<Mutex<Option<Built>>>;
+static BUILDS: OnceLock<Mutex<BTreeMap<Spec, Slot>>> = OnceLock::new();
+
+/// `profiles/qemu.toml` for `arch` with the debug shell on the serial
+/// console (`kiln build --debug-shell`) and `kiln.hostname=`[`cmdline_hostname`]
+/// on the kernel command line; raw only. Built once per test process.
 pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
-    build_once(arch, false)
+    build_once(Spec {
+        profile: "profiles/qemu.toml".into(),
+        arch,
+        all_formats: false,
+        debug_shell: true,
+        append_cmdline: vec![format!("kiln.hostname={}", cmdline_hostname(arch))],
+        out: "out-debug".into(),
+    })
 }
 
-/// Builds `profiles/qemu.toml` for `arch` in every output format, once per
-/// test process; the other formats sit beside the raw image
-/// ([`Built::output`]). Slower than [`default_image`]: only for the tests of
-/// the formats themselves.
+/// The hostname [`default_image`] puts on its kernel command line:
+/// `cmdline-x86-64` or `cmdline-arm64` (RFC 1123 labels have no `_`).
+pub fn cmdline_hostname(arch: Arch) -> String {
+    format!("cmdline-{}", arch.name().replace('_', "-"))
+}
+
+/// `profiles/qemu.toml` for `arch` as the profile says (no debug shell, no
+/// extra command line) in every output format, once per test process; the
+/// other formats sit beside the raw image ([`Built::output`]).
 pub fn image_with_all_formats(arch: Arch) -> anyhow::Result<Built> {
-    build_once(arch, true)
+    build_once(Spec {
+        profile: "profiles/qemu.toml".into(),
+        arch,
+        all_formats: true,
+        debug_shell: false,
+        append_cmdline: Vec::new(),
+        out: "out-formats".into(),
+    })
 }
 
-fn build_once(arch: Arch, all_formats: bool) -> anyhow::Result<Built> {
-    let lock = BUILDS.get_or_init(|| Mutex::new(Vec::new()));
-    let mut done = lock
+/// Another profile (`profiles/homelab.toml`, `profiles/cloud.toml`, given
+/// relative to the repository root) for `arch` as it says, raw only, once
+/// per test process.
+pub fn profile_image(profile: &str, arch: Arch) -> anyhow::Result<Built> {
+    let stem = Path::new(profile)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "profile".into());
+    build_once(Spec {
+        profile: profile.into(),
+        arch,
+        all_formats: false,
+        debug_shell: false,
+        append_cmdline: Vec::new(),
+        out: format!("out-{stem}"),
+    })
+}
+
+fn build_once(spec: Spec) -> anyhow::Result<Built> {
+    let slot = {
+        let map = BUILDS.get_or_init(|| Mutex::new(BTreeMap::new()));
+        let mut map = map
+            .lock()
+            .map_err(|_| anyhow::anyhow!("an earlier image build panicked"))?;
+        map.entry(spec.clone()).or_default().clone()
+    };
+    // Only this image's slot is held while it builds: other images build
+    // at the same time and finished ones are handed out at once.
+    let mut slot = slot
         .lock()
-        .map_err(|_| anyhow::anyhow!("an earlier image build panicked"))?;
-    if let Some((_, _, b)) = done
-        .iter()
-        .find(|(a, all, _)| *a == arch && *all == all_formats)
-    {
+        .map_err(|_| anyhow::anyhow!("an earlier build of {spec:?} panicked"))?;
+    if let Some(b) = slot.as_ref() {
         return Ok(b.clone());
     }
-    let profile = kiln::profile::Profile::load(&repo_root().join("profiles/qemu.toml"))?;
-    let out = work_dir().join(if all_formats { "out-formats" } else { "out" });
+    let path = repo_root().join(&spec.profile);
+    let mut profile = kiln::profile::Profile::load(&path)?;
+    if spec.debug_shell {
+        profile.enable_debug_shell()?;
+    }
+    profile.append_cmdline(&spec.append_cmdline)?;
     let cache = kiln::fetch::Cache::from_env()?;
     let opts = kiln::build::BuildOptions {
-        arches: vec![arch],
-        out: out.clone(),
+        arches: vec![spec.arch],
+        out: work_dir().join(&spec.out),
         epoch: None,
         agent: kiln::build::AgentSource::from_env(),
-        formats: all_formats.then(|| kiln::profile::Format::ALL.to_vec()),
+        // Raw only unless every format is wanted: the VMs boot the raw
+        // image, whatever the profile publishes (homelab: raw.zst).
+        formats: Some(if spec.all_formats {
+            kiln::profile::Format::ALL.to_vec()
+        } else {
+            vec![kiln::profile::Format::Raw]
+        }),
     };
     let ui = kiln::build::Ui::new(true);
+    let started = Instant::now();
     let reports = kiln::build::build(&profile, &cache, &opts, &ui)
-        .with_context(|| format!("building the default image for {arch}"))?;
+        .with_context(|| format!("building {} for {}", spec.profile, spec.arch))?;
     let r = reports
         .into_iter()
         .next()
         .context("build returned no image")?;
+    eprintln!(
+        "built {} ({}) in {:.1} s",
+        r.image.display(),
+        spec.arch,
+        started.elapsed().as_secs_f64()
+    );
     let b = Built {
         image: r.image.clone(),
         manifest: r.manifest.clone(),
     };
-    done.push((arch, all_formats, b.clone()));
+    *slot = Some(b.clone());
     Ok(b)
 }
 
-/// A running VM whose serial console goes to a file.
+/// Markers of a boot that went wrong: waits end early on them.
+const FATAL: [&str; 2] = ["kiln-init: FATAL", "Kernel panic"];
+
+/// A running VM whose serial console is a socket the test can type into,
+/// with everything the guest printed in a log file.
 pub struct RunningVm {
     child: Child,
-    serial: PathBuf,
+    log: PathBuf,
+    console_in: Option<UnixStream>,
     started: Instant,
+    commands: u32,
+    shell_set_up: bool,
     _scratch: tempfile::TempDir,
 }
 
 impl RunningVm {
-    /// Boots `vm` (its serial setting is replaced by a file).
+    /// Boots `vm` (its serial setting is replaced by a socket plus log)
+    /// and connects to the console. Starts the SNTP server for the guest's
+    /// timesyncd if it can (see [`sntp::ensure_server`]).
     pub fn start(mut vm: kiln::qemu::Vm) -> anyhow::Result<RunningVm> {
+        // Boots that need a synced clock check `ensure_server()` themselves
+        // to fail with its message; the others do not care.
+        let _ = sntp::ensure_server();
         let scratch = tempfile::tempdir()?;
-        let serial = scratch.path().join("serial.log");
-        vm.serial = kiln::qemu::Serial::File(serial.clone());
+        let log = scratch.path().join("serial.log");
+        let socket = scratch.path().join("serial.sock");
+        vm.serial = kiln::qemu::Serial::Socket {
+            path: socket.clone(),
+            log: log.clone(),
+        };
         let mut cmd = vm.command(scratch.path())?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -119,17 +218,60 @@ impl RunningVm {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", kiln::qemu::qemu_binary(vm.arch)))?;
-        Ok(RunningVm {
+        let mut running = RunningVm {
             child,
-            serial,
+            log,
+            console_in: None,
             started: Instant::now(),
+            commands: 0,
+            shell_set_up: false,
             _scratch: scratch,
-        })
+        };
+        running.console_in = Some(running.connect(&socket)?);
+        Ok(running)
+    }
+
+    /// Connects to QEMU's console socket and drains what the guest prints
+    /// (the log file has it all; an unread socket would stall the guest's
+    /// serial port).
+    fn connect(&mut self, socket: &Path) -> anyhow::Result<UnixStream> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match UnixStream::connect(socket) {
+                Ok(s) => {
+                    let mut reader = s
+                        .try_clone()
+                        .with_context(|| format!("{}: cloning the socket", socket.display()))?;
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+                    });
+                    return Ok(s);
+                }
+                Err(e) => {
+                    if let Some(status) = self.child.try_wait()? {
+                        bail!("QEMU exited ({status}) at start: {}", self.stderr());
+                    }
+                    if Instant::now() > deadline {
+                        bail!("{}: QEMU's console socket: {e}", socket.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        err
     }
 
     /// Everything the guest printed so far (lossy UTF-8, carriage returns dropped).
     pub fn console(&self) -> String {
-        let bytes = std::fs::read(&self.serial).unwrap_or_default();
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
         String::from_utf8_lossy(&bytes).replace('\r', "")
     }
 
@@ -139,8 +281,8 @@ impl RunningVm {
     }
 
     /// Waits until every marker has appeared on the console. Fails early on
-    /// a marker of a failed boot, on QEMU exiting, or after `timeout`;
-    /// every failure carries the last console lines.
+    /// a marker of a failed boot, on QEMU exiting, or after `timeout` (from
+    /// QEMU's start); every failure carries the last console lines.
     pub fn wait_for(&mut self, markers: &[&str], timeout: Duration) -> anyhow::Result<String> {
         self.wait(markers, timeout, true)
     }
@@ -161,35 +303,122 @@ impl RunningVm {
         timeout: Duration,
         fatal_ends: bool,
     ) -> anyhow::Result<String> {
-        const FATAL: [&str; 3] = ["kiln-init: FATAL", "Kernel panic", "end Kernel panic"];
+        self.wait_until(timeout, fatal_ends, &format!("{markers:?}"), |text| {
+            markers.iter().all(|m| text.contains(m))
+        })
+    }
+
+    fn wait_until(
+        &mut self,
+        timeout: Duration,
+        fatal_ends: bool,
+        what: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
         loop {
             let text = self.console();
-            if markers.iter().all(|m| text.contains(m)) {
+            if done(&text) {
                 return Ok(text);
             }
             if let Some(f) = FATAL.iter().find(|f| fatal_ends && text.contains(*f)) {
                 bail!("boot failed ({f:?} on the console)\n{}", tail(&text, 60));
             }
             if let Some(status) = self.child.try_wait()? {
-                let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
+                let err = self.stderr();
                 bail!(
-                    "QEMU exited ({status}) before {markers:?} appeared: {err}\n{}",
+                    "QEMU exited ({status}) before {what} appeared: {err}\n{}",
                     tail(&text, 60)
                 );
             }
             if self.started.elapsed() > timeout {
-                let missing: Vec<_> = markers.iter().filter(|m| !text.contains(*m)).collect();
                 bail!(
-                    "timed out after {timeout:?} waiting for {missing:?}\n{}",
+                    "timed out after {timeout:?} waiting for {what}\n{}",
                     tail(&text, 60)
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Types `line` and Enter on the serial console.
+    pub fn send_line(&mut self, line: &str) -> anyhow::Result<()> {
+        let s = self
+            .console_in
+            .as_mut()
+            .context("not connected to the console")?;
+        s.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| s.flush())
+            .context("typing on the serial console")
+    }
+
+    /// Waits for the debug shell (the serial getty's autologin, see
+    /// `kiln build --debug-shell`) and makes it easy to read: no line
+    /// wrapping, no terminal escapes. `timeout` counts from QEMU's start.
+    pub fn wait_for_shell(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        if self.shell_set_up {
+            return Ok(());
+        }
+        self.wait_until(timeout, true, "the root shell prompt", |text| {
+            text.find("(automatic login)")
+                .map(|at| text[at..].contains("# "))
+                .unwrap_or(false)
+        })?;
+        self.shell_set_up = true;
+        // A wide terminal keeps readline from wrapping (and splitting) the
+        // typed commands in the echo.
+        self.run(
+            "stty cols 2000 rows 50; export TERM=dumb; bind 'set enable-bracketed-paste off' 2>/dev/null",
+            Duration::from_secs(60),
+        )?;
+        Ok(())
+    }
+
+    /// Runs `cmd` in the debug shell and returns what it printed; a
+    /// non-zero exit status is an error with the output.
+    pub fn run(&mut self, cmd: &str, timeout: Duration) -> anyhow::Result<String> {
+        let (status, out) = self.run_status(cmd, timeout)?;
+        if status != 0 {
+            bail!("`{cmd}` exited with status {status}:\n{out}");
+        }
+        Ok(out)
+    }
+
+    /// Runs `cmd` in the debug shell: (exit status, what it printed). The
+    /// command is followed by an echo of an end marker that the shell
+    /// computes (`$((40+2))`), so the typed text itself never matches it.
+    /// `timeout` counts from now.
+    pub fn run_status(&mut self, cmd: &str, timeout: Duration) -> anyhow::Result<(i32, String)> {
+        if !self.shell_set_up {
+            self.wait_for_shell(Duration::from_secs(900))?;
+        }
+        self.commands += 1;
+        let n = self.commands;
+        let typed_end = format!("KILN-END-$((40+2))-{n}-$?");
+        let marker = format!("KILN-END-42-{n}-");
+        let from = self.console().len();
+        self.send_line(&format!("{cmd}; echo {typed_end}"))?;
+        let deadline = self.started.elapsed() + timeout;
+        let text = self.wait_until(deadline, true, &format!("the end of `{cmd}`"), |text| {
+            text.get(from..)
+                .and_then(|t| t.find(&marker).map(|at| t[at..].contains('\n')))
+                .unwrap_or(false)
+        })?;
+        let new = text.get(from..).unwrap_or_default();
+        let at = new.find(&marker).unwrap_or(0);
+        let status_text: String = new[at + marker.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        let status = status_text
+            .parse()
+            .with_context(|| format!("`{cmd}`: no exit status after {marker}"))?;
+        // Output starts after the echo of the typed line.
+        let before = &new[..at];
+        let start = before
+            .find(&typed_end)
+            .and_then(|p| before[p..].find('\n').map(|q| p + q + 1))
+            .unwrap_or(0);
+        Ok((status, before[start..].to_string()))
     }
 }
 
@@ -213,11 +442,11 @@ pub fn tail(text: &str, n: usize) -> String {
 
 /// Copies a byte range of a file into a new file (to hand one partition to a checker).
 pub fn extract_range(src: &Path, offset: u64, len: u64, dst: &Path) -> anyhow::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
     let mut f = std::fs::File::open(src).with_context(|| src.display().to_string())?;
     f.seek(SeekFrom::Start(offset))?;
     let mut out = std::fs::File::create(dst).with_context(|| dst.display().to_string())?;
-    let n = std::io::copy(&mut f.by_ref().take(len), &mut out)?;
+    let n = std::io::copy(&mut Read::by_ref(&mut f).take(len), &mut out)?;
     if n != len {
         bail!("{}: short read at {offset}+{len}", src.display());
     }
@@ -260,14 +489,14 @@ pub fn flip_byte(path: &Path, offset: u64) -> anyhow::Result<()> {
 }
 
 /// The `kiln-report:` line's `key=value` fields (values unquoted).
-pub fn report_fields(console: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+pub fn report_fields(console: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let line = console
         .lines()
         .rev()
         .find(|l| l.contains("kiln-report:"))
         .context("no kiln-report line on the console")?;
     let rest = &line[line.find("kiln-report:").unwrap_or(0) + "kiln-report:".len()..];
-    let mut out = std::collections::BTreeMap::new();
+    let mut out = BTreeMap::new();
     let mut chars = rest.chars().peekable();
     while chars.peek().is_some() {
         while chars.peek() == Some(&' ') {
@@ -300,6 +529,11 @@ pub fn report_fields(console: &str) -> anyhow::Result<std::collections::BTreeMap
     Ok(out)
 }
 
+/// The console lines that contain `needle` (to show in assertion messages).
+pub fn lines_with<'a>(console: &'a str, needle: &str) -> Vec<&'a str> {
+    console.lines().filter(|l| l.contains(needle)).collect()
+}
+
 /// The manifest's partition entry with `role`: (offset, size).
 pub fn partition(manifest: &Path, role: &str) -> anyhow::Result<(u64, u64)> {
     let m = kiln::output::manifest::Manifest::read(manifest).map_err(anyhow::Error::msg)?;
@@ -327,4 +561,160 @@ pub fn check_tool(program: &str, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(stdout)
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("{}: path is not UTF-8", p.display()))
+}
+
+/// Writes `files` (name, bytes) into a fresh folder under `dir` and
+/// returns it.
+fn stage(dir: &Path, what: &str, files: &[(&str, &[u8])]) -> anyhow::Result<PathBuf> {
+    let staged = dir.join(format!("{what}-files"));
+    std::fs::create_dir_all(&staged).with_context(|| staged.display().to_string())?;
+    for (name, bytes) in files {
+        let p = staged.join(name);
+        std::fs::write(&p, bytes).with_context(|| p.display().to_string())?;
+    }
+    Ok(staged)
+}
+
+/// A NoCloud volume: a 4 MiB FAT image labelled `CIDATA` in `dir` holding
+/// `files` (name, bytes) in its root folder, written by mkfs.fat and mcopy.
+pub fn cidata_vfat(dir: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<PathBuf> {
+    let img = dir.join("cidata.vfat");
+    let _ = std::fs::remove_file(&img);
+    check_tool("mkfs.fat", &["-C", "-n", "CIDATA", path_str(&img)?, "4096"])?;
+    let staged = stage(dir, "cidata-vfat", files)?;
+    for (name, _) in files {
+        let src = staged.join(name);
+        check_tool(
+            "mcopy",
+            &[
+                "-i",
+                path_str(&img)?,
+                path_str(&src)?,
+                &format!("::/{name}"),
+            ],
+        )?;
+    }
+    Ok(img)
+}
+
+/// A NoCloud volume: an ISO 9660 image (Rock Ridge and Joliet names)
+/// with volume id `cidata` in `dir` holding `files`, written by xorriso.
+pub fn cidata_iso(dir: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<PathBuf> {
+    let img = dir.join("cidata.iso");
+    let _ = std::fs::remove_file(&img);
+    let staged = stage(dir, "cidata-iso", files)?;
+    check_tool(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-V",
+            "cidata",
+            "-J",
+            "-r",
+            "-o",
+            path_str(&img)?,
+            path_str(&staged)?,
+        ],
+    )?;
+    Ok(img)
+}
+
+/// A copy of `image` in `dir` whose ESP (found through `manifest`) holds
+/// `/name` with `bytes`, written by mcopy into the FAT in place. The ESP
+/// stays clean for fsck.fat (checked here).
+pub fn set_esp_file(
+    image: &Path,
+    manifest: &Path,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> anyhow::Result<PathBuf> {
+    let copy = copy_image(image, dir)?;
+    let (offset, size) = partition(manifest, "esp")?;
+    let src = stage(dir, "esp", &[(name, bytes)])?.join(name);
+    let target = format!("{}@@{offset}", path_str(&copy)?);
+    check_tool(
+        "mcopy",
+        &["-o", "-i", &target, path_str(&src)?, &format!("::/{name}")],
+    )?;
+    let back = check_tool("mtype", &["-i", &target, &format!("::/{name}")])?;
+    if back.as_bytes() != bytes && std::str::from_utf8(bytes).is_ok() {
+        bail!("{}: ::/{name} reads back as {back:?}", copy.display());
+    }
+    let esp = dir.join("esp-check.fat");
+    extract_range(&copy, offset, size, &esp)?;
+    check_tool("fsck.fat", &["-n", path_str(&esp)?])?;
+    std::fs::remove_file(&esp).with_context(|| esp.display().to_string())?;
+    Ok(copy)
+}
+
+/// The fw_cfg entry the agent reads its config from
+/// (`opt/kiln/config`), with `bytes` written to a file in `dir`.
+pub fn fw_cfg_config(dir: &Path, bytes: &[u8]) -> anyhow::Result<kiln::qemu::FwCfg> {
+    let file = dir.join("fw_cfg-kiln.toml");
+    std::fs::write(&file, bytes).with_context(|| file.display().to_string())?;
+    Ok(kiln::qemu::FwCfg {
+        name: "opt/kiln/config".into(),
+        file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn cidata_volumes_carry_the_label_and_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = b"hostname = \"cidata-x\"\n";
+        let vfat = cidata_vfat(dir.path(), &[("kiln.toml", toml)]).unwrap();
+        // Independent readers: fsck.fat, blkid, mtype.
+        check_tool("fsck.fat", &["-n", vfat.to_str().unwrap()]).unwrap();
+        let label = check_tool(
+            "blkid",
+            &["-p", "-o", "value", "-s", "LABEL", vfat.to_str().unwrap()],
+        )
+        .unwrap();
+        assert_eq!(label.trim(), "CIDATA");
+        let back = check_tool("mtype", &["-i", vfat.to_str().unwrap(), "::/kiln.toml"]).unwrap();
+        assert_eq!(back.as_bytes(), toml);
+
+        let iso = cidata_iso(dir.path(), &[("kiln.toml", toml)]).unwrap();
+        let probe = check_tool("blkid", &["-p", "-o", "export", iso.to_str().unwrap()]).unwrap();
+        assert!(probe.contains("TYPE=iso9660"), "{probe}");
+        assert!(probe.contains("LABEL=cidata"), "{probe}");
+        let listing = check_tool(
+            "xorriso",
+            &[
+                "-indev",
+                iso.to_str().unwrap(),
+                "-osirrox",
+                "on",
+                "-extract",
+                "/kiln.toml",
+                dir.path().join("back.toml").to_str().unwrap(),
+            ],
+        );
+        listing.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("back.toml")).unwrap(), toml);
+    }
+
+    #[test]
+    fn report_fields_reads_quoted_values() {
+        let f = report_fields(
+            "x\nkiln-report: arch=x86_64 stub=\"systemd-stub 252\" hostname=n-1 failed=0\n",
+        )
+        .unwrap();
+        assert_eq!(f["stub"], "systemd-stub 252");
+        assert_eq!(f["hostname"], "n-1");
+        assert_eq!(f["failed"], "0");
+    }
 }

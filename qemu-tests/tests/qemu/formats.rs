@@ -1,14 +1,14 @@
 //! The published formats hold the same disk: each is checked by an
-//! independent tool against the raw image, and the qcow2 boots.
+//! independent tool against the raw image, and the qcow2 boots. The plain
+//! image has no hostname anywhere, so the node names itself from its
+//! machine-id.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
-
-use std::time::Duration;
 
 use kiln::arch::Arch;
 use kiln_qemu_tests::{check_tool, image_with_all_formats, report_fields, RunningVm};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
+use crate::{config_hostname, BOOT_TIMEOUT};
 
 fn same_disk(arch: Arch) {
     let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
@@ -58,7 +58,7 @@ fn qcow2_boots(arch: Arch) {
     vm.disk_format = "qcow2".into();
     let mut vm = RunningVm::start(vm).unwrap_or_else(|e| panic!("{e:#}"));
     let text = vm
-        .wait_for(&["kiln-report:"], BOOT_TIMEOUT)
+        .wait_for(&["kiln-report:", "(from machine-id)"], BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
     eprintln!(
         "{arch}: qcow2 report {:.1} s after QEMU started",
@@ -75,6 +75,14 @@ fn qcow2_boots(arch: Arch) {
         Some("0"),
         "{arch}: {fields:?}"
     );
+    let (name, channel) = config_hostname(&text).unwrap_or_default();
+    assert_eq!(channel, "machine-id", "{arch}: {name} from {channel}");
+    let hex = name.strip_prefix("kiln-").unwrap_or_default();
+    assert!(
+        hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{arch}: hostname {name:?} is not kiln-<8 hex>"
+    );
+    assert_eq!(fields.get("hostname"), Some(&name), "{arch}: {fields:?}");
 }
 
 #[test]

@@ -1,27 +1,31 @@
 //! First boot on a bigger disk: the init grows the partition table, creates
 //! and formats `var` up to the end of the disk, and /var plus the machine-id
-//! survive a reboot. The root stays read-only.
+//! survive a reboot. The root stays read-only. The plain image (no hostname
+//! on its command line) takes its hostname from a cidata volume on the
+//! first boot and from fw_cfg on the second.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
-use std::time::Duration;
-
 use kiln::arch::Arch;
-use kiln_qemu_tests::{check_tool, copy_image, default_image, report_fields, RunningVm};
+use kiln_qemu_tests::{
+    check_tool, cidata_vfat, copy_image, fw_cfg_config, image_with_all_formats, report_fields,
+    RunningVm,
+};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(480);
+use crate::{assert_hostname_from, BOOT_TIMEOUT};
+
 const GROW: u64 = 2 << 30;
 const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
 
 fn boot(
-    arch: Arch,
-    image: &std::path::Path,
+    mut vm: kiln::qemu::Vm,
+    hostname_line: &str,
 ) -> (String, std::collections::BTreeMap<String, String>) {
-    let mut vm = kiln::qemu::Vm::new(arch, image);
+    let arch = vm.arch;
     vm.snapshot = false;
     let mut vm = RunningVm::start(vm).unwrap_or_else(|e| panic!("{e:#}"));
     let text = vm
-        .wait_for(&["kiln-report:"], BOOT_TIMEOUT)
+        .wait_for(&["kiln-report:", hostname_line], BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
     eprintln!("{arch}: report {:.1} s after QEMU started", vm.elapsed());
     let fields = report_fields(&text).unwrap();
@@ -30,7 +34,8 @@ fn boot(
 }
 
 fn var_persists(arch: Arch) {
-    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    // The plain profile: the debug image's command line hostname would win.
+    let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
     let dir = tempfile::tempdir().unwrap();
     let image = copy_image(&built.image, dir.path()).unwrap();
     let size = std::fs::metadata(&image).unwrap().len() + GROW;
@@ -42,8 +47,17 @@ fn var_persists(arch: Arch) {
         .unwrap();
     let img = image.display().to_string();
 
-    let (text, first) = boot(arch, &image);
+    let mut vm = kiln::qemu::Vm::new(arch, &image);
+    vm.drives
+        .push(cidata_vfat(dir.path(), &[("kiln.toml", b"hostname = \"cidata-var\"\n")]).unwrap());
+    let (text, first) = boot(vm, "kiln-config: hostname cidata-var");
     let tail = kiln_qemu_tests::tail(&text, 40);
+    assert_hostname_from(&text, "cidata-var", "cidata", &format!("{arch} first boot"));
+    assert_eq!(
+        first.get("hostname").map(String::as_str),
+        Some("cidata-var"),
+        "{arch}: {first:?}"
+    );
     assert_eq!(
         first.get("var").map(String::as_str),
         Some("/dev/vda4"),
@@ -88,8 +102,17 @@ fn var_persists(arch: Arch) {
         "{arch}: var does not end at sector {last_usable}:\n{info}"
     );
 
-    let (text, second) = boot(arch, &image);
+    let mut vm = kiln::qemu::Vm::new(arch, &image);
+    vm.fw_cfg
+        .push(fw_cfg_config(dir.path(), b"hostname = \"fwcfg-var\"\n").unwrap());
+    let (text, second) = boot(vm, "kiln-config: hostname fwcfg-var");
     let tail = kiln_qemu_tests::tail(&text, 40);
+    assert_hostname_from(&text, "fwcfg-var", "fw_cfg", &format!("{arch} second boot"));
+    assert_eq!(
+        second.get("hostname").map(String::as_str),
+        Some("fwcfg-var"),
+        "{arch}: {second:?}"
+    );
     assert_eq!(
         second.get("var").map(String::as_str),
         Some("/dev/vda4"),

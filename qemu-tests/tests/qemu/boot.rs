@@ -1,0 +1,175 @@
+//! Boots the default image of each arch under TCG with UEFI firmware and
+//! checks what a user would: the UKI booted, the root is read-only, systemd
+//! reached multi-user with nothing failed, `uname -m` is right, the node
+//! took its hostname from the kernel command line over the fw_cfg and
+//! cidata channels (which it read too), preflight passed, and in the debug
+//! shell on the serial console: the hostname, the container image that
+//! kiln-images.service imported into containerd, a container that runs,
+//! and `kiln-agent preflight` passing again.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use kiln::arch::Arch;
+use kiln_qemu_tests::{
+    cidata_vfat, cmdline_hostname, default_image, fw_cfg_config, repo_root, report_fields,
+    RunningVm,
+};
+
+use crate::{assert_channel_read, assert_hostname_from, need_sntp, PREFLIGHT_TIMEOUT};
+
+/// The reference of the first `[[container_image]]` of profiles/qemu.toml.
+fn container_ref() -> String {
+    let path = repo_root().join("profiles/qemu.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let v: toml::Value = toml::from_str(&text).unwrap();
+    let first = v
+        .get("container_image")
+        .and_then(|c| c.as_array())
+        .and_then(|a| a.first())
+        .unwrap_or_else(|| panic!("{}: no [[container_image]]", path.display()));
+    ["ref", "reference", "name"]
+        .iter()
+        .find_map(|k| first.get(*k).and_then(|r| r.as_str()))
+        .unwrap_or_else(|| panic!("{}: [[container_image]] without a ref", path.display()))
+        .to_string()
+}
+
+fn boots_to_multi_user(arch: Arch) {
+    need_sntp();
+    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = kiln::qemu::Vm::new(arch, &built.image);
+    vm.drives
+        .push(cidata_vfat(dir.path(), &[("kiln.toml", b"hostname = \"cidata-x\"\n")]).unwrap());
+    vm.fw_cfg
+        .push(fw_cfg_config(dir.path(), b"hostname = \"fwcfg-x\"\n").unwrap());
+    let mut vm = RunningVm::start(vm).unwrap_or_else(|e| panic!("{e:#}"));
+    vm.wait_for(&["kiln-preflight: passed"], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    let preflight_secs = vm.elapsed();
+    eprintln!("{arch}: QEMU start to `kiln-preflight: passed`: {preflight_secs:.1} s");
+    let text = vm
+        .wait_for(&["kiln-report:"], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    eprintln!("{arch}: report {:.1} s after QEMU started", vm.elapsed());
+    let tail = kiln_qemu_tests::tail(&text, 40);
+
+    // The initramfs init found the root by its type GUID and handed over.
+    assert!(
+        text.contains("kiln-init: switching"),
+        "{arch}: init did not switch root\n{tail}"
+    );
+    let report = text
+        .lines()
+        .find(|l| l.contains("kiln-report:"))
+        .unwrap_or_default();
+    // uname -m inside the guest.
+    assert!(
+        report.contains(&format!("arch={}", arch.uname_machine())),
+        "{arch}: {report}"
+    );
+    // systemd-stub sets StubInfo: only a UKI boot has it.
+    assert!(
+        report.contains("stub=\"systemd-stub"),
+        "{arch}: not booted through the UKI: {report}"
+    );
+    assert!(
+        report.contains("root_mode=ro"),
+        "{arch}: root is not read-only: {report}"
+    );
+    // The root came through dm-verity, and the 512 MiB image has no room for
+    // var: the profile allows a tmpfs, and the init said so.
+    assert!(
+        report.contains("root=/dev/dm-0") && report.contains("verity=on:dm-0:"),
+        "{arch}: root not mounted through dm-verity: {report}"
+    );
+    assert!(report.contains("var=tmpfs"), "{arch}: {report}");
+    assert!(
+        text.contains("/var stays on a tmpfs") || text.contains("keeping /var on a tmpfs"),
+        "{arch}: no word about /var on a tmpfs\n{tail}"
+    );
+    assert!(
+        report.contains("failed=0"),
+        "{arch}: failed units: {report}\n{tail}"
+    );
+    // The report runs after multi-user.target and waits for the boot to
+    // finish: `running` means the default target was reached, nothing failed.
+    assert!(
+        report.contains("state=running"),
+        "{arch}: system not running: {report}\n{tail}"
+    );
+    assert!(
+        text.contains("default target multi-user.target"),
+        "{arch}: default target is not multi-user\n{tail}"
+    );
+
+    // Config channels: the command line wins, fw_cfg and cidata were read.
+    let host = cmdline_hostname(arch);
+    assert_hostname_from(&text, &host, "cmdline", arch.name());
+    assert_channel_read(&text, "cmdline", &host, arch.name());
+    assert_channel_read(&text, "fw_cfg", "fwcfg-x", arch.name());
+    assert_channel_read(&text, "cidata", "cidata-x", arch.name());
+    assert!(
+        !text.contains("kiln-config: ERROR"),
+        "{arch}: {:#?}",
+        kiln_qemu_tests::lines_with(&text, "kiln-config:")
+    );
+    let fields = report_fields(&text).unwrap();
+    assert_eq!(fields.get("hostname"), Some(&host), "{arch}: {report}");
+    assert!(
+        !text.contains("kiln-preflight: [FAIL]") && !text.contains("kiln-preflight: FAILED"),
+        "{arch}: {:#?}",
+        kiln_qemu_tests::lines_with(&text, "kiln-preflight:")
+    );
+
+    // The debug shell on the serial console.
+    let t = Duration::from_secs(120);
+    vm.wait_for_shell(PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    // No `hostname` binary in the image: uname -n reads the same kernel field.
+    let name = vm
+        .run("uname -n", t)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    assert_eq!(name.trim(), host, "{arch}: `uname -n` printed {name:?}");
+    let reference = container_ref();
+    let images = vm
+        .run("ctr -n k8s.io images ls -q", t)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    assert!(
+        images.lines().any(|l| l.trim() == reference),
+        "{arch}: {reference} not imported into containerd; `ctr images ls -q`:\n{images}"
+    );
+    let out = vm
+        .run(
+            &format!(
+                "ctr -n k8s.io run --rm {reference} t1 /bin/busybox sh -c 'echo kiln-ctr-$((6*7))'"
+            ),
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    assert!(
+        out.lines().any(|l| l.trim() == "kiln-ctr-42"),
+        "{arch}: the container did not print its marker:\n{out}"
+    );
+    let (status, out) = vm
+        .run_status("kiln-agent preflight", Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    assert_eq!(status, 0, "{arch}: kiln-agent preflight:\n{out}");
+    assert!(out.contains("kiln-preflight: passed"), "{arch}:\n{out}");
+    eprintln!(
+        "{arch}: boot test done {:.1} s after QEMU started (preflight passed at {preflight_secs:.1} s)",
+        vm.elapsed()
+    );
+}
+
+#[test]
+fn x86_64_boots_to_multi_user_with_a_read_only_root() {
+    boots_to_multi_user(Arch::X86_64);
+}
+
+#[test]
+fn arm64_boots_to_multi_user_with_a_read_only_root() {
+    boots_to_multi_user(Arch::Arm64);
+}
