@@ -30,6 +30,30 @@ pub const ROOT_ARM64: Guid = Guid::from_fields(
     [0xaf, 0x44, 0x4c, 0x6f, 0x28, 0x0d, 0x3f, 0xae],
 );
 
+/// Discoverable Partitions Specification: root verity partition type for x86-64.
+pub const ROOT_VERITY_X86_64: Guid = Guid::from_fields(
+    0x2c73_57ed,
+    0xebd2,
+    0x46d9,
+    [0xae, 0xc1, 0x23, 0xd4, 0x37, 0xec, 0x2b, 0xf5],
+);
+
+/// Discoverable Partitions Specification: root verity partition type for 64-bit ARM.
+pub const ROOT_VERITY_ARM64: Guid = Guid::from_fields(
+    0xdf33_00ce,
+    0xd69f,
+    0x4c92,
+    [0x97, 0x8c, 0x9b, 0xfb, 0x0f, 0x38, 0xd8, 0x20],
+);
+
+/// The EFI system partition type, C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
+pub const ESP_TYPE: Guid = Guid::from_fields(
+    0xc12a_7328,
+    0xf81f,
+    0x11d2,
+    [0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b],
+);
+
 /// Discoverable Partitions Specification: variable data partition, mounted on /var.
 pub const VAR_TYPE: Guid = Guid::from_fields(
     0x4d21_b016,

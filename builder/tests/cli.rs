@@ -42,6 +42,21 @@ fn fixture(edit: impl Fn(String) -> String) -> (tempfile::TempDir, PathBuf) {
     (d, profile)
 }
 
+/// The profile text with its `[agent] channels` line replaced (the profile
+/// must have exactly one such line).
+fn with_channels(text: &str, list: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("channels = "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "profiles/qemu.toml: channels lines {lines:?}"
+    );
+    text.replace(lines[0], &format!("channels = {list}"))
+}
+
 fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
     c.args(args);
@@ -356,8 +371,9 @@ fn unknown_output_format_is_named_with_the_supported_ones() {
 
 #[test]
 fn debug_shell_is_refused_for_a_profile_with_the_cloud_channel() {
-    // The default profile lists every channel, "cloud" included.
-    let (d, p) = fixture(|t| t);
+    // The qemu profile with the cloud channel added.
+    let (d, p) =
+        fixture(|t| with_channels(&t, r#"["cmdline", "esp", "cidata", "fw_cfg", "cloud"]"#));
     let out = d.path().join("out");
     let r = kiln(
         &[
@@ -400,12 +416,7 @@ fn debug_shell_is_refused_for_a_profile_with_the_cloud_channel() {
 
 #[test]
 fn bad_agent_channels_and_appended_cmdline_are_named() {
-    let (d, p) = fixture(|t| {
-        t.replace(
-            "channels = [\"cmdline\", \"esp\", \"cidata\", \"fw_cfg\", \"cloud\"]",
-            "channels = [\"cmdline\", \"smoke-signals\"]",
-        )
-    });
+    let (d, p) = fixture(|t| with_channels(&t, r#"["cmdline", "smoke-signals"]"#));
     let out = d.path().join("out");
     assert_fails(
         &build(&p, &out, &[]),

@@ -31,7 +31,13 @@ fn digests(dir: &Path) -> BTreeMap<String, String> {
 
 /// `kiln build` of the default profile for `arch` with every format, under
 /// `umask`, with its own TMPDIR and the given cache.
-fn build(arch: &str, work: &Path, cache: &Path, umask: &str) -> BTreeMap<String, String> {
+fn build(
+    arch: &str,
+    formats: &str,
+    work: &Path,
+    cache: &Path,
+    umask: &str,
+) -> BTreeMap<String, String> {
     let out = work.join("out");
     let tmp = work.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
@@ -44,13 +50,7 @@ fn build(arch: &str, work: &Path, cache: &Path, umask: &str) -> BTreeMap<String,
         .arg(cache)
         .arg("build")
         .arg(&profile)
-        .args([
-            "--arch",
-            arch,
-            "--format",
-            "raw,raw.zst,qcow2,vhd,gce",
-            "--out",
-        ])
+        .args(["--arch", arch, "--format", formats, "--out"])
         .arg(&out)
         .env("TMPDIR", &tmp)
         .env_remove("SOURCE_DATE_EPOCH")
@@ -60,11 +60,11 @@ fn build(arch: &str, work: &Path, cache: &Path, umask: &str) -> BTreeMap<String,
     digests(&out)
 }
 
-fn reproducible(arch: &str) {
+fn reproducible(arch: &str, formats: &str, want: &[&str]) {
     let cache = kiln::fetch::Cache::from_env().unwrap();
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let first = build(arch, a.path(), cache.root(), "022");
+    let first = build(arch, formats, a.path(), cache.root(), "022");
     // A second cache folder with the same verified packages (hard links:
     // the cache is content-addressed, and this keeps the test offline).
     let cache_b = b.path().join("cache");
@@ -77,17 +77,9 @@ fn reproducible(arch: &str) {
         .unwrap();
     assert!(cp.success(), "cp -al of the package cache failed");
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let second = build(arch, b.path(), &cache_b, "077");
+    let second = build(arch, formats, b.path(), &cache_b, "077");
     let names: Vec<&String> = first.keys().collect();
-    for want in [
-        ".raw",
-        ".raw.zst",
-        ".raw.bmap",
-        ".qcow2",
-        ".vhd",
-        ".gce.tar.gz",
-        ".manifest.json",
-    ] {
+    for want in want.iter().chain(&[".raw", ".manifest.json"]) {
         assert!(
             names.iter().any(|n| n.ends_with(want)),
             "{arch}: no *{want} output among {names:?}"
@@ -101,10 +93,16 @@ fn reproducible(arch: &str) {
 
 #[test]
 fn x86_64_builds_are_byte_identical() {
-    reproducible("x86_64");
+    reproducible(
+        "x86_64",
+        "raw,raw.zst,qcow2,vhd,gce",
+        &[".raw.zst", ".raw.bmap", ".qcow2", ".vhd", ".gce.tar.gz"],
+    );
 }
 
 #[test]
 fn arm64_builds_are_byte_identical() {
-    reproducible("arm64");
+    // The format writers are the same code for both arches and x86_64 runs
+    // them all; `make repro` builds every format of both twice.
+    reproducible("arm64", "raw,qcow2", &[".qcow2"]);
 }

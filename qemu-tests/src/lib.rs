@@ -304,7 +304,7 @@ impl RunningVm {
         fatal_ends: bool,
     ) -> anyhow::Result<String> {
         self.wait_until(timeout, fatal_ends, &format!("{markers:?}"), |text| {
-            markers.iter().all(|m| text.contains(m))
+            markers.iter().all(|m| has_whole_line_with(text, m))
         })
     }
 
@@ -427,6 +427,14 @@ impl Drop for RunningVm {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether `marker` is on a line that has been printed to its end: the serial
+/// log is read while the guest writes, and a test that parses the line (the
+/// boot report) must not see half of it.
+pub fn has_whole_line_with(text: &str, marker: &str) -> bool {
+    text.match_indices(marker)
+        .any(|(at, _)| text[at..].contains('\n'))
 }
 
 /// The last `n` lines of a console log, for failure messages.
@@ -670,6 +678,15 @@ pub fn fw_cfg_config(dir: &Path, bytes: &[u8]) -> anyhow::Result<kiln::qemu::FwC
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_marker_counts_once_its_line_is_complete() {
+        let half = "boot\nkiln-report: arch=aarch64 state=";
+        assert!(!has_whole_line_with(half, "kiln-report:"));
+        let whole = format!("{half}running failed=0\n");
+        assert!(has_whole_line_with(&whole, "kiln-report:"));
+        assert!(!has_whole_line_with(&whole, "kiln-preflight:"));
+    }
 
     #[test]
     fn cidata_volumes_carry_the_label_and_the_files() {

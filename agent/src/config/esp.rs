@@ -5,19 +5,11 @@
 //! label: a second kiln disk plugged in must not configure this node), mounted read-only
 //! under `/run/kiln/esp` and unmounted again. No file there is not an error.
 
-use crate::gpt::{read_gpt, Guid};
+use crate::gpt::read_gpt;
 
 use super::blockdev::{self, BootDisk};
 use super::media::read_files;
 use super::{ConfigSys, Finding};
-
-/// The EFI system partition type, C12A7328-F81F-11D2-BA4B-00A0C93EC93B.
-pub const ESP_TYPE: Guid = Guid::from_fields(
-    0xc12a_7328,
-    0xf81f,
-    0x11d2,
-    [0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b],
-);
 
 /// Where the ESP is mounted while it is read.
 pub const ESP_MOUNT: &str = "/run/kiln/esp";
@@ -43,7 +35,7 @@ pub fn find_esp(sys: &mut dyn ConfigSys, boot: &BootDisk) -> Result<String, Stri
     let entry = gpt
         .entries
         .iter()
-        .find(|e| e.type_guid == ESP_TYPE)
+        .find(|e| e.type_guid == crate::gpt::ESP_TYPE)
         .ok_or_else(|| "no EFI system partition in the partition table".to_string())?;
     let number = entry.number().to_string();
     boot.partitions

@@ -92,7 +92,9 @@ pub fn load_all(sys: &mut dyn InitSys, paths: &[String], debug: bool) -> ModuleR
             Err(ModuleError::Load(Errno::ENODEV)) => {
                 results.no_device += 1;
                 if debug {
-                    sys.log(&format!("kiln-init: {path}: no such device on this machine"));
+                    sys.log(&format!(
+                        "kiln-init: {path}: no such device on this machine"
+                    ));
                 }
             }
             Err(e) => {

@@ -1526,5 +1526,9 @@ fn a_driver_without_its_hardware_is_not_a_failure() {
     assert_eq!((r.loaded, r.no_device), (1, 1));
     assert_eq!(r.failed.len(), 1, "{r:?}");
     assert_eq!(r.failed[0].0, "/bad.ko");
-    assert!(!sys.log.iter().any(|l| l.contains("hv_vmbus")), "{:?}", sys.log);
+    assert!(
+        !sys.log.iter().any(|l| l.contains("hv_vmbus")),
+        "{:?}",
+        sys.log
+    );
 }

@@ -20,24 +20,8 @@ use crate::dm::{
     self, Request, Target, DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_READONLY_FLAG,
     DM_TABLE_LOAD, DM_VERSION,
 };
-use crate::gpt::{Guid, ROOT_ARM64, ROOT_X86_64};
+use crate::gpt::{Guid, ROOT_ARM64, ROOT_VERITY_ARM64, ROOT_VERITY_X86_64, ROOT_X86_64};
 use crate::verity_sb::{check_tree, hex, parse_superblock, Geometry, BLOCK, SUPERBLOCK_SIZE};
-
-/// Discoverable Partitions Specification: root verity partition type for x86-64.
-pub const ROOT_VERITY_X86_64: Guid = Guid::from_fields(
-    0x2c73_57ed,
-    0xebd2,
-    0x46d9,
-    [0xae, 0xc1, 0x23, 0xd4, 0x37, 0xec, 0x2b, 0xf5],
-);
-
-/// Discoverable Partitions Specification: root verity partition type for 64-bit ARM.
-pub const ROOT_VERITY_ARM64: Guid = Guid::from_fields(
-    0xdf33_00ce,
-    0xd69f,
-    0x4c92,
-    [0x97, 0x8c, 0x9b, 0xfb, 0x0f, 0x38, 0xd8, 0x20],
-);
 
 /// Name of the device-mapper device over the root.
 pub const DM_NAME: &str = "kiln-root";
