@@ -317,6 +317,9 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
     eprintln!("bench: {arch}: mkfs.ext4 -d floor");
     let mkfs_secs = mkfs_floor(&report.image, &m, work.path())?;
     eprintln!("bench: {arch}: booting to login and preflight passed");
+    // The qemu profile's timesyncd asks 10.0.2.2, which slirp delivers to
+    // this host's 127.0.0.1:123; preflight's clock check waits for it.
+    kiln_qemu_tests::sntp::ensure_server()?;
     let (boot_init_secs, boot_login_secs, boot_preflight_secs, boot_verity_secs) =
         boot(arch, &report.image)?;
     eprintln!("bench: {arch}: bare kernel boot floor");
