@@ -138,7 +138,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         .truncate(true)
         .open(&tmp)
         .map_err(|e| with_path(&tmp_shown, e))?;
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+    // Root only: the merged config is where enrollment secrets will land.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .map_err(|e| with_path(&tmp_shown, e))?;
     file.write_all(data).map_err(|e| with_path(&tmp_shown, e))?;
     file.sync_all().map_err(|e| with_path(&tmp_shown, e))?;
