@@ -9,7 +9,7 @@ ARCH ?= x86_64
 KILN := target/release/kiln
 AGENT_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 
-.PHONY: all deps agent kiln lock image run test check fmt bench repro clean
+.PHONY: all deps agent kiln enroll lock image run test check fmt bench repro clean
 
 all: image
 
@@ -27,6 +27,10 @@ agent:
 kiln:
 	$(CARGO) build --locked -q --release -p kiln
 
+## enroll: the kiln-enroll server (target/release/kiln-enroll)
+enroll:
+	$(CARGO) build --locked -q --release -p kiln-enroll
+
 ## lock: refresh the default profile's lock (new package versions)
 lock: deps kiln
 	$(KILN) lock --update $(PROFILE)
@@ -40,7 +44,7 @@ run: image
 	$(KILN) run $(OUT)/$$(sed -n 's/^name = "\(.*\)"/\1/p' $(PROFILE))-$(ARCH).raw
 
 ## test: the whole suite, QEMU boot tests of both arches included
-test: deps agent kiln
+test: deps agent kiln enroll
 	$(CARGO) test --locked --release --workspace --no-fail-fast -- --test-threads=2
 
 ## check: formatting and lints
@@ -53,7 +57,7 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bench: build and boot timings and sizes into BENCHMARKS.md
-bench: deps agent kiln
+bench: deps agent kiln enroll
 	bash scripts/bench.sh
 
 ## repro: build twice (other cache, out, TMPDIR, umask, time) and compare sha256s

@@ -33,6 +33,14 @@ APT_PKGS=(
   skopeo           # skopeo inspect oci-archive: checks the container image archives
   umoci            # umoci unpack: checks their tags, digests and layers
   xz-utils
+  gcc                   # ring (TLS in the agent and kiln-enroll) has C: x86_64 builds
+  gcc-aarch64-linux-gnu # ... and the aarch64 musl agent's ring is built by the cross gcc
+  libc6-dev-arm64-cross
+  postgresql       # kiln-enroll's PostgreSQL backend: the tests start a throwaway server
+  sqlite3          # PRAGMA integrity_check on kiln-enroll's SQLite state in tests
+  openssl          # referee for kiln-enroll's CA: the SPKI hash in tokens
+  nftables         # nft -c checks the agent's MSS clamp ruleset
+  wireguard-tools  # wg pubkey: referee for the agent's x25519 keys
 )
 # QEMU itself must come from bookworm-backports to match qemu-utils.
 BPO_PKGS=(

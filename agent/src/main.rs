@@ -13,6 +13,8 @@ mod dm;
 mod gpt;
 mod init;
 mod ioctl;
+mod netlink;
+mod overlay;
 mod preflight;
 mod report;
 mod verity_sb;
@@ -45,6 +47,11 @@ Usage:
                                 check the node's Kubernetes prerequisites, one line per
                                 check; exit non-zero when one fails (with --wait, retry
                                 failing checks until they pass or the time is up)
+  kiln-agent overlay run|enroll|status
+                                the WireGuard overlay (kiln-overlay.service runs
+                                `overlay run`): enroll with kiln-enroll using [enroll]
+                                below, bring up interface kiln0, follow the peer list;
+                                `overlay --help` for details
   kiln-agent --help             this text
   kiln-agent --version          the version
 
@@ -53,6 +60,16 @@ Node config (kiln-agent config), the same TOML in every channel:
   hostname = \"node-1\"         RFC 1123 labels (a-z, 0-9, '-'; <= 63 characters each,
                                 <= 253 in all; lowercased); without one, kiln-<8 hex
                                 digits derived from the machine-id
+  [enroll]                      joining the overlay (kiln.enroll.<key>= on the command
+                                line):
+    server = \"https://HOST:8443\"  kiln-enroll's URL (port 8443 when left out)
+    token = \"KLN1...\"           the join token (`kiln-enroll token create`); pins the
+                                server's CA; its secret is never printed
+    endpoint = \"HOST:PORT\"      optional: where the outside reaches this node's
+                                WireGuard port (a public address or forwarded port)
+    listen_port = 51820         optional WireGuard UDP port (1-65535)
+    mtu = 1420                  optional overlay MTU (1280-9000); default: the
+                                server's, lowered to the path MTU minus 80
   Unknown keys and wrong types are errors. Per key, the highest channel that sets it
   wins. Channels, highest precedence first (/usr/lib/kiln/agent.toml `channels` may
   drop or reorder them):
@@ -157,6 +174,7 @@ fn main() -> ExitCode {
         Some("report") => run_report(&rest[1..]),
         Some("config") => config::main(&rest[1..]),
         Some("preflight") => preflight::main(&rest[1..]),
+        Some("overlay") => overlay::main(&rest[1..]),
         None | Some("--help" | "-h" | "help") => {
             out(USAGE);
             ExitCode::SUCCESS

@@ -107,6 +107,104 @@ pub struct FwCfg {
     pub file: PathBuf,
 }
 
+/// What a guest network card's frames reach on the host side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A user-mode NAT (slirp) of its own: DHCP, DNS and the host's
+    /// loopback at 10.0.2.2, with `options` such as `hostfwd=...` or
+    /// `guestfwd=...` (see [`Vm::user_net_options`]).
+    User {
+        /// Options appended to `-netdev user`.
+        options: Vec<String>,
+    },
+    /// A point-to-point Ethernet link carried in UDP datagrams on the host:
+    /// every frame leaves from `local` to `remote`, and the other VM's link
+    /// has the two swapped. Neither side has to start first.
+    Dgram {
+        /// The host address this end receives frames on.
+        local: std::net::SocketAddr,
+        /// The host address the other end receives frames on.
+        remote: std::net::SocketAddr,
+    },
+}
+
+impl NetBackend {
+    /// The `-netdev` value for this backend with `id`.
+    fn netdev(&self, id: &str) -> String {
+        match self {
+            NetBackend::User { options } => {
+                let mut v = format!("user,id={id}");
+                for o in options {
+                    v.push(',');
+                    v.push_str(o);
+                }
+                v
+            }
+            NetBackend::Dgram { local, remote } => format!(
+                "dgram,id={id},{},{}",
+                inet("local", local),
+                inet("remote", remote)
+            ),
+        }
+    }
+}
+
+/// `-netdev dgram`'s address keys for one side of the link.
+fn inet(side: &str, addr: &std::net::SocketAddr) -> String {
+    format!(
+        "{side}.type=inet,{side}.host={},{side}.port={}",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// A virtio network card beyond the default user-mode NIC ([`Vm::nics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The card's MAC address (`52:54:00:xx:xx:xx`). QEMU gives every VM's
+    /// first card the same default, so VMs that share a segment need their own.
+    pub mac: Option<String>,
+    /// What the card is plugged into. One backend is connected directly;
+    /// with several, the card and every backend get a port on one QEMU hub,
+    /// which repeats each frame to all other ports (one NAT shared by the
+    /// card and the VMs at the far ends of links). Empty: no cable.
+    pub backends: Vec<NetBackend>,
+}
+
+impl Nic {
+    /// The arguments for the card numbered `n` in its VM (ids `nic<n>...`,
+    /// hub `n`, so cards never share ids or hubs).
+    fn args(&self, n: usize) -> Vec<String> {
+        let id = format!("nic{n}");
+        let mut a = Vec::new();
+        let mut device = String::from("virtio-net-pci");
+        match self.backends.as_slice() {
+            [] => {}
+            [only] => {
+                a.extend(["-netdev".into(), only.netdev(&id)]);
+                device.push_str(&format!(",netdev={id}"));
+            }
+            several => {
+                for (i, b) in several.iter().enumerate() {
+                    let backend = format!("{id}b{i}");
+                    a.extend(["-netdev".into(), b.netdev(&backend)]);
+                    a.extend([
+                        "-netdev".into(),
+                        format!("hubport,id={id}p{i},hubid={n},netdev={backend}"),
+                    ]);
+                }
+                a.extend(["-netdev".into(), format!("hubport,id={id},hubid={n}")]);
+                device.push_str(&format!(",netdev={id}"));
+            }
+        }
+        if let Some(mac) = &self.mac {
+            device.push_str(&format!(",mac={mac}"));
+        }
+        a.extend(["-device".into(), device]);
+        a
+    }
+}
+
 /// One VM.
 #[derive(Debug, Clone)]
 pub struct Vm {
@@ -129,6 +227,9 @@ pub struct Vm {
     /// Options added to the user-mode NIC, e.g.
     /// `guestfwd=tcp:169.254.169.254:80-cmd:...`.
     pub user_net_options: Vec<String>,
+    /// Network cards after the user-mode NIC (or instead of it, with
+    /// `user_net` off), in PCI order.
+    pub nics: Vec<Nic>,
     /// Extra read-only raw disks after the boot disk (`/dev/vdb`, ...),
     /// e.g. a NoCloud `cidata` volume.
     pub drives: Vec<PathBuf>,
@@ -151,6 +252,7 @@ impl Vm {
             serial: Serial::Stdio,
             user_net: true,
             user_net_options: Vec::new(),
+            nics: Vec::new(),
             drives: Vec::new(),
             fw_cfg: Vec::new(),
             extra: Vec::new(),
@@ -209,6 +311,9 @@ impl Vm {
                 nic.push_str(o);
             }
             a.extend(["-nic".into(), nic]);
+        }
+        for (n, nic) in self.nics.iter().enumerate() {
+            a.extend(nic.args(n));
         }
         for f in &self.fw_cfg {
             a.extend([
@@ -352,6 +457,63 @@ mod tests {
         assert_eq!(
             first_drive.as_deref(),
             Some("file=/d.raw,format=raw,if=virtio,snapshot=on")
+        );
+    }
+
+    #[test]
+    fn nics_with_one_backend_or_a_hub() {
+        let fw = Firmware {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        };
+        let mut vm = Vm::new(Arch::X86_64, "/d.raw");
+        vm.user_net = false;
+        let link = NetBackend::Dgram {
+            local: "127.0.0.1:4001".parse().unwrap(),
+            remote: "127.0.0.1:4002".parse().unwrap(),
+        };
+        vm.nics.push(Nic {
+            mac: Some("52:54:00:6b:00:01".into()),
+            backends: vec![
+                NetBackend::User {
+                    options: vec!["hostfwd=udp:127.0.0.1:5000-:51820".into()],
+                },
+                link.clone(),
+            ],
+        });
+        vm.nics.push(Nic {
+            mac: None,
+            backends: vec![link],
+        });
+        let a = vm.args(&fw, Path::new("/mine.fd"));
+        let values = |flag: &str| -> Vec<&str> {
+            a.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .collect()
+        };
+        assert!(!a.iter().any(|x| x == "-nic"), "{a:?}");
+        assert_eq!(
+            values("-netdev"),
+            [
+                "user,id=nic0b0,hostfwd=udp:127.0.0.1:5000-:51820",
+                "hubport,id=nic0p0,hubid=0,netdev=nic0b0",
+                "dgram,id=nic0b1,local.type=inet,local.host=127.0.0.1,local.port=4001,\
+                 remote.type=inet,remote.host=127.0.0.1,remote.port=4002",
+                "hubport,id=nic0p1,hubid=0,netdev=nic0b1",
+                "hubport,id=nic0,hubid=0",
+                "dgram,id=nic1,local.type=inet,local.host=127.0.0.1,local.port=4001,\
+                 remote.type=inet,remote.host=127.0.0.1,remote.port=4002",
+            ]
+        );
+        let devices = values("-device");
+        assert!(
+            devices.contains(&"virtio-net-pci,netdev=nic0,mac=52:54:00:6b:00:01"),
+            "{devices:?}"
+        );
+        assert!(
+            devices.contains(&"virtio-net-pci,netdev=nic1"),
+            "{devices:?}"
         );
     }
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use kiln::arch::Arch;
 
+pub mod enroll_server;
 pub mod metadata;
+pub mod net;
 pub mod sntp;
 
 /// The repository root.

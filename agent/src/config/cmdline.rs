@@ -1,5 +1,5 @@
 //! The kernel command line channel: `kiln.<key>=<value>` (`kiln.hostname=node-1`; dotted
-//! for tables, `kiln.<table>.<key>=<value>`).
+//! for tables, `kiln.<table>.<key>=<value>`, e.g. `kiln.enroll.server=https://h:8443`).
 //!
 //! Values are strings, except the keys in [`INTEGER_KEYS`]. The kernel's quoting
 //! (`kiln.hostname="node-1"`) is undone. The init's own options ([`INIT_KEYS`]) are not
@@ -27,7 +27,7 @@ pub const INIT_KEYS: &[&str] = &[
 ];
 
 /// Keys whose command line value is a number rather than a string.
-pub const INTEGER_KEYS: &[&str] = &["schema"];
+pub const INTEGER_KEYS: &[&str] = &["schema", "enroll.listen_port", "enroll.mtu"];
 
 /// The config table the command line sets; None when it sets no config key.
 pub fn table(cmdline: &str) -> Result<Option<toml::Table>, Vec<SchemaError>> {

@@ -188,8 +188,49 @@ pub fn merge(findings: &[Finding]) -> Merged {
             m.config.hostname = c.hostname.clone();
             m.sources.insert("hostname", f.source.clone());
         }
+        merge_enroll(&mut m, &c.enroll, &f.source);
     }
     m
+}
+
+fn merge_enroll(m: &mut Merged, e: &schema::EnrollConfig, source: &Source) {
+    fn take<T: Clone>(
+        sources: &mut BTreeMap<&'static str, Source>,
+        key: &'static str,
+        have: &mut Option<T>,
+        offer: &Option<T>,
+        source: &Source,
+    ) {
+        if have.is_none() && offer.is_some() {
+            *have = offer.clone();
+            sources.insert(key, source.clone());
+        }
+    }
+    let have = &mut m.config.enroll;
+    let sources = &mut m.sources;
+    take(
+        sources,
+        "enroll.server",
+        &mut have.server,
+        &e.server,
+        source,
+    );
+    take(sources, "enroll.token", &mut have.token, &e.token, source);
+    take(
+        sources,
+        "enroll.endpoint",
+        &mut have.endpoint,
+        &e.endpoint,
+        source,
+    );
+    take(
+        sources,
+        "enroll.listen_port",
+        &mut have.listen_port,
+        &e.listen_port,
+        source,
+    );
+    take(sources, "enroll.mtu", &mut have.mtu, &e.mtu, source);
 }
 
 /// The fallback hostname: `kiln-` and 8 hex digits of a hash of the machine-id, so the
@@ -210,9 +251,19 @@ pub fn kernel_hostname(name: &str) -> &str {
     }
 }
 
+/// Whether [`render`] writes the token's secret (the root-only file) or hides it (text
+/// for the console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// The whole token.
+    Reveal,
+    /// `KLN1…::<id>.<secret>`.
+    Hide,
+}
+
 /// The text of `/run/kiln/config.toml`: the merged keys, each with a comment naming its
 /// source, so the file stays valid input for the schema.
-pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source) -> String {
+pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source, secrets: Secrets) -> String {
     let mut out = String::from(
         "# The node's configuration, merged by `kiln-agent config` from its channels.\n\
          # Each key says where it came from.\n",
@@ -226,6 +277,37 @@ pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source) -> String
         "hostname = {} # from {hostname_from}\n",
         toml::Value::String(hostname.to_string())
     ));
+    let e = &merged.config.enroll;
+    if !e.is_empty() {
+        out.push_str("\n[enroll]\n");
+        let quoted = |s: String| toml::Value::String(s).to_string();
+        let mut line = |key: &'static str, value: String| {
+            out.push_str(&format!("{key} = {value}"));
+            if let Some(s) = merged.sources.get(format!("enroll.{key}").as_str()) {
+                out.push_str(&format!(" # from {s}"));
+            }
+            out.push('\n');
+        };
+        if let Some(s) = &e.server {
+            line("server", quoted(s.to_string()));
+        }
+        if let Some(t) = &e.token {
+            let text = match secrets {
+                Secrets::Reveal => t.reveal(),
+                Secrets::Hide => schema::redacted_token(t),
+            };
+            line("token", quoted(text));
+        }
+        if let Some(p) = &e.endpoint {
+            line("endpoint", quoted(p.clone()));
+        }
+        if let Some(p) = e.listen_port {
+            line("listen_port", p.to_string());
+        }
+        if let Some(m) = e.mtu {
+            line("mtu", m.to_string());
+        }
+    }
     out
 }
 
@@ -365,8 +447,8 @@ pub fn run(sys: &mut dyn ConfigSys, dry_run: bool) -> bool {
         ));
         return false;
     }
-    let text = render(&merged, &hostname, &from);
     if dry_run {
+        let text = render(&merged, &hostname, &from, Secrets::Hide);
         sys.say(&format!(
             "kiln-config: hostname {hostname} (from {}) [dry run: not set]",
             from.channel
@@ -377,6 +459,7 @@ pub fn run(sys: &mut dyn ConfigSys, dry_run: bool) -> bool {
         }
         return true;
     }
+    let text = render(&merged, &hostname, &from, Secrets::Reveal);
     if let Err(e) = sys.set_hostname(kernel_hostname(&hostname)) {
         sys.say(&format!(
             "kiln-config: ERROR: hostname: {KERNEL_HOSTNAME}: cannot set {hostname:?}: {e}"

@@ -3,7 +3,17 @@
 //! ```toml
 //! schema = 1          # optional; any other value is an error
 //! hostname = "node-1" # RFC 1123 label(s): <= 63 characters each, <= 253 in all
+//!
+//! [enroll]            # joining the WireGuard overlay (kiln-overlay.service)
+//! server = "https://enroll.example.org:8443"
+//! token = "KLN1<64 hex>::<id>.<secret>"
+//! endpoint = "203.0.113.7:51820"   # optional: where the outside reaches this node
+//! listen_port = 51820              # optional
+//! mtu = 1380                       # optional override of the overlay MTU
 //! ```
+//!
+//! The token's secret never appears in a message or summary: they show
+//! `KLN1…::<id>.<secret>`.
 //!
 //! Text is checked in two steps: the keys and value types of the parsed table first, so a
 //! user gets every problem of a file at once in words that name the key and the value,
@@ -12,6 +22,8 @@
 
 use std::fmt;
 
+use kiln_enroll_proto::token::Token;
+use kiln_enroll_proto::validate::parse_host_port;
 use serde::Deserialize;
 
 /// The only schema version this agent understands.
@@ -24,7 +36,16 @@ pub const MAGIC_LINE: &str = "#kiln-config";
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// Every key of the schema, in the order they are documented and written.
-pub const KNOWN_KEYS: &[&str] = &["schema", "hostname"];
+pub const KNOWN_KEYS: &[&str] = &["schema", "hostname", "enroll"];
+
+/// Every key of the `[enroll]` table.
+pub const ENROLL_KEYS: &[&str] = &["server", "token", "endpoint", "listen_port", "mtu"];
+
+/// The port of a server URL that names none.
+pub const DEFAULT_SERVER_PORT: u16 = 8443;
+
+/// Smallest and largest overlay MTU a user may set (IPv6 needs 1280).
+pub const MTU_RANGE: (i64, i64) = (1280, 9000);
 
 /// The wire form of a config document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -34,6 +55,130 @@ pub struct NodeConfigDto {
     pub schema: Option<i64>,
     /// The node's hostname.
     pub hostname: Option<String>,
+    /// The `[enroll]` table.
+    pub enroll: Option<EnrollDto>,
+}
+
+/// The wire form of the `[enroll]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollDto {
+    /// kiln-enroll's https URL.
+    pub server: Option<String>,
+    /// The join token.
+    pub token: Option<String>,
+    /// The public `host:port` this node claims.
+    pub endpoint: Option<String>,
+    /// The WireGuard listen port.
+    pub listen_port: Option<i64>,
+    /// Overlay MTU override.
+    pub mtu: Option<i64>,
+}
+
+/// A checked kiln-enroll URL: `https://HOST[:PORT]` (no path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// Host name or address (without brackets for IPv6).
+    pub host: String,
+    /// TCP port ([`DEFAULT_SERVER_PORT`] when the URL names none).
+    pub port: u16,
+}
+
+impl ServerUrl {
+    /// Checks `text`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<ServerUrl, String> {
+        let rest = text.strip_prefix("https://").ok_or_else(|| {
+            "must start with https:// (kiln-enroll speaks HTTPS only), e.g. \
+             https://enroll.example.org:8443"
+                .to_string()
+        })?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if let Some(c) = rest.chars().find(|c| matches!(c, '/' | '?' | '#' | '@')) {
+            return Err(format!(
+                "{c:?} is not allowed: write https://HOST or https://HOST:PORT, without a \
+                 path, query or user"
+            ));
+        }
+        let has_port = if rest.starts_with('[') {
+            rest.contains("]:")
+        } else {
+            rest.contains(':')
+        };
+        let with_port = if has_port {
+            rest.to_string()
+        } else {
+            format!("{rest}:{DEFAULT_SERVER_PORT}")
+        };
+        let (host, port) = parse_host_port(&with_port)?;
+        if !rest.starts_with('[') && host.contains(':') {
+            return Err("an IPv6 address is written in brackets: https://[ADDRESS]:PORT".into());
+        }
+        Ok(ServerUrl { host, port })
+    }
+}
+
+impl fmt::Display for ServerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "https://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How a token is shown anywhere a person may read it: the id, never the secret.
+pub fn redacted_token(t: &Token) -> String {
+    format!("{}…::{}.<secret>", kiln_enroll_proto::token::PREFIX, t.id)
+}
+
+/// How text that should have been a token is shown: whatever it holds stays hidden,
+/// since a malformed token may still carry a real secret.
+fn redacted_token_text(text: &str) -> String {
+    format!("\"<{} characters, hidden>\"", text.chars().count())
+}
+
+/// The validated `[enroll]` table; `None` fields were not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnrollConfig {
+    /// kiln-enroll's URL.
+    pub server: Option<ServerUrl>,
+    /// The join token (carries the CA pin).
+    pub token: Option<Token>,
+    /// The public `host:port` this node claims (checked syntax, not resolved).
+    pub endpoint: Option<String>,
+    /// The WireGuard listen port.
+    pub listen_port: Option<u16>,
+    /// Overlay MTU override.
+    pub mtu: Option<u16>,
+}
+
+impl EnrollConfig {
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self == &EnrollConfig::default()
+    }
+
+    /// `enroll.KEY=VALUE` words for the console, the token redacted.
+    pub fn words(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(s) = &self.server {
+            w.push(format!("enroll.server={s}"));
+        }
+        if let Some(t) = &self.token {
+            w.push(format!("enroll.token={}", redacted_token(t)));
+        }
+        if let Some(e) = &self.endpoint {
+            w.push(format!("enroll.endpoint={e}"));
+        }
+        if let Some(p) = self.listen_port {
+            w.push(format!("enroll.listen_port={p}"));
+        }
+        if let Some(m) = self.mtu {
+            w.push(format!("enroll.mtu={m}"));
+        }
+        w
+    }
 }
 
 /// A validated hostname: RFC 1123 labels, lowercase.
@@ -101,17 +246,20 @@ pub struct NodeConfig {
     pub schema: Option<i64>,
     /// `hostname`.
     pub hostname: Option<Hostname>,
+    /// `[enroll]`.
+    pub enroll: EnrollConfig,
 }
 
 impl NodeConfig {
     /// The `key=value` words for the console line (`hostname=node-1`); the schema
     /// version says nothing to a reader and is left out.
     pub fn summary(&self) -> String {
-        let words: Vec<String> = self
+        let mut words: Vec<String> = self
             .hostname
             .iter()
             .map(|h| format!("hostname={h}"))
             .collect();
+        words.extend(self.enroll.words());
         if words.is_empty() {
             "no settings".to_string()
         } else {
@@ -194,9 +342,14 @@ impl fmt::Display for SchemaError {
                 }
                 write!(f, ": {message}")
             }
-            SchemaError::UnknownKey { key } => {
-                write!(f, "unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))
-            }
+            SchemaError::UnknownKey { key } => match key.strip_prefix("enroll.") {
+                Some(_) => write!(
+                    f,
+                    "unknown key {key:?} (known in [enroll]: {})",
+                    ENROLL_KEYS.join(", ")
+                ),
+                None => write!(f, "unknown key {key:?} (known: {})", KNOWN_KEYS.join(", ")),
+            },
             SchemaError::WrongType {
                 key,
                 expected,
@@ -293,6 +446,14 @@ pub fn from_table(table: toml::Table) -> Result<NodeConfig, Vec<SchemaError>> {
                 }
                 v => errors.push(wrong_type(key, "a string", v)),
             },
+            "enroll" => match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        check_enroll(k, v, &mut errors);
+                    }
+                }
+                v => errors.push(wrong_type(key, "a table ([enroll])", v)),
+            },
             _ => errors.push(SchemaError::UnknownKey { key: key.clone() }),
         }
     }
@@ -307,6 +468,96 @@ pub fn from_table(table: toml::Table) -> Result<NodeConfig, Vec<SchemaError>> {
         }]
     })?;
     validate(dto).map_err(|e| vec![e])
+}
+
+fn check_enroll(key: &str, value: &toml::Value, errors: &mut Vec<SchemaError>) {
+    let full = format!("enroll.{key}");
+    let bad = |why: String, shown: String| SchemaError::BadValue {
+        key: full.clone(),
+        value: shown,
+        why,
+    };
+    match (key, value) {
+        ("server" | "endpoint", toml::Value::String(s)) => {
+            let checked = if key == "server" {
+                ServerUrl::parse(s).map(|_| ())
+            } else {
+                parse_host_port(s).map(|_| ())
+            };
+            if let Err(why) = checked {
+                errors.push(bad(why, value.to_string()));
+            }
+        }
+        ("token", toml::Value::String(s)) => {
+            if let Err(e) = Token::parse(s) {
+                errors.push(bad(e.to_string(), redacted_token_text(s)));
+            }
+        }
+        ("listen_port" | "mtu", toml::Value::Integer(n)) => {
+            if let Err(why) = check_int(key, *n) {
+                errors.push(bad(why, n.to_string()));
+            }
+        }
+        ("server" | "endpoint", v) => errors.push(wrong_type(&full, "a string", v)),
+        ("token", v) => errors.push(SchemaError::WrongType {
+            key: full.clone(),
+            expected: "a string",
+            got_type: v.type_str(),
+            // Whatever it holds may be a secret.
+            got: "(hidden)".to_string(),
+        }),
+        ("listen_port" | "mtu", v) => errors.push(wrong_type(&full, "an integer", v)),
+        _ => errors.push(SchemaError::UnknownKey { key: full.clone() }),
+    }
+}
+
+fn check_int(key: &str, n: i64) -> Result<u16, String> {
+    let (lo, hi, what) = if key == "mtu" {
+        (MTU_RANGE.0, MTU_RANGE.1, "an MTU")
+    } else {
+        (1, 65535, "a UDP port")
+    };
+    if n < lo || n > hi {
+        return Err(format!("{what} must be {lo}-{hi}"));
+    }
+    u16::try_from(n).map_err(|_| format!("{what} must be {lo}-{hi}"))
+}
+
+fn validate_enroll(dto: EnrollDto) -> Result<EnrollConfig, SchemaError> {
+    let bad = |key: &str, value: String, why: String| SchemaError::BadValue {
+        key: format!("enroll.{key}"),
+        value,
+        why,
+    };
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let server = match dto.server {
+        Some(s) => Some(ServerUrl::parse(&s).map_err(|why| bad("server", quoted(&s), why))?),
+        None => None,
+    };
+    let token = match dto.token {
+        Some(s) => Some(
+            Token::parse(&s).map_err(|e| bad("token", redacted_token_text(&s), e.to_string()))?,
+        ),
+        None => None,
+    };
+    let endpoint = match dto.endpoint {
+        Some(s) => {
+            parse_host_port(&s).map_err(|why| bad("endpoint", quoted(&s), why))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let int = |key: &str, v: Option<i64>| -> Result<Option<u16>, SchemaError> {
+        v.map(|n| check_int(key, n).map_err(|why| bad(key, n.to_string(), why)))
+            .transpose()
+    };
+    Ok(EnrollConfig {
+        server,
+        token,
+        endpoint,
+        listen_port: int("listen_port", dto.listen_port)?,
+        mtu: int("mtu", dto.mtu)?,
+    })
 }
 
 /// Turns the DTO into the domain config.
@@ -326,8 +577,13 @@ pub fn validate(dto: NodeConfigDto) -> Result<NodeConfig, SchemaError> {
         })?),
         None => None,
     };
+    let enroll = match dto.enroll {
+        Some(e) => validate_enroll(e)?,
+        None => EnrollConfig::default(),
+    };
     Ok(NodeConfig {
         schema: dto.schema,
         hostname,
+        enroll,
     })
 }

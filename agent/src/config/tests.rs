@@ -394,7 +394,7 @@ fn schema_accepts_the_documented_form() {
 fn schema_errors_name_key_and_value() {
     assert_eq!(
         errors_of("hostnme = \"x\""),
-        ["unknown key \"hostnme\" (known: schema, hostname)"]
+        ["unknown key \"hostnme\" (known: schema, hostname, enroll)"]
     );
     assert_eq!(
         errors_of("hostname = 5"),
@@ -419,7 +419,7 @@ fn schema_errors_name_key_and_value() {
         errors_of("zone = 1\nhostname = true\n"),
         [
             "hostname: expected a string, got boolean true",
-            "unknown key \"zone\" (known: schema, hostname)"
+            "unknown key \"zone\" (known: schema, hostname, enroll)"
         ]
     );
     let e = errors_of("hostname = \"a\"\nhostname = \"b\"\n");
@@ -522,7 +522,7 @@ fn cmdline_gives_kiln_keys_only() {
     let e = schema::from_table(cmdline::table("kiln.hostnme=a").unwrap().unwrap()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "unknown key \"hostnme\" (known: schema, hostname)"
+        "unknown key \"hostnme\" (known: schema, hostname, enroll)"
     );
     let e = cmdline::table("kiln.a=1 kiln.a.b=2").unwrap_err();
     assert!(e[0].to_string().contains("cannot be set"), "{e:?}");
@@ -680,7 +680,7 @@ fn esp_problems_are_errors_that_say_where() {
     let boot = blockdev::boot_disk(&mut f).unwrap();
     assert_eq!(
         esp::gather(&mut f, Ok(&boot)).unwrap().lines(),
-        ["kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: unknown key \"hostnme\" (known: schema, hostname)"]
+        ["kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: unknown key \"hostnme\" (known: schema, hostname, enroll)"]
     );
     // A mount the kernel refuses, with the ESP mounted nowhere else.
     f.mount_error = Some("mount /dev/vda1 on /run/kiln/esp: EBUSY".into());
@@ -988,7 +988,7 @@ fn broken_channels_do_not_stop_the_others() {
     assert_eq!(
         f.lines,
         [
-            "kiln-config: ERROR: cmdline: /proc/cmdline: unknown key \"hostnme\" (known: schema, hostname)",
+            "kiln-config: ERROR: cmdline: /proc/cmdline: unknown key \"hostnme\" (known: schema, hostname, enroll)",
             "kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: hostname: expected a string, got integer 5",
             "kiln-config: cidata: /dev/vdb:kiln.toml: hostname=from-cidata",
             "kiln-config: ERROR: fw_cfg: opt/kiln/config: not UTF-8 text (byte 0xff at offset 0); the config must be a UTF-8 TOML document",
@@ -1099,4 +1099,249 @@ fn real_atomic_write_replaces_the_file() {
     assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     let e = real::write_atomic(Path::new("/proc/nonexistent/x/y"), b"").unwrap_err();
     assert!(e.to_string().contains("/proc/nonexistent/x"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// [enroll].
+
+const SECRET: &str = "s3cr3ts3cr3ts3cr3ts3cr3ts3cr3t00";
+
+fn token() -> String {
+    format!("KLN1{}::abc123.{SECRET}", "ab".repeat(32))
+}
+
+#[test]
+fn enroll_table_is_accepted_in_toml_and_on_the_command_line() {
+    let text = format!(
+        "[enroll]\nserver = \"https://enroll.example.org\"\ntoken = \"{}\"\nendpoint = \"203.0.113.7:51820\"\nlisten_port = 51821\nmtu = 1380\n",
+        token()
+    );
+    let c = parse_text(&text).unwrap();
+    let e = &c.enroll;
+    assert_eq!(
+        e.server.as_ref().unwrap().to_string(),
+        "https://enroll.example.org:8443"
+    );
+    assert_eq!(e.token.as_ref().unwrap().id, "abc123");
+    assert_eq!(e.endpoint.as_deref(), Some("203.0.113.7:51820"));
+    assert_eq!((e.listen_port, e.mtu), (Some(51821), Some(1380)));
+    let summary = c.summary();
+    assert_eq!(
+        summary,
+        "enroll.server=https://enroll.example.org:8443 enroll.token=KLN1…::abc123.<secret> \
+         enroll.endpoint=203.0.113.7:51820 enroll.listen_port=51821 enroll.mtu=1380"
+    );
+
+    let line = format!(
+        "console=ttyS0 kiln.enroll.server=https://[fd00::1]:9443 kiln.enroll.token={} \
+         kiln.enroll.listen_port=4000 kiln.enroll.mtu=1300",
+        token()
+    );
+    let c = schema::from_table(cmdline::table(&line).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        c.enroll.server.unwrap().to_string(),
+        "https://[fd00::1]:9443"
+    );
+    assert_eq!(
+        (c.enroll.listen_port, c.enroll.mtu),
+        (Some(4000), Some(1300))
+    );
+    assert_eq!(c.enroll.token.unwrap().reveal(), token());
+}
+
+#[test]
+fn enroll_errors_name_the_key_and_never_the_secret() {
+    let t = token();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "[enroll]\nserver = \"http://h:8443\"".into(),
+            "enroll.server: \"http://h:8443\": must start with https://",
+        ),
+        (
+            "[enroll]\nserver = \"https://h:8443/v1\"".into(),
+            "enroll.server: \"https://h:8443/v1\": '/' is not allowed",
+        ),
+        (
+            "[enroll]\nserver = \"https://h:0\"".into(),
+            "enroll.server: \"https://h:0\": port 0",
+        ),
+        (
+            "[enroll]\nserver = \"https://fd00::1\"".into(),
+            "enroll.server: \"https://fd00::1\":",
+        ),
+        (
+            "[enroll]\nserver = 5".into(),
+            "enroll.server: expected a string, got integer 5",
+        ),
+        (
+            format!("[enroll]\ntoken = \"{}\"", t.replace("abc123", "ABC123")),
+            "enroll.token: \"<109 characters, hidden>\": malformed token: the id contains 'A'",
+        ),
+        (
+            format!("[enroll]\ntoken = \"{}x\"", t),
+            "enroll.token: \"<110 characters, hidden>\": malformed token: the secret has 33 characters",
+        ),
+        (
+            format!("[enroll]\ntoken = [\"{t}\"]"),
+            "enroll.token: expected a string, got array (hidden)",
+        ),
+        (
+            "[enroll]\nendpoint = \"203.0.113.7\"".into(),
+            "enroll.endpoint: \"203.0.113.7\": missing :port",
+        ),
+        (
+            "[enroll]\nendpoint = \"a b:5\"".into(),
+            "enroll.endpoint: \"a b:5\": \"a b\" is not a hostname",
+        ),
+        (
+            "[enroll]\nlisten_port = 0".into(),
+            "enroll.listen_port: 0: a UDP port must be 1-65535",
+        ),
+        (
+            "[enroll]\nlisten_port = 65536".into(),
+            "enroll.listen_port: 65536: a UDP port must be 1-65535",
+        ),
+        (
+            "[enroll]\nlisten_port = \"51820\"".into(),
+            "enroll.listen_port: expected an integer, got string \"51820\"",
+        ),
+        (
+            "[enroll]\nmtu = 1279".into(),
+            "enroll.mtu: 1279: an MTU must be 1280-9000",
+        ),
+        (
+            "[enroll]\nmtu = 9001".into(),
+            "enroll.mtu: 9001: an MTU must be 1280-9000",
+        ),
+        (
+            "[enroll]\ntokn = 1".into(),
+            "unknown key \"enroll.tokn\" (known in [enroll]: server, token, endpoint, listen_port, mtu)",
+        ),
+        (
+            "enroll = \"x\"".into(),
+            "enroll: expected a table ([enroll]), got string \"x\"",
+        ),
+    ];
+    for (text, want) in cases {
+        let errs = errors_of(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{text:?}: want {want:?}, got {errs:?}"
+        );
+        for e in &errs {
+            assert!(
+                !e.contains(SECRET) && !e.contains(&SECRET[..20]),
+                "secret in {e}"
+            );
+        }
+    }
+    // Command line: a port that is not a number stays text and is refused by type.
+    let e = schema::from_table(
+        cmdline::table("kiln.enroll.listen_port=abc")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "enroll.listen_port: expected an integer, got string \"abc\""
+    );
+    let e = schema::from_table(
+        cmdline::table(&format!("kiln.enroll.token={}", t.replace("::", ":")))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert!(!e[0].to_string().contains(SECRET), "{}", e[0]);
+}
+
+#[test]
+fn enroll_keys_merge_one_by_one_and_the_file_keeps_the_secret_only() {
+    let t = token();
+    let findings = vec![
+        found("cmdline", "[enroll]\nmtu = 1300"),
+        found(
+            "esp",
+            &format!("hostname = \"n1\"\n[enroll]\nserver = \"https://a\"\ntoken = \"{t}\""),
+        ),
+        found(
+            "cidata",
+            "[enroll]\nserver = \"https://b\"\nlisten_port = 4000",
+        ),
+    ];
+    let lines: Vec<String> = findings.iter().flat_map(Finding::lines).collect();
+    assert!(
+        lines.iter().any(|l| l
+            == "kiln-config: esp: esp-place: hostname=n1 enroll.server=https://a:8443 \
+                enroll.token=KLN1…::abc123.<secret>"),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains(SECRET)));
+    let m = merge(&findings);
+    let e = &m.config.enroll;
+    assert_eq!(e.server.as_ref().unwrap().host, "a");
+    assert_eq!((e.mtu, e.listen_port), (Some(1300), Some(4000)));
+    assert_eq!(m.sources["enroll.mtu"].channel, "cmdline");
+    assert_eq!(m.sources["enroll.server"].channel, "esp");
+    assert_eq!(m.sources["enroll.listen_port"].channel, "cidata");
+    let from = Source {
+        channel: "esp",
+        place: "esp-place".into(),
+    };
+    let file = render(&m, "n1", &from, Secrets::Reveal);
+    assert!(
+        file.contains(&format!("token = \"{t}\" # from esp: esp-place\n")),
+        "{file}"
+    );
+    assert!(
+        file.contains("mtu = 1300 # from cmdline: cmdline-place\n"),
+        "{file}"
+    );
+    // The written file is valid input and gives the same settings back.
+    assert_eq!(parse_text(&file).unwrap().enroll, m.config.enroll);
+    let shown = render(&m, "n1", &from, Secrets::Hide);
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(
+        shown.contains("token = \"KLN1…::abc123.<secret>\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn dry_run_never_prints_the_token_secret() {
+    let mut f = Fake::new();
+    f.files.insert(
+        "/proc/cmdline".into(),
+        format!(
+            "kiln.hostname=n1 kiln.enroll.server=https://h kiln.enroll.token={}",
+            token()
+        )
+        .into_bytes(),
+    );
+    f.files.insert(
+        settings::SETTINGS_PATH.into(),
+        b"channels = [\"cmdline\"]".to_vec(),
+    );
+    assert!(run(&mut f, true));
+    assert!(f.lines.iter().all(|l| !l.contains(SECRET)), "{:?}", f.lines);
+    assert!(
+        f.lines
+            .iter()
+            .any(|l| l == "token = \"KLN1…::abc123.<secret>\" # from cmdline: /proc/cmdline"),
+        "{:?}",
+        f.lines
+    );
+    let mut f2 = Fake::new();
+    f2.files = f.files.clone();
+    assert!(run(&mut f2, false));
+    let written = String::from_utf8(f2.written[CONFIG_OUT].clone()).unwrap();
+    assert!(
+        written.contains(&token()),
+        "the root-only file keeps the token"
+    );
+    assert!(
+        f2.lines.iter().all(|l| !l.contains(SECRET)),
+        "{:?}",
+        f2.lines
+    );
 }

@@ -3,6 +3,10 @@
 //! survive a reboot. The root stays read-only. The plain image (no hostname
 //! on its command line) takes its hostname from a cidata volume on the
 //! first boot and from fw_cfg on the second.
+//!
+//! The disk is the build's qcow2 output, grown with `qemu-img resize` the way a
+//! cloud or a homelab user grows it: so these boots also prove the qcow2 format
+//! boots on both arches (every other boot test uses the raw image).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
@@ -33,21 +37,36 @@ fn boot(
     (text, fields)
 }
 
+fn qcow2_vm(arch: Arch, image: &std::path::Path) -> kiln::qemu::Vm {
+    let mut vm = kiln::qemu::Vm::new(arch, image);
+    vm.disk_format = "qcow2".into();
+    vm
+}
+
 fn var_persists(arch: Arch) {
     // The plain profile: the debug image's command line hostname would win.
     let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
     let dir = tempfile::tempdir().unwrap();
-    let image = copy_image(&built.image, dir.path()).unwrap();
-    let size = std::fs::metadata(&image).unwrap().len() + GROW;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&image)
+    let image = copy_image(&built.output(".qcow2"), dir.path()).unwrap();
+    let size = std::fs::metadata(&built.image).unwrap().len() + GROW;
+    let qcow2 = image.display().to_string();
+    check_tool(
+        "qemu-img",
+        &["resize", "-f", "qcow2", &qcow2, &size.to_string()],
+    )
+    .unwrap();
+    // sgdisk reads raw disks only: it checks a raw copy of the qcow2 after each boot.
+    let raw = dir.path().join("after-boot.raw");
+    let img = raw.display().to_string();
+    let to_raw = || {
+        check_tool(
+            "qemu-img",
+            &["convert", "-f", "qcow2", "-O", "raw", &qcow2, &img],
+        )
         .unwrap()
-        .set_len(size)
-        .unwrap();
-    let img = image.display().to_string();
+    };
 
-    let mut vm = kiln::qemu::Vm::new(arch, &image);
+    let mut vm = qcow2_vm(arch, &image);
     vm.drives
         .push(cidata_vfat(dir.path(), &[("kiln.toml", b"hostname = \"cidata-var\"\n")]).unwrap());
     let (text, first) = boot(vm, "kiln-config: hostname cidata-var");
@@ -86,6 +105,7 @@ fn var_persists(arch: Arch) {
 
     // sgdisk reads the table the node wrote: both headers valid, the backup
     // moved to the end, `var` reaching the last usable sector.
+    to_raw();
     let verify = check_tool("sgdisk", &["-v", &img]).unwrap();
     assert!(
         verify.contains("No problems found"),
@@ -102,7 +122,7 @@ fn var_persists(arch: Arch) {
         "{arch}: var does not end at sector {last_usable}:\n{info}"
     );
 
-    let mut vm = kiln::qemu::Vm::new(arch, &image);
+    let mut vm = qcow2_vm(arch, &image);
     vm.fw_cfg
         .push(fw_cfg_config(dir.path(), b"hostname = \"fwcfg-var\"\n").unwrap());
     let (text, second) = boot(vm, "kiln-config: hostname fwcfg-var");
@@ -136,11 +156,11 @@ fn var_persists(arch: Arch) {
 }
 
 #[test]
-fn x86_64_creates_var_on_first_boot_and_keeps_it() {
+fn x86_64_qcow2_grown_creates_var_on_first_boot_and_keeps_it() {
     var_persists(Arch::X86_64);
 }
 
 #[test]
-fn arm64_creates_var_on_first_boot_and_keeps_it() {
+fn arm64_qcow2_grown_creates_var_on_first_boot_and_keeps_it() {
     var_persists(Arch::Arm64);
 }

@@ -1,0 +1,127 @@
+//! The overlay's state files under /var/lib/kiln: kiln-enroll's answer
+//! (`enrollment.json`) and the last peer list (`peers.json`), and the daemon's status
+//! for `overlay status` (`/run/kiln/overlay.json`). All JSON, written with
+//! [`OverlaySys::write_private`] (atomic, durable, root-only).
+
+use std::collections::BTreeMap;
+
+use kiln_enroll_proto::api::{EnrollAnswer, PeerList};
+use kiln_enroll_proto::token::{hex32, to_hex};
+use serde::{Deserialize, Serialize};
+
+use super::{Fatal, OverlaySys, ENROLLMENT_PATH, PEERS_PATH, STATE_DIR, STATUS_PATH};
+
+/// What enrolling gave, with where from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// The server URL (`https://host:port`).
+    pub server: String,
+    /// The CA pin (sha256 of the CA's SPKI).
+    pub ca_hash: [u8; 32],
+    /// The answer.
+    pub answer: EnrollAnswer,
+}
+
+/// The file form of [`Enrollment`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentFile {
+    /// Format version (1).
+    pub version: u32,
+    /// The server URL.
+    pub server: String,
+    /// The CA pin, hex.
+    pub ca_hash: String,
+    /// The answer as the server sent it.
+    pub answer: EnrollAnswer,
+}
+
+/// The daemon's last view, for `overlay status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusFile {
+    /// The interface MTU it set.
+    pub mtu: u32,
+    /// Peer name → its path (`direct 192.0.2.1:51820`, `via relay-1`, `passive`, ...).
+    pub paths: BTreeMap<String, String>,
+}
+
+/// Reads a JSON file; None when it does not exist.
+fn read_json<T: for<'de> Deserialize<'de>>(
+    sys: &mut dyn OverlaySys,
+    path: &str,
+) -> Result<Option<T>, String> {
+    match sys.read_file(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{path}: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{path}: {e}")),
+    }
+}
+
+fn write_json<T: Serialize>(sys: &mut dyn OverlaySys, path: &str, v: &T) -> Result<(), Fatal> {
+    let mut bytes =
+        serde_json::to_vec_pretty(v).map_err(|e| Fatal::retry(format!("encoding {path}: {e}")))?;
+    bytes.push(b'\n');
+    sys.write_private(path, &bytes)
+        .map_err(|e| Fatal::retry(format!("writing {path}: {e}")))
+}
+
+/// Loads `enrollment.json`; None when the node has not enrolled.
+pub fn load_enrollment(sys: &mut dyn OverlaySys) -> Result<Option<Enrollment>, Fatal> {
+    let damaged = |why: String| {
+        Fatal::stop(format!(
+            "{why}; the file is damaged: delete {ENROLLMENT_PATH} to enroll again with the \
+             same key (or {STATE_DIR} to enroll as a new node)"
+        ))
+    };
+    let Some(f) = read_json::<EnrollmentFile>(sys, ENROLLMENT_PATH).map_err(damaged)? else {
+        return Ok(None);
+    };
+    if f.version != 1 {
+        return Err(damaged(format!(
+            "{ENROLLMENT_PATH}: version {} is not 1",
+            f.version
+        )));
+    }
+    let ca_hash = hex32(&f.ca_hash)
+        .ok_or_else(|| damaged(format!("{ENROLLMENT_PATH}: ca_hash is not 64 hex digits")))?;
+    Ok(Some(Enrollment {
+        server: f.server,
+        ca_hash,
+        answer: f.answer,
+    }))
+}
+
+/// Writes `enrollment.json`.
+pub fn save_enrollment(sys: &mut dyn OverlaySys, e: &Enrollment) -> Result<(), Fatal> {
+    let f = EnrollmentFile {
+        version: 1,
+        server: e.server.clone(),
+        ca_hash: to_hex(&e.ca_hash),
+        answer: e.answer.clone(),
+    };
+    write_json(sys, ENROLLMENT_PATH, &f)
+}
+
+/// Loads `peers.json`; a missing or unreadable file gives None (the enrollment's own
+/// list is the fallback), with the reason for an unreadable one.
+pub fn load_peers(sys: &mut dyn OverlaySys) -> Result<Option<PeerList>, String> {
+    read_json(sys, PEERS_PATH)
+}
+
+/// Writes `peers.json`.
+pub fn save_peers(sys: &mut dyn OverlaySys, list: &PeerList) -> Result<(), Fatal> {
+    write_json(sys, PEERS_PATH, list)
+}
+
+/// Writes the daemon's status.
+pub fn save_status(sys: &mut dyn OverlaySys, s: &StatusFile) -> Result<(), Fatal> {
+    write_json(sys, STATUS_PATH, s)
+}
+
+/// Reads the daemon's status (None when it is not running or never wrote one).
+pub fn load_status(sys: &mut dyn OverlaySys) -> Result<Option<StatusFile>, String> {
+    read_json(sys, STATUS_PATH)
+}

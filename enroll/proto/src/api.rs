@@ -1,0 +1,345 @@
+//! Request and answer bodies, paths and error codes of kiln-enroll's HTTP API (version 1).
+//!
+//! ```text
+//! POST /v1/enroll     EnrollRequest            -> 200 EnrollAnswer
+//! GET  /v1/peers?since=V&wait=S  (node auth)   -> 200 PeerList (at once when the list's
+//!                                                 version > V, else when it changes or
+//!                                                 after S seconds, at most MAX_WAIT_SECS)
+//! POST /v1/heartbeat  HeartbeatRequest (auth)  -> 200 HeartbeatAnswer
+//! any error                                    -> 4xx/5xx ErrorBody
+//! ```
+//!
+//! Node auth is `Authorization: Bearer <node name>.<credential>`: the credential is a
+//! secret the node made itself before enrolling and sent (over the pinned TLS) in its
+//! [`EnrollRequest`]; the server keeps its sha256 only.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::PublicKey;
+use crate::net::IpNet;
+
+/// Enrollment.
+pub const PATH_ENROLL: &str = "/v1/enroll";
+/// The peer list (long poll).
+pub const PATH_PEERS: &str = "/v1/peers";
+/// Heartbeats.
+pub const PATH_HEARTBEAT: &str = "/v1/heartbeat";
+/// Largest request body the server reads.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+/// Largest answer body a node reads (a 1,000-peer list is about 400 KiB).
+pub const MAX_ANSWER_BODY: usize = 16 * 1024 * 1024;
+/// Longest long poll a server holds.
+pub const MAX_WAIT_SECS: u32 = 120;
+/// Characters of a node credential (a-z0-9, like token secrets).
+pub const CREDENTIAL_LEN: usize = 32;
+
+/// What a node is for in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs workloads (k3s agent, kubeadm worker).
+    Worker,
+    /// Runs the control plane (k3s server, kubeadm control-plane).
+    Server,
+}
+
+impl Role {
+    /// `worker` or `server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Server => "server",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "worker" => Ok(Role::Worker),
+            "server" => Ok(Role::Server),
+            _ => Err(format!("role {s:?} is not one of: worker, server")),
+        }
+    }
+}
+
+/// A node asks to join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The whole token text.
+    pub token: String,
+    /// The node's WireGuard public key (the private key never leaves the node).
+    pub public_key: PublicKey,
+    /// The node's own secret for later calls ([`CREDENTIAL_LEN`] characters a-z0-9).
+    pub credential: String,
+    /// The hostname the node would like as its node name.
+    pub hostname: String,
+    /// `x86_64` or `arm64`.
+    pub arch: String,
+    /// Addresses of the node's own interfaces with its WireGuard port: where peers on
+    /// the same network can reach it directly.
+    pub endpoints: Vec<SocketAddr>,
+    /// `host:port` the node says the outside can reach its WireGuard port at (a public
+    /// IP, or a port forwarded to it); counted as public once a peer reached it there.
+    pub public_endpoint: Option<String>,
+    /// The node's WireGuard listen port.
+    pub listen_port: u16,
+}
+
+/// What an enrolled node gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollAnswer {
+    /// The node itself.
+    pub node: NodeInfo,
+    /// The overlay's settings.
+    pub network: Network,
+    /// Every other node at the time of enrollment.
+    pub peers: PeerList,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u32,
+    /// What the node needs to join the cluster.
+    pub cluster: ClusterJoin,
+}
+
+/// The node as the server recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeInfo {
+    /// Unique node name (the hostname, or the hostname with a suffix when taken).
+    pub name: String,
+    /// Overlay IPv4 address with the pool's prefix length (`10.77.0.5/16`).
+    pub address_v4: IpNet,
+    /// Overlay IPv6 ULA address with its prefix length (`fdxx:xxxx:xxxx::5/64`).
+    pub address_v6: IpNet,
+}
+
+/// Settings every node of the overlay shares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The IPv4 pool (`10.77.0.0/16`).
+    pub pool_v4: IpNet,
+    /// The IPv6 pool (`fdxx:xxxx:xxxx::/64`).
+    pub pool_v6: IpNet,
+    /// Largest overlay MTU the server allows; nodes take the smaller of this and their
+    /// path MTU minus WireGuard's 80 bytes.
+    pub mtu: u16,
+    /// Persistent keepalive, seconds, for nodes that are not public.
+    pub keepalive_secs: u16,
+}
+
+/// The list of peers, with a version that grows with every change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerList {
+    /// Changes whenever any peer's entry changes.
+    pub version: u64,
+    /// Every enrolled, unrevoked node, the asking node included (it skips itself).
+    pub peers: Vec<Peer>,
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    /// Node name.
+    pub name: String,
+    /// WireGuard public key.
+    pub public_key: PublicKey,
+    /// What to route to this peer: its overlay addresses as /32 and /128.
+    pub allowed_ips: Vec<IpNet>,
+    /// Its own interface addresses with its port (direct paths on a shared network);
+    /// empty when its heartbeats stopped.
+    pub endpoints: Vec<SocketAddr>,
+    /// The public `host:port` it claims; None when it claims none or went silent.
+    pub public_endpoint: Option<String>,
+    /// A peer reached it at `public_endpoint`: it can relay for nodes behind NAT.
+    pub public: bool,
+    /// Heartbeats arrive (within the server's endpoint TTL).
+    pub online: bool,
+}
+
+/// Cluster join parameters (filled in by the cluster-join work).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterJoin {
+    /// The role the token grants.
+    pub role: Role,
+    /// Node labels from the token.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node's periodic report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Current interface addresses with the WireGuard port.
+    pub endpoints: Vec<SocketAddr>,
+    /// Current public endpoint claim.
+    pub public_endpoint: Option<String>,
+    /// What the node's kernel knows about its peers.
+    pub observations: Vec<Observation>,
+}
+
+/// The kernel's view of one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observation {
+    /// The peer.
+    pub public_key: PublicKey,
+    /// Where its packets come from / go to now.
+    pub endpoint: Option<SocketAddr>,
+    /// Unix seconds of the last handshake.
+    pub last_handshake: Option<u64>,
+}
+
+/// The server's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatAnswer {
+    /// Seconds until the next heartbeat.
+    pub heartbeat_secs: u32,
+    /// The peer list's current version (a node whose watch is behind fetches it).
+    pub peers_version: u64,
+}
+
+/// Why a request failed. The same code and message for an unknown token id and a wrong
+/// secret, so the answer does not tell which ids exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed (the message says which field).
+    BadRequest,
+    /// Unknown token id or wrong secret.
+    TokenInvalid,
+    /// The token's time is up.
+    TokenExpired,
+    /// The token has no uses left.
+    TokenUsedUp,
+    /// The token was revoked.
+    TokenRevoked,
+    /// The token's CA hash is not this server's CA.
+    TokenWrongServer,
+    /// No free overlay address.
+    PoolExhausted,
+    /// The node was revoked.
+    NodeRevoked,
+    /// The public key belongs to another enrollment.
+    NodeConflict,
+    /// Missing or wrong node credentials.
+    Unauthorized,
+    /// Too many failed attempts; retry after `retry_after_secs`.
+    RateLimited,
+    /// The body is larger than the server reads.
+    TooLarge,
+    /// No such path.
+    NotFound,
+    /// The path exists, the method does not.
+    MethodNotAllowed,
+    /// The server cannot serve now (database down); retry.
+    Unavailable,
+    /// A bug or an unexpected failure on the server; retry.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same request later can succeed.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RateLimited | ErrorCode::Unavailable | ErrorCode::Internal
+        )
+    }
+
+    /// The HTTP status that carries it.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::TokenInvalid | ErrorCode::Unauthorized => 401,
+            ErrorCode::TokenExpired
+            | ErrorCode::TokenUsedUp
+            | ErrorCode::TokenRevoked
+            | ErrorCode::TokenWrongServer
+            | ErrorCode::NodeRevoked => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::NodeConflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::PoolExhausted | ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        f.write_str(&text)
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Machine-readable reason.
+    pub error: ErrorCode,
+    /// For people: what went wrong and what to do.
+    pub message: String,
+    /// Whether the same request can succeed later.
+    pub retry: bool,
+    /// When to retry, for [`ErrorCode::RateLimited`].
+    pub retry_after_secs: Option<u32>,
+}
+
+impl ErrorBody {
+    /// An error body; `retry` follows the code.
+    pub fn new(error: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error,
+            message: message.into(),
+            retry: error.retryable(),
+            retry_after_secs: None,
+        }
+    }
+}
+
+/// A peer's overlay addresses as allowed IPs (/32 and /128).
+pub fn host_routes(v4: IpAddr, v6: IpAddr) -> Vec<IpNet> {
+    vec![IpNet::host(v4), IpNet::host(v6)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<HeartbeatAnswer>(
+            r#"{"heartbeat_secs":30,"peers_version":1,"extra":1}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `extra`"), "{err}");
+    }
+
+    #[test]
+    fn error_codes_are_snake_case_and_retry_follows_the_code() {
+        assert_eq!(ErrorCode::TokenUsedUp.to_string(), "token_used_up");
+        let b = ErrorBody::new(ErrorCode::Unavailable, "db down");
+        assert!(b.retry);
+        assert!(!ErrorBody::new(ErrorCode::TokenExpired, "x").retry);
+        assert_eq!(ErrorCode::RateLimited.status(), 429);
+    }
+}

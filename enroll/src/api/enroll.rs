@@ -1,0 +1,271 @@
+//! `POST /v1/enroll`: checks the request's form, then lets the store decide in one
+//! transaction, and answers with the node's addresses, the overlay settings, the peer
+//! list and the cluster join parameters.
+
+use kiln_enroll_proto::api::{
+    ClusterJoin, EnrollAnswer, EnrollRequest, ErrorCode, Network, NodeInfo, CREDENTIAL_LEN,
+};
+use kiln_enroll_proto::net::IpNet;
+use kiln_enroll_proto::token::{secret_hash, to_hex, Token, ALPHABET};
+use kiln_enroll_proto::validate::parse_host_port;
+
+use super::{json_body, token_refusal, Api, Failure, MAX_ENDPOINTS};
+use crate::http::{Request, Response};
+use crate::store::{logic, EnrollInput, EnrollOutcome, NodeRecord, StoreError};
+
+/// Architectures kiln builds images for.
+pub const ARCHES: [&str; 2] = ["x86_64", "arm64"];
+
+/// A validated enrollment request.
+#[derive(Debug)]
+struct Valid {
+    token: Token,
+    input: EnrollInput,
+}
+
+pub(super) fn handle(
+    api: &Api,
+    req: &Request,
+    node: &mut Option<String>,
+) -> Result<Response, Failure> {
+    let body: EnrollRequest = json_body(req, "enroll request")?;
+    let valid = validate(body, &api.settings.ca_hash, api.clock.now())?;
+    let outcome = match api.store.enroll(&valid.input, &api.settings.pools) {
+        Ok(o) => o,
+        Err(StoreError::Refused(r)) => {
+            return Err(token_refusal(r, &valid.token.id, &api.settings.pools))
+        }
+        Err(e) => return Err(Failure::store(e, "enrolling")),
+    };
+    let record = match outcome {
+        EnrollOutcome::New(r) => {
+            tracing::info!(
+                "enrolled node {} ({}, {}) with token {}",
+                r.name,
+                r.address_v4,
+                r.arch,
+                r.token_id
+            );
+            r
+        }
+        EnrollOutcome::Existing(r) => r,
+    };
+    *node = Some(record.name.clone());
+    let answer = answer(api, &record)?;
+    api.notifier.observe(answer.peers.version);
+    Ok(Response::json(200, &answer))
+}
+
+fn answer(api: &Api, record: &NodeRecord) -> Result<EnrollAnswer, Failure> {
+    let s = &api.settings;
+    let (version, nodes) = api
+        .store
+        .snapshot()
+        .map_err(|e| Failure::store(e, "reading the peer list"))?;
+    Ok(EnrollAnswer {
+        node: NodeInfo {
+            name: record.name.clone(),
+            address_v4: IpNet {
+                addr: record.address_v4,
+                len: s.pools.v4.len,
+            },
+            address_v6: IpNet {
+                addr: record.address_v6,
+                len: s.pools.v6.len,
+            },
+        },
+        network: Network {
+            pool_v4: s.pools.v4,
+            pool_v6: s.pools.v6,
+            mtu: s.mtu,
+            keepalive_secs: s.keepalive_secs,
+        },
+        peers: logic::peer_list(version, &nodes),
+        heartbeat_secs: s.heartbeat_secs,
+        cluster: ClusterJoin {
+            role: record.role,
+            labels: record.labels.clone(),
+        },
+    })
+}
+
+/// Checks every field and turns the DTO into the store's input; the first problem is
+/// reported with the field's name.
+fn validate(req: EnrollRequest, ca_hash: &[u8; 32], now: u64) -> Result<Valid, Failure> {
+    let token = Token::parse(&req.token)
+        .map_err(|e| Failure::new(ErrorCode::TokenInvalid, format!("field token: {e}")))?;
+    if token.ca_hash != *ca_hash {
+        return Err(Failure::new(
+            ErrorCode::TokenWrongServer,
+            format!(
+                "token {} was made by another kiln-enroll (its CA hash is {}, this server's \
+                 is {}): create a token on this server with `kiln-enroll token create`",
+                token.id,
+                to_hex(&token.ca_hash),
+                to_hex(ca_hash)
+            ),
+        ));
+    }
+    hostname(&req.hostname)?;
+    if !ARCHES.contains(&req.arch.as_str()) {
+        return Err(Failure::bad_request(format!(
+            "field arch: {:?} is not one of {}",
+            clip(&req.arch),
+            ARCHES.join(", ")
+        )));
+    }
+    if req.credential.len() != CREDENTIAL_LEN
+        || !req.credential.bytes().all(|b| ALPHABET.contains(&b))
+    {
+        return Err(Failure::bad_request(format!(
+            "field credential: must be {CREDENTIAL_LEN} characters a-z0-9"
+        )));
+    }
+    if req.endpoints.len() > MAX_ENDPOINTS {
+        return Err(Failure::bad_request(format!(
+            "field endpoints: {} entries, at most {MAX_ENDPOINTS} are accepted",
+            req.endpoints.len()
+        )));
+    }
+    if let Some(e) = &req.public_endpoint {
+        parse_host_port(e).map_err(|why| {
+            Failure::bad_request(format!("field public_endpoint {:?}: {why}", clip(e)))
+        })?;
+    }
+    if req.listen_port == 0 {
+        return Err(Failure::bad_request(
+            "field listen_port: 0 is not a port peers can send to",
+        ));
+    }
+    let input = EnrollInput {
+        token_id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        public_key: req.public_key,
+        credential_hash: secret_hash(&req.credential),
+        hostname: req.hostname,
+        arch: req.arch,
+        endpoints: req.endpoints,
+        public_endpoint: req.public_endpoint,
+        now,
+    };
+    Ok(Valid { token, input })
+}
+
+/// A hostname must be one RFC 1123 label in lowercase: it becomes the node name in the
+/// overlay and in Kubernetes.
+fn hostname(name: &str) -> Result<(), Failure> {
+    let bad = |why: &str| {
+        Failure::bad_request(format!(
+            "field hostname {:?}: {why} (a node name is one DNS label: 1-63 characters a-z, \
+             0-9 and '-', not starting or ending with '-')",
+            clip(name)
+        ))
+    };
+    if name.is_empty() || name.len() > logic::MAX_NAME_LEN {
+        return Err(bad("wrong length"));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(bad("contains uppercase letters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(bad("contains characters other than a-z, 0-9 and '-'"));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(bad("starts or ends with '-'"));
+    }
+    Ok(())
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_enroll_proto::key::PublicKey;
+
+    fn request(ca: [u8; 32]) -> EnrollRequest {
+        EnrollRequest {
+            token: Token {
+                ca_hash: ca,
+                id: "abc123".into(),
+                secret: "s".repeat(32),
+            }
+            .reveal(),
+            public_key: PublicKey([5; 32]),
+            credential: "c".repeat(CREDENTIAL_LEN),
+            hostname: "node-1".into(),
+            arch: "arm64".into(),
+            endpoints: vec!["192.168.1.5:51820".parse().unwrap()],
+            public_endpoint: Some("203.0.113.7:51820".into()),
+            listen_port: 51820,
+        }
+    }
+
+    fn refused(r: EnrollRequest) -> (ErrorCode, String) {
+        let f = validate(r, &[1; 32], 0).unwrap_err();
+        (f.body.error, f.body.message)
+    }
+
+    #[test]
+    fn a_good_request_becomes_store_input() {
+        let v = validate(request([1; 32]), &[1; 32], 77).unwrap();
+        assert_eq!(v.input.token_id, "abc123");
+        assert_eq!(v.input.secret_hash, secret_hash(&"s".repeat(32)));
+        assert_eq!(v.input.credential_hash, secret_hash(&"c".repeat(32)));
+        assert_eq!(v.input.now, 77);
+        assert_eq!(v.input.hostname, "node-1");
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let (code, msg) = refused(request([2; 32]));
+        assert_eq!(code, ErrorCode::TokenWrongServer);
+        assert!(
+            msg.contains(&"02".repeat(32)) && msg.contains(&"01".repeat(32)),
+            "{msg}"
+        );
+        let mut r = request([1; 32]);
+        r.token = "KLN1xyz".into();
+        let (code, msg) = refused(r);
+        assert_eq!(code, ErrorCode::TokenInvalid);
+        assert!(msg.contains("field token: malformed token"), "{msg}");
+        type Edit = Box<dyn Fn(&mut EnrollRequest)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (Box::new(|r| r.hostname = "Node1".into()), "uppercase"),
+            (Box::new(|r| r.hostname = "a_b".into()), "other than a-z"),
+            (Box::new(|r| r.hostname = "-a".into()), "starts or ends"),
+            (Box::new(|r| r.hostname = "a".repeat(64)), "wrong length"),
+            (Box::new(|r| r.hostname = String::new()), "wrong length"),
+            (Box::new(|r| r.arch = "riscv64".into()), "field arch"),
+            (
+                Box::new(|r| r.credential = "short".into()),
+                "field credential",
+            ),
+            (
+                Box::new(|r| r.credential = "C".repeat(32)),
+                "field credential",
+            ),
+            (
+                Box::new(|r| r.endpoints = vec!["10.0.0.1:1".parse().unwrap(); 17]),
+                "17 entries",
+            ),
+            (
+                Box::new(|r| r.public_endpoint = Some("nope".into())),
+                "field public_endpoint",
+            ),
+            (Box::new(|r| r.listen_port = 0), "field listen_port"),
+        ];
+        for (edit, want) in cases {
+            let mut r = request([1; 32]);
+            edit(&mut r);
+            let (code, msg) = refused(r);
+            assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+            assert!(msg.contains(want), "{want}: {msg}");
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! The `kiln-enroll` command line: argument definitions, their checks, and what each
+//! command does with the store. The binary's `main` only calls [`run`].
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use kiln_enroll_proto::api::{Role, MAX_WAIT_SECS};
+use kiln_enroll_proto::net::{ula_prefix, IpNet};
+use kiln_enroll_proto::token::{to_hex, Token, ID_LEN, SECRET_LEN};
+use kiln_enroll_proto::validate::MIN_MTU;
+
+use crate::api::{Api, Settings};
+use crate::ca::Ca;
+use crate::clock::{Clock, SystemClock};
+use crate::server::{Options, Server, DEFAULT_MAX_CONNECTIONS};
+use crate::store::{self, logic, Pools, Store, TokenRecord};
+use crate::watch::Notifier;
+use crate::{labels, listing, random, ratelimit, tls};
+
+/// Where the state lives unless `--state` or `KILN_ENROLL_STATE` says otherwise.
+pub const DEFAULT_STATE: &str = "sqlite:/var/lib/kiln-enroll/state.db";
+
+/// kiln-enroll: join tokens, the node registry, overlay addresses and the peer list.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln-enroll",
+    version,
+    about = "kiln-enroll: join tokens, node registry, overlay addresses and the peer list, \
+             over HTTPS with its own CA",
+    long_about = "kiln-enroll: the server kiln nodes enroll with. It holds join tokens, the \
+                  node registry, WireGuard overlay address allocation and the watchable \
+                  peer list, and serves them over HTTPS with its own CA (made on first use \
+                  and kept in the state). Tokens carry the CA's hash, so a node needs \
+                  nothing but the token and the server's address.\n\n\
+                  Typical use:\n  kiln-enroll serve --listen 0.0.0.0:8443 --san \
+                  enroll.example.org\n  kiln-enroll token create --ttl 1h --uses 3 \
+                  --label zone=home\n  kiln-enroll node list"
+)]
+pub struct Cli {
+    /// The state: sqlite:PATH (one server) or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (several replicas share it).
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ENROLL_STATE",
+        hide_env_values = true,
+        default_value = DEFAULT_STATE,
+        value_name = "URL"
+    )]
+    pub state: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the enrollment API over HTTPS; prints
+    /// `kiln-enroll: listening on https://ADDR ca-hash HEX` on stdout once ready.
+    Serve(ServeArgs),
+    /// Create, list and revoke join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List and revoke enrolled nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// The server's certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (port 0 picks a free one; the ready line names it).
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR:PORT")]
+    pub listen: SocketAddr,
+    /// Extra name (DNS name or IP address) for the server certificate, in addition to
+    /// kiln-enroll, localhost and 127.0.0.1. Repeatable. Nodes check the fixed name
+    /// kiln-enroll, so this matters only for other clients.
+    #[arg(long = "san", value_name = "NAME")]
+    pub sans: Vec<String>,
+    /// IPv4 pool for overlay addresses (a /8 to /30). The IPv6 pool is derived from the
+    /// CA: fdXX:XXXX:XXXX::/64.
+    #[arg(long, default_value = "10.77.0.0/16", value_parser = parse_pool, value_name = "CIDR")]
+    pub pool_v4: IpNet,
+    /// Largest overlay MTU; nodes use the smaller of this and their path MTU minus 80.
+    #[arg(long, default_value_t = 1420, value_parser = clap::value_parser!(u16).range(i64::from(MIN_MTU)..=9000), value_name = "BYTES")]
+    pub mtu: u16,
+    /// WireGuard persistent keepalive for nodes that are not public (seconds, or 25s, 1m).
+    #[arg(long, default_value = "25", value_parser = parse_keepalive, value_name = "SECS")]
+    pub keepalive: u16,
+    /// How often nodes send heartbeats (seconds, or 30s, 1m; 1 to 3600 s).
+    #[arg(long, default_value = "30", value_parser = parse_heartbeat, value_name = "SECS")]
+    pub heartbeat: u32,
+    /// A node whose heartbeats stop for this long is shown offline and its endpoints are
+    /// withdrawn (seconds, or 90s, 2m; at least --heartbeat).
+    #[arg(long, default_value = "90", value_parser = parse_secs, value_name = "SECS")]
+    pub endpoint_ttl: u64,
+    /// Longest time a peer-list long poll is held open (1 to 120 s).
+    #[arg(long, default_value = "60", value_parser = parse_watch, value_name = "SECS")]
+    pub watch_timeout: u32,
+    /// Failed authentication attempts (bad tokens, wrong node credentials) allowed per
+    /// source address per minute before it gets 429 (0: no limit).
+    #[arg(long, default_value_t = ratelimit::DEFAULT_MAX_FAILURES, value_name = "N")]
+    pub max_failures: u32,
+    /// Time a client has for the TLS handshake and its whole request (slow clients are
+    /// answered 408 and dropped).
+    #[arg(long, default_value = "10", value_parser = parse_secs, value_name = "SECS")]
+    pub request_timeout: u64,
+    /// Connections served at once (each long-polling node holds one); beyond it new
+    /// connections get 503.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+}
+
+/// `token` commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it (alone) on stdout.
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(ListArgs),
+    /// Revoke a token: it enrolls no more nodes (nodes already enrolled stay).
+    Revoke {
+        /// The token id (the 6 characters after `::`).
+        id: String,
+    },
+}
+
+/// `token create` options.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// How long the token can enroll: 90s, 30m, 1h, 2d (a plain number is seconds).
+    #[arg(long, default_value = "1h", value_parser = parse_secs, value_name = "DURATION")]
+    pub ttl: u64,
+    /// How many nodes it can enroll.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub uses: u32,
+    /// The role nodes enrolled with it get in the cluster.
+    #[arg(long, default_value = "worker", value_name = "worker|server")]
+    pub role: Role,
+    /// A Kubernetes node label key=value for nodes enrolled with it. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+/// `list` options.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `node` commands.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List enrolled nodes.
+    List(ListArgs),
+    /// Revoke a node: it leaves every peer list within a watch cycle and its calls are
+    /// refused. Its address is never given out again.
+    Revoke {
+        /// The node name (see `node list`).
+        name: String,
+    },
+}
+
+/// `ca` commands.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA's SubjectPublicKeyInfo sha256 (what tokens pin), making the CA if
+    /// there is none yet.
+    Hash,
+}
+
+/// `90`, `90s`, `30m`, `1h`, `2d` as seconds.
+pub fn parse_secs(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 90s, 30m, 1h or 2d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: unit {unit:?} is not one of s, m, h, d (e.g. 90s, 30m, 1h, 2d)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?} is not a duration between 1 s and a few centuries"))
+}
+
+fn secs_in(text: &str, lo: u64, hi: u64) -> Result<u64, String> {
+    let s = parse_secs(text)?;
+    if s < lo || s > hi {
+        return Err(format!("{text:?} is {s} s; allowed are {lo} to {hi} s"));
+    }
+    Ok(s)
+}
+
+fn parse_keepalive(text: &str) -> Result<u16, String> {
+    // 0 (keepalive off) is allowed here, unlike other durations.
+    if text.trim() == "0" {
+        return Ok(0);
+    }
+    secs_in(text, 1, 3600).map(|s| s as u16)
+}
+
+fn parse_heartbeat(text: &str) -> Result<u32, String> {
+    secs_in(text, 1, 3600).map(|s| s as u32)
+}
+
+fn parse_watch(text: &str) -> Result<u32, String> {
+    secs_in(text, 1, u64::from(MAX_WAIT_SECS)).map(|s| s as u32)
+}
+
+fn parse_pool(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text.parse()?;
+    if !net.addr.is_ipv4() || !(8..=30).contains(&net.len) {
+        return Err(format!("{text:?} is not an IPv4 prefix between /8 and /30"));
+    }
+    Ok(net.network())
+}
+
+/// Runs the command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let clock = SystemClock;
+    let open = || -> anyhow::Result<Arc<dyn Store>> {
+        let s = store::open(&cli.state)
+            .with_context(|| format!("opening the state {}", store::redact_url(&cli.state)))?;
+        Ok(Arc::from(s))
+    };
+    match cli.command {
+        Command::Serve(args) => serve(open()?, args),
+        Command::Ca(CaCommand::Hash) => {
+            let ca = Ca::load(open()?.as_ref(), clock.now())?;
+            println!("{}", to_hex(&ca.hash()));
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create(args)) => token_create(open()?.as_ref(), &clock, args),
+        Command::Token(TokenCommand::List(args)) => {
+            let tokens = open()?.tokens()?;
+            let rows = listing::token_rows(&tokens, clock.now());
+            print_rows(&rows, args.json, listing::token_table)
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            if !open()?.revoke_token(&id)? {
+                bail!("there is no token {id:?} (see `kiln-enroll token list`)");
+            }
+            eprintln!("token {id} revoked: it enrolls no more nodes");
+            Ok(())
+        }
+        Command::Node(NodeCommand::List(args)) => {
+            let rows = listing::node_rows(&open()?.nodes()?);
+            print_rows(&rows, args.json, listing::node_table)
+        }
+        Command::Node(NodeCommand::Revoke { name }) => {
+            if !open()?.revoke_node(&name)? {
+                bail!("there is no node {name:?} (see `kiln-enroll node list`)");
+            }
+            eprintln!("node {name} revoked: peers drop it within a watch cycle");
+            Ok(())
+        }
+    }
+}
+
+fn print_rows<T: serde::Serialize>(
+    rows: &[T],
+    json: bool,
+    table: fn(&[T]) -> String,
+) -> anyhow::Result<()> {
+    let text = if json {
+        let mut t = serde_json::to_string_pretty(rows)?;
+        t.push('\n');
+        t
+    } else {
+        table(rows)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+fn token_create(store: &dyn Store, clock: &dyn Clock, args: TokenCreateArgs) -> anyhow::Result<()> {
+    let labels = labels::parse_all(&args.labels)?;
+    let now = clock.now();
+    let ca = Ca::load(store, now)?;
+    let random = random::bytes::<{ ID_LEN + SECRET_LEN }>()?;
+    let token = Token::from_random(ca.hash(), &random);
+    let record = TokenRecord {
+        id: token.id.clone(),
+        secret_hash: token.secret_hash(),
+        created: now,
+        expires: now.saturating_add(args.ttl),
+        uses_total: args.uses,
+        uses_left: args.uses,
+        role: args.role,
+        labels,
+        revoked: false,
+    };
+    store
+        .create_token(&record)
+        .with_context(|| format!("storing token {}", token.id))?;
+    println!("{}", token.reveal());
+    eprintln!(
+        "token {}: {} use(s) as {}, valid until {} UTC",
+        token.id,
+        args.uses,
+        args.role.as_str(),
+        listing::utc(record.expires)
+    );
+    Ok(())
+}
+
+fn serve(store: Arc<dyn Store>, args: ServeArgs) -> anyhow::Result<()> {
+    if args.endpoint_ttl < u64::from(args.heartbeat) {
+        bail!(
+            "--endpoint-ttl {} is shorter than --heartbeat {}: every node would flap \
+             offline between heartbeats (use about three heartbeats, e.g. --endpoint-ttl {})",
+            args.endpoint_ttl,
+            args.heartbeat,
+            u64::from(args.heartbeat) * 3
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let now = clock.now();
+    let ca = Ca::load(store.as_ref(), now)?;
+    let leaf = ca.issue_leaf(&args.sans, now)?;
+    let tls = tls::server_config(&ca, leaf)?;
+    let pools = Pools {
+        v4: args.pool_v4,
+        v6: logic::v6_pool(ula_prefix(&ca.hash())),
+    };
+    let settings = Settings {
+        ca_hash: ca.hash(),
+        pools,
+        mtu: args.mtu,
+        keepalive_secs: args.keepalive,
+        heartbeat_secs: args.heartbeat,
+        watch_timeout_secs: args.watch_timeout,
+    };
+    let notifier = Arc::new(Notifier::new());
+    let api = Arc::new(Api::new(
+        store.clone(),
+        clock.clone(),
+        notifier.clone(),
+        settings,
+        args.max_failures,
+    ));
+    let listener =
+        TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .with_context(|| format!("reading the address bound for {}", args.listen))?;
+    tracing::info!(
+        "pools {} and {}, mtu {}, heartbeat {} s, endpoint ttl {} s",
+        pools.v4,
+        pools.v6,
+        args.mtu,
+        args.heartbeat,
+        args.endpoint_ttl
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "kiln-enroll: listening on https://{addr} ca-hash {}",
+            to_hex(&ca.hash())
+        )
+        .and_then(|()| out.flush())
+        .context("writing the ready line to stdout")?;
+    }
+    let server = Server {
+        listener,
+        tls,
+        api,
+        store,
+        notifier,
+        clock,
+        options: Options {
+            max_connections: args.max_connections.max(1),
+            request_timeout: Duration::from_secs(args.request_timeout),
+            endpoint_ttl: args.endpoint_ttl,
+        },
+    };
+    server.run().with_context(|| format!("serving on {addr}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_secs("90s"), Ok(90));
+        assert_eq!(parse_secs("90"), Ok(90));
+        assert_eq!(parse_secs("30m"), Ok(1800));
+        assert_eq!(parse_secs("1h"), Ok(3600));
+        assert_eq!(parse_secs("2d"), Ok(172_800));
+        for bad in ["", "h", "1w", "-1s", "1.5h", "0s", "99999999999999999999d"] {
+            assert!(parse_secs(bad).is_err(), "{bad}");
+        }
+        assert!(parse_watch("121").unwrap_err().contains("1 to 120"));
+        assert_eq!(parse_keepalive("0"), Ok(0));
+    }
+
+    #[test]
+    fn pools() {
+        assert_eq!(
+            parse_pool("10.77.3.4/16").unwrap().to_string(),
+            "10.77.0.0/16"
+        );
+        assert!(parse_pool("10.0.0.0/31").is_err());
+        assert!(parse_pool("fd00::/64").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent_and_parses_the_documented_forms() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "kiln-enroll",
+            "--state",
+            "sqlite:/tmp/x.db",
+            "token",
+            "create",
+            "--ttl",
+            "1h",
+            "--uses",
+            "3",
+            "--role",
+            "server",
+            "--label",
+            "a=b",
+            "--label",
+            "c=d",
+        ])
+        .unwrap();
+        let Command::Token(TokenCommand::Create(a)) = c.command else {
+            panic!("not token create")
+        };
+        assert_eq!(
+            (a.ttl, a.uses, a.role, a.labels.len()),
+            (3600, 3, Role::Server, 2)
+        );
+        assert!(Cli::try_parse_from(["kiln-enroll", "token", "create", "--uses", "0"]).is_err());
+        assert!(Cli::try_parse_from(["kiln-enroll", "serve", "--mtu", "1000"]).is_err());
+        let s = Cli::try_parse_from(["kiln-enroll", "serve", "--listen", "127.0.0.1:0"]).unwrap();
+        let Command::Serve(s) = s.command else {
+            panic!()
+        };
+        assert_eq!(s.pool_v4.to_string(), "10.77.0.0/16");
+        assert_eq!(
+            (s.mtu, s.keepalive, s.heartbeat, s.endpoint_ttl),
+            (1420, 25, 30, 90)
+        );
+    }
+}
