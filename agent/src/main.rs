@@ -47,11 +47,12 @@ Usage:
                                 check the node's Kubernetes prerequisites, one line per
                                 check; exit non-zero when one fails (with --wait, retry
                                 failing checks until they pass or the time is up)
-  kiln-agent overlay run|enroll|status
+  kiln-agent overlay run|enroll|status|bench-apply
                                 the WireGuard overlay (kiln-overlay.service runs
                                 `overlay run`): enroll with kiln-enroll using [enroll]
                                 below, bring up interface kiln0, follow the peer list;
-                                `overlay --help` for details
+                                `bench-apply` times a synthetic peer list on interface
+                                kilnbench0 (make bench); `overlay --help` for details
   kiln-agent --help             this text
   kiln-agent --version          the version
 

@@ -128,10 +128,10 @@ impl HttpError {
             HttpError::HeadTooLarge { .. } | HttpError::BodyTooLarge { .. } => ErrorCode::TooLarge,
             _ => ErrorCode::BadRequest,
         };
-        Some(Response::error(
-            status,
-            &ErrorBody::new(code, self.to_string()),
-        ))
+        let mut body = ErrorBody::new(code, self.to_string());
+        // A slow request says nothing about the request itself: the same one may pass.
+        body.retry = matches!(self, HttpError::Timeout);
+        Some(Response::error(status, &body))
     }
 }
 

@@ -9,7 +9,10 @@
 //! - [`run`]: the daemon (`overlay run`), one-shot `overlay enroll` and `overlay status`,
 //!   written against the traits below so tests drive them with fakes.
 //! - [`real`]: the real files, clock, console and kiln-enroll client.
+//! - [`bench`]: `overlay bench-apply`, the time to put a large peer list into the kernel
+//!   (`make bench`).
 
+pub mod bench;
 pub mod identity;
 pub mod plan;
 pub mod real;
@@ -187,6 +190,13 @@ Usage:
                                 any other error
   kiln-agent overlay status     the node, its addresses and MTU, and every peer: overlay
                                 address, path, endpoint, last handshake
+  kiln-agent overlay bench-apply --peers N [--wg-conf FILE]
+                                benchmark (make bench): N synthetic peers through the
+                                list check, the plan and one netlink set on interface
+                                kilnbench0 (left down), read back; prints
+                                `kiln-bench-apply: peers=N plan_ms=.. apply_ms=..
+                                readback_ms=..`; --wg-conf also writes the same
+                                device as a `wg setconf` file
 ";
 
 /// `kiln-agent overlay ...`.
@@ -201,6 +211,7 @@ pub fn main(args: &[String]) -> ExitCode {
             }
         },
         Some("status") if args.len() == 1 => real::run_status(),
+        Some("bench-apply") => bench::main(&args[1..]),
         Some("--help" | "-h" | "help") => {
             print!("{OVERLAY_USAGE}");
             0

@@ -76,8 +76,11 @@ pub enum ClientError {
         presented: Vec<String>,
     },
     /// The TLS handshake failed otherwise (the pinned CA did not issue the leaf, wrong
-    /// name, expired, alert from the server, ...).
+    /// name, alert from the server, ...).
     Tls(String),
+    /// The server's certificate is expired or not valid yet by this machine's clock:
+    /// retryable, since a clock that is not set yet gets set.
+    CertTime(String),
     /// Sending or receiving failed, or timed out (the message names server and step).
     Io(io::Error),
     /// The answer is not well-formed HTTP/1.1.
@@ -120,7 +123,7 @@ impl fmt::Display for ClientError {
                  or someone is in the middle ({note}: check the token and the server URL)",
                 presented.join(", ")
             ),
-            ClientError::Tls(m) => write!(f, "{m} ({note})"),
+            ClientError::Tls(m) | ClientError::CertTime(m) => write!(f, "{m} ({note})"),
             ClientError::Io(e) => write!(f, "{e} ({note})"),
             ClientError::Http(m) => write!(f, "malformed HTTP answer: {m} ({note})"),
             ClientError::Refused { status, body } => {
@@ -155,7 +158,7 @@ impl ClientError {
     /// the wrong server (pin, TLS), a definite refusal, or answers that make no sense.
     pub fn retryable(&self) -> bool {
         match self {
-            ClientError::Connect { .. } | ClientError::Io(_) => true,
+            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::CertTime(_) => true,
             ClientError::Refused { body, .. } => body.retry,
             ClientError::BadUrl(_)
             | ClientError::PinMismatch { .. }
@@ -271,6 +274,18 @@ fn tls_hint(err: &rustls::Error) -> &'static str {
     }
 }
 
+/// Whether a TLS failure is about certificate times: a node whose clock is not set yet
+/// (no RTC, NTP not synced) sees this, and it passes once the clock is right.
+fn outside_validity(tls: &rustls::Error) -> bool {
+    use rustls::CertificateError as C;
+    matches!(
+        tls,
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. }
+        )
+    )
+}
+
 /// A failed TLS step as a ClientError: pin mismatch, other TLS error, or plain I/O.
 fn tls_error(err: io::Error, what: &str) -> ClientError {
     let inner = err
@@ -282,6 +297,9 @@ fn tls_error(err: io::Error, what: &str) -> ClientError {
                 expected: m.expected.clone(),
                 presented: m.presented.clone(),
             },
+            None if outside_validity(tls) => {
+                ClientError::CertTime(format!("{what}: {tls}{}", tls_hint(tls)))
+            }
             None => ClientError::Tls(format!("{what}: {tls}{}", tls_hint(tls))),
         },
         None => ClientError::Io(context(err, what)),

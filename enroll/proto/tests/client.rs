@@ -383,11 +383,12 @@ fn a_leaf_from_another_key_with_the_pinned_ca_as_intermediate_fails() {
 }
 
 #[test]
-fn an_expired_leaf_fails() {
+fn an_expired_leaf_fails_and_may_be_retried_once_the_clock_is_right() {
     let ca = make_ca("kiln test CA");
     let (cert, key) = leaf(&ca, &[SERVER_NAME], true);
     let err = enroll_err(identity(vec![cert, ca.cert.clone()], &key), pin_of(&ca));
-    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+    assert!(matches!(err, ClientError::CertTime(_)), "{err:?}");
+    assert!(err.retryable(), "{err}");
     let text = err.to_string();
     assert!(
         text.contains("expired") && text.contains("outside its validity"),

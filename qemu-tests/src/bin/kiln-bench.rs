@@ -1,6 +1,12 @@
 //! `make bench`: builds and boots the default profile on both arches and
 //! writes BENCHMARKS.md with the figures, the machine, and floors measured
-//! in the same run (`mkfs.ext4 -d` on the same tree, a bare kernel boot).
+//! in the same run (`mkfs.ext4 -d` on the same tree, a bare kernel boot), then
+//! the overlay: enrollment throughput against TLS alone, a 1,000-peer apply
+//! against `wg setconf`, and QEMU start to the first overlay ping against the
+//! same boot's shell.
+//!
+//! `KILN_BENCH_ONLY=build,enroll,apply,ping` (any of them) runs only those parts
+//! and prints their sections without writing BENCHMARKS.md.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
@@ -11,6 +17,16 @@ use anyhow::Context;
 use kiln::arch::Arch;
 use kiln::output::manifest::Manifest;
 use kiln_qemu_tests::{check_tool, extract_range, repo_root, RunningVm};
+
+#[path = "../bench_enroll.rs"]
+mod bench_enroll;
+#[path = "../bench_overlay.rs"]
+mod bench_overlay;
+
+/// Simulated nodes of the enrollment bench and peers of the apply bench.
+const NODES: usize = 1000;
+/// Clients enrolling at once.
+const CONCURRENCY: usize = 32;
 
 struct ArchFigures {
     arch: Arch,
@@ -421,7 +437,58 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// Whether `part` runs: all of them unless `KILN_BENCH_ONLY` names some.
+fn wanted(only: &Option<String>, part: &str) -> bool {
+    only.as_ref()
+        .is_none_or(|o| o.split(',').any(|p| p.trim() == part))
+}
+
 fn main() -> anyhow::Result<()> {
+    let only = std::env::var("KILN_BENCH_ONLY").ok();
+    if let Some(o) = &only {
+        let known = ["build", "enroll", "apply", "ping"];
+        if let Some(bad) = o.split(',').find(|p| !known.contains(&p.trim())) {
+            anyhow::bail!("KILN_BENCH_ONLY={o:?}: {bad:?} is not one of {known:?}");
+        }
+    }
+    let mut md = String::new();
+    writeln!(md, "# kiln benchmarks\n")?;
+    writeln!(md, "Written by `make bench` (qemu-tests/src/bin/kiln-bench.rs). Profile: `profiles/qemu.toml`.\n")?;
+    writeln!(md, "Machine: {}\n", machine())?;
+    if wanted(&only, "build") {
+        build_sections(&mut md)?;
+    }
+    if wanted(&only, "enroll") {
+        let from = md.len();
+        enroll_section(&mut md)?;
+        // Shown at once: a later part that fails must not lose these figures.
+        eprint!("{}", &md[from..]);
+    }
+    if wanted(&only, "apply") {
+        let from = md.len();
+        apply_section(&mut md)?;
+        // Shown at once: a later part that fails must not lose these figures.
+        eprint!("{}", &md[from..]);
+    }
+    if wanted(&only, "ping") {
+        let from = md.len();
+        ping_section(&mut md)?;
+        // Shown at once: a later part that fails must not lose these figures.
+        eprint!("{}", &md[from..]);
+    }
+    if only.is_some() {
+        print!("{md}");
+        eprintln!("bench: KILN_BENCH_ONLY is set: BENCHMARKS.md left as it is");
+        return Ok(());
+    }
+    let path = repo_root().join("BENCHMARKS.md");
+    std::fs::write(&path, &md).with_context(|| path.display().to_string())?;
+    print!("{md}");
+    Ok(())
+}
+
+/// Build, size, ext4, formats, verify and boot: both arches of the default profile.
+fn build_sections(md: &mut String) -> anyhow::Result<()> {
     // The boots wait for preflight, which waits for timesyncd's first sync.
     kiln_qemu_tests::sntp::ensure_server()?;
     let profile = kiln::profile::Profile::load(&repo_root().join("profiles/qemu.toml"))?;
@@ -429,10 +496,6 @@ fn main() -> anyhow::Result<()> {
     for arch in profile.arches.clone() {
         figs.push(measure(&profile, arch)?);
     }
-    let mut md = String::new();
-    writeln!(md, "# kiln benchmarks\n")?;
-    writeln!(md, "Written by `make bench` (qemu-tests/src/bin/kiln-bench.rs). Profile: `profiles/qemu.toml`.\n")?;
-    writeln!(md, "Machine: {}\n", machine())?;
     writeln!(md, "## Build\n")?;
     writeln!(
         md,
@@ -576,8 +639,134 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     writeln!(md, "\nThe whole-root check (`verity_check = \"full\"`) hashes every block in the emulated CPU; on hardware with SHA extensions it takes a fraction of a second. `verity_check = \"on-read\"` skips it.")?;
-    let path = repo_root().join("BENCHMARKS.md");
-    std::fs::write(&path, &md).with_context(|| path.display().to_string())?;
-    print!("{md}");
+    Ok(())
+}
+
+/// Enrollment throughput on both backends, with the TLS floor and the watch fan-out.
+fn enroll_section(md: &mut String) -> anyhow::Result<()> {
+    let show = |f: bench_enroll::EnrollFigures| {
+        // At once: the second backend failing must not lose the first one's figures.
+        eprintln!("bench: {f:?}");
+        f
+    };
+    let figs = [
+        show(bench_enroll::measure_sqlite(NODES, CONCURRENCY)?),
+        show(bench_enroll::measure_postgres(NODES, CONCURRENCY)?),
+    ];
+    writeln!(md, "\n## Enrollment (kiln-enroll on loopback)\n")?;
+    writeln!(
+        md,
+        "The release `kiln-enroll` on this machine's loopback, one token with {NODES} uses, \
+         {NODES} simulated nodes (distinct x25519 keys) enrolling through the pinned client \
+         (`kiln_enroll_proto::client`), {CONCURRENCY} at once; one TLS connection per call. \
+         The floor: as many TLS handshakes with the same pin, each followed by a GET of an \
+         unknown path that the same server answers 404, at the same concurrency. Clients \
+         and server share the machine's cores.\n"
+    )?;
+    writeln!(md, "| backend | floor: TLS + 404 | floor p50 / p99 | enrollments | enroll p50 / p99 | ratio (floor/s over enrollments/s) |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for f in &figs {
+        writeln!(
+            md,
+            "| {} | {:.0} /s ({:.1} s) | {:.1} / {:.1} ms | {:.0} /s ({:.1} s) | {:.1} / {:.1} ms | {:.2}x |",
+            f.backend,
+            f.floor.per_sec,
+            f.floor.wall_secs,
+            f.floor.p50_ms,
+            f.floor.p99_ms,
+            f.enroll.per_sec,
+            f.enroll.wall_secs,
+            f.enroll.p50_ms,
+            f.enroll.p99_ms,
+            f.floor.per_sec / f.enroll.per_sec
+        )?;
+    }
+    writeln!(md, "\n### Watch fan-out\n")?;
+    writeln!(
+        md,
+        "The {NODES} enrolled nodes each long-poll `/v1/peers` with the current version; \
+         once every request is sent (and a second has passed), one more node enrolls. \
+         Times from sending that enrollment until the watchers had the new list \
+         ({} peers, parsed as JSON by each client).\n",
+        figs.first().map(|f| f.fan_out.list_peers).unwrap_or(0)
+    )?;
+    writeln!(
+        md,
+        "| backend | watchers | connect + send all | new enrollment | first watcher | half | all |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for f in &figs {
+        let w = &f.fan_out;
+        writeln!(
+            md,
+            "| {} | {} | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            f.backend, w.watchers, w.setup_secs, w.trigger_ms, w.first_ms, w.p50_ms, w.all_ms
+        )?;
+    }
+    Ok(())
+}
+
+/// A 1,000-peer list applied by the agent on a real kernel against `wg setconf`.
+fn apply_section(md: &mut String) -> anyhow::Result<()> {
+    let mut figs = Vec::new();
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        eprintln!("bench: {arch}: overlay bench-apply --peers {NODES} in the debug image");
+        figs.push(bench_overlay::apply(arch, NODES)?);
+    }
+    writeln!(
+        md,
+        "\n## Applying a {NODES}-peer list (QEMU/TCG guest kernel)\n"
+    )?;
+    writeln!(
+        md,
+        "`kiln-agent overlay bench-apply --peers {NODES}` in the debug image: synthetic peers \
+         through the daemon's list check and plan, one netlink set on a new WireGuard \
+         interface, and a read back that must show every peer. The floor: `wg setconf` of \
+         the same device (the file the agent wrote) on another new interface, process start \
+         to exit. `wg showconf` of both devices is compared afterwards. Best of 3 in one \
+         boot.\n"
+    )?;
+    writeln!(md, "| arch | floor: `wg setconf` | agent: check + plan | agent: netlink set | agent: read back | ratio (plan + set) / floor |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for f in &figs {
+        writeln!(
+            md,
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}x |",
+            f.arch,
+            f.setconf_ms,
+            f.plan_ms,
+            f.apply_ms,
+            f.readback_ms,
+            (f.plan_ms + f.apply_ms) / f.setconf_ms
+        )?;
+    }
+    Ok(())
+}
+
+/// QEMU start to the first overlay ping against the same boot's shell.
+fn ping_section(md: &mut String) -> anyhow::Result<()> {
+    eprintln!("bench: two x86_64 nodes: QEMU start to the first overlay ping");
+    let f = bench_overlay::first_ping()?;
+    writeln!(md, "\n## QEMU start to the first overlay ping\n")?;
+    writeln!(
+        md,
+        "kiln-enroll on the host, two x86_64 debug images each behind a QEMU NAT of its own \
+         with `[enroll]` from fw_cfg. The first (public: a host UDP port forwarded to its \
+         WireGuard port) boots and enrolls ({:.1} s after its QEMU start); then the second \
+         starts, and its shell runs `busybox ping -c1 -W1` of the first node's overlay \
+         address until one answers ({} tries). The floor: the same boot's time to the root \
+         shell.\n",
+        f.first_enrolled_secs, f.tries
+    )?;
+    writeln!(md, "| floor: QEMU start to shell | to `enrolled as` | to first overlay ping | ratio ping/shell |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    writeln!(
+        md,
+        "| {:.1} s | {:.1} s | {:.1} s | {:.2}x |",
+        f.shell_secs,
+        f.enrolled_secs,
+        f.ping_secs,
+        f.ping_secs / f.shell_secs
+    )?;
     Ok(())
 }

@@ -15,6 +15,7 @@ mod cloud;
 mod formats;
 mod image_checks;
 mod inspect;
+mod overlay;
 mod var;
 mod verity;
 
