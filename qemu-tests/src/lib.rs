@@ -18,6 +18,7 @@ use kiln::arch::Arch;
 pub mod enroll_server;
 pub mod metadata;
 pub mod net;
+pub mod share;
 pub mod sntp;
 
 /// The repository root.
@@ -214,12 +215,18 @@ impl RunningVm {
             log: log.clone(),
         };
         let mut cmd = vm.command(scratch.path())?;
+        share::vm_started();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", kiln::qemu::qemu_binary(vm.arch)))?;
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                share::vm_stopped();
+                return Err(e)
+                    .with_context(|| format!("starting {}", kiln::qemu::qemu_binary(vm.arch)));
+            }
+        };
         let mut running = RunningVm {
             child,
             log,
@@ -428,6 +435,7 @@ impl Drop for RunningVm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        share::vm_stopped();
     }
 }
 

@@ -76,6 +76,11 @@ pub trait OverlaySys {
     fn interface_addrs(&mut self) -> io::Result<Vec<(String, IpAddr)>>;
     /// Resolves a host name.
     fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
+    /// Sends one small UDP datagram to `to` (an overlay address). WireGuard starts a
+    /// handshake when it has a packet for a peer without a session; a changed endpoint
+    /// alone does not, and after 90 s of unanswered attempts the kernel stops trying
+    /// until something is sent.
+    fn kick(&mut self, to: IpAddr) -> io::Result<()>;
 }
 
 /// Why a call to kiln-enroll failed, in the terms the overlay acts on.

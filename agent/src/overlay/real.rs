@@ -129,6 +129,16 @@ impl OverlaySys for RealSys {
     fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
         (host, port).to_socket_addrs().map(Iterator::collect)
     }
+
+    fn kick(&mut self, to: IpAddr) -> io::Result<()> {
+        let any: IpAddr = match to {
+            IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        };
+        // Port 9 is the discard service: nothing answers, the datagram only has to leave.
+        std::net::UdpSocket::bind((any, 0))?.send_to(b"kiln", (to, 9))?;
+        Ok(())
+    }
 }
 
 fn api_error(e: ClientError) -> ApiError {

@@ -500,9 +500,14 @@ pub fn replan(sys: &mut dyn OverlaySys, net: &mut dyn Net, mesh: &mut Mesh) -> R
     let mut paths = BTreeMap::new();
     for s in p.status {
         let old = mesh.paths.get(&s.name);
+        // Every probe window (a new start time, even at the same endpoint) gets a kick.
+        let new_window = matches!(s.path, Path::Probing(..)) && old != Some(&s.path);
         if !old.is_some_and(|o| o.same_route(&s.path)) {
             say(sys, &format!("peer {} {}", s.name, s.path));
             changed = true;
+        }
+        if new_window {
+            kick(sys, mesh, &s.name);
         }
         paths.insert(s.name, s.path);
     }
@@ -525,6 +530,21 @@ pub fn replan(sys: &mut dyn OverlaySys, net: &mut dyn Net, mesh: &mut Mesh) -> R
         }
     }
     Ok(())
+}
+
+/// Starts a handshake with peer `name` at the endpoint just set, by sending a datagram to
+/// its overlay IPv4 address. A failure only delays the probe to the next window.
+fn kick(sys: &mut dyn OverlaySys, mesh: &Mesh, name: &str) {
+    let to = mesh
+        .checked
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.allowed_ips.iter().find(|n| n.addr.is_ipv4()))
+        .map(|n| n.addr);
+    if let Some(to) = to {
+        // No route yet or a full socket buffer: the next probe window kicks again.
+        let _ = sys.kick(to);
+    }
 }
 
 /// What the kernel knows about each peer, for the heartbeat.

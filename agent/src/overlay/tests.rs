@@ -44,6 +44,7 @@ struct FakeSys {
     addrs: Vec<(String, IpAddr)>,
     log: Log,
     counter: u8,
+    kicked: Vec<IpAddr>,
 }
 
 impl FakeSys {
@@ -64,6 +65,7 @@ impl FakeSys {
             ],
             log: log.clone(),
             counter: 1,
+            kicked: Vec::new(),
         }
     }
 
@@ -115,6 +117,11 @@ impl OverlaySys for FakeSys {
             "relay.example" => Ok(vec![SocketAddr::new("203.0.113.50".parse().unwrap(), port)]),
             _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such host")),
         }
+    }
+
+    fn kick(&mut self, to: IpAddr) -> io::Result<()> {
+        self.kicked.push(to);
+        Ok(())
     }
 }
 
@@ -304,6 +311,7 @@ fn answer(own_key: PublicKey) -> EnrollAnswer {
         cluster: ClusterJoin {
             role: Role::Worker,
             labels: BTreeMap::new(),
+            join: None,
         },
     }
 }
@@ -1014,4 +1022,39 @@ fn api_errors_say_what_to_do_and_whether_to_retry() {
     assert!(pin
         .to_string()
         .contains("the token pins aa, the server presented [bb, cc]"));
+}
+
+#[test]
+fn every_probe_window_kicks_a_handshake_at_the_peer() {
+    let mut d = Daemon::new();
+    let id = made_identity(&Log::default());
+    let mut a = answer(id.public_key);
+    // No relay: the LAN peer is probed window after window at its one endpoint.
+    a.peers.peers.retain(|p| p.name != "relay");
+    for p in a.peers.peers.iter_mut().filter(|p| p.name == "natted") {
+        p.endpoints = vec!["10.0.2.16:51820".parse().unwrap()];
+    }
+    let e = state::Enrollment {
+        server: "https://10.0.2.100:8443".into(),
+        ca_hash: [0xab; 32],
+        answer: a,
+    };
+    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
+    let mut mesh = run::Mesh::new(id, e.clone(), &s);
+    mesh.mtu = 1420;
+    mesh.next_heartbeat = u64::MAX;
+    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
+    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
+    let (_tx, rx) = std::sync::mpsc::channel();
+    let natted: IpAddr = "10.77.0.7".parse().unwrap();
+    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx);
+    assert_eq!(d.sys.kicked, vec![natted], "{:?}", d.sys.lines);
+    // Within the window: no second packet.
+    d.sys.now += 2;
+    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx);
+    assert_eq!(d.sys.kicked.len(), 1);
+    // The next window at the same endpoint is a new chance: the kernel may have given up.
+    d.sys.now += super::plan::PROBE_WINDOW_SECS;
+    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx);
+    assert_eq!(d.sys.kicked, vec![natted, natted]);
 }

@@ -166,7 +166,9 @@ pub struct Peer {
     pub online: bool,
 }
 
-/// Cluster join parameters (filled in by the cluster-join work).
+/// What a node needs to join the Kubernetes cluster: its role, its labels and, when
+/// kiln-enroll has been given a cluster (`kiln-enroll cluster init`), the join parameters
+/// of that role and nothing more.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterJoin {
@@ -174,6 +176,55 @@ pub struct ClusterJoin {
     pub role: Role,
     /// Node labels from the token.
     pub labels: BTreeMap<String, String>,
+    /// The cluster's join parameters for this role; None when kiln-enroll has no cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<Join>,
+}
+
+/// Join parameters of one cluster kind. They carry secrets: a node keeps them in memory
+/// and in root-only files under /run, never on its disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Join {
+    /// k3s: agents (role worker) and servers (role server).
+    K3s(K3sJoin),
+    /// kubeadm: workers, and control-plane nodes when a certificate key was given.
+    Kubeadm(KubeadmJoin),
+}
+
+/// k3s join parameters.
+///
+/// - worker: `server_url` (None while no server node exists yet: wait and ask again),
+///   `init` false, `token` = the cluster's agent token, `agent_token` None.
+/// - first server: `server_url` None, `init` true (it starts the cluster),
+///   `token` = the server token, `agent_token` = the agent token (k3s `--agent-token`).
+/// - further servers: `server_url` = the first server, `init` false, both tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sJoin {
+    /// `https://ADDR:6443` of a server to join; None for the first server or while none exists.
+    pub server_url: Option<String>,
+    /// This node initializes the cluster (`cluster-init`).
+    pub init: bool,
+    /// The token this node joins with (`token-file`).
+    pub token: String,
+    /// The token agents join with; given to servers only (`agent-token-file`).
+    pub agent_token: Option<String>,
+}
+
+/// kubeadm join parameters (a `JoinConfiguration`'s discovery and control plane parts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeadmJoin {
+    /// `host:port` of the API server.
+    pub api_server_endpoint: String,
+    /// Bootstrap token `[a-z0-9]{6}.[a-z0-9]{16}`.
+    pub token: String,
+    /// `sha256:<64 hex>` pins of the cluster CA's public key.
+    pub ca_cert_hashes: Vec<String>,
+    /// Key that decrypts the uploaded control-plane certificates; servers only, and only
+    /// when kiln-enroll was given one.
+    pub certificate_key: Option<String>,
 }
 
 /// A node's periodic report.

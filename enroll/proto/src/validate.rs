@@ -283,6 +283,7 @@ mod tests {
             cluster: ClusterJoin {
                 role: Role::Worker,
                 labels: Default::default(),
+                join: None,
             },
         };
         assert_eq!(answer(&a), Ok(()));

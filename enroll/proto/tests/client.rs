@@ -189,6 +189,7 @@ fn enroll_answer() -> EnrollAnswer {
         cluster: ClusterJoin {
             role: Role::Worker,
             labels: BTreeMap::new(),
+            join: None,
         },
     }
 }
