@@ -6,6 +6,7 @@
 // Tests may unwrap: a panic there is a failed test, not a failed boot.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod cluster;
 mod cmdline;
 mod config;
 mod crc32;
@@ -53,6 +54,16 @@ Usage:
                                 below, bring up interface kiln0, follow the peer list;
                                 `bench-apply` times a synthetic peer list on interface
                                 kilnbench0 (make bench); `overlay --help` for details
+  kiln-agent cluster run|status
+                                the Kubernetes join (kiln-cluster.service runs `cluster
+                                run`): with [cluster] in /usr/lib/kiln/agent.toml, get
+                                the join parameters from kiln-enroll once the overlay is
+                                up, then start k3s or run `kubeadm join` on the overlay
+                                address, retrying with backoff until joined; `cluster
+                                --help` for details
+  kiln-agent status             the overlay's status, then the cluster's (`overlay
+                                status` and `cluster status`); exit 1 when either has
+                                none (not enrolled, kiln-cluster not run this boot)
   kiln-agent --help             this text
   kiln-agent --version          the version
 
@@ -176,6 +187,19 @@ fn main() -> ExitCode {
         Some("config") => config::main(&rest[1..]),
         Some("preflight") => preflight::main(&rest[1..]),
         Some("overlay") => overlay::main(&rest[1..]),
+        Some("cluster") => cluster::main(&rest[1..]),
+        Some("status") if rest.len() == 1 => {
+            let overlay = overlay::real::run_status();
+            let cluster = cluster::real::run_status();
+            ExitCode::from(overlay.max(cluster))
+        }
+        Some("status") => {
+            err(&format!(
+                "kiln-agent status: takes no arguments, got {:?}\n\n{USAGE}",
+                &rest[1..]
+            ));
+            ExitCode::from(2)
+        }
         None | Some("--help" | "-h" | "help") => {
             out(USAGE);
             ExitCode::SUCCESS

@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
+use crate::fetch::artifact::{fetch_artifacts, FetchedArtifact};
 use crate::fetch::{Cache, FetchContext, Fetched, HttpDownloader};
 use crate::fs::{cpio, ext4, fat, verity};
 use crate::lock::{self, Lockfile, Role, Sources};
@@ -82,6 +83,15 @@ pub enum BuildError {
     /// Container images from `[[container_image]]`.
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
+    /// Fetching an `[[artifact]]`.
+    #[error(transparent)]
+    Artifact(#[from] crate::fetch::artifact::ArtifactError),
+    /// Placing an `[[artifact]]` in the root.
+    #[error(transparent)]
+    Place(#[from] tree::artifact::PlaceError),
+    /// `[cluster]` needs something the root lacks.
+    #[error(transparent)]
+    Cluster(#[from] tree::cluster::ClusterError),
     /// Something the packages should have provided is missing.
     #[error("{0}")]
     Missing(String),
@@ -340,17 +350,43 @@ fn fetch_arch(
     Ok(r?)
 }
 
-/// `kiln fetch`: every locked package of `arches` verified in the cache.
+/// The profile's `[[artifact]]`s for `arch`, verified in the cache
+/// (downloaded or copied in if missing).
+fn fetch_arch_artifacts(
+    profile: &Profile,
+    arch: Arch,
+    cache: &Cache,
+    ui: &Ui,
+) -> Result<Vec<FetchedArtifact>, BuildError> {
+    let downloader = HttpDownloader::new();
+    let pb = ui.bytes(&format!("artifacts {arch}"));
+    let r = fetch_artifacts(cache, &downloader, profile.artifacts_for(arch), arch, &pb);
+    pb.finish_and_clear();
+    Ok(r?)
+}
+
+/// What `kiln fetch` verified in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FetchSummary {
+    /// Locked packages, summed over the arches.
+    pub packages: usize,
+    /// `[[artifact]]` files, summed over the arches.
+    pub artifacts: usize,
+}
+
+/// `kiln fetch`: every locked package and every artifact of `arches`
+/// verified in the cache.
 pub fn fetch(
     profile: &Profile,
     arches: &[Arch],
     cache: &Cache,
     ui: &Ui,
-) -> Result<usize, BuildError> {
+) -> Result<FetchSummary, BuildError> {
     let lock = read_lock(profile)?;
-    let mut n = 0;
+    let mut n = FetchSummary::default();
     for &arch in arches {
-        n += fetch_arch(profile, &lock, arch, cache, ui)?.len();
+        n.packages += fetch_arch(profile, &lock, arch, cache, ui)?.len();
+        n.artifacts += fetch_arch_artifacts(profile, arch, cache, ui)?.len();
     }
     Ok(n)
 }
@@ -577,6 +613,7 @@ fn build_arch(
 
     // fetch
     let fetched = fetch_arch(profile, lock, arch, cache, ui)?;
+    let artifacts = fetch_arch_artifacts(profile, arch, cache, ui)?;
     clock.lap("fetch");
 
     // unpack: root and kernel packages into one tree, the stub package aside
@@ -655,7 +692,23 @@ fn build_arch(
         "usr/bin/kiln-agent",
         Node::file(agent.clone(), 0o755, epoch, "kiln:agent"),
     )?;
+    let mut artifact_digests = Vec::new();
+    for a in &artifacts {
+        let data: Arc<[u8]> = std::fs::read(&a.path).map_err(io_err(&a.path))?.into();
+        artifact_digests.push((
+            format!("artifact:{}", a.artifact.name),
+            manifest::FileDigest {
+                file: a.artifact.dest.clone(),
+                size: data.len() as u64,
+                sha256: a.artifact.sha256.clone(),
+            },
+        ));
+        tree::artifact::place(&mut root, &a.artifact, data)?;
+    }
     tree::node::apply(&mut root, &profile.agent, profile.extras.debug_shell)?;
+    if let Some(cluster) = &profile.agent.cluster {
+        tree::cluster::apply(&mut root, cluster, &profile.path)?;
+    }
     crate::oci::add_to_root(
         &mut root,
         &profile.container_images,
@@ -925,7 +978,9 @@ fn build_arch(
                 },
             ),
         ]
-        .into(),
+        .into_iter()
+        .chain(artifact_digests)
+        .collect(),
     };
     let manifest_path = staging.path(&manifest_name);
     std::fs::write(&manifest_path, m.to_json()).map_err(io_err(&manifest_path))?;

@@ -57,8 +57,9 @@ enum Command {
         #[arg(long)]
         update: bool,
     },
-    /// Download the locked packages into the cache, verifying size and sha256.
-    /// Packages already in the cache are verified, not downloaded again.
+    /// Download the locked packages and the profile's [[artifact]] files into
+    /// the cache, verifying size and sha256. Files already in the cache are
+    /// verified, not downloaded again.
     Fetch {
         /// The profile.
         profile: PathBuf,
@@ -298,7 +299,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let arches = arches_for(Some(arch), &profile)?;
             let n = kiln::build::fetch(&profile, &arches, &cache()?, &ui)?;
             if !g.quiet {
-                println!("{n} packages verified in the cache");
+                if n.artifacts == 0 {
+                    println!("{} packages verified in the cache", n.packages);
+                } else {
+                    println!(
+                        "{} packages and {} artifacts verified in the cache",
+                        n.packages, n.artifacts
+                    );
+                }
             }
         }
         Command::Build {

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,9 @@ use kiln_enroll_proto::validate::MIN_MTU;
 use crate::api::{Api, Settings};
 use crate::ca::Ca;
 use crate::clock::{Clock, SystemClock};
+use crate::cluster::{self as cl, parse_ca_cert_hash, parse_endpoint, parse_server_url};
 use crate::server::{Options, Server, DEFAULT_MAX_CONNECTIONS};
-use crate::store::{self, logic, Pools, Store, TokenRecord};
+use crate::store::{self, logic, Cluster, K3sCluster, KubeadmCluster, Pools, Store, TokenRecord};
 use crate::watch::Notifier;
 use crate::{labels, listing, random, ratelimit, tls};
 
@@ -38,7 +40,7 @@ pub const DEFAULT_STATE: &str = "sqlite:/var/lib/kiln-enroll/state.db";
                   nothing but the token and the server's address.\n\n\
                   Typical use:\n  kiln-enroll serve --listen 0.0.0.0:8443 --san \
                   enroll.example.org\n  kiln-enroll token create --ttl 1h --uses 3 \
-                  --label zone=home\n  kiln-enroll node list"
+                  --label zone=home\n  kiln-enroll cluster init k3s\n  kiln-enroll node list"
 )]
 pub struct Cli {
     /// The state: sqlite:PATH (one server) or postgres://USER[:PASSWORD]@HOST[:PORT]/DB
@@ -73,6 +75,101 @@ pub enum Command {
     /// The server's certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The Kubernetes cluster nodes join: its parameters are handed to each node for
+    /// its role (in the enrollment answer and on GET /v1/cluster).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `cluster` commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Set the cluster (k3s or kubeadm). Refused when one is set, unless --replace.
+    #[command(subcommand)]
+    Init(ClusterInit),
+    /// Show the cluster: kind, server URL or endpoint, CA hashes; secrets show as
+    /// `<set>`, never their value.
+    Show(ListArgs),
+    /// Remove the cluster: nodes get no join parameters from then on (nodes that have
+    /// joined stay in the cluster).
+    Clear,
+}
+
+/// `cluster init` kinds.
+#[derive(Debug, Subcommand)]
+pub enum ClusterInit {
+    /// A k3s cluster. Without --server-url the first node enrolled with a server token
+    /// starts it (cluster-init) and every other node joins https://<its overlay IPv4>:6443;
+    /// workers that enroll before any server wait for it. Without token files, both
+    /// tokens are generated (48 hex characters from /dev/urandom) and stored.
+    #[command(
+        long_about = "Set a k3s cluster.\n\nWithout --server-url the first node enrolled \
+                      with a server token (`token create --role server`) starts the cluster \
+                      (k3s cluster-init), and every other node joins \
+                      https://<its overlay IPv4>:6443; workers that enroll before any server \
+                      wait and ask again. That node stays the cluster's first server even if \
+                      it is revoked later (its URL keeps being handed out; use `cluster init \
+                      k3s --replace --server-url ...` to point nodes at another server).\n\n\
+                      Servers get the server token and the agent token; workers only the \
+                      agent token. Without --token-file / --agent-token-file the tokens are \
+                      generated (48 hex characters from /dev/urandom) and stored; they are \
+                      never printed."
+    )]
+    K3s(K3sInitArgs),
+    /// A kubeadm cluster made outside kiln: its API endpoint, a bootstrap token and the CA
+    /// hash (from `kubeadm token create --print-join-command`), and optionally the
+    /// certificate key that lets server nodes join the control plane.
+    Kubeadm(KubeadmInitArgs),
+}
+
+/// `cluster init k3s` options.
+#[derive(Debug, Args)]
+pub struct K3sInitArgs {
+    /// The server every node joins (an existing k3s server). Without it, the first
+    /// server node to enroll starts the cluster.
+    #[arg(long, value_parser = parse_server_url, value_name = "https://HOST:6443")]
+    pub server_url: Option<String>,
+    /// File holding the server token (servers join with it); generated when left out.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// File holding the agent token (workers join with it); generated when left out.
+    #[arg(long, value_name = "FILE")]
+    pub agent_token_file: Option<PathBuf>,
+    /// Replace a cluster that is already set.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `cluster init kubeadm` options.
+#[derive(Debug, Args)]
+pub struct KubeadmInitArgs {
+    /// The API server, HOST:PORT (e.g. the first control-plane node's overlay address,
+    /// 10.77.0.1:6443, or a load balancer).
+    #[arg(long, value_parser = parse_endpoint, value_name = "HOST:PORT")]
+    pub endpoint: String,
+    /// The bootstrap token, abcdef.0123456789abcdef (prefer --token-file: a command
+    /// line ends up in shell history).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the bootstrap token.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The CA public key pin, sha256:<64 hex> (repeatable).
+    #[arg(long = "ca-cert-hash", required = true, value_parser = parse_ca_cert_hash, value_name = "sha256:HEX")]
+    pub ca_cert_hashes: Vec<String>,
+    /// The key of the uploaded control-plane certificates (64 hex, from `kubeadm init
+    /// phase upload-certs --upload-certs`); server nodes join the control plane with
+    /// it. Without it only workers can join.
+    #[arg(long, value_name = "HEX")]
+    pub certificate_key: Option<String>,
+    /// Replace a cluster that is already set.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// `serve` options.
@@ -268,6 +365,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let rows = listing::node_rows(&open()?.nodes()?);
             print_rows(&rows, args.json, listing::node_table)
         }
+        Command::Cluster(c) => cluster(open()?.as_ref(), c),
         Command::Node(NodeCommand::Revoke { name }) => {
             if !open()?.revoke_node(&name)? {
                 bail!("there is no node {name:?} (see `kiln-enroll node list`)");
@@ -276,6 +374,158 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn cluster(store: &dyn Store, command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Init(init) => {
+            let (c, replace) = cluster_of(init)?;
+            if !store.set_cluster(&c, replace)? {
+                let kind = store.cluster()?.map_or("", |c| c.kind());
+                bail!(
+                    "a {kind} cluster is already set (see `kiln-enroll cluster show`): add \
+                     --replace to replace it (nodes that have joined keep their cluster; new \
+                     joins get the new parameters)"
+                );
+            }
+            match &c {
+                Cluster::K3s(k) => match &k.server_url {
+                    Some(url) => eprintln!("k3s cluster set: every node joins {url}"),
+                    None => eprintln!(
+                        "k3s cluster set: the first server node to enroll starts it, the \
+                         others join https://<its overlay IPv4>:{}",
+                        logic::K3S_PORT
+                    ),
+                },
+                Cluster::Kubeadm(k) => eprintln!(
+                    "kubeadm cluster set: nodes join {}{}",
+                    k.endpoint,
+                    if k.certificate_key.is_some() {
+                        " (servers as control-plane nodes)"
+                    } else {
+                        " (workers only: no --certificate-key)"
+                    }
+                ),
+            }
+            Ok(())
+        }
+        ClusterCommand::Show(args) => {
+            let Some(c) = store.cluster()? else {
+                let text = if args.json {
+                    "null\n".to_string()
+                } else {
+                    "no cluster is set: nodes get no join parameters (set one with \
+                     `kiln-enroll cluster init k3s` or `... kubeadm`)\n"
+                        .to_string()
+                };
+                return write_stdout(&text);
+            };
+            let first = match &c {
+                Cluster::K3s(K3sCluster {
+                    server_url: None,
+                    init_node: Some(name),
+                    ..
+                }) => store.node(name)?,
+                _ => None,
+            };
+            let view = cl::show(&c, first.as_ref());
+            let text = if args.json {
+                let mut t = serde_json::to_string_pretty(&view)?;
+                t.push('\n');
+                t
+            } else {
+                cl::show_text(&view)
+            };
+            write_stdout(&text)
+        }
+        ClusterCommand::Clear => {
+            if store.clear_cluster()? {
+                eprintln!(
+                    "cluster removed: nodes get no join parameters from now on (nodes that \
+                     have joined stay in it)"
+                );
+            } else {
+                eprintln!("no cluster was set: nothing to remove");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The cluster an `init` describes, secrets read and checked (errors name the flag or
+/// file), and whether it may replace one.
+fn cluster_of(init: ClusterInit) -> anyhow::Result<(Cluster, bool)> {
+    Ok(match init {
+        ClusterInit::K3s(a) => {
+            let read = |flag: &str, file: &Option<PathBuf>| -> anyhow::Result<String> {
+                Ok(match file {
+                    Some(p) => cl::read_secret_file(flag, p, kiln_enroll_proto::validate::secret)?,
+                    None => cl::generate_token()?,
+                })
+            };
+            let token = read("--token-file", &a.token_file)?;
+            let agent_token = read("--agent-token-file", &a.agent_token_file)?;
+            if token == agent_token {
+                bail!(
+                    "--agent-token-file: the agent token is the server token; give two \
+                     different tokens, or leave out either file to have one generated \
+                     (workers must not be able to join as servers)"
+                );
+            }
+            let c = Cluster::K3s(K3sCluster {
+                server_url: a.server_url,
+                init_node: None,
+                token,
+                agent_token,
+            });
+            (c, a.replace)
+        }
+        ClusterInit::Kubeadm(a) => {
+            let token = match (&a.token, &a.token_file) {
+                (_, Some(p)) => cl::read_secret_file(
+                    "--token-file",
+                    p,
+                    kiln_enroll_proto::validate::kubeadm_token,
+                )?,
+                (Some(t), None) => {
+                    cl::check_flag_secret("--token", t, kiln_enroll_proto::validate::kubeadm_token)?
+                }
+                (None, None) => bail!("--token or --token-file is required"),
+            };
+            let certificate_key = a
+                .certificate_key
+                .as_deref()
+                .map(|k| {
+                    cl::check_flag_secret(
+                        "--certificate-key",
+                        k,
+                        kiln_enroll_proto::validate::certificate_key,
+                    )
+                })
+                .transpose()?;
+            // The same pin twice is harmless but noise in every join config.
+            let mut hashes: Vec<String> = Vec::new();
+            for h in a.ca_cert_hashes {
+                if !hashes.contains(&h) {
+                    hashes.push(h);
+                }
+            }
+            let c = Cluster::Kubeadm(KubeadmCluster {
+                endpoint: a.endpoint,
+                token,
+                ca_cert_hashes: hashes,
+                certificate_key,
+            });
+            (c, a.replace)
+        }
+    })
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
 }
 
 fn print_rows<T: serde::Serialize>(
@@ -290,10 +540,7 @@ fn print_rows<T: serde::Serialize>(
     } else {
         table(rows)
     };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .context("writing to stdout")
+    write_stdout(&text)
 }
 
 fn token_create(store: &dyn Store, clock: &dyn Clock, args: TokenCreateArgs) -> anyhow::Result<()> {
@@ -469,5 +716,73 @@ mod tests {
             (s.mtu, s.keepalive, s.heartbeat, s.endpoint_ttl),
             (1420, 25, 30, 90)
         );
+    }
+
+    #[test]
+    fn cluster_commands_parse_and_check_their_flags() {
+        let hash = format!("sha256:{}", "AB".repeat(32));
+        let c = Cli::try_parse_from([
+            "kiln-enroll",
+            "cluster",
+            "init",
+            "kubeadm",
+            "--endpoint",
+            "10.77.0.1:6443",
+            "--token",
+            "abcdef.0123456789abcdef",
+            "--ca-cert-hash",
+            &hash,
+            "--ca-cert-hash",
+            &hash.to_lowercase(),
+            "--replace",
+        ])
+        .unwrap();
+        let Command::Cluster(ClusterCommand::Init(init)) = c.command else {
+            panic!("not cluster init")
+        };
+        let (cluster, replace) = cluster_of(init).unwrap();
+        assert!(replace);
+        let Cluster::Kubeadm(k) = cluster else {
+            panic!("not kubeadm")
+        };
+        // Pins are kept lowercase, once each.
+        assert_eq!(k.ca_cert_hashes, [hash.to_lowercase()]);
+        assert_eq!(k.certificate_key, None);
+        let c = Cli::try_parse_from([
+            "kiln-enroll",
+            "cluster",
+            "init",
+            "k3s",
+            "--server-url",
+            "https://10.77.0.1:6443/",
+        ])
+        .unwrap();
+        let Command::Cluster(ClusterCommand::Init(init)) = c.command else {
+            panic!("not cluster init")
+        };
+        let (Cluster::K3s(k), false) = cluster_of(init).unwrap() else {
+            panic!("not k3s")
+        };
+        assert_eq!(k.server_url.as_deref(), Some("https://10.77.0.1:6443"));
+        assert_eq!((k.token.len(), k.agent_token.len()), (48, 48));
+        assert_ne!(k.token, k.agent_token);
+        for bad in [
+            vec!["cluster", "init", "k3s", "--server-url", "10.0.0.1:6443"],
+            vec!["cluster", "init", "kubeadm", "--endpoint", "x:1"],
+            vec![
+                "cluster",
+                "init",
+                "kubeadm",
+                "--endpoint",
+                "x:1",
+                "--token",
+                "a",
+            ],
+            vec!["cluster", "show", "--yaml"],
+        ] {
+            let mut args = vec!["kiln-enroll"];
+            args.extend(bad.iter().copied());
+            assert!(Cli::try_parse_from(&args).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The store contract, each behaviour checked once and run against both backends: SQLite
-//! in a temporary folder and PostgreSQL 15 in a throwaway cluster ([`TempPostgres`]).
+//! in a temporary folder and PostgreSQL 15 in a throwaway cluster ([`TempPostgres`]):
+//! tokens, enrollment, heartbeats, the CA, the cluster and its first server, and the
+//! migration from schema version 1.
 //! PostgreSQL not starting fails the test with the harness's message.
 
 #![allow(clippy::unwrap_used)]
@@ -10,10 +12,10 @@ use std::process::Command;
 
 use kiln_enroll::pgtest::TempPostgres;
 use kiln_enroll::store::{
-    self, logic, CaPem, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Refusal,
-    Store, StoreError, TokenRecord,
+    self, logic, CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, K3sCluster,
+    KubeadmCluster, NodeRecord, Pools, Refusal, Store, StoreError, TokenRecord,
 };
-use kiln_enroll_proto::api::{Observation, Role};
+use kiln_enroll_proto::api::{Join, Observation, Role};
 use kiln_enroll_proto::key::PublicKey;
 use kiln_enroll_proto::net::{nth_host, ula_prefix};
 use kiln_enroll_proto::token::secret_hash;
@@ -622,4 +624,266 @@ fn an_unreachable_postgres_is_a_retryable_error_naming_host_not_password() {
     assert!(e.retryable(), "{text}");
     assert!(text.contains(&format!("127.0.0.1:{port}/kiln")), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+fn server_token(id: &str, uses: u32) -> TokenRecord {
+    let mut t = token(id, uses, 3600);
+    t.role = Role::Server;
+    t
+}
+
+fn k3s_cluster(url: Option<&str>) -> Cluster {
+    Cluster::K3s(K3sCluster {
+        server_url: url.map(str::to_string),
+        init_node: None,
+        token: "server-secret".to_string(),
+        agent_token: "agent-secret".to_string(),
+    })
+}
+
+fn first_server(s: &dyn Store) -> Option<String> {
+    match s.cluster().unwrap() {
+        Some(Cluster::K3s(k)) => k.init_node,
+        other => panic!("not a k3s cluster: {other:?}"),
+    }
+}
+
+#[test]
+fn the_first_k3s_server_is_chosen_inside_its_enrollment() {
+    each_backend(|db| {
+        let s = db.open();
+        assert_eq!(s.cluster().unwrap(), None, "{}", db.kind);
+        assert!(s.set_cluster(&k3s_cluster(None), false).unwrap());
+        s.create_token(&token("wrk001", 5, 3600)).unwrap();
+        s.create_token(&server_token("srv001", 5)).unwrap();
+        // A worker first: nobody starts the cluster yet.
+        let w = new_node(db, &*s, &input("wrk001", 1, "w"), &pools());
+        assert_eq!(first_server(&*s), None, "{}", db.kind);
+        assert_eq!(s.claim_first_server(&w.name).unwrap(), s.cluster().unwrap());
+        assert_eq!(first_server(&*s), None, "{}: a worker claimed", db.kind);
+        let a = new_node(db, &*s, &input("srv001", 2, "a"), &pools());
+        assert_eq!(first_server(&*s).as_deref(), Some("a"), "{}", db.kind);
+        // Retrying, a second server, a claim by it: the first stays.
+        match s.enroll(&input("srv001", 2, "a"), &pools()) {
+            Ok(EnrollOutcome::Existing(n)) => assert_eq!(n, a),
+            other => panic!("{}: {other:?}", db.kind),
+        }
+        new_node(db, &*s, &input("srv001", 3, "b"), &pools());
+        s.claim_first_server("b").unwrap();
+        assert_eq!(first_server(&*s).as_deref(), Some("a"), "{}", db.kind);
+        // What each is told follows from the stored choice.
+        let c = s.cluster().unwrap().unwrap();
+        let nodes = s.nodes().unwrap();
+        let by = |n: &str| nodes.iter().find(|x| x.name == n).unwrap();
+        let Join::K3s(ja) = logic::join_for(&c, by("a"), Some(by("a"))) else {
+            panic!()
+        };
+        let Join::K3s(jb) = logic::join_for(&c, by("b"), Some(by("a"))) else {
+            panic!()
+        };
+        let Join::K3s(jw) = logic::join_for(&c, by("w"), Some(by("a"))) else {
+            panic!()
+        };
+        assert!(ja.init && !jb.init && !jw.init, "{}", db.kind);
+        let url = format!("https://{}:6443", a.address_v4);
+        assert_eq!(jb.server_url.as_deref(), Some(url.as_str()));
+        assert_eq!(jw.server_url.as_deref(), Some(url.as_str()));
+        assert_eq!(
+            (jw.token.as_str(), jw.agent_token),
+            ("agent-secret", None),
+            "{}",
+            db.kind
+        );
+        // A replaced cluster forgets its first server; a server enrolled earlier takes it
+        // when it asks.
+        assert!(!s.set_cluster(&k3s_cluster(None), false).unwrap());
+        assert!(s.set_cluster(&k3s_cluster(None), true).unwrap());
+        assert_eq!(first_server(&*s), None, "{}", db.kind);
+        s.claim_first_server("b").unwrap();
+        assert_eq!(first_server(&*s).as_deref(), Some("b"), "{}", db.kind);
+        // A cluster with a given URL never gets a first server.
+        assert!(s
+            .set_cluster(&k3s_cluster(Some("https://k3s.example:6443")), true)
+            .unwrap());
+        new_node(db, &*s, &input("srv001", 4, "c"), &pools());
+        assert_eq!(first_server(&*s), None, "{}", db.kind);
+    });
+}
+
+#[test]
+fn twenty_servers_enrolling_at_once_make_exactly_one_first_server() {
+    each_backend(|db| {
+        let one = db.open();
+        let two = db.open();
+        one.set_cluster(&k3s_cluster(None), false).unwrap();
+        one.create_token(&server_token("srv020", 20)).unwrap();
+        let nodes: Vec<NodeRecord> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..20u32)
+                .map(|n| {
+                    let s = if n % 2 == 0 { &*one } else { &*two };
+                    sc.spawn(move || new_node(db, s, &input("srv020", n, "srv"), &pools()))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let c = two.cluster().unwrap().unwrap();
+        let first = first_server(&*two).unwrap();
+        let first_rec = nodes.iter().find(|n| n.name == first).unwrap();
+        let inits = nodes
+            .iter()
+            .filter(|n| match logic::join_for(&c, n, Some(first_rec)) {
+                Join::K3s(k) => k.init,
+                Join::Kubeadm(_) => false,
+            })
+            .count();
+        assert_eq!(inits, 1, "{}", db.kind);
+    });
+}
+
+#[test]
+fn a_kubeadm_cluster_is_stored_replaced_and_cleared() {
+    each_backend(|db| {
+        let s = db.open();
+        let kubeadm = Cluster::Kubeadm(KubeadmCluster {
+            endpoint: "10.77.0.1:6443".to_string(),
+            token: "abcdef.0123456789abcdef".to_string(),
+            ca_cert_hashes: vec![
+                format!("sha256:{}", "ab".repeat(32)),
+                format!("sha256:{}", "cd".repeat(32)),
+            ],
+            certificate_key: Some("ef".repeat(32)),
+        });
+        assert!(s.set_cluster(&kubeadm, false).unwrap());
+        assert_eq!(
+            db.open().cluster().unwrap(),
+            Some(kubeadm.clone()),
+            "{}",
+            db.kind
+        );
+        // Debug output (what could reach a log) carries no secret.
+        let debug = format!("{kubeadm:?}");
+        assert!(!debug.contains("0123456789abcdef") && !debug.contains(&"ef".repeat(32)));
+        assert!(!s.set_cluster(&k3s_cluster(None), false).unwrap());
+        assert_eq!(s.cluster().unwrap(), Some(kubeadm), "{}", db.kind);
+        assert!(s.set_cluster(&k3s_cluster(None), true).unwrap());
+        assert_eq!(s.cluster().unwrap(), Some(k3s_cluster(None)), "{}", db.kind);
+        assert!(s.clear_cluster().unwrap());
+        assert!(!s.clear_cluster().unwrap());
+        assert_eq!(s.cluster().unwrap(), None, "{}", db.kind);
+    });
+}
+
+/// Schema version 1 exactly as kiln-enroll wrote it before the cluster table existed.
+const SCHEMA_1_SQLITE: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE ca (id INTEGER PRIMARY KEY CHECK (id = 1), cert_pem TEXT NOT NULL, key_pem TEXT NOT NULL);
+CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash BLOB NOT NULL, created INTEGER NOT NULL,
+    expires INTEGER NOT NULL, uses_total INTEGER NOT NULL, uses_left INTEGER NOT NULL,
+    role TEXT NOT NULL, labels TEXT NOT NULL, revoked INTEGER NOT NULL);
+CREATE TABLE nodes (name TEXT PRIMARY KEY, public_key BLOB NOT NULL UNIQUE,
+    credential_hash BLOB NOT NULL, token_id TEXT NOT NULL, address_v4 TEXT NOT NULL UNIQUE,
+    address_v6 TEXT NOT NULL UNIQUE, arch TEXT NOT NULL, role TEXT NOT NULL, labels TEXT NOT NULL,
+    enrolled INTEGER NOT NULL, revoked INTEGER NOT NULL, last_heartbeat INTEGER,
+    online INTEGER NOT NULL, endpoints TEXT NOT NULL, public_endpoint TEXT,
+    public_verified INTEGER NOT NULL);
+INSERT INTO meta (key, value) VALUES ('peers_version', '1'), ('schema_version', '1');
+";
+
+const SCHEMA_1_POSTGRES: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE ca (id INTEGER PRIMARY KEY CHECK (id = 1), cert_pem TEXT NOT NULL, key_pem TEXT NOT NULL);
+CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash BYTEA NOT NULL, created BIGINT NOT NULL,
+    expires BIGINT NOT NULL, uses_total BIGINT NOT NULL, uses_left BIGINT NOT NULL,
+    role TEXT NOT NULL, labels TEXT NOT NULL, revoked BOOLEAN NOT NULL);
+CREATE TABLE nodes (name TEXT PRIMARY KEY, public_key BYTEA NOT NULL UNIQUE,
+    credential_hash BYTEA NOT NULL, token_id TEXT NOT NULL, address_v4 TEXT NOT NULL UNIQUE,
+    address_v6 TEXT NOT NULL UNIQUE, arch TEXT NOT NULL, role TEXT NOT NULL, labels TEXT NOT NULL,
+    enrolled BIGINT NOT NULL, revoked BOOLEAN NOT NULL, last_heartbeat BIGINT,
+    online BOOLEAN NOT NULL, endpoints TEXT NOT NULL, public_endpoint TEXT,
+    public_verified BOOLEAN NOT NULL);
+INSERT INTO meta (key, value) VALUES ('peers_version', '1'), ('schema_version', '1');
+";
+
+/// The version-1 rows: one server token with one use taken by node `old`.
+const OLD_TOKEN: &str = "INSERT INTO tokens VALUES ('old001', $1, 1700000000, 1700003600, 2, 1, \
+                         'server', '{\"zone\":\"lab\"}', false)";
+const OLD_NODE: &str = "INSERT INTO nodes VALUES ('old', $1, $2, 'old001', '10.77.0.1', \
+                        'fd00::1', 'x86_64', 'server', '{\"zone\":\"lab\"}', 1700000010, false, \
+                        NULL, true, '[\"192.168.7.2:51820\"]', NULL, false)";
+
+fn schema_version_of(db: &Db) -> String {
+    let q = "SELECT value FROM meta WHERE key = 'schema_version'";
+    match &db.sqlite_path {
+        Some(p) => rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row(q, [], |r| r.get(0))
+            .unwrap(),
+        None => postgres::Client::connect(&db.url, postgres::NoTls)
+            .unwrap()
+            .query_one(q, &[])
+            .unwrap()
+            .get(0),
+    }
+}
+
+#[test]
+fn a_schema_1_database_is_migrated_keeping_nodes_and_tokens() {
+    each_backend(|db| {
+        let secret_h = secret_hash(&secret(1)).to_vec();
+        let pk = key(1).0.to_vec();
+        let cred: Vec<u8> = Sha256::digest("cred 1").to_vec();
+        match &db.sqlite_path {
+            Some(p) => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                let c = rusqlite::Connection::open(p).unwrap();
+                c.execute_batch(SCHEMA_1_SQLITE).unwrap();
+                c.execute(&OLD_TOKEN.replace("$1", "?1"), [&secret_h])
+                    .unwrap();
+                c.execute(
+                    &OLD_NODE.replace("$1", "?1").replace("$2", "?2"),
+                    [&pk, &cred],
+                )
+                .unwrap();
+            }
+            None => {
+                let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+                c.batch_execute(SCHEMA_1_POSTGRES).unwrap();
+                c.execute(OLD_TOKEN, &[&secret_h]).unwrap();
+                c.execute(OLD_NODE, &[&pk, &cred]).unwrap();
+            }
+        }
+        assert_eq!(schema_version_of(db), "1");
+        let s = db.open();
+        assert_eq!(schema_version_of(db), "2", "{}", db.kind);
+        let tokens = s.tokens().unwrap();
+        assert_eq!(tokens.len(), 1, "{}", db.kind);
+        assert_eq!(
+            (tokens[0].id.as_str(), tokens[0].uses_left, tokens[0].role),
+            ("old001", 1, Role::Server)
+        );
+        let old = s.node("old").unwrap().unwrap();
+        assert_eq!(
+            (old.address_v4.to_string(), old.token_id.as_str(), old.role),
+            ("10.77.0.1".to_string(), "old001", Role::Server),
+            "{}",
+            db.kind
+        );
+        assert_eq!(s.peers_version().unwrap(), 1);
+        assert_eq!(s.cluster().unwrap(), None);
+        // The old node keeps working: its retry is recognised; a cluster set now reaches it.
+        let mut again = input("old001", 1, "old");
+        again.now = NOW + 5000;
+        match s.enroll(&again, &pools()) {
+            Ok(EnrollOutcome::Existing(n)) => assert_eq!(n, old, "{}", db.kind),
+            other => panic!("{}: {other:?}", db.kind),
+        }
+        assert!(s.set_cluster(&k3s_cluster(None), false).unwrap());
+        s.claim_first_server("old").unwrap();
+        assert_eq!(first_server(&*s).as_deref(), Some("old"), "{}", db.kind);
+        // Opening again migrates nothing twice.
+        drop(s);
+        let s = db.open();
+        assert_eq!(s.nodes().unwrap().len(), 1);
+        assert_eq!(first_server(&*s).as_deref(), Some("old"), "{}", db.kind);
+    });
 }

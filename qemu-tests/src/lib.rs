@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,61 @@ pub fn profile_image(profile: &str, arch: Arch) -> anyhow::Result<Built> {
         debug_shell: false,
         append_cmdline: Vec::new(),
         out: format!("out-{stem}"),
+    })
+}
+
+/// `profiles/k3s.toml` for `arch` with the debug shell and `kiln.hostname=<hostname>`,
+/// its k3s artifact taken from the local file `k3s` (pinned by that file's sha256: the
+/// profile's own download is unreachable here), raw only, into `out`.
+pub fn k3s_image(arch: Arch, k3s: &Path, hostname: &str, out: &Path) -> anyhow::Result<Built> {
+    let mut profile = kiln::profile::Profile::load(&repo_root().join("profiles/k3s.toml"))?;
+    profile.enable_debug_shell()?;
+    profile.append_cmdline(&[format!("kiln.hostname={hostname}")])?;
+    let sum = Command::new("sha256sum")
+        .arg(k3s)
+        .output()
+        .with_context(|| format!("sha256sum {}", k3s.display()))?;
+    if !sum.status.success() {
+        bail!(
+            "sha256sum {}: {}",
+            k3s.display(),
+            String::from_utf8_lossy(&sum.stderr)
+        );
+    }
+    let sha = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut replaced = 0;
+    for a in profile
+        .artifacts
+        .iter_mut()
+        .filter(|a| a.name == "k3s" && a.applies_to(arch))
+    {
+        a.source = kiln::profile::ArtifactSource::Path(k3s.to_path_buf());
+        a.sha256 = sha.clone();
+        replaced += 1;
+    }
+    if replaced != 1 {
+        bail!("profiles/k3s.toml has {replaced} k3s artifacts for {arch}, expected 1");
+    }
+    let cache = kiln::fetch::Cache::from_env()?;
+    let opts = kiln::build::BuildOptions {
+        arches: vec![arch],
+        out: out.to_path_buf(),
+        epoch: None,
+        agent: kiln::build::AgentSource::from_env(),
+        formats: Some(vec![kiln::profile::Format::Raw]),
+    };
+    let r = kiln::build::build(&profile, &cache, &opts, &kiln::build::Ui::new(true))
+        .with_context(|| format!("building profiles/k3s.toml for {arch}"))?
+        .into_iter()
+        .next()
+        .context("build returned no image")?;
+    Ok(Built {
+        image: r.image,
+        manifest: r.manifest,
     })
 }
 

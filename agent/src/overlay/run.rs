@@ -422,7 +422,18 @@ pub fn bring_up(sys: &mut dyn OverlaySys, net: &mut dyn Net, mesh: &mut Mesh) ->
         error(sys, &format!("TCP MSS clamp on {IFNAME}: {e}"));
     }
     mesh.endpoints = own_endpoints(sys, mesh.listen_port, &mesh.pools());
-    replan(sys, net, mesh).map_err(Fatal::retry)
+    replan(sys, net, mesh).map_err(Fatal::retry)?;
+    // The status file also tells kiln-cluster that kiln0 is up; replan writes it only
+    // when a path changed, which a node without peers never sees.
+    let status = StatusFile {
+        mtu: mesh.mtu,
+        paths: mesh
+            .paths
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+    };
+    state::save_status(sys, &status)
 }
 
 fn resolve_public(

@@ -4,12 +4,16 @@
 //! [`OverlaySys::write_private`] (atomic, durable, root-only).
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 
 use kiln_enroll_proto::api::{EnrollAnswer, PeerList};
+use kiln_enroll_proto::client::NodeAuth;
 use kiln_enroll_proto::token::{hex32, to_hex};
 use serde::{Deserialize, Serialize};
 
-use super::{Fatal, OverlaySys, ENROLLMENT_PATH, PEERS_PATH, STATE_DIR, STATUS_PATH};
+use super::{
+    Fatal, OverlaySys, ENROLLMENT_PATH, IDENTITY_PATH, PEERS_PATH, STATE_DIR, STATUS_PATH,
+};
 
 /// What enrolling gave, with where from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,15 +98,101 @@ pub fn load_enrollment(sys: &mut dyn OverlaySys) -> Result<Option<Enrollment>, F
     }))
 }
 
-/// Writes `enrollment.json`.
+/// The answer as it may be stored: without the cluster's join parameters, which carry
+/// the cluster's tokens (kiln-cluster asks `GET /v1/cluster` for them at every start and
+/// keeps them under /run only, so they never reach the disk).
+pub fn scrubbed(answer: &EnrollAnswer) -> EnrollAnswer {
+    let mut a = answer.clone();
+    a.cluster.join = None;
+    a
+}
+
+/// Writes `enrollment.json` (its answer [`scrubbed`]).
 pub fn save_enrollment(sys: &mut dyn OverlaySys, e: &Enrollment) -> Result<(), Fatal> {
     let f = EnrollmentFile {
         version: 1,
         server: e.server.clone(),
         ca_hash: to_hex(&e.ca_hash),
-        answer: e.answer.clone(),
+        answer: scrubbed(&e.answer),
     };
     write_json(sys, ENROLLMENT_PATH, &f)
+}
+
+/// What kiln-cluster needs to know about the node from the overlay's state.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// The node name kiln-enroll gave (also the Kubernetes node name).
+    pub name: String,
+    /// The node's overlay IPv4 address (kiln0).
+    pub address_v4: Ipv4Addr,
+    /// kiln-enroll's URL.
+    pub server: String,
+    /// kiln-enroll's CA pin.
+    pub ca_hash: [u8; 32],
+    /// The node's credential for kiln-enroll calls.
+    pub auth: NodeAuth,
+    /// The node's public `host:port`, only when a peer reached it there (the server
+    /// marks it public in the peer list); None for a node behind NAT.
+    pub public_endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for NodeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credential stays out of every log (NodeAuth's Debug hides it too).
+        write!(
+            f,
+            "NodeView({} {} server {} public {:?})",
+            self.name, self.address_v4, self.server, self.public_endpoint
+        )
+    }
+}
+
+/// Reads the node's view from the overlay's files through `read` (a path to its bytes):
+/// `enrollment.json`, `identity.json` and `peers.json` (for whether the node is public).
+/// None while the node has not enrolled; an error names the damaged file.
+pub fn node_view(
+    read: &mut dyn FnMut(&str) -> std::io::Result<Vec<u8>>,
+) -> Result<Option<NodeView>, String> {
+    let enrollment: EnrollmentFile = match read(ENROLLMENT_PATH) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{ENROLLMENT_PATH}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{ENROLLMENT_PATH}: {e}")),
+    };
+    let ca_hash = hex32(&enrollment.ca_hash)
+        .ok_or_else(|| format!("{ENROLLMENT_PATH}: ca_hash is not 64 hex digits"))?;
+    let id = match read(IDENTITY_PATH) {
+        Ok(b) => super::identity::parse(&b).map_err(|e| format!("{IDENTITY_PATH}: {e}"))?,
+        Err(e) => return Err(format!("{IDENTITY_PATH}: {e}")),
+    };
+    let node = &enrollment.answer.node;
+    let IpAddr::V4(address_v4) = node.address_v4.addr else {
+        return Err(format!(
+            "{ENROLLMENT_PATH}: node.address_v4 {} is not IPv4",
+            node.address_v4
+        ));
+    };
+    // The newest list says best whether a peer has reached us; the enrollment's list is
+    // the fallback before the first one was stored.
+    let list: PeerList = match read(PEERS_PATH) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or(enrollment.answer.peers.clone()),
+        Err(_) => enrollment.answer.peers.clone(),
+    };
+    let public_endpoint = list
+        .peers
+        .iter()
+        .find(|p| p.name == node.name && p.public)
+        .and_then(|p| p.public_endpoint.clone());
+    Ok(Some(NodeView {
+        name: node.name.clone(),
+        address_v4,
+        server: enrollment.server,
+        ca_hash,
+        auth: NodeAuth {
+            name: node.name.clone(),
+            credential: id.credential,
+        },
+        public_endpoint,
+    }))
 }
 
 /// Loads `peers.json`; a missing or unreadable file gives None (the enrollment's own

@@ -1,4 +1,5 @@
-//! `kiln fetch`: bring every locked .deb into a content-addressed cache.
+//! `kiln fetch`: bring every locked .deb (and, in [`artifact`], every
+//! `[[artifact]]` file) into a content-addressed cache.
 //!
 //! Files live at `<cache>/sha256/<first 2 hex>/<sha256>.deb`. A cached file
 //! is used only after its size and SHA-256 are checked against the lock, on
@@ -16,6 +17,8 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
+
+pub mod artifact;
 
 use crate::arch::Arch;
 use crate::lock::{LockedPackage, Lockfile, Role, Sources, SourcesError};

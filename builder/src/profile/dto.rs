@@ -48,6 +48,52 @@ pub struct ProfileFile {
     /// `[[container_image]]`: OCI images built from packages of the lock.
     #[serde(default)]
     pub container_image: Vec<ContainerImageFile>,
+    /// `[[artifact]]`: files pinned by sha256 and placed in the root.
+    #[serde(default)]
+    pub artifact: Vec<ArtifactFile>,
+    /// `[cluster]`: how the node joins Kubernetes (absent: it does not).
+    #[serde(default)]
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[[artifact]]`: one file from a URL or a local path, pinned by sha256.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactFile {
+    /// Name used in messages, e.g. "k3s".
+    pub name: String,
+    /// http(s) URL to download it from (exclusive with `path`).
+    pub url: Option<String>,
+    /// Local file, relative to the profile's folder or absolute (exclusive with `url`).
+    pub path: Option<String>,
+    /// SHA-256 of the file, 64 lowercase hex digits.
+    pub sha256: String,
+    /// Absolute path in the image.
+    pub dest: String,
+    /// Octal permission bits, e.g. "0755".
+    pub mode: String,
+    /// Only for this arch (default: every arch of the profile).
+    pub arch: Option<String>,
+}
+
+/// `[cluster]`: the Kubernetes join settings copied into the agent's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// "k3s" or "kubeadm".
+    pub kind: String,
+    /// "any" (the token decides), "worker" or "server".
+    pub role: Option<String>,
+    /// Node labels, merged with the token's.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Extra kubelet arguments, each "key=value".
+    #[serde(default)]
+    pub kubelet_args: Vec<String>,
+    /// k3s only: "image" (the image's containerd) or "k3s" (k3s's embedded one).
+    pub containerd: Option<String>,
+    /// kubeadm only: "v1beta3" or "v1beta4".
+    pub kubeadm_api: Option<String>,
 }
 
 /// `[[container_image]]`

@@ -5,6 +5,8 @@
 //! the domain [`Profile`] the rest of the pipeline uses. Every error names
 //! the file and the field.
 
+mod artifact;
+mod cluster;
 pub mod dto;
 mod size;
 
@@ -12,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
+pub use artifact::{Artifact, ArtifactSource};
+pub use cluster::{Cluster, ClusterFlavor, ClusterKind, ClusterRole, Containerd, KubeadmApi};
 pub use size::{format_size, parse_size};
 
 /// The profile schema version this kiln reads.
@@ -42,6 +46,20 @@ pub enum ProfileError {
         /// The profile path.
         path: PathBuf,
         /// Dotted field name.
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// An `[[artifact]]` field has a value kiln cannot use.
+    #[error("{path}: artifact[{index}] ({name}) {field}: {message}")]
+    Artifact {
+        /// The profile path.
+        path: PathBuf,
+        /// Position in the `[[artifact]]` list, from 0.
+        index: usize,
+        /// The artifact's `name` as written.
+        name: String,
+        /// The field.
         field: String,
         /// What is wrong and what to do.
         message: String,
@@ -84,12 +102,15 @@ const RESERVED_CMDLINE_KEYS: [&str; 2] = ["kiln.roothash", "kiln.root_type"];
 pub struct Agent {
     /// Config channels the node reads, highest precedence first.
     pub channels: Vec<String>,
+    /// `[cluster]`: how the node joins Kubernetes (`None`: it does not).
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for Agent {
     fn default() -> Agent {
         Agent {
             channels: AGENT_CHANNELS.iter().map(|c| c.to_string()).collect(),
+            cluster: None,
         }
     }
 }
@@ -103,13 +124,20 @@ impl Agent {
     /// The text of `/usr/lib/kiln/agent.toml` (the agent's contract).
     pub fn to_toml(&self) -> String {
         let list: Vec<String> = self.channels.iter().map(|c| format!("{c:?}")).collect();
-        format!(
+        let mut text = format!(
             "# Written by kiln from the profile's [agent] section.\n\
              schema = {AGENT_SCHEMA}\n\
              # Config channels, highest precedence first.\n\
              channels = [{}]\n",
             list.join(", ")
-        )
+        );
+        if let Some(c) = &self.cluster {
+            text.push_str(
+                "# From the profile's [cluster] section: how the node joins Kubernetes.\n",
+            );
+            text.push_str(&c.to_toml());
+        }
+        text
     }
 }
 
@@ -305,6 +333,8 @@ pub struct Profile {
     pub agent: Agent,
     /// OCI images built from locked packages and shipped in the root.
     pub container_images: Vec<crate::oci::ImageSpec>,
+    /// Files pinned by sha256 and placed in the root (`[[artifact]]`).
+    pub artifacts: Vec<Artifact>,
     /// Command line settings of this build (not part of the file).
     pub extras: BuildExtras,
 }
@@ -386,6 +416,11 @@ impl Profile {
             .chain(&self.extras.append_cmdline)
             .cloned()
             .collect()
+    }
+
+    /// The artifacts that go into `arch`'s image, in profile order.
+    pub fn artifacts_for(&self, arch: Arch) -> impl Iterator<Item = &Artifact> + '_ {
+        self.artifacts.iter().filter(move |a| a.applies_to(arch))
     }
 
     /// Packages requested for `arch` (common plus arch-specific), sorted.
@@ -660,7 +695,7 @@ fn validate(
         }
     };
 
-    let agent = match raw.agent.channels {
+    let mut agent = match raw.agent.channels {
         None => Agent::default(),
         Some(list) => {
             if list.is_empty() {
@@ -689,9 +724,18 @@ fn validate(
                     ));
                 }
             }
-            Agent { channels: list }
+            Agent {
+                channels: list,
+                cluster: None,
+            }
         }
     };
+    agent.cluster = raw
+        .cluster
+        .as_ref()
+        .map(|c| cluster::validate(path, c))
+        .transpose()?;
+    let artifacts = artifact::validate(path, &raw.artifact, &arches)?;
 
     let container_images = crate::oci::validate_images(&raw.container_image)
         .map_err(|e| invalid(&e.field, e.message))?;
@@ -762,6 +806,7 @@ fn validate(
         formats,
         agent,
         container_images,
+        artifacts,
         extras: BuildExtras::default(),
     })
 }

@@ -208,3 +208,356 @@ fn appended_cmdline_words_follow_the_profile_ones() {
     );
     assert!(p.append_cmdline(&[" ".into()]).is_err());
 }
+
+const SHA: &str = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f";
+
+/// MINIMAL (x86_64 only) plus one `[[artifact]]` with `fields` (TOML lines).
+fn with_artifact(fields: &str) -> String {
+    format!("{MINIMAL}\n[[artifact]]\n{fields}\n")
+}
+
+const K3S_FIELDS: &str = r#"name = "k3s"
+url = "https://example.test/k3s"
+sha256 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+dest = "/usr/bin/k3s"
+mode = "0755""#;
+
+fn artifact_err(fields: &str) -> String {
+    parse(&with_artifact(fields)).unwrap_err().to_string()
+}
+
+#[test]
+fn artifact_validates_into_the_domain_type() {
+    let p = parse(&with_artifact(K3S_FIELDS)).unwrap();
+    assert_eq!(
+        p.artifacts,
+        vec![Artifact {
+            name: "k3s".into(),
+            source: ArtifactSource::Url("https://example.test/k3s".into()),
+            sha256: SHA.into(),
+            dest: "usr/bin/k3s".into(),
+            mode: 0o755,
+            arch: None,
+        }]
+    );
+    assert_eq!(p.artifacts_for(Arch::X86_64).count(), 1);
+    // A local path is taken from the profile's folder.
+    let text = with_artifact(
+        &K3S_FIELDS.replace("url = \"https://example.test/k3s\"", "path = \"bin/k3s\""),
+    );
+    let p = Profile::parse(Path::new("profiles/k.toml"), &text, &overlays_dir()).unwrap();
+    assert_eq!(
+        p.artifacts[0].source,
+        ArtifactSource::Path(PathBuf::from("profiles/bin/k3s"))
+    );
+    let text = with_artifact(
+        &K3S_FIELDS.replace("url = \"https://example.test/k3s\"", "path = \"/opt/k3s\""),
+    );
+    let p = Profile::parse(Path::new("profiles/k.toml"), &text, &overlays_dir()).unwrap();
+    assert_eq!(
+        p.artifacts[0].source,
+        ArtifactSource::Path(PathBuf::from("/opt/k3s"))
+    );
+}
+
+#[test]
+fn artifact_sha256_error_names_file_index_name_and_field() {
+    let e = artifact_err(&K3S_FIELDS.replace(SHA, "abc"));
+    assert_eq!(
+        e.split(';').next().unwrap(),
+        "test.toml: artifact[0] (k3s) sha256: \"abc\" is not 64 hex digits (lowercase)"
+    );
+    let e = artifact_err(&K3S_FIELDS.replace(SHA, &SHA.to_uppercase()));
+    assert!(e.contains("artifact[0] (k3s) sha256"), "{e}");
+}
+
+#[test]
+fn artifact_source_must_be_one_http_url_or_one_path() {
+    let url = "url = \"https://example.test/k3s\"";
+    let e = artifact_err(&K3S_FIELDS.replace(url, ""));
+    assert!(
+        e.contains("artifact[0] (k3s) url") && e.contains("neither"),
+        "{e}"
+    );
+    let e = artifact_err(&K3S_FIELDS.replace(url, &format!("{url}\npath = \"k3s\"")));
+    assert!(
+        e.contains("artifact[0] (k3s) url") && e.contains("both"),
+        "{e}"
+    );
+    let e = artifact_err(&K3S_FIELDS.replace(url, "url = \"ftp://example.test/k3s\""));
+    assert!(e.contains("(k3s) url") && e.contains("ftp://"), "{e}");
+    let e = artifact_err(&K3S_FIELDS.replace(url, "url = \"https:///k3s\""));
+    assert!(e.contains("(k3s) url") && e.contains("no host"), "{e}");
+    let e = artifact_err(&K3S_FIELDS.replace(url, "path = \"\""));
+    assert!(e.contains("(k3s) path"), "{e}");
+}
+
+#[test]
+fn artifact_dest_must_be_absolute_plain_and_outside_mounted_folders() {
+    for (dest, needle) in [
+        ("usr/bin/k3s", "absolute"),
+        ("/usr/../etc/k3s", "plainly"),
+        ("/usr//bin/k3s", "plainly"),
+        ("/usr/bin/", "plainly"),
+        ("/", "plainly"),
+        ("/var/lib/k3s", "/var"),
+        ("/run/k3s", "/run"),
+        ("/tmp/k3s", "/tmp"),
+        ("/boot/k3s", "/boot"),
+        ("/proc/k3s", "/proc"),
+        ("/sys/k3s", "/sys"),
+        ("/dev/k3s", "/dev"),
+    ] {
+        let e = artifact_err(&K3S_FIELDS.replace("/usr/bin/k3s", dest));
+        assert!(
+            e.contains("artifact[0] (k3s) dest") && e.contains(needle),
+            "{dest}: {e}"
+        );
+    }
+    // Folders that merely start like a forbidden one are fine.
+    parse(&with_artifact(
+        &K3S_FIELDS.replace("/usr/bin/k3s", "/variant/k3s"),
+    ))
+    .unwrap();
+}
+
+#[test]
+fn artifact_mode_name_and_arch_are_checked() {
+    for mode in ["755x", "", "17777", "0o755", "rwx"] {
+        let e = artifact_err(&K3S_FIELDS.replace("\"0755\"", &format!("{mode:?}")));
+        assert!(e.contains("artifact[0] (k3s) mode"), "{mode}: {e}");
+    }
+    let p = parse(&with_artifact(&K3S_FIELDS.replace("\"0755\"", "\"4750\""))).unwrap();
+    assert_eq!(p.artifacts[0].mode, 0o4750);
+    let e = artifact_err(&K3S_FIELDS.replace("name = \"k3s\"", "name = \"\""));
+    assert!(e.contains("artifact[0] () name"), "{e}");
+    let e = artifact_err(&format!("{K3S_FIELDS}\narch = \"riscv64\""));
+    assert!(
+        e.contains("artifact[0] (k3s) arch") && e.contains("riscv64"),
+        "{e}"
+    );
+    // MINIMAL builds x86_64 only.
+    let e = artifact_err(&format!("{K3S_FIELDS}\narch = \"arm64\""));
+    assert!(
+        e.contains("artifact[0] (k3s) arch") && e.contains("does not build for arm64"),
+        "{e}"
+    );
+    let e = artifact_err(&format!("{K3S_FIELDS}\nsize = 3"));
+    assert!(e.contains("test.toml") && e.contains("size"), "{e}");
+}
+
+#[test]
+fn two_artifacts_at_one_dest_for_one_arch_are_refused() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "{}\n[[artifact]]\n{}\n{b}\n",
+            with_artifact(&format!("{K3S_FIELDS}\n{a}")),
+            K3S_FIELDS.replace("name = \"k3s\"", "name = \"k3s-b\"")
+        )
+    };
+    let e = parse(&two("", "")).unwrap_err().to_string();
+    assert!(
+        e.contains("artifact[1] (k3s-b) dest") && e.contains("artifact[0] (k3s)"),
+        "{e}"
+    );
+    let e = parse(&two("arch = \"x86_64\"", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("artifact[1] (k3s-b) dest"), "{e}");
+    let both = MINIMAL
+        .replace("[\"amd64\"]", "[\"x86_64\", \"arm64\"]")
+        .replace(
+            "[kernel.package]\n",
+            "[kernel.package]\narm64 = \"linux-image-arm64\"\n",
+        );
+    let text = format!(
+        "{both}\n[[artifact]]\n{K3S_FIELDS}\narch = \"x86_64\"\n[[artifact]]\n{K3S_FIELDS}\narch = \"arm64\"\n"
+    );
+    let p = parse(&text).unwrap();
+    assert_eq!(p.artifacts_for(Arch::X86_64).count(), 1);
+    assert_eq!(p.artifacts_for(Arch::Arm64).count(), 1);
+    // Same name for the same arch would make the manifest ambiguous.
+    let e = parse(
+        &two("", "")
+            .replace(
+                "dest = \"/usr/bin/k3s\"\nmode = \"0755\"\n\n",
+                "dest = \"/usr/bin/k3s-other\"\nmode = \"0755\"\n\n",
+            )
+            .replace("k3s-b", "k3s"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("artifact[1] (k3s)"), "{e}");
+}
+
+fn cluster_err(table: &str) -> String {
+    parse(&format!("{MINIMAL}\n[cluster]\n{table}\n"))
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn cluster_fields_are_checked() {
+    for (table, field, needle) in [
+        ("kind = \"nomad\"", "cluster.kind", "nomad"),
+        ("kind = \"k3s\"\nrole = \"boss\"", "cluster.role", "boss"),
+        (
+            "kind = \"k3s\"\ncontainerd = \"docker\"",
+            "cluster.containerd",
+            "docker",
+        ),
+        (
+            "kind = \"kubeadm\"\ncontainerd = \"image\"",
+            "cluster.containerd",
+            "only applies",
+        ),
+        (
+            "kind = \"k3s\"\nkubeadm_api = \"v1beta4\"",
+            "cluster.kubeadm_api",
+            "only applies",
+        ),
+        (
+            "kind = \"kubeadm\"\nkubeadm_api = \"v1\"",
+            "cluster.kubeadm_api",
+            "v1beta3",
+        ),
+        (
+            "kind = \"k3s\"\nlabels = { \"Kiln.dev/pool\" = \"edge\" }",
+            "cluster.labels",
+            "prefix",
+        ),
+        (
+            "kind = \"k3s\"\nlabels = { \"kiln.dev/-pool\" = \"edge\" }",
+            "cluster.labels",
+            "name",
+        ),
+        (
+            "kind = \"k3s\"\nlabels = { \"pool\" = \"bad value\" }",
+            "cluster.labels",
+            "value",
+        ),
+        (
+            "kind = \"k3s\"\nlabels = { \"pool\" = \"x-\" }",
+            "cluster.labels",
+            "value",
+        ),
+        (
+            "kind = \"k3s\"\nkubelet_args = [\"max-pods\"]",
+            "cluster.kubelet_args[0]",
+            "key=value",
+        ),
+        (
+            "kind = \"k3s\"\nkubelet_args = [\"--max-pods=1\"]",
+            "cluster.kubelet_args[0]",
+            "--",
+        ),
+        (
+            "kind = \"k3s\"\nkubelet_args = [\"Max_Pods=1\"]",
+            "cluster.kubelet_args[0]",
+            "lowercase",
+        ),
+        ("kind = \"k3s\"\nflavour = 1", "flavour", "unknown"),
+        (
+            "kind = \"k3s\"\nkubelet_args = [\"node-ip=10.0.0.1\"]",
+            "cluster.kubelet_args[0]",
+            "kiln-cluster sets node-ip",
+        ),
+    ] {
+        let e = cluster_err(table);
+        assert!(
+            e.starts_with("test.toml:") && e.contains(field) && e.contains(needle),
+            "{table}: {e}"
+        );
+    }
+    let long = format!(
+        "kind = \"k3s\"\nlabels = {{ \"{}\" = \"x\" }}",
+        "a".repeat(64)
+    );
+    assert!(cluster_err(&long).contains("1-63"));
+}
+
+#[test]
+fn cluster_is_written_into_agent_toml_with_defaults_spelled_out() {
+    let p = parse(&format!(
+        "{MINIMAL}\n[cluster]\nkind = \"k3s\"\nlabels = {{ \"kiln.dev/pool\" = \"edge\", zone = \"\" }}\nkubelet_args = [\"max-pods=110\", \"eviction-hard=memory.available<5%\"]\n"
+    ))
+    .unwrap();
+    let c = p.agent.cluster.clone().unwrap();
+    assert_eq!(c.kind(), ClusterKind::K3s);
+    assert_eq!(c.role, ClusterRole::Any);
+    assert_eq!(
+        c.flavor,
+        ClusterFlavor::K3s {
+            containerd: Containerd::Image
+        }
+    );
+    let v: toml::Value = toml::from_str(&p.agent.to_toml()).unwrap();
+    let t = &v["cluster"];
+    assert_eq!(t["kind"].as_str(), Some("k3s"));
+    assert_eq!(t["role"].as_str(), Some("any"));
+    assert_eq!(t["containerd"].as_str(), Some("image"));
+    assert!(t.get("kubeadm_api").is_none());
+    assert_eq!(t["labels"]["kiln.dev/pool"].as_str(), Some("edge"));
+    assert_eq!(t["labels"]["zone"].as_str(), Some(""));
+    assert_eq!(
+        t["kubelet_args"].as_array().unwrap().len(),
+        2,
+        "{}",
+        p.agent.to_toml()
+    );
+    assert_eq!(v["channels"].as_array().unwrap().len(), 5);
+
+    let p = parse(&format!(
+        "{MINIMAL}\n[cluster]\nkind = \"kubeadm\"\nrole = \"worker\"\n"
+    ))
+    .unwrap();
+    let v: toml::Value = toml::from_str(&p.agent.to_toml()).unwrap();
+    assert_eq!(v["cluster"]["kind"].as_str(), Some("kubeadm"));
+    assert_eq!(v["cluster"]["role"].as_str(), Some("worker"));
+    assert_eq!(v["cluster"]["kubeadm_api"].as_str(), Some("v1beta4"));
+    assert!(v["cluster"].get("containerd").is_none());
+
+    // No [cluster], no table.
+    let v: toml::Value = toml::from_str(&parse(MINIMAL).unwrap().agent.to_toml()).unwrap();
+    assert!(v.get("cluster").is_none());
+}
+
+#[test]
+fn k3s_profile_validates_with_one_k3s_per_arch() {
+    let p =
+        Profile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/k3s.toml")).unwrap();
+    assert_eq!(p.arches, vec![Arch::X86_64, Arch::Arm64]);
+    let mut shas = Vec::new();
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        let list: Vec<&Artifact> = p.artifacts_for(arch).collect();
+        assert_eq!(list.len(), 1, "{arch}");
+        assert_eq!(list[0].dest, "usr/bin/k3s");
+        assert_eq!(list[0].mode, 0o755);
+        assert_eq!(list[0].arch, Some(arch));
+        let ArtifactSource::Url(url) = &list[0].source else {
+            panic!("{arch}: not a URL");
+        };
+        assert!(url.contains("v1.36.4%2Bk3s1"), "{url}");
+        shas.push(list[0].sha256.clone());
+    }
+    assert_eq!(
+        shas,
+        [
+            SHA,
+            "c920706346d5ad4e5cd3c7bf1bb09ce71ebe07fec829e513e40f1caf98aed8bb"
+        ]
+    );
+    let c = p.agent.cluster.unwrap();
+    assert_eq!(c.kind(), ClusterKind::K3s);
+    assert_eq!(c.role, ClusterRole::Any);
+    assert_eq!(
+        c.flavor,
+        ClusterFlavor::K3s {
+            containerd: Containerd::K3s
+        }
+    );
+    let names: Vec<&str> = p.overlays.iter().map(|o| o.name.as_str()).collect();
+    assert!(names.contains(&"k3s"), "{names:?}");
+    assert!(p.systemd.enable.iter().any(|u| u == "kiln-cluster.service"));
+    assert!(p.disk.size >= 1 << 30);
+}

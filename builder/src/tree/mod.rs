@@ -5,6 +5,8 @@
 //! rootless and host-independent. Paths are relative to the root, `/`-separated
 //! and normalised (no leading `/`, no `.` or `..`); the root directory is `""`.
 
+pub mod artifact;
+pub mod cluster;
 pub mod effects;
 pub mod kmod;
 pub mod node;

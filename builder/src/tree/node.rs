@@ -51,6 +51,7 @@ mod tests {
     fn agent_settings_always_debug_shell_only_when_asked() {
         let agent = Agent {
             channels: vec!["esp".into(), "cmdline".into()],
+            cluster: None,
         };
         let mut t = FileTree::new(7);
         apply(&mut t, &agent, false).unwrap();

@@ -16,11 +16,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    EnrollAnswer, EnrollRequest, ErrorBody, HeartbeatAnswer, HeartbeatRequest, PeerList,
-    MAX_ANSWER_BODY, PATH_ENROLL, PATH_HEARTBEAT, PATH_PEERS,
+    ClusterJoin, EnrollAnswer, EnrollRequest, ErrorBody, HeartbeatAnswer, HeartbeatRequest,
+    PeerList, MAX_ANSWER_BODY, PATH_ENROLL, PATH_HEARTBEAT, PATH_PEERS,
 };
 use crate::http::{self, HttpError, Request};
 use crate::pin::{self, PinMismatch, SERVER_NAME};
+
+/// The cluster join parameters of the calling node (`GET`, node auth, answers
+/// [`ClusterJoin`]). Kept here next to the only client call that uses it; the server
+/// routes the same constant.
+pub const PATH_CLUSTER: &str = "/v1/cluster";
 
 /// Port used when the URL names none.
 pub const DEFAULT_PORT: u16 = 8443;
@@ -364,6 +369,13 @@ impl Client {
         req: &HeartbeatRequest,
     ) -> Result<HeartbeatAnswer, ClientError> {
         self.call("POST", PATH_HEARTBEAT, Some(auth), Some(req), self.timeout)
+    }
+
+    /// The calling node's current cluster join parameters (role, labels and, once the
+    /// server has a cluster, the join of that role). A node that enrolled before the
+    /// cluster was set, or a k3s worker waiting for the first server, asks again later.
+    pub fn cluster(&self, auth: &NodeAuth) -> Result<ClusterJoin, ClientError> {
+        self.call::<(), _>("GET", PATH_CLUSTER, Some(auth), None, self.timeout)
     }
 
     /// `host:port` for messages and the Host header.

@@ -3,9 +3,12 @@
 //! addresses, the whole Internet (`0.0.0.0/0`) or another peer's addresses somewhere else.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::IpAddr;
 
-use crate::api::{EnrollAnswer, Network, NodeInfo, Peer, PeerList};
+use crate::api::{
+    EnrollAnswer, Join, K3sJoin, KubeadmJoin, Network, NodeInfo, Peer, PeerList, Role,
+};
 use crate::key::PublicKey;
 use crate::net::IpNet;
 
@@ -197,6 +200,211 @@ pub fn parse_host_port(text: &str) -> Result<(String, u16), String> {
     Ok((host.to_string(), port))
 }
 
+/// Longest join secret (k3s token, agent token) accepted.
+pub const MAX_SECRET_LEN: usize = 512;
+
+/// A join parameter a node refuses: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinError {
+    /// The field, as named in the JSON (`k3s.server_url`, `kubeadm.token`, ...).
+    pub field: &'static str,
+    /// What is wrong with it (never the secret itself).
+    pub message: String,
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cluster join parameter {}: {} (fix `kiln-enroll cluster init` on the server)",
+            self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// Checks join parameters before a node writes any of them into a k3s or kubeadm config:
+/// the URL is `https://host:port`, secrets are printable without blanks, kubeadm's token,
+/// CA hashes and certificate key have their formats, and the shape fits `role` (a worker
+/// never starts a cluster, never gets the agent token or a certificate key; a server
+/// always gets the agent token).
+pub fn validate_join(join: &Join, role: Role) -> Result<(), JoinError> {
+    match join {
+        Join::K3s(k) => k3s(k, role),
+        Join::Kubeadm(k) => kubeadm(k, role),
+    }
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> JoinError {
+    JoinError {
+        field,
+        message: message.into(),
+    }
+}
+
+fn k3s(k: &K3sJoin, role: Role) -> Result<(), JoinError> {
+    if let Some(url) = &k.server_url {
+        https_url(url).map_err(|m| bad("k3s.server_url", m))?;
+    }
+    secret(&k.token).map_err(|m| bad("k3s.token", m))?;
+    if let Some(a) = &k.agent_token {
+        secret(a).map_err(|m| bad("k3s.agent_token", m))?;
+    }
+    if k.init && k.server_url.is_some() {
+        return Err(bad(
+            "k3s.init",
+            "true together with a server_url: a node either starts the cluster or joins one",
+        ));
+    }
+    match role {
+        Role::Worker => {
+            if k.init {
+                return Err(bad(
+                    "k3s.init",
+                    "true for a worker: only servers start a cluster",
+                ));
+            }
+            if k.agent_token.is_some() {
+                return Err(bad(
+                    "k3s.agent_token",
+                    "given to a worker: only servers need it",
+                ));
+            }
+        }
+        Role::Server => {
+            if k.agent_token.is_none() {
+                return Err(bad(
+                    "k3s.agent_token",
+                    "missing for a server (k3s servers need it to admit agents)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kubeadm(k: &KubeadmJoin, role: Role) -> Result<(), JoinError> {
+    parse_host_port(&k.api_server_endpoint).map_err(|m| {
+        bad(
+            "kubeadm.api_server_endpoint",
+            format!("{:?}: {m}", clip(&k.api_server_endpoint)),
+        )
+    })?;
+    kubeadm_token(&k.token).map_err(|m| bad("kubeadm.token", m))?;
+    if k.ca_cert_hashes.is_empty() {
+        return Err(bad(
+            "kubeadm.ca_cert_hashes",
+            "empty: kubeadm needs at least one pin of the cluster CA",
+        ));
+    }
+    for h in &k.ca_cert_hashes {
+        ca_cert_hash(h).map_err(|m| bad("kubeadm.ca_cert_hashes", m))?;
+    }
+    if let Some(c) = &k.certificate_key {
+        if role == Role::Worker {
+            return Err(bad(
+                "kubeadm.certificate_key",
+                "given to a worker: only control-plane nodes need it",
+            ));
+        }
+        certificate_key(c).map_err(|m| bad("kubeadm.certificate_key", m))?;
+    }
+    Ok(())
+}
+
+fn clip(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// A k3s server URL: `https://host:port` (IPv6 as `[addr]`), nothing after the port
+/// but an optional `/`.
+pub fn https_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| {
+        format!(
+            "{:?} does not start with https:// (write https://HOST:6443)",
+            clip(url)
+        )
+    })?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{:?} has a path, query or user part: write just https://HOST:PORT",
+            clip(url)
+        ));
+    }
+    parse_host_port(rest).map_err(|m| format!("{:?}: {m} (write https://HOST:PORT)", clip(url)))?;
+    Ok(())
+}
+
+/// A join secret (k3s token or agent token): 1 to [`MAX_SECRET_LEN`] printable ASCII
+/// characters without spaces (it is written into YAML and token files verbatim).
+pub fn secret(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("is empty".to_string());
+    }
+    if text.len() > MAX_SECRET_LEN {
+        return Err(format!(
+            "is {} characters long, at most {MAX_SECRET_LEN} are accepted",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_graphic()) {
+        // The secret is not repeated in the message; the offending character is.
+        return Err(format!(
+            "contains {c:?}: only printable ASCII without spaces or line breaks is accepted"
+        ));
+    }
+    Ok(())
+}
+
+/// A kubeadm bootstrap token: `[a-z0-9]{6}.[a-z0-9]{16}`.
+pub fn kubeadm_token(text: &str) -> Result<(), String> {
+    let ok = |part: &str, len: usize| {
+        part.len() == len
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    match text.split_once('.') {
+        Some((id, secret)) if ok(id, 6) && ok(secret, 16) => Ok(()),
+        _ => Err(
+            "is not a kubeadm bootstrap token: 6 characters a-z0-9, '.', 16 characters a-z0-9 \
+             (as `kubeadm token create` prints, e.g. abcdef.0123456789abcdef)"
+                .to_string(),
+        ),
+    }
+}
+
+fn hex64(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A CA public key pin: `sha256:` and 64 hex digits.
+pub fn ca_cert_hash(text: &str) -> Result<(), String> {
+    match text.strip_prefix("sha256:") {
+        Some(h) if hex64(h) => Ok(()),
+        _ => Err(format!(
+            "{:?} is not sha256:<64 hex digits> (as `kubeadm token create --print-join-command` \
+             prints after --discovery-token-ca-cert-hash)",
+            clip(text)
+        )),
+    }
+}
+
+/// A kubeadm certificate key: 64 hex digits (a 32-byte AES key).
+pub fn certificate_key(text: &str) -> Result<(), String> {
+    if hex64(text) {
+        Ok(())
+    } else {
+        Err(format!(
+            "is not 64 hex digits ({} characters; `kubeadm init phase upload-certs \
+             --upload-certs` prints one)",
+            text.len()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +520,156 @@ mod tests {
         );
         for bad in ["x", "h:0", "h:70000", "[fd00::1:5", ":5", "a b:5", "-x:5"] {
             assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn k3s_join(url: Option<&str>, init: bool, agent: Option<&str>) -> Join {
+        Join::K3s(K3sJoin {
+            server_url: url.map(str::to_string),
+            init,
+            token: "t0ken-Secret_1".into(),
+            agent_token: agent.map(str::to_string),
+        })
+    }
+
+    fn kubeadm_join(key: Option<&str>) -> KubeadmJoin {
+        KubeadmJoin {
+            api_server_endpoint: "10.77.0.1:6443".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec![format!("sha256:{}", "a1".repeat(32))],
+            certificate_key: key.map(str::to_string),
+        }
+    }
+
+    fn field(j: &Join, role: Role) -> &'static str {
+        validate_join(j, role).unwrap_err().field
+    }
+
+    #[test]
+    fn k3s_joins_fit_their_role() {
+        let url = Some("https://10.77.0.1:6443");
+        assert_eq!(
+            validate_join(&k3s_join(url, false, None), Role::Worker),
+            Ok(())
+        );
+        // A worker before any server exists: no URL, it waits.
+        assert_eq!(
+            validate_join(&k3s_join(None, false, None), Role::Worker),
+            Ok(())
+        );
+        assert_eq!(
+            validate_join(&k3s_join(None, true, Some("a")), Role::Server),
+            Ok(())
+        );
+        assert_eq!(
+            validate_join(&k3s_join(url, false, Some("a")), Role::Server),
+            Ok(())
+        );
+        assert_eq!(
+            validate_join(
+                &k3s_join(Some("https://[fd00::1]:6443/"), false, None),
+                Role::Worker
+            ),
+            Ok(())
+        );
+        assert_eq!(field(&k3s_join(None, true, None), Role::Worker), "k3s.init");
+        assert_eq!(
+            field(&k3s_join(url, true, Some("a")), Role::Server),
+            "k3s.init"
+        );
+        assert_eq!(
+            field(&k3s_join(url, false, Some("a")), Role::Worker),
+            "k3s.agent_token"
+        );
+        assert_eq!(
+            field(&k3s_join(url, false, None), Role::Server),
+            "k3s.agent_token"
+        );
+        for bad_url in [
+            "http://10.77.0.1:6443",
+            "https://10.77.0.1",
+            "https://10.77.0.1:6443/path",
+            "https://u@10.77.0.1:6443",
+            "https://:6443",
+            "https://10.77.0.1:0",
+        ] {
+            assert_eq!(
+                field(&k3s_join(Some(bad_url), false, None), Role::Worker),
+                "k3s.server_url",
+                "{bad_url}"
+            );
+        }
+        for bad_token in [
+            "",
+            "a b",
+            "a\nb",
+            "tab\t",
+            "\u{e9}t\u{e9}",
+            &"x".repeat(513),
+        ] {
+            let Join::K3s(mut k) = k3s_join(url, false, None) else {
+                unreachable!()
+            };
+            k.token = bad_token.to_string();
+            let e = validate_join(&Join::K3s(k), Role::Worker).unwrap_err();
+            assert_eq!(e.field, "k3s.token", "{bad_token:?}");
+            if bad_token.len() > 3 && bad_token.len() < 100 {
+                assert!(!e.to_string().contains(bad_token), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn kubeadm_joins_check_formats_and_keep_the_key_from_workers() {
+        let key = "0f".repeat(32);
+        assert_eq!(
+            validate_join(&Join::Kubeadm(kubeadm_join(None)), Role::Worker),
+            Ok(())
+        );
+        assert_eq!(
+            validate_join(&Join::Kubeadm(kubeadm_join(Some(&key))), Role::Server),
+            Ok(())
+        );
+        assert_eq!(
+            field(&Join::Kubeadm(kubeadm_join(Some(&key))), Role::Worker),
+            "kubeadm.certificate_key"
+        );
+        assert_eq!(
+            field(&Join::Kubeadm(kubeadm_join(Some("abc"))), Role::Server),
+            "kubeadm.certificate_key"
+        );
+        type Edit = fn(&mut KubeadmJoin);
+        let cases: [(Edit, &str); 7] = [
+            (
+                |k| k.api_server_endpoint = "10.77.0.1".into(),
+                "kubeadm.api_server_endpoint",
+            ),
+            (
+                |k| k.token = "abcdef0123456789abcdef".into(),
+                "kubeadm.token",
+            ),
+            (
+                |k| k.token = "ABCDEF.0123456789abcdef".into(),
+                "kubeadm.token",
+            ),
+            (
+                |k| k.token = "abcde.0123456789abcdefg".into(),
+                "kubeadm.token",
+            ),
+            (|k| k.ca_cert_hashes.clear(), "kubeadm.ca_cert_hashes"),
+            (
+                |k| k.ca_cert_hashes.push("sha1:abcd".into()),
+                "kubeadm.ca_cert_hashes",
+            ),
+            (
+                |k| k.ca_cert_hashes = vec![format!("sha256:{}", "g".repeat(64))],
+                "kubeadm.ca_cert_hashes",
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut k = kubeadm_join(None);
+            edit(&mut k);
+            assert_eq!(field(&Join::Kubeadm(k), Role::Worker), want);
         }
     }
 }

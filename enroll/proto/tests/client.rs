@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use kiln_enroll_proto::api::{
     ClusterJoin, EnrollAnswer, EnrollRequest, ErrorBody, ErrorCode, HeartbeatAnswer,
-    HeartbeatRequest, Network, NodeInfo, PeerList, Role,
+    HeartbeatRequest, Join, K3sJoin, Network, NodeInfo, PeerList, Role,
 };
 use kiln_enroll_proto::client::{Client, ClientError, NodeAuth};
 use kiln_enroll_proto::key::PublicKey;
@@ -278,6 +278,65 @@ fn node_calls_carry_bearer_auth_and_the_long_poll_query() {
     let sent: HeartbeatRequest =
         serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(sent, hb);
+}
+
+#[test]
+fn the_cluster_call_is_an_authenticated_get_and_decodes_the_join() {
+    let ca = make_ca("kiln test CA");
+    let auth = NodeAuth {
+        name: "node-s".into(),
+        credential: "y".repeat(32),
+    };
+    let want = ClusterJoin {
+        role: Role::Server,
+        labels: BTreeMap::from([("kiln.dev/pool".to_string(), "edge".to_string())]),
+        join: Some(Join::K3s(K3sJoin {
+            server_url: Some("https://10.77.0.1:6443".into()),
+            init: false,
+            token: "server-secret".into(),
+            agent_token: Some("agent-secret".into()),
+        })),
+    };
+    let (addr, handle) = serve(
+        good_identity(&ca),
+        http_answer("200 OK", &serde_json::to_string(&want).unwrap()),
+    );
+    let client = Client::new(&url(addr), pin_of(&ca)).unwrap();
+    assert_eq!(client.cluster(&auth).unwrap(), want);
+    let req = handle.join().unwrap().unwrap();
+    assert!(req.starts_with("GET /v1/cluster HTTP/1.1\r\n"), "{req}");
+    let bearer = format!("Authorization: Bearer node-s.{}\r\n", "y".repeat(32));
+    assert!(req.contains(&bearer), "{req}");
+    assert!(req.ends_with("\r\n\r\n"), "a GET carries no body: {req:?}");
+
+    // No cluster yet: `join` is left out of the JSON and decodes as None.
+    let (addr, handle) = serve(
+        good_identity(&ca),
+        http_answer("200 OK", r#"{"role":"worker","labels":{}}"#),
+    );
+    let got = Client::new(&url(addr), pin_of(&ca))
+        .unwrap()
+        .cluster(&auth)
+        .unwrap();
+    handle.join().unwrap().unwrap();
+    assert_eq!((got.role, got.join), (Role::Worker, None));
+
+    // A revoked node's refusal comes back as the server's error body.
+    let eb = ErrorBody::new(ErrorCode::NodeRevoked, "node node-s was revoked");
+    let (addr, handle) = serve(
+        good_identity(&ca),
+        http_answer("403 Forbidden", &serde_json::to_string(&eb).unwrap()),
+    );
+    let err = Client::new(&url(addr), pin_of(&ca))
+        .unwrap()
+        .cluster(&auth)
+        .unwrap_err();
+    handle.join().unwrap().unwrap();
+    assert!(
+        matches!(&err, ClientError::Refused { status: 403, body } if *body == eb),
+        "{err:?}"
+    );
+    assert!(!err.retryable());
 }
 
 #[test]

@@ -85,7 +85,7 @@ fn answer(api: &Api, record: &NodeRecord) -> Result<EnrollAnswer, Failure> {
         cluster: ClusterJoin {
             role: record.role,
             labels: record.labels.clone(),
-            join: None,
+            join: super::cluster::join_of(api, record)?,
         },
     })
 }

@@ -6,12 +6,14 @@
 //! POST /v1/enroll     enroll.rs      token in the body
 //! GET  /v1/peers      peers.rs       node auth, long poll
 //! POST /v1/heartbeat  heartbeat.rs   node auth
+//! GET  /v1/cluster    cluster.rs     node auth
 //! ```
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use kiln_enroll_proto::api::{ErrorBody, ErrorCode, PATH_ENROLL, PATH_HEARTBEAT, PATH_PEERS};
+use kiln_enroll_proto::client::PATH_CLUSTER;
 
 use crate::clock::Clock;
 use crate::http::{Request, Response};
@@ -20,6 +22,7 @@ use crate::store::{Pools, Refusal, Store, StoreError};
 use crate::watch::Notifier;
 
 mod auth;
+mod cluster;
 mod enroll;
 mod heartbeat;
 mod peers;
@@ -207,13 +210,14 @@ impl Api {
             (PATH_ENROLL, "POST"),
             (PATH_PEERS, "GET"),
             (PATH_HEARTBEAT, "POST"),
+            (PATH_CLUSTER, "GET"),
         ];
         let Some((path, method)) = known.iter().find(|(p, _)| *p == req.path) else {
             return Err(Failure::new(
                 ErrorCode::NotFound,
                 format!(
-                    "no such path {:?}: kiln-enroll serves {PATH_ENROLL}, {PATH_PEERS} and \
-                     {PATH_HEARTBEAT}",
+                    "no such path {:?}: kiln-enroll serves {PATH_ENROLL}, {PATH_PEERS}, \
+                     {PATH_HEARTBEAT} and {PATH_CLUSTER}",
                     req.path
                 ),
             ));
@@ -233,6 +237,7 @@ impl Api {
                 enroll::handle(self, req, node)
             }
             PATH_PEERS => peers::handle(self, req, node),
+            PATH_CLUSTER => cluster::handle(self, req, node),
             _ => heartbeat::handle(self, req, node),
         }
     }

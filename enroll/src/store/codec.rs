@@ -7,10 +7,98 @@ use std::net::{IpAddr, SocketAddr};
 use kiln_enroll_proto::api::Role;
 use kiln_enroll_proto::key::PublicKey;
 
-use super::{NodeRecord, StoreError, TokenRecord};
+use super::{Cluster, K3sCluster, KubeadmCluster, NodeRecord, StoreError, TokenRecord};
 
-/// The schema version this build writes and reads.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes and reads. 1: ca, tokens, nodes, meta.
+/// 2: adds the `cluster` table (one row at most).
+pub(crate) const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2's addition, the same text for both databases (TEXT columns only).
+pub(crate) const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS cluster (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    kind TEXT NOT NULL,
+    server_url TEXT,
+    init_node TEXT,
+    token TEXT NOT NULL,
+    agent_token TEXT,
+    endpoint TEXT,
+    ca_cert_hashes TEXT NOT NULL,
+    certificate_key TEXT
+);
+";
+
+/// Cluster columns, in [`RawCluster`] order.
+pub(crate) const CLUSTER_COLUMNS: &str =
+    "kind, server_url, init_node, token, agent_token, endpoint, ca_cert_hashes, certificate_key";
+
+/// The cluster row (`id` is always 1). Columns the kind does not use are NULL.
+pub(crate) struct RawCluster {
+    pub kind: String,
+    pub server_url: Option<String>,
+    pub init_node: Option<String>,
+    pub token: String,
+    pub agent_token: Option<String>,
+    pub endpoint: Option<String>,
+    /// A JSON list of strings (empty for k3s).
+    pub ca_cert_hashes: String,
+    pub certificate_key: Option<String>,
+}
+
+impl RawCluster {
+    /// The row of a record.
+    pub(crate) fn encode(c: &Cluster) -> RawCluster {
+        match c {
+            Cluster::K3s(k) => RawCluster {
+                kind: "k3s".to_string(),
+                server_url: k.server_url.clone(),
+                init_node: k.init_node.clone(),
+                token: k.token.clone(),
+                agent_token: Some(k.agent_token.clone()),
+                endpoint: None,
+                ca_cert_hashes: "[]".to_string(),
+                certificate_key: None,
+            },
+            Cluster::Kubeadm(k) => RawCluster {
+                kind: "kubeadm".to_string(),
+                server_url: None,
+                init_node: None,
+                token: k.token.clone(),
+                agent_token: None,
+                endpoint: Some(k.endpoint.clone()),
+                ca_cert_hashes: serde_json::to_string(&k.ca_cert_hashes)
+                    .unwrap_or_else(|_| "[]".to_string()),
+                certificate_key: k.certificate_key.clone(),
+            },
+        }
+    }
+
+    /// The record of a row; Corrupt names the field.
+    pub(crate) fn decode(self) -> Result<Cluster, StoreError> {
+        let missing = |field: &str| corrupt("cluster", "1", field, "NULL, but the kind needs it");
+        match self.kind.as_str() {
+            "k3s" => Ok(Cluster::K3s(K3sCluster {
+                server_url: self.server_url,
+                init_node: self.init_node,
+                token: self.token,
+                agent_token: self.agent_token.ok_or_else(|| missing("agent_token"))?,
+            })),
+            "kubeadm" => Ok(Cluster::Kubeadm(KubeadmCluster {
+                endpoint: self.endpoint.ok_or_else(|| missing("endpoint"))?,
+                token: self.token,
+                ca_cert_hashes: serde_json::from_str(&self.ca_cert_hashes)
+                    .map_err(|e| corrupt("cluster", "1", "ca_cert_hashes", e))?,
+                certificate_key: self.certificate_key,
+            })),
+            other => Err(corrupt(
+                "cluster",
+                "1",
+                "kind",
+                format!("{other:?} is not k3s or kubeadm"),
+            )),
+        }
+    }
+}
 
 /// Token columns, in [`RawToken`] order.
 pub(crate) const TOKEN_COLUMNS: &str =

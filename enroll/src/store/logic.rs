@@ -5,12 +5,73 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
-use kiln_enroll_proto::api::{host_routes, Observation, Peer, PeerList};
+use kiln_enroll_proto::api::{
+    host_routes, Join, K3sJoin, KubeadmJoin, Observation, Peer, PeerList, Role,
+};
 use kiln_enroll_proto::key::PublicKey;
 use kiln_enroll_proto::net::{host_offset, nth_host, IpNet};
 use kiln_enroll_proto::token::digest_eq;
 
-use super::{EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Refusal, TokenRecord};
+use super::{
+    Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Refusal, TokenRecord,
+};
+
+/// The port of the k3s supervisor and API server on the first server.
+pub const K3S_PORT: u16 = 6443;
+
+/// Whether `node` becomes the first server of `cluster`: a k3s cluster the operator gave
+/// no server URL, with no first server yet, and an unrevoked server node.
+pub fn takes_init(cluster: &Cluster, node: &NodeRecord) -> bool {
+    matches!(cluster, Cluster::K3s(k) if k.server_url.is_none() && k.init_node.is_none())
+        && node.role == Role::Server
+        && !node.revoked
+}
+
+/// `https://<v4>:6443` of a first server.
+pub fn k3s_url(first: &NodeRecord) -> String {
+    format!("https://{}:{K3S_PORT}", first.address_v4)
+}
+
+/// What `node` is told to join with: only what its role needs. `first` is the k3s
+/// cluster's first server (`init_node`), when there is one; a revoked first server still
+/// gives its URL, since the cluster it started lives on in the other servers and the
+/// operator decides when to point nodes elsewhere (`cluster init --replace`).
+///
+/// - k3s worker: the agent token and the server URL (None while no server exists).
+/// - k3s server: the server token and the agent token; `init` for the first server,
+///   else the server URL.
+/// - kubeadm: endpoint, token and CA hashes; the certificate key to servers only.
+pub fn join_for(cluster: &Cluster, node: &NodeRecord, first: Option<&NodeRecord>) -> Join {
+    match cluster {
+        Cluster::K3s(k) => {
+            let init = k.server_url.is_none() && k.init_node.as_deref() == Some(&node.name);
+            let server_url = match (&k.server_url, init) {
+                (Some(url), _) => Some(url.clone()),
+                (None, true) => None,
+                (None, false) => first.map(k3s_url),
+            };
+            let (token, agent_token) = match node.role {
+                Role::Worker => (k.agent_token.clone(), None),
+                Role::Server => (k.token.clone(), Some(k.agent_token.clone())),
+            };
+            Join::K3s(K3sJoin {
+                server_url,
+                init,
+                token,
+                agent_token,
+            })
+        }
+        Cluster::Kubeadm(k) => Join::Kubeadm(KubeadmJoin {
+            api_server_endpoint: k.endpoint.clone(),
+            token: k.token.clone(),
+            ca_cert_hashes: k.ca_cert_hashes.clone(),
+            certificate_key: match node.role {
+                Role::Worker => None,
+                Role::Server => k.certificate_key.clone(),
+            },
+        }),
+    }
+}
 
 /// Longest node name (a DNS label, which is also what Kubernetes accepts everywhere).
 pub const MAX_NAME_LEN: usize = 63;
@@ -596,5 +657,98 @@ mod tests {
     fn v6_pool_is_subnet_zero() {
         let ula: IpNet = "fd12:3456:789a::/48".parse().unwrap();
         assert_eq!(v6_pool(ula).to_string(), "fd12:3456:789a::/64");
+    }
+
+    fn k3s(url: Option<&str>, init: Option<&str>) -> Cluster {
+        Cluster::K3s(super::super::K3sCluster {
+            server_url: url.map(str::to_string),
+            init_node: init.map(str::to_string),
+            token: "server-tok".into(),
+            agent_token: "agent-tok".into(),
+        })
+    }
+
+    fn role(mut n: NodeRecord, r: Role) -> NodeRecord {
+        n.role = r;
+        n
+    }
+
+    #[test]
+    fn k3s_joins_give_each_role_only_what_it_needs() {
+        let nodes = enroll_all(3, &pools("10.77.0.0/16"));
+        let worker = role(nodes[0].clone(), Role::Worker);
+        let first = role(nodes[1].clone(), Role::Server);
+        let second = role(nodes[2].clone(), Role::Server);
+        let none = k3s(None, None);
+        assert!(takes_init(&none, &first) && !takes_init(&none, &worker));
+        let mut revoked = first.clone();
+        revoked.revoked = true;
+        assert!(!takes_init(&none, &revoked));
+        assert!(!takes_init(&k3s(Some("https://k:6443"), None), &first));
+        assert!(!takes_init(&k3s(None, Some("host-2")), &second));
+        // A worker before any server: no URL, the agent token only.
+        assert_eq!(
+            join_for(&none, &worker, None),
+            Join::K3s(K3sJoin {
+                server_url: None,
+                init: false,
+                token: "agent-tok".into(),
+                agent_token: None,
+            })
+        );
+        let c = k3s(None, Some("host-2"));
+        assert_eq!(
+            join_for(&c, &first, Some(&first)),
+            Join::K3s(K3sJoin {
+                server_url: None,
+                init: true,
+                token: "server-tok".into(),
+                agent_token: Some("agent-tok".into()),
+            })
+        );
+        let url = Some("https://10.77.0.2:6443".to_string());
+        let Join::K3s(w) = join_for(&c, &worker, Some(&first)) else {
+            panic!()
+        };
+        assert_eq!(
+            (w.server_url.clone(), w.init, w.agent_token),
+            (url.clone(), false, None)
+        );
+        let Join::K3s(s2) = join_for(&c, &second, Some(&first)) else {
+            panic!()
+        };
+        assert_eq!(
+            (s2.server_url, s2.init, s2.token.as_str()),
+            (url, false, "server-tok")
+        );
+        // With an operator URL nobody starts the cluster.
+        let Join::K3s(s) = join_for(&k3s(Some("https://k.example:6443"), None), &first, None)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (s.server_url.as_deref(), s.init),
+            (Some("https://k.example:6443"), false)
+        );
+    }
+
+    #[test]
+    fn kubeadm_certificate_key_goes_to_servers_only() {
+        let nodes = enroll_all(1, &pools("10.77.0.0/16"));
+        let c = Cluster::Kubeadm(super::super::KubeadmCluster {
+            endpoint: "10.77.0.1:6443".into(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hashes: vec![format!("sha256:{}", "ab".repeat(32))],
+            certificate_key: Some("cd".repeat(32)),
+        });
+        let Join::Kubeadm(w) = join_for(&c, &role(nodes[0].clone(), Role::Worker), None) else {
+            panic!()
+        };
+        assert_eq!(w.certificate_key, None);
+        assert_eq!(w.ca_cert_hashes.len(), 1);
+        let Join::Kubeadm(s) = join_for(&c, &role(nodes[0].clone(), Role::Server), None) else {
+            panic!()
+        };
+        assert_eq!(s.certificate_key, Some("cd".repeat(32)));
     }
 }

@@ -97,6 +97,77 @@ pub struct NodeRecord {
     pub public_verified: bool,
 }
 
+/// The Kubernetes cluster kiln-enroll hands join parameters out for (`kiln-enroll
+/// cluster init`); at most one. Holds secrets: its Debug output leaves them out.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Cluster {
+    /// A k3s cluster.
+    K3s(K3sCluster),
+    /// A kubeadm cluster made outside kiln.
+    Kubeadm(KubeadmCluster),
+}
+
+/// A k3s cluster as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct K3sCluster {
+    /// The server every node joins, when the operator gave one (`--server-url`); None
+    /// when the first server node to enroll starts the cluster.
+    pub server_url: Option<String>,
+    /// The node chosen to start the cluster (only without `server_url`); it keeps the
+    /// role even when revoked later, so everyone else keeps its URL.
+    pub init_node: Option<String>,
+    /// The server token (servers join with it).
+    pub token: String,
+    /// The agent token (workers join with it; servers get it to admit them).
+    pub agent_token: String,
+}
+
+/// A kubeadm cluster as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KubeadmCluster {
+    /// `host:port` of the API server.
+    pub endpoint: String,
+    /// The bootstrap token.
+    pub token: String,
+    /// `sha256:<hex>` pins of the cluster CA.
+    pub ca_cert_hashes: Vec<String>,
+    /// The control-plane certificate key; control-plane nodes only.
+    pub certificate_key: Option<String>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Join secrets must never reach a log line.
+        let secret = |s: &Option<String>| if s.is_some() { "<set>" } else { "<none>" };
+        match self {
+            Cluster::K3s(k) => f
+                .debug_struct("K3s")
+                .field("server_url", &k.server_url)
+                .field("init_node", &k.init_node)
+                .field("token", &"<set>")
+                .field("agent_token", &"<set>")
+                .finish(),
+            Cluster::Kubeadm(k) => f
+                .debug_struct("Kubeadm")
+                .field("endpoint", &k.endpoint)
+                .field("token", &"<set>")
+                .field("ca_cert_hashes", &k.ca_cert_hashes)
+                .field("certificate_key", &secret(&k.certificate_key))
+                .finish(),
+        }
+    }
+}
+
+impl Cluster {
+    /// `k3s` or `kubeadm`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cluster::K3s(_) => "k3s",
+            Cluster::Kubeadm(_) => "kubeadm",
+        }
+    }
+}
+
 /// The overlay's address pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pools {
@@ -300,6 +371,19 @@ pub trait Store: Send + Sync {
     fn snapshot(&self) -> Result<(u64, Vec<NodeRecord>), StoreError>;
     /// The peer list's version.
     fn peers_version(&self) -> Result<u64, StoreError>;
+    /// The cluster, if one was set.
+    fn cluster(&self) -> Result<Option<Cluster>, StoreError>;
+    /// Sets the cluster; with a cluster already set, replaces it only when `replace`
+    /// (and returns false otherwise, changing nothing). A replaced k3s cluster forgets
+    /// its first server: the next server node to ask starts the new one.
+    fn set_cluster(&self, c: &Cluster, replace: bool) -> Result<bool, StoreError>;
+    /// Removes the cluster; false when none was set.
+    fn clear_cluster(&self) -> Result<bool, StoreError>;
+    /// One transaction: when the cluster is k3s without a server URL and without a first
+    /// server, and `name` is an unrevoked server node, makes it the first server. Returns
+    /// the cluster as it is afterwards (enrollment does the same inside its own
+    /// transaction; this is for servers enrolled before the cluster was set).
+    fn claim_first_server(&self, name: &str) -> Result<Option<Cluster>, StoreError>;
 }
 
 /// Opens `sqlite:PATH` or `postgres://...` (`postgresql://...`) and migrates the schema.

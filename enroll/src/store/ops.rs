@@ -3,7 +3,8 @@
 
 use super::logic;
 use super::{
-    CaPem, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, StoreError, TokenRecord,
+    CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, StoreError,
+    TokenRecord,
 };
 
 /// Row access inside one open transaction. Errors are already StoreErrors that name the
@@ -35,6 +36,12 @@ pub(crate) trait Tx {
     fn version(&mut self) -> Result<u64, StoreError>;
     /// Stores a new peers version.
     fn set_version(&mut self, v: u64) -> Result<(), StoreError>;
+    /// The cluster row, if any.
+    fn cluster(&mut self) -> Result<Option<Cluster>, StoreError>;
+    /// Inserts or overwrites the cluster row.
+    fn put_cluster(&mut self, c: &Cluster) -> Result<(), StoreError>;
+    /// Deletes the cluster row; false when there was none.
+    fn delete_cluster(&mut self) -> Result<bool, StoreError>;
 }
 
 fn bump(tx: &mut dyn Tx) -> Result<u64, StoreError> {
@@ -74,7 +81,45 @@ pub(crate) fn enroll(
         tx.update_token(&t.id, t.revoked, t.uses_left.saturating_sub(1))?;
         bump(tx)?;
     }
+    // In the same transaction as the node's record, so of servers enrolling at once
+    // exactly one starts the cluster.
+    claim(tx, outcome.node())?;
     Ok(outcome)
+}
+
+/// Makes `node` the k3s cluster's first server when it may be (see
+/// [`logic::takes_init`]); the cluster as it is afterwards.
+fn claim(tx: &mut dyn Tx, node: &NodeRecord) -> Result<Option<Cluster>, StoreError> {
+    let Some(mut cluster) = tx.cluster()? else {
+        return Ok(None);
+    };
+    if logic::takes_init(&cluster, node) {
+        if let Cluster::K3s(k) = &mut cluster {
+            k.init_node = Some(node.name.clone());
+        }
+        tx.put_cluster(&cluster)?;
+    }
+    Ok(Some(cluster))
+}
+
+/// See [`super::Store::claim_first_server`].
+pub(crate) fn claim_first_server(
+    tx: &mut dyn Tx,
+    name: &str,
+) -> Result<Option<Cluster>, StoreError> {
+    match tx.node(name)? {
+        Some(node) => claim(tx, &node),
+        None => tx.cluster(),
+    }
+}
+
+/// See [`super::Store::set_cluster`].
+pub(crate) fn set_cluster(tx: &mut dyn Tx, c: &Cluster, replace: bool) -> Result<bool, StoreError> {
+    if tx.cluster()?.is_some() && !replace {
+        return Ok(false);
+    }
+    tx.put_cluster(c)?;
+    Ok(true)
 }
 
 /// See [`super::Store::revoke_node`].

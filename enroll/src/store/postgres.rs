@@ -11,11 +11,14 @@ use postgres::config::Host;
 use postgres::error::SqlState;
 use postgres::{Client, Config, IsolationLevel, NoTls, Transaction};
 
-use super::codec::{self, RawNode, RawToken, NODE_COLUMNS, SCHEMA_VERSION, TOKEN_COLUMNS};
+use super::codec::{
+    self, RawCluster, RawNode, RawToken, CLUSTER_COLUMNS, NODE_COLUMNS, SCHEMA_V2, SCHEMA_VERSION,
+    TOKEN_COLUMNS,
+};
 use super::ops::{self, Tx};
 use super::{
-    CaPem, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Store, StoreError,
-    TokenRecord,
+    CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Store,
+    StoreError, TokenRecord,
 };
 
 /// Connections one process keeps at most (PostgreSQL allows 100 by default, shared by
@@ -334,6 +337,12 @@ fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), StoreError> {
             .batch_execute(SCHEMA_V1)
             .map_err(|e| backend(db, "creating schema version 1", &e))?;
     }
+    if found < 2 {
+        // Adds a table only: version 1 rows stay as they are.
+        tx.tx
+            .batch_execute(SCHEMA_V2)
+            .map_err(|e| backend(db, "migrating to schema version 2", &e))?;
+    }
     tx.tx
         .execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
@@ -587,6 +596,69 @@ impl Tx for PgTx<'_, '_> {
             .map_err(|e| self.err("writing peers_version", &e))?;
         Ok(())
     }
+
+    fn cluster(&mut self) -> Result<Option<Cluster>, StoreError> {
+        let op = "reading the cluster";
+        let row = self
+            .tx
+            .query_opt(
+                &format!("SELECT {CLUSTER_COLUMNS} FROM cluster WHERE id = 1"),
+                &[],
+            )
+            .map_err(|e| self.err(op, &e))?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let raw = (|| -> Result<RawCluster, postgres::Error> {
+            Ok(RawCluster {
+                kind: r.try_get(0)?,
+                server_url: r.try_get(1)?,
+                init_node: r.try_get(2)?,
+                token: r.try_get(3)?,
+                agent_token: r.try_get(4)?,
+                endpoint: r.try_get(5)?,
+                ca_cert_hashes: r.try_get(6)?,
+                certificate_key: r.try_get(7)?,
+            })
+        })()
+        .map_err(|e| self.err(op, &e))?;
+        raw.decode().map(Some)
+    }
+
+    fn put_cluster(&mut self, c: &Cluster) -> Result<(), StoreError> {
+        let r = RawCluster::encode(c);
+        self.tx
+            .execute(
+                &format!(
+                    "INSERT INTO cluster (id, {CLUSTER_COLUMNS}) VALUES (1, $1, $2, $3, $4, $5, \
+                     $6, $7, $8) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, \
+                     server_url = excluded.server_url, init_node = excluded.init_node, \
+                     token = excluded.token, agent_token = excluded.agent_token, \
+                     endpoint = excluded.endpoint, ca_cert_hashes = excluded.ca_cert_hashes, \
+                     certificate_key = excluded.certificate_key"
+                ),
+                &[
+                    &r.kind,
+                    &r.server_url,
+                    &r.init_node,
+                    &r.token,
+                    &r.agent_token,
+                    &r.endpoint,
+                    &r.ca_cert_hashes,
+                    &r.certificate_key,
+                ],
+            )
+            .map_err(|e| self.err("storing the cluster", &e))?;
+        Ok(())
+    }
+
+    fn delete_cluster(&mut self) -> Result<bool, StoreError> {
+        let n = self
+            .tx
+            .execute("DELETE FROM cluster", &[])
+            .map_err(|e| self.err("removing the cluster", &e))?;
+        Ok(n > 0)
+    }
 }
 
 impl Store for PgStore {
@@ -655,5 +727,25 @@ impl Store for PgStore {
 
     fn peers_version(&self) -> Result<u64, StoreError> {
         self.read("reading peers_version", &|tx| tx.version())
+    }
+
+    fn cluster(&self) -> Result<Option<Cluster>, StoreError> {
+        self.read("reading the cluster", &|tx| tx.cluster())
+    }
+
+    fn set_cluster(&self, c: &Cluster, replace: bool) -> Result<bool, StoreError> {
+        self.write("setting the cluster", &|tx| {
+            ops::set_cluster(tx, c, replace)
+        })
+    }
+
+    fn clear_cluster(&self) -> Result<bool, StoreError> {
+        self.write("removing the cluster", &|tx| tx.delete_cluster())
+    }
+
+    fn claim_first_server(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
+        self.write("choosing the first server", &|tx| {
+            ops::claim_first_server(tx, name)
+        })
     }
 }

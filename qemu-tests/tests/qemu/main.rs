@@ -12,6 +12,7 @@ mod bad_input;
 mod boot;
 mod channels;
 mod cloud;
+mod cluster;
 mod formats;
 mod image_checks;
 mod inspect;
