@@ -10,32 +10,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kiln_enroll_proto::api::ClusterJoin;
-use kiln_enroll_proto::client::{Client, ClientError, NodeAuth};
+use kiln_enroll_proto::client::{Client, NodeAuth};
 
 use super::run::{self, Env};
 use super::{Clock, Exec, Files, Outcome, Remote, Systemd, UnitState, TAG};
 use crate::config::settings::{self, SETTINGS_PATH};
-use crate::overlay::real::CALL_TIMEOUT;
+use crate::overlay::real::{api_error, CALL_TIMEOUT};
 use crate::overlay::ApiError;
-
-/// A client error in the overlay's terms (retryable or not, the server's body kept).
-fn api_error(e: ClientError) -> ApiError {
-    let retry = e.retryable();
-    match e {
-        ClientError::Refused { body, .. } => ApiError::Refused(body),
-        ClientError::PinMismatch {
-            expected,
-            presented,
-        } => ApiError::PinMismatch {
-            expected,
-            presented,
-        },
-        other => ApiError::Other {
-            message: other.to_string(),
-            retry,
-        },
-    }
-}
 
 fn command_line(argv: &[&str]) -> String {
     argv.join(" ")

@@ -1168,6 +1168,10 @@ fn world(public: Option<&str>) -> W {
 }
 
 fn supervise(w: &W, st: Option<&ClusterSettings>) -> u8 {
+    supervise_rejoining(w, st, 0)
+}
+
+fn supervise_rejoining(w: &W, st: Option<&ClusterSettings>, rejoins: u32) -> u8 {
     let (mut a, mut b, mut c, mut d, mut e) = (
         FSystemd(w.clone()),
         FExec(w.clone()),
@@ -1182,7 +1186,7 @@ fn supervise(w: &W, st: Option<&ClusterSettings>) -> u8 {
         remote: &mut d,
         clock: &mut e,
     };
-    run::supervise(&mut env, st, 0)
+    run::supervise(&mut env, st, rejoins)
 }
 
 fn cj(role: Role, join: Option<Join>) -> ClusterJoin {
@@ -1637,23 +1641,7 @@ fn a_stopped_k3s_unit_joins_again_with_a_fresh_token_that_is_deleted_again() {
             .collect();
         b.k3s = VecDeque::from([K3sRun::JoinsThenCrashes(20), K3sRun::Joins]);
     }
-    let code = {
-        let (mut a, mut b, mut c, mut d, mut e) = (
-            FSystemd(w.clone()),
-            FExec(w.clone()),
-            FFiles(w.clone()),
-            FRemote(w.clone()),
-            FClock(w.clone()),
-        );
-        let mut env = Env {
-            systemd: &mut a,
-            exec: &mut b,
-            files: &mut c,
-            remote: &mut d,
-            clock: &mut e,
-        };
-        run::supervise(&mut env, Some(&settings(ClusterKind::K3s)), 1)
-    };
+    let code = supervise_rejoining(&w, Some(&settings(ClusterKind::K3s)), 1);
     assert_eq!(code, 0);
     let c = console(&w);
     let joined = c

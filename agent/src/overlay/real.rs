@@ -141,7 +141,8 @@ impl OverlaySys for RealSys {
     }
 }
 
-fn api_error(e: ClientError) -> ApiError {
+/// A client error in the overlay's terms (retryable or not, the server's body kept).
+pub(crate) fn api_error(e: ClientError) -> ApiError {
     let retry = e.retryable();
     match e {
         ClientError::Refused { body, .. } => ApiError::Refused(body),
