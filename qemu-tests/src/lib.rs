@@ -422,11 +422,26 @@ impl RunningVm {
         if self.shell_set_up {
             return Ok(());
         }
-        self.wait_until(timeout, true, "the root shell prompt", |text| {
+        // Under heavy TCG load a node has reached multi-user and still shown no prompt
+        // (twice in CI, getty's line not seen either): after a while, Enter on the
+        // console every minute makes a waiting getty or shell print its prompt again.
+        let prompt = |text: &str| {
             text.find("(automatic login)")
                 .map(|at| text[at..].contains("# "))
                 .unwrap_or(false)
-        })?;
+        };
+        let mut next_nudge = Duration::from_secs(240);
+        while self.started.elapsed() + Duration::from_secs(60) < timeout && next_nudge < timeout {
+            match self.wait_until(next_nudge, true, "the root shell prompt", prompt) {
+                Ok(_) => break,
+                Err(e) if !e.to_string().starts_with("timed out") => return Err(e),
+                Err(_) => {
+                    self.send_line("")?;
+                    next_nudge = self.started.elapsed().max(next_nudge) + Duration::from_secs(60);
+                }
+            }
+        }
+        self.wait_until(timeout, true, "the root shell prompt", prompt)?;
         self.shell_set_up = true;
         // A wide terminal keeps readline from wrapping (and splitting) the
         // typed commands in the echo.
