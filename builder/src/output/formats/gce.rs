@@ -12,7 +12,8 @@
 use std::io::{self, Write};
 use std::path::Path;
 
-use flate2::{Compress, Compression, FlushCompress};
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
 
 use super::{
     create_output, finish_output, io_at, run_pipeline, Encoder, FormatError, Seen, Segment, Source,
@@ -21,8 +22,11 @@ use super::{
 use crate::output::manifest::FileDigest;
 
 /// Deflate level of data pieces: fast, since the image is mostly
-/// compressed kernel, initramfs and binaries anyway.
-const LEVEL: u32 = 1;
+/// compressed kernel, initramfs and binaries anyway. Not 1: the backend's
+/// level-1 fast path left some sync-flushed pieces short (a 4 MiB piece of
+/// one x86_64 image inflated to 533 bytes less, so the gzip stream broke);
+/// level 2 encodes every piece of that image and the others whole.
+const LEVEL: u32 = 2;
 const TAR_BLOCK: u64 = 512;
 /// GNU tar pads archives to whole records of 20 blocks.
 const TAR_RECORD: u64 = 20 * TAR_BLOCK;
@@ -123,26 +127,16 @@ impl Encoder for Deflate {
 
 /// Raw deflate of `bytes` as non-final blocks ending on a byte boundary
 /// (a sync flush), with no reference to anything before it.
+///
+/// flate2's writer does the flush: its loop runs the compressor until a call
+/// adds no output.
 fn deflate_piece(bytes: &[u8], level: Compression) -> io::Result<Vec<u8>> {
-    let mut c = Compress::new(level, false);
-    let mut out = Vec::with_capacity(bytes.len() / 2 + 4096);
-    loop {
-        if out.capacity() - out.len() < 4096 {
-            out.reserve(out.capacity().max(64 << 10));
-        }
-        let before = (c.total_in(), c.total_out());
-        let consumed = usize::try_from(c.total_in()).unwrap_or(usize::MAX);
-        let input = bytes.get(consumed..).unwrap_or_default();
-        c.compress_vec(input, &mut out, FlushCompress::Sync)
-            .map_err(io::Error::other)?;
-        // Room left after a sync flush with all input taken means it is complete.
-        if c.total_in() == bytes.len() as u64 && out.len() < out.capacity() {
-            return Ok(out);
-        }
-        if (c.total_in(), c.total_out()) == before {
-            return Err(io::Error::other("deflate made no progress"));
-        }
-    }
+    let mut e = DeflateEncoder::new(Vec::with_capacity(bytes.len() / 2 + 4096), level);
+    e.write_all(bytes)?;
+    e.flush()?;
+    // Taken before the encoder is dropped: dropping it finishes the stream (a final
+    // block), which must not be part of a piece.
+    Ok(std::mem::take(e.get_mut()))
 }
 
 /// Deflate's bit order: values least significant bit first, Huffman codes
