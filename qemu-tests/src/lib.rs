@@ -8,23 +8,28 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Child, Stdio};
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kiln::arch::Arch;
 
 pub mod enroll_server;
+pub mod images;
 pub mod metadata;
 pub mod net;
 pub mod share;
 pub mod sntp;
+pub mod timing;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+pub use images::{
+    cmdline_hostname, default_image, image_with_all_formats, k3s_image, profile_image, Built,
+};
 
 /// Scratch space for the tests, under the cargo target folder so a clean
 /// checkout starts empty and `cargo clean` removes it.
@@ -33,210 +38,6 @@ pub fn work_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     target.join("kiln-qemu-tests")
-}
-
-/// A built image and its manifest.
-#[derive(Debug, Clone)]
-pub struct Built {
-    /// The raw disk image.
-    pub image: PathBuf,
-    /// manifest.json beside it.
-    pub manifest: PathBuf,
-}
-
-impl Built {
-    /// The output beside the raw image whose name ends in `suffix`
-    /// (`.qcow2`, `.vhd`, `.raw.zst`, `.raw.bmap`, `.gce.tar.gz`).
-    pub fn output(&self, suffix: &str) -> PathBuf {
-        let name = self
-            .image
-            .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".raw").to_string())
-            .unwrap_or_default();
-        self.image.with_file_name(format!("{name}{suffix}"))
-    }
-}
-
-/// One image the tests need: which profile, which arch, how it is built.
-/// Each distinct spec is built at most once per test process.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Spec {
-    /// Profile path relative to the repository root.
-    profile: String,
-    arch: Arch,
-    all_formats: bool,
-    debug_shell: bool,
-    append_cmdline: Vec<String>,
-    /// Output folder name under [`work_dir`].
-    out: String,
-}
-
-type Slot = Arc<Mutex<Option<Built>>>;
-static BUILDS: OnceLock<Mutex<BTreeMap<Spec, Slot>>> = OnceLock::new();
-
-/// `profiles/qemu.toml` for `arch` with the debug shell on the serial
-/// console (`kiln build --debug-shell`) and `kiln.hostname=`[`cmdline_hostname`]
-/// on the kernel command line; raw only. Built once per test process.
-pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
-    build_once(Spec {
-        profile: "profiles/qemu.toml".into(),
-        arch,
-        all_formats: false,
-        debug_shell: true,
-        append_cmdline: vec![format!("kiln.hostname={}", cmdline_hostname(arch))],
-        out: "out-debug".into(),
-    })
-}
-
-/// The hostname [`default_image`] puts on its kernel command line:
-/// `cmdline-x86-64` or `cmdline-arm64` (RFC 1123 labels have no `_`).
-pub fn cmdline_hostname(arch: Arch) -> String {
-    format!("cmdline-{}", arch.name().replace('_', "-"))
-}
-
-/// `profiles/qemu.toml` for `arch` as the profile says (no debug shell, no
-/// extra command line) in every output format, once per test process; the
-/// other formats sit beside the raw image ([`Built::output`]).
-pub fn image_with_all_formats(arch: Arch) -> anyhow::Result<Built> {
-    build_once(Spec {
-        profile: "profiles/qemu.toml".into(),
-        arch,
-        all_formats: true,
-        debug_shell: false,
-        append_cmdline: Vec::new(),
-        out: "out-formats".into(),
-    })
-}
-
-/// Another profile (`profiles/homelab.toml`, `profiles/cloud.toml`, given
-/// relative to the repository root) for `arch` as it says, raw only, once
-/// per test process.
-pub fn profile_image(profile: &str, arch: Arch) -> anyhow::Result<Built> {
-    let stem = Path::new(profile)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "profile".into());
-    build_once(Spec {
-        profile: profile.into(),
-        arch,
-        all_formats: false,
-        debug_shell: false,
-        append_cmdline: Vec::new(),
-        out: format!("out-{stem}"),
-    })
-}
-
-/// `profiles/k3s.toml` for `arch` with the debug shell and `kiln.hostname=<hostname>`,
-/// its k3s artifact taken from the local file `k3s` (pinned by that file's sha256: the
-/// profile's own download is unreachable here), raw only, into `out`.
-pub fn k3s_image(arch: Arch, k3s: &Path, hostname: &str, out: &Path) -> anyhow::Result<Built> {
-    let mut profile = kiln::profile::Profile::load(&repo_root().join("profiles/k3s.toml"))?;
-    profile.enable_debug_shell()?;
-    profile.append_cmdline(&[format!("kiln.hostname={hostname}")])?;
-    let sum = Command::new("sha256sum")
-        .arg(k3s)
-        .output()
-        .with_context(|| format!("sha256sum {}", k3s.display()))?;
-    if !sum.status.success() {
-        bail!(
-            "sha256sum {}: {}",
-            k3s.display(),
-            String::from_utf8_lossy(&sum.stderr)
-        );
-    }
-    let sha = String::from_utf8_lossy(&sum.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let mut replaced = 0;
-    for a in profile
-        .artifacts
-        .iter_mut()
-        .filter(|a| a.name == "k3s" && a.applies_to(arch))
-    {
-        a.source = kiln::profile::ArtifactSource::Path(k3s.to_path_buf());
-        a.sha256 = sha.clone();
-        replaced += 1;
-    }
-    if replaced != 1 {
-        bail!("profiles/k3s.toml has {replaced} k3s artifacts for {arch}, expected 1");
-    }
-    let cache = kiln::fetch::Cache::from_env()?;
-    let opts = kiln::build::BuildOptions {
-        arches: vec![arch],
-        out: out.to_path_buf(),
-        epoch: None,
-        agent: kiln::build::AgentSource::from_env(),
-        formats: Some(vec![kiln::profile::Format::Raw]),
-    };
-    let r = kiln::build::build(&profile, &cache, &opts, &kiln::build::Ui::new(true))
-        .with_context(|| format!("building profiles/k3s.toml for {arch}"))?
-        .into_iter()
-        .next()
-        .context("build returned no image")?;
-    Ok(Built {
-        image: r.image,
-        manifest: r.manifest,
-    })
-}
-
-fn build_once(spec: Spec) -> anyhow::Result<Built> {
-    let slot = {
-        let map = BUILDS.get_or_init(|| Mutex::new(BTreeMap::new()));
-        let mut map = map
-            .lock()
-            .map_err(|_| anyhow::anyhow!("an earlier image build panicked"))?;
-        map.entry(spec.clone()).or_default().clone()
-    };
-    // Only this image's slot is held while it builds: other images build
-    // at the same time and finished ones are handed out at once.
-    let mut slot = slot
-        .lock()
-        .map_err(|_| anyhow::anyhow!("an earlier build of {spec:?} panicked"))?;
-    if let Some(b) = slot.as_ref() {
-        return Ok(b.clone());
-    }
-    let path = repo_root().join(&spec.profile);
-    let mut profile = kiln::profile::Profile::load(&path)?;
-    if spec.debug_shell {
-        profile.enable_debug_shell()?;
-    }
-    profile.append_cmdline(&spec.append_cmdline)?;
-    let cache = kiln::fetch::Cache::from_env()?;
-    let opts = kiln::build::BuildOptions {
-        arches: vec![spec.arch],
-        out: work_dir().join(&spec.out),
-        epoch: None,
-        agent: kiln::build::AgentSource::from_env(),
-        // Raw only unless every format is wanted: the VMs boot the raw
-        // image, whatever the profile publishes (homelab: raw.zst).
-        formats: Some(if spec.all_formats {
-            kiln::profile::Format::ALL.to_vec()
-        } else {
-            vec![kiln::profile::Format::Raw]
-        }),
-    };
-    let ui = kiln::build::Ui::new(true);
-    let started = Instant::now();
-    let reports = kiln::build::build(&profile, &cache, &opts, &ui)
-        .with_context(|| format!("building {} for {}", spec.profile, spec.arch))?;
-    let r = reports
-        .into_iter()
-        .next()
-        .context("build returned no image")?;
-    eprintln!(
-        "built {} ({}) in {:.1} s",
-        r.image.display(),
-        spec.arch,
-        started.elapsed().as_secs_f64()
-    );
-    let b = Built {
-        image: r.image.clone(),
-        manifest: r.manifest.clone(),
-    };
-    *slot = Some(b.clone());
-    Ok(b)
 }
 
 /// Markers of a boot that went wrong: waits end early on them.

@@ -7,8 +7,9 @@
 //! [`whole_machine`] and runs alone. The lock prefers a waiting scenario over new shares,
 //! so it is not starved by a stream of single-VM tests.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 static MACHINE: RwLock<()> = RwLock::new(());
 
@@ -23,6 +24,22 @@ struct ThreadShare {
 
 thread_local! {
     static SHARE: RefCell<ThreadShare> = RefCell::new(ThreadShare::default());
+    /// Time this thread's test spent waiting for its share or the whole machine.
+    static WAITED: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+}
+
+/// Starts counting this thread's waits from zero (a new test on the thread).
+pub(crate) fn reset_waited() {
+    WAITED.with(|w| w.set(Duration::ZERO));
+}
+
+/// How long this thread waited for other tests' VMs since [`reset_waited`].
+pub(crate) fn waited() -> Duration {
+    WAITED.with(Cell::get)
+}
+
+fn add_waited(since: Instant) {
+    WAITED.with(|w| w.set(w.get() + since.elapsed()));
 }
 
 /// The whole machine, for one multi-VM scenario; dropping it lets other tests boot again.
@@ -33,7 +50,9 @@ pub struct WholeMachine {
 /// Waits until no other test runs a VM, then keeps them from starting any until the
 /// returned value is dropped. Call it before the scenario's first VM starts.
 pub fn whole_machine() -> WholeMachine {
+    let asked = Instant::now();
     let guard = MACHINE.write().unwrap_or_else(|e| e.into_inner());
+    add_waited(asked);
     SHARE.with(|s| s.borrow_mut().whole = true);
     WholeMachine { _guard: guard }
 }
@@ -53,7 +72,9 @@ pub(crate) fn vm_started() {
             return;
         }
         if s.vms == 0 {
+            let asked = Instant::now();
             s.guard = Some(MACHINE.read().unwrap_or_else(|e| e.into_inner()));
+            add_waited(asked);
         }
         s.vms += 1;
     });

@@ -792,6 +792,13 @@ impl OverlaySys for MiniSys {
         0
     }
     fn sleep(&mut self, _: Duration) {}
+    fn next_event(
+        &mut self,
+        events: &std::sync::mpsc::Receiver<crate::overlay::run::Event>,
+        _: Duration,
+    ) -> Option<crate::overlay::run::Event> {
+        events.try_recv().ok()
+    }
     fn say(&mut self, _: &str) {}
     fn interface_addrs(&mut self) -> io::Result<Vec<(String, IpAddr)>> {
         Ok(vec![])

@@ -26,6 +26,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use kiln_enroll_proto::api::{
@@ -70,6 +71,10 @@ pub trait OverlaySys {
     fn now(&mut self) -> u64;
     /// Waits.
     fn sleep(&mut self, d: Duration);
+    /// Waits up to `d` for the watch thread's next event: the daemon applies a new peer
+    /// list the moment it arrives, not at its next tick. None when the time ran out (or
+    /// the watch thread is gone).
+    fn next_event(&mut self, events: &Receiver<run::Event>, d: Duration) -> Option<run::Event>;
     /// Prints one console line.
     fn say(&mut self, line: &str);
     /// Every interface address: (interface name, address).

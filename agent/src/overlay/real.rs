@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,6 +102,10 @@ impl OverlaySys for RealSys {
 
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
+    }
+
+    fn next_event(&mut self, events: &Receiver<Event>, d: Duration) -> Option<Event> {
+        events.recv_timeout(d).ok()
     }
 
     fn say(&mut self, line: &str) {

@@ -4,7 +4,8 @@
 //! Daemon order: config → identity (persisted before any network I/O) → either the
 //! cached enrollment (the mesh comes up at once, even with kiln-enroll down) or a new
 //! enrollment (retried with backoff while the server cannot answer) → kiln0 up → a loop
-//! that takes peer lists from the watch thread, heartbeats, and re-plans every 2 s.
+//! that takes peer lists from the watch thread as they arrive, heartbeats, and re-plans
+//! every 2 s and on every new list.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,9 @@ use crate::netlink::{mss_clamp_rules, Net, PeerOp, Prefix, WgDevice};
 
 /// Seconds between re-plans (probe windows are counted in these steps).
 pub const TICK: Duration = Duration::from_secs(2);
+/// For this long after a direct path appears, a peer that has not answered is asked again
+/// at every tick (see [`initiate`]); after that the kernel's own retries carry on.
+pub const INITIATE_SECS: u64 = 30;
 /// How long one peer-list long poll waits.
 pub const WATCH_WAIT_SECS: u32 = 30;
 /// First and longest retry delay.
@@ -282,6 +286,13 @@ pub struct Mesh {
     pub trouble: Option<String>,
     /// Peers the last heartbeat reported a handshake with.
     pub reported: std::collections::BTreeSet<[u8; 32]>,
+    /// Direct peers without a handshake yet: (path first seen, last initiation), unix s.
+    pub initiating: BTreeMap<PublicKey, (u64, u64)>,
+    /// Peers whose first handshake was printed.
+    pub greeted: std::collections::BTreeSet<[u8; 32]>,
+    /// When each peer was added to this node's mesh (unix s): at kiln0's start for the
+    /// peers it came up with, else when its peer list arrived.
+    pub added: BTreeMap<[u8; 32], u64>,
 }
 
 impl Mesh {
@@ -307,6 +318,9 @@ impl Mesh {
             next_heartbeat: 0,
             trouble: None,
             reported: std::collections::BTreeSet::new(),
+            initiating: BTreeMap::new(),
+            greeted: std::collections::BTreeSet::new(),
+            added: BTreeMap::new(),
         }
     }
 
@@ -506,6 +520,19 @@ pub fn replan(sys: &mut dyn OverlaySys, net: &mut dyn Net, mesh: &mut Mesh) -> R
         net.set_wireguard(IFNAME, &mesh.id.private_key, mesh.listen_port, &p.ops)
             .map_err(|e| format!("{IFNAME}: {e}"))?;
     }
+    let added = std::mem::take(&mut mesh.added);
+    mesh.added = mesh
+        .checked
+        .iter()
+        .map(|p| {
+            (
+                p.public_key.0,
+                added.get(&p.public_key.0).copied().unwrap_or(now),
+            )
+        })
+        .collect();
+    initiate(sys, net, mesh, &device, &p.status, &p.desired, now)?;
+    greet(sys, mesh, &device);
     mesh.probes = p.probes;
     let mut changed = false;
     let mut paths = BTreeMap::new();
@@ -541,6 +568,89 @@ pub fn replan(sys: &mut dyn OverlaySys, net: &mut dyn Net, mesh: &mut Mesh) -> R
         }
     }
     Ok(())
+}
+
+/// Starts this node's handshakes with its direct peers at once, and again at every tick
+/// until one completes (for [`INITIATE_SECS`]).
+///
+/// A peer that enrolled a moment ago is often faster than the peer-list update that tells
+/// the others about it: its first handshake initiation reaches a node that does not know
+/// its key yet and is dropped. The kernel would retry only after REKEY_TIMEOUT (5 s) and
+/// sends nothing at all until there is traffic or a keepalive is due; so a peer without a
+/// handshake is re-created (a new kernel peer may initiate at once) and kicked.
+fn initiate(
+    sys: &mut dyn OverlaySys,
+    net: &mut dyn Net,
+    mesh: &mut Mesh,
+    device: &WgDevice,
+    status: &[plan::PeerStatus],
+    desired: &BTreeMap<PublicKey, crate::netlink::WgPeer>,
+    now: u64,
+) -> Result<(), String> {
+    let tick = TICK.as_secs();
+    let mut still = BTreeMap::new();
+    let mut again = Vec::new();
+    let mut kicks = Vec::new();
+    for s in status.iter().filter(|s| matches!(s.path, Path::Direct(_))) {
+        let answered = device
+            .peers
+            .iter()
+            .any(|k| k.public_key == s.key.0 && k.last_handshake.is_some());
+        if answered {
+            continue;
+        }
+        let entry = match mesh.initiating.get(&s.key) {
+            None => {
+                kicks.push(s.name.clone());
+                (now, now)
+            }
+            Some(&(since, last))
+                if now.saturating_sub(since) <= INITIATE_SECS
+                    && now.saturating_sub(last) >= tick =>
+            {
+                if let Some(peer) = desired.get(&s.key) {
+                    again.push(PeerOp::Remove(peer.public_key));
+                    again.push(PeerOp::Upsert(peer.clone()));
+                }
+                kicks.push(s.name.clone());
+                (since, now)
+            }
+            Some(&e) => e,
+        };
+        still.insert(s.key, entry);
+    }
+    mesh.initiating = still;
+    if !again.is_empty() {
+        net.set_wireguard(IFNAME, &mesh.id.private_key, mesh.listen_port, &again)
+            .map_err(|e| format!("{IFNAME}: {e}"))?;
+    }
+    for name in kicks {
+        kick(sys, mesh, &name);
+    }
+    Ok(())
+}
+
+/// Prints each peer's first handshake, with how long after the peer was added it came.
+fn greet(sys: &mut dyn OverlaySys, mesh: &mut Mesh, device: &WgDevice) {
+    for k in &device.peers {
+        let Some(at) = k.last_handshake else { continue };
+        if !mesh.greeted.insert(k.public_key) {
+            continue;
+        }
+        let Some(name) = mesh
+            .checked
+            .iter()
+            .find(|p| p.public_key.0 == k.public_key)
+            .map(|p| p.name.clone())
+        else {
+            continue;
+        };
+        let when = match mesh.added.get(&k.public_key) {
+            Some(added) => format!(", {} s after it was added", at.saturating_sub(*added)),
+            None => String::new(),
+        };
+        say(sys, &format!("peer {name} first handshake{when}"));
+    }
 }
 
 /// Starts a handshake with peer `name` at the endpoint just set, by sending a datagram to
@@ -701,16 +811,20 @@ fn trouble(sys: &mut dyn OverlaySys, mesh: &mut Mesh, what: Option<String>) {
     mesh.trouble = what;
 }
 
-/// One pass of the daemon loop: events, a heartbeat when due, a re-plan. Some(exit code)
-/// when the daemon must end.
+/// One pass of the daemon loop: `first` and any further events, a heartbeat when due, a
+/// re-plan. Some(exit code) when the daemon must end.
 pub fn tick(
     sys: &mut dyn OverlaySys,
     net: &mut dyn Net,
     api: &dyn Api,
     mesh: &mut Mesh,
+    first: Option<Event>,
     events: &Receiver<Event>,
 ) -> Option<u8> {
-    while let Ok(ev) = events.try_recv() {
+    for ev in first
+        .into_iter()
+        .chain(std::iter::from_fn(|| events.try_recv().ok()))
+    {
         match ev {
             Event::Peers(list) => {
                 trouble(sys, mesh, None);
@@ -846,11 +960,14 @@ fn daemon_inner(
     }
     let (tx, rx) = std::sync::mpsc::channel();
     spawn_watch(api.clone(), mesh.auth(), mesh.list.version, tx);
+    let mut event = None;
     loop {
-        if let Some(code) = tick(sys, net, api.as_ref(), &mut mesh, &rx) {
+        if let Some(code) = tick(sys, net, api.as_ref(), &mut mesh, event.take(), &rx) {
             return Ok(code);
         }
-        sys.sleep(TICK);
+        // A new peer list is applied the moment it arrives: a peer that just enrolled is
+        // already sending its first handshake initiation.
+        event = sys.next_event(&rx, TICK);
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -105,6 +106,13 @@ impl OverlaySys for FakeSys {
         self.now += d.as_secs().max(1);
         // Lets the watch thread of a daemon test deliver its events.
         std::thread::sleep(Duration::from_millis(1));
+    }
+    fn next_event(&mut self, events: &Receiver<Event>, d: Duration) -> Option<Event> {
+        if let Ok(ev) = events.try_recv() {
+            return Some(ev);
+        }
+        self.sleep(d);
+        events.try_recv().ok()
     }
     fn say(&mut self, line: &str) {
         self.lines.push(line.to_string());
@@ -612,7 +620,7 @@ fn tick_takes_new_peer_lists_and_reports_bad_entries() {
     let (tx, rx) = std::sync::mpsc::channel();
     // Nothing new: nothing is written to the kernel.
     assert_eq!(
-        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx),
+        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx),
         None
     );
     assert_eq!(d.net.set_calls, before);
@@ -628,7 +636,7 @@ fn tick_takes_new_peer_lists_and_reports_bad_entries() {
         }));
     for _ in 0..3 {
         assert_eq!(
-            run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx),
+            run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx),
             None
         );
     }
@@ -644,7 +652,7 @@ fn tick_takes_new_peer_lists_and_reports_bad_entries() {
     });
     tx.send(Event::Peers(list.clone())).unwrap();
     assert_eq!(
-        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx),
+        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx),
         None
     );
     assert!(
@@ -669,7 +677,7 @@ fn tick_takes_new_peer_lists_and_reports_bad_entries() {
     tx.send(Event::Revoked("refused (node_revoked): x".into()))
         .unwrap();
     assert_eq!(
-        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx),
+        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx),
         Some(2)
     );
 }
@@ -1047,14 +1055,151 @@ fn every_probe_window_kicks_a_handshake_at_the_peer() {
     run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
     let (_tx, rx) = std::sync::mpsc::channel();
     let natted: IpAddr = "10.77.0.7".parse().unwrap();
-    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx);
+    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx);
     assert_eq!(d.sys.kicked, vec![natted], "{:?}", d.sys.lines);
     // Within the window: no second packet.
     d.sys.now += 2;
-    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx);
+    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx);
     assert_eq!(d.sys.kicked.len(), 1);
     // The next window at the same endpoint is a new chance: the kernel may have given up.
     d.sys.now += super::plan::PROBE_WINDOW_SECS;
-    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, &rx);
+    run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx);
     assert_eq!(d.sys.kicked, vec![natted, natted]);
+}
+
+#[test]
+fn a_direct_peer_is_asked_at_once_and_at_every_tick_until_it_answers() {
+    let mut d = Daemon::new();
+    let id = made_identity(&Log::default());
+    let e = state::Enrollment {
+        server: "https://10.0.2.100:8443".into(),
+        ca_hash: [0xab; 32],
+        answer: answer(id.public_key),
+    };
+    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
+    let mut mesh = run::Mesh::new(id, e.clone(), &s);
+    mesh.mtu = 1420;
+    let up = d.sys.now;
+    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
+    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
+    mesh.next_heartbeat = u64::MAX;
+    let relay: IpAddr = "10.77.0.5".parse().unwrap();
+    let kicks = |d: &Daemon| d.sys.kicked.iter().filter(|k| **k == relay).count();
+    // The relay (public, direct) is asked as soon as kiln0 is up, not at its keepalive.
+    assert_eq!(kicks(&d), 1, "{:?}", d.sys.kicked);
+    let (_tx, rx) = std::sync::mpsc::channel();
+    let calls = d.net.set_calls;
+    let tick = |d: &mut Daemon, mesh: &mut run::Mesh| {
+        assert_eq!(
+            run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), mesh, None, &rx),
+            None
+        );
+    };
+    // Within the same tick: nothing again.
+    tick(&mut d, &mut mesh);
+    assert_eq!((kicks(&d), d.net.set_calls), (1, calls));
+    // It dropped that initiation (it did not know us yet): every tick, the kernel peer is
+    // made anew (lifting the kernel's 5 s pause between initiations) and kicked.
+    for round in 1..=3 {
+        d.sys.now += run::TICK.as_secs();
+        tick(&mut d, &mut mesh);
+        assert_eq!(kicks(&d), 1 + round, "round {round}");
+        assert_eq!(d.net.set_calls, calls + round, "round {round}");
+        let dev = d.net.device.clone().unwrap();
+        let p = dev.peers.iter().find(|p| p.public_key == [5; 32]).unwrap();
+        assert_eq!(
+            (p.endpoint, p.keepalive),
+            (Some("203.0.113.50:51820".parse().unwrap()), 25),
+            "the peer is made again as it was"
+        );
+    }
+    // After INITIATE_SECS the kernel's own retries carry on alone.
+    d.sys.now = up + run::INITIATE_SECS + 1;
+    tick(&mut d, &mut mesh);
+    let (k, c) = (kicks(&d), d.net.set_calls);
+    d.sys.now += run::TICK.as_secs();
+    tick(&mut d, &mut mesh);
+    assert_eq!((kicks(&d), d.net.set_calls), (k, c));
+    // The first handshake is printed once, with how long after the peer was added (here:
+    // when kiln0 came up) it came.
+    let dev = d.net.device.as_mut().unwrap();
+    let p = dev
+        .peers
+        .iter_mut()
+        .find(|p| p.public_key == [5; 32])
+        .unwrap();
+    p.last_handshake = Some(up + 3);
+    tick(&mut d, &mut mesh);
+    tick(&mut d, &mut mesh);
+    let lines: Vec<&String> = d
+        .sys
+        .lines
+        .iter()
+        .filter(|l| l.contains("first handshake"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["kiln-overlay: peer relay first handshake, 3 s after it was added"],
+        "{:?}",
+        d.sys.lines
+    );
+}
+
+#[test]
+fn a_peer_that_answered_is_never_made_again() {
+    let mut d = Daemon::new();
+    let id = made_identity(&Log::default());
+    let e = state::Enrollment {
+        server: "https://10.0.2.100:8443".into(),
+        ca_hash: [0xab; 32],
+        answer: answer(id.public_key),
+    };
+    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
+    let mut mesh = run::Mesh::new(id, e.clone(), &s);
+    mesh.mtu = 1420;
+    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
+    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
+    mesh.next_heartbeat = u64::MAX;
+    let now = d.sys.now;
+    let dev = d.net.device.as_mut().unwrap();
+    dev.peers
+        .iter_mut()
+        .find(|p| p.public_key == [5; 32])
+        .unwrap()
+        .last_handshake = Some(now);
+    let (_tx, rx) = std::sync::mpsc::channel();
+    let calls = d.net.set_calls;
+    for _ in 0..5 {
+        d.sys.now += run::TICK.as_secs();
+        run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx);
+    }
+    let dev = d.net.device.clone().unwrap();
+    let p = dev.peers.iter().find(|p| p.public_key == [5; 32]).unwrap();
+    assert_eq!(p.last_handshake, Some(now), "the session was kept");
+    // `natted`'s LAN probe window (20 s) has not run out either: nothing was written.
+    assert_eq!(d.net.set_calls, calls);
+}
+
+#[test]
+fn the_real_system_hands_over_a_peer_list_as_soon_as_it_arrives() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        tx.send(Event::Trouble("x".into())).unwrap();
+        tx
+    });
+    let started = std::time::Instant::now();
+    let ev = super::real::RealSys.next_event(&rx, Duration::from_secs(30));
+    assert_eq!(ev, Some(Event::Trouble("x".into())));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let _tx = sender.join().unwrap();
+    // Nothing more: the wait ends after its time.
+    assert_eq!(
+        super::real::RealSys.next_event(&rx, Duration::from_millis(20)),
+        None
+    );
 }

@@ -29,6 +29,7 @@ fn assert_error(console: &str, channel: &str, words: &[&str]) {
 
 #[test]
 fn x86_64_bad_esp_cidata_and_fw_cfg_each_say_why_and_the_node_runs() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     need_sntp();
     let arch = Arch::X86_64;
     let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
@@ -80,6 +81,7 @@ fn x86_64_bad_esp_cidata_and_fw_cfg_each_say_why_and_the_node_runs() {
 
 #[test]
 fn arm64_homelab_cidata_with_a_wrong_type_falls_back_to_machine_id() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let arch = Arch::Arm64;
     let built = profile_image("profiles/homelab.toml", arch).unwrap_or_else(|e| panic!("{e:#}"));
     let dir = tempfile::tempdir().unwrap();

@@ -166,10 +166,12 @@ fn boots_to_multi_user(arch: Arch) {
 
 #[test]
 fn x86_64_boots_to_multi_user_with_a_read_only_root() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     boots_to_multi_user(Arch::X86_64);
 }
 
 #[test]
 fn arm64_boots_to_multi_user_with_a_read_only_root() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     boots_to_multi_user(Arch::Arm64);
 }

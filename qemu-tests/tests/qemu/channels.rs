@@ -14,6 +14,7 @@ const HOMELAB: &str = "profiles/homelab.toml";
 
 #[test]
 fn x86_64_homelab_hostname_from_the_esp_over_cidata_and_fw_cfg() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let arch = Arch::X86_64;
     let built = profile_image(HOMELAB, arch).unwrap_or_else(|e| panic!("{e:#}"));
     let dir = tempfile::tempdir().unwrap();
@@ -51,6 +52,7 @@ fn x86_64_homelab_hostname_from_the_esp_over_cidata_and_fw_cfg() {
 
 #[test]
 fn arm64_homelab_hostname_from_a_cidata_iso_over_fw_cfg() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let arch = Arch::Arm64;
     let built = profile_image(HOMELAB, arch).unwrap_or_else(|e| panic!("{e:#}"));
     let dir = tempfile::tempdir().unwrap();

@@ -75,6 +75,7 @@ fn hostname_from_user_data(arch: Arch, provider: Provider, user_data: &str) -> V
 
 #[test]
 fn x86_64_ec2_user_data_after_the_imdsv2_token_put() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let log = hostname_from_user_data(
         Arch::X86_64,
         Provider::Ec2,
@@ -103,6 +104,7 @@ fn x86_64_ec2_user_data_after_the_imdsv2_token_put() {
 
 #[test]
 fn x86_64_azure_user_data_from_imds() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let log = hostname_from_user_data(Arch::X86_64, Provider::Azure, "hostname = \"azure-node\"\n");
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(
@@ -114,6 +116,7 @@ fn x86_64_azure_user_data_from_imds() {
 
 #[test]
 fn arm64_gce_user_data_with_metadata_flavor() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let log = hostname_from_user_data(Arch::Arm64, Provider::Gce, "hostname = \"gce-node\"\n");
     assert_eq!(log.len(), 1, "{log:#?}");
     assert_eq!(
@@ -125,6 +128,7 @@ fn arm64_gce_user_data_with_metadata_flavor() {
 
 #[test]
 fn arm64_oracle_user_data_with_the_bearer_header() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let log = hostname_from_user_data(
         Arch::Arm64,
         Provider::Oracle,
@@ -143,6 +147,7 @@ fn closed_port() -> u16 {
 
 #[test]
 fn x86_64_ec2_unreachable_metadata_service_is_an_error_and_the_node_boots() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let arch = Arch::X86_64;
     let text = boot(arch, Provider::Ec2, closed_port());
     let errors = lines_with(&text, "kiln-config: ERROR: ec2: ");

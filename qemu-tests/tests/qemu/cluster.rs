@@ -5,7 +5,8 @@
 //!
 //! k3s is not in Debian and release downloads are unreachable from these machines, so the
 //! test needs `KILN_K3S_BINARY` (x86_64 k3s) and, for a mixed-arch cluster,
-//! `KILN_K3S_BINARY_ARM64`. Without them it says plainly that it did not run. The parts
+//! `KILN_K3S_BINARY_ARM64`. It is an ignored test: `make test` runs it when
+//! `KILN_K3S_BINARY` is set, and without it the suite lists it as ignored, not passed. The parts
 //! that run without k3s are tested elsewhere: kiln-enroll's cluster parameters
 //! (enroll/tests/cluster.rs, real server on SQLite and PostgreSQL), the configs the agent
 //! writes parsed back against k3s's and kubeadm's schemas and its join supervision
@@ -26,15 +27,17 @@ const READY: Duration = Duration::from_secs(1800);
 const CMD: Duration = Duration::from_secs(300);
 
 #[test]
+#[ignore = "needs a k3s binary (KILN_K3S_BINARY): k3s is not in Debian and its downloads are \
+            unreachable here; `make test KILN_K3S_BINARY=/path/to/k3s` runs it"]
 fn k3s_server_and_two_agents_join_over_the_overlay_and_are_ready() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let Some(k3s_x86) = std::env::var_os("KILN_K3S_BINARY").map(PathBuf::from) else {
-        eprintln!(
-            "cluster::k3s_server_and_two_agents_join_over_the_overlay_and_are_ready DID NOT \
-             RUN: KILN_K3S_BINARY is not set. k3s is not packaged in Debian and its release \
-             downloads are unreachable from this machine; set KILN_K3S_BINARY=/path/to/k3s \
-             (x86_64) and optionally KILN_K3S_BINARY_ARM64=/path/to/k3s-arm64 to run it."
+        panic!(
+            "KILN_K3S_BINARY is not set: this test boots real k3s, which is not packaged in \
+             Debian and whose release downloads are unreachable from this machine; set \
+             KILN_K3S_BINARY=/path/to/k3s (x86_64) and optionally \
+             KILN_K3S_BINARY_ARM64=/path/to/k3s-arm64"
         );
-        return;
     };
     let k3s_arm = std::env::var_os("KILN_K3S_BINARY_ARM64").map(PathBuf::from);
     let _whole = kiln_qemu_tests::share::whole_machine();
@@ -94,7 +97,8 @@ fn k3s_server_and_two_agents_join_over_the_overlay_and_are_ready() {
     let mut nodes: Vec<(String, RunningVm)> = Vec::new();
     for (name, arch, k3s, nat, token) in plan {
         let out = dir.path().join(name);
-        let built = k3s_image(arch, &k3s, name, &out).unwrap_or_else(|e| panic!("{e:#}"));
+        std::fs::create_dir_all(&out).unwrap();
+        let built = k3s_image(arch, &k3s, name).unwrap_or_else(|e| panic!("{e:#}"));
         let mut vm = kiln::qemu::Vm::new(arch, &built.image);
         vm.memory_mib = vm.memory_mib.max(2048);
         nat.attach(&host, &mut vm);

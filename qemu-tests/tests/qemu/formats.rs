@@ -50,10 +50,12 @@ fn same_disk(arch: Arch) {
 
 #[test]
 fn x86_64_formats_hold_the_same_disk() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     same_disk(Arch::X86_64);
 }
 
 #[test]
 fn arm64_formats_hold_the_same_disk() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     same_disk(Arch::Arm64);
 }

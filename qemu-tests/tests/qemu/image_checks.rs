@@ -138,10 +138,12 @@ fn check_image(arch: Arch) {
 
 #[test]
 fn x86_64_image_passes_independent_checks() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     check_image(Arch::X86_64);
 }
 
 #[test]
 fn arm64_image_passes_independent_checks() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     check_image(Arch::Arm64);
 }

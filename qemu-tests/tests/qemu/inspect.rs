@@ -145,10 +145,12 @@ fn inspect_default_image(arch: Arch) {
 
 #[test]
 fn inspect_verify_x86_64() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     inspect_default_image(Arch::X86_64);
 }
 
 #[test]
 fn inspect_verify_arm64() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     inspect_default_image(Arch::Arm64);
 }

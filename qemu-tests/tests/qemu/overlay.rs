@@ -120,6 +120,26 @@ impl Node {
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.label));
     }
 
+    /// Waits for `kiln-overlay: peer <peer> first handshake, N s after it was added` and
+    /// returns N.
+    fn first_handshake(&mut self, peer: &str) -> u64 {
+        let marker = format!("kiln-overlay: peer {peer} first handshake, ");
+        let deadline = Duration::from_secs_f64(self.vm.elapsed()) + SETTLE;
+        let text = self
+            .vm
+            .wait_for(&[&marker], deadline)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", self.label));
+        let line = text
+            .lines()
+            .find(|l| l.contains(&marker))
+            .unwrap_or_default();
+        let rest = &line[line.find(&marker).unwrap_or(0) + marker.len()..];
+        rest.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no seconds in {line:?}", self.label))
+    }
+
     fn run(&mut self, cmd: &str, timeout: Duration) -> String {
         self.vm
             .run(cmd, timeout)
@@ -174,6 +194,7 @@ fn token_id(token: &str) -> String {
 
 #[test]
 fn nat_mesh_of_three_nodes_relays_between_the_two_behind_nat() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let _whole = kiln_qemu_tests::share::whole_machine();
     kiln_qemu_tests::sntp::ensure_server().ok();
     let server = EnrollServer::launch(&["--heartbeat", "10", "--endpoint-ttl", "60"])
@@ -219,6 +240,22 @@ fn nat_mesh_of_three_nodes_relays_between_the_two_behind_nat() {
     let public = names[0].clone();
     nodes[1].wait_path(&public, "direct 10.0.2.2:");
     nodes[2].wait_path(&public, "direct 10.0.2.2:");
+    // A node that just enrolled starts its handshakes at once and the public node takes
+    // it into its peer set at once: each NATed node has its first handshake with the
+    // public node within 5 s of enrolling (both times by the node's own clock), so the
+    // public node can reach it straight away.
+    for n in nodes[1..].iter_mut() {
+        let secs = n.first_handshake(&public);
+        eprintln!(
+            "{}: first handshake with {public} {secs} s after enrolling",
+            n.label
+        );
+        assert!(
+            secs <= 5,
+            "{}: first handshake with the public node {secs} s after enrolling (at most 5)",
+            n.label
+        );
+    }
     nodes[1].wait_path(&names[2], &format!("via {public}"));
     nodes[2].wait_path(&names[1], &format!("via {public}"));
 
@@ -315,6 +352,7 @@ fn nat_mesh_of_three_nodes_relays_between_the_two_behind_nat() {
 
 #[test]
 fn lan_pair_meshes_directly_survives_power_loss_and_refuses_clones_and_bad_tokens() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     let _whole = kiln_qemu_tests::share::whole_machine();
     kiln_qemu_tests::sntp::ensure_server().ok();
     let mut server = EnrollServer::launch(&["--heartbeat", "10", "--endpoint-ttl", "60"])

@@ -157,10 +157,12 @@ fn var_persists(arch: Arch) {
 
 #[test]
 fn x86_64_qcow2_grown_creates_var_on_first_boot_and_keeps_it() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     var_persists(Arch::X86_64);
 }
 
 #[test]
 fn arm64_qcow2_grown_creates_var_on_first_boot_and_keeps_it() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     var_persists(Arch::Arm64);
 }

@@ -83,20 +83,24 @@ fn refuses(arch: Arch, tamper: Tamper) {
 
 #[test]
 fn x86_64_refuses_a_changed_root_file() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     refuses(Arch::X86_64, Tamper::RootFileData);
 }
 
 #[test]
 fn x86_64_refuses_a_changed_hash_partition() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     refuses(Arch::X86_64, Tamper::HashPartition);
 }
 
 #[test]
 fn arm64_refuses_a_changed_root_file() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     refuses(Arch::Arm64, Tamper::RootFileData);
 }
 
 #[test]
 fn arm64_refuses_a_changed_hash_partition() {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     refuses(Arch::Arm64, Tamper::HashPartition);
 }

@@ -1,0 +1,285 @@
+//! `xtask test`: the whole test suite as `make test` runs it.
+//!
+//! 1. One `cargo test --no-run` for the workspace (timed: the compile phase).
+//! 2. Every test binary it made, run one after the other the way `cargo test` would (from
+//!    its package folder), each timed; the QEMU binary last, with `--include-ignored` when
+//!    `KILN_K3S_BINARY` is set (its k3s scenario is an ignored test otherwise).
+//! 3. A summary: the compile time, every binary's time, and the slowest QEMU scenarios
+//!    as the harness recorded them (`kiln_qemu_tests::timing`), then one closing line
+//!    with the counts.
+//!
+//! A failing binary does not stop the others; the exit status is 1 if any failed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+mod report;
+
+use report::{Counts, Ran};
+
+const USAGE: &str = "usage: xtask test [--threads N] [-- ARGS FOR EVERY TEST BINARY]\n\
+\n\
+Compiles the workspace's tests once (release), runs every test binary with --test-threads=N\n\
+(default 2), and prints the compile time, each binary's time and the slowest QEMU scenarios.\n\
+The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// One test binary cargo built.
+#[derive(Debug, Clone)]
+struct TestBinary {
+    /// `package target` (e.g. `kiln cli`, `kiln-agent lib`).
+    label: String,
+    /// The executable.
+    exe: PathBuf,
+    /// The package folder: tests run there, as under `cargo test`.
+    dir: PathBuf,
+    /// The QEMU binary (runs last, may include its ignored scenario).
+    qemu: bool,
+}
+
+fn run(args: &[String]) -> anyhow::Result<bool> {
+    let mut threads = "2".to_string();
+    let mut extra = Vec::new();
+    let mut it = args.iter();
+    match it.next().map(String::as_str) {
+        Some("test") => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(true);
+        }
+        _ => bail!("{USAGE}"),
+    }
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--threads" => threads = it.next().context("--threads needs a number")?.clone(),
+            "--" => extra.extend(it.by_ref().cloned()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(true);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    threads
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("--threads {threads:?}: give a whole number above 0"))?;
+
+    let started = Instant::now();
+    let (binaries, compile_secs) = compile()?;
+    let target = target_dir();
+    let times = target.join("kiln-suite").join("times.tsv");
+    std::fs::create_dir_all(times.parent().unwrap_or(&target))
+        .with_context(|| format!("creating {}", target.join("kiln-suite").display()))?;
+    std::fs::write(&times, "").with_context(|| times.display().to_string())?;
+
+    let k3s = std::env::var_os("KILN_K3S_BINARY").is_some_and(|v| !v.is_empty());
+    let mut ran = Vec::new();
+    for b in &binaries {
+        let mut args = vec![format!("--test-threads={threads}")];
+        if b.qemu && k3s {
+            args.push("--include-ignored".into());
+        }
+        args.extend(extra.iter().cloned());
+        ran.push(run_binary(b, &args, &times)?);
+    }
+    let scenarios = std::fs::read_to_string(&times).unwrap_or_default();
+    let ok = report::print(
+        &mut std::io::stdout().lock(),
+        compile_secs,
+        &ran,
+        &scenarios,
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(ok)
+}
+
+/// The cargo target folder (`$CARGO_TARGET_DIR`, else `target` in the workspace).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `cargo test --no-run` for the workspace: the test binaries and the seconds it took.
+fn compile() -> anyhow::Result<(Vec<TestBinary>, f64)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let started = Instant::now();
+    let mut child = Command::new(&cargo)
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "--workspace",
+            "--no-run",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(workspace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("running {cargo} test --no-run"))?;
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    let mut binaries = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo's messages")?;
+        if let Some(b) = test_binary(&line) {
+            binaries.push(b);
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    if !status.success() {
+        bail!("cargo test --no-run failed ({status})");
+    }
+    // The QEMU scenarios last: the quick checks fail first.
+    binaries.sort_by(|a, b| (a.qemu, &a.label).cmp(&(b.qemu, &b.label)));
+    Ok((binaries, started.elapsed().as_secs_f64()))
+}
+
+/// A `compiler-artifact` message for a test executable, as a [`TestBinary`].
+fn test_binary(line: &str) -> Option<TestBinary> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
+        return None;
+    }
+    let exe = PathBuf::from(v["executable"].as_str()?);
+    let manifest = PathBuf::from(v["manifest_path"].as_str()?);
+    let target = v["target"]["name"].as_str()?;
+    let kind = v["target"]["kind"][0].as_str().unwrap_or("test");
+    // The package name: the last path part of the package id's source, before `#`.
+    let id = v["package_id"].as_str().unwrap_or_default();
+    let package = manifest
+        .parent()
+        .and_then(|d| package_name(&d.join("Cargo.toml")))
+        .unwrap_or_else(|| id.to_string());
+    let what = match kind {
+        "lib" => "lib".to_string(),
+        "bin" => format!("bin {target}"),
+        _ => target.to_string(),
+    };
+    Some(TestBinary {
+        label: format!("{package} {what}"),
+        exe,
+        dir: manifest.parent()?.to_path_buf(),
+        qemu: package == "kiln-qemu-tests" && target == "qemu",
+    })
+}
+
+/// `name = "..."` of a Cargo.toml's `[package]`.
+fn package_name(manifest: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(manifest).ok()?;
+    let mut in_package = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_package = l == "[package]";
+        } else if in_package {
+            if let Some(v) = l.strip_prefix("name") {
+                return Some(
+                    v.trim_start()
+                        .strip_prefix('=')?
+                        .trim()
+                        .trim_matches('"')
+                        .into(),
+                );
+            }
+        }
+    }
+    None
+}
+
+/// Runs one test binary, passing its output through, and reads its `test result:` line.
+fn run_binary(b: &TestBinary, args: &[String], times: &Path) -> anyhow::Result<Ran> {
+    println!("\n==> {} ({})", b.label, b.exe.display());
+    let _ = std::io::stdout().flush();
+    let started = Instant::now();
+    let mut child = Command::new(&b.exe)
+        .args(args)
+        .current_dir(&b.dir)
+        .env("CARGO_MANIFEST_DIR", &b.dir)
+        .env("KILN_TEST_TIMES", times)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("running {}", b.exe.display()))?;
+    let stdout = child.stdout.take().context("test stdout")?;
+    let mut counts = None;
+    let mut out = std::io::stdout();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        if let Some(c) = Counts::parse(&line) {
+            counts = Some(c);
+        }
+        // A closed stdout (`make test | head`) must not stop the suite.
+        let _ = writeln!(out, "{line}");
+    }
+    let status = child.wait().context("waiting for the test binary")?;
+    Ok(Ran {
+        label: b.label.clone(),
+        secs: started.elapsed().as_secs_f64(),
+        passed: status.success(),
+        counts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn test_executables_are_found_in_cargo_messages() {
+        let manifest = workspace().join("builder/Cargo.toml");
+        let line = serde_json::json!({
+            "reason": "compiler-artifact",
+            "package_id": "path+file:///w/builder#kiln@0.1.0",
+            "manifest_path": manifest,
+            "target": {"name": "cli", "kind": ["test"]},
+            "profile": {"test": true},
+            "executable": "/t/release/deps/cli-1234",
+        })
+        .to_string();
+        let b = test_binary(&line).unwrap();
+        assert_eq!(b.label, "kiln cli");
+        assert_eq!(b.exe, PathBuf::from("/t/release/deps/cli-1234"));
+        assert!(!b.qemu);
+        // A library build (not a test) and other messages are not test binaries.
+        let lib = line.replace("\"test\":true", "\"test\":false");
+        assert!(test_binary(&lib).is_none());
+        assert!(test_binary("{\"reason\":\"build-finished\",\"success\":true}").is_none());
+        assert!(test_binary("not json").is_none());
+    }
+
+    #[test]
+    fn package_names_come_from_the_manifest() {
+        assert_eq!(
+            package_name(&workspace().join("qemu-tests/Cargo.toml")).as_deref(),
+            Some("kiln-qemu-tests")
+        );
+        assert_eq!(
+            package_name(&workspace().join("xtask/Cargo.toml")).as_deref(),
+            Some("xtask")
+        );
+    }
+}
