@@ -54,15 +54,22 @@ pub fn parse_ready_line(line: &str) -> anyhow::Result<Option<Ready>> {
     }))
 }
 
-/// The `kiln-enroll` binary the tests use: `target/release/kiln-enroll`
-/// (under `CARGO_TARGET_DIR` if set), built by
-/// `cargo build --release -p kiln-enroll`.
+/// The `kiln-enroll` binary the tests use: the one built with them, beside the
+/// `deps/` folder the running test binary is in (`target/<profile>/kiln-enroll`; `make
+/// test` builds it), else `target/release/kiln-enroll` (under `CARGO_TARGET_DIR` if set),
+/// as `cargo build --release -p kiln-enroll` makes it.
 pub fn binary() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::repo_root().join("target"))
-        .join("release")
-        .join("kiln-enroll")
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        let profile_dir = exe.parent()?.parent()?;
+        Some(profile_dir.join("kiln-enroll")).filter(|p| p.is_file())
+    });
+    beside.unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::repo_root().join("target"))
+            .join("release")
+            .join("kiln-enroll")
+    })
 }
 
 /// A running (or stopped) `kiln-enroll serve` with its own state.

@@ -1,9 +1,12 @@
 //! `xtask test`: the whole test suite as `make test` runs it.
 //!
-//! 1. One `cargo test --no-run` for the workspace (timed: the compile phase).
+//! 1. One `cargo test --profile suite --no-run` for the workspace (timed: the compile
+//!    phase; the `suite` profile is release code compiled incrementally, see Cargo.toml).
 //! 2. Every test binary it made, run one after the other the way `cargo test` would (from
-//!    its package folder), each timed; the QEMU binary last, with `--include-ignored` when
-//!    `KILN_K3S_BINARY` is set (its k3s scenario is an ignored test otherwise).
+//!    its package folder), each timed; the QEMU binary last, in two passes: the scenarios
+//!    that share the machine two at a time, then those that take the whole machine one at
+//!    a time ([`WHOLE_MACHINE`]), with `--include-ignored` when `KILN_K3S_BINARY` is set
+//!    (its k3s scenario is an ignored test otherwise).
 //! 3. A summary: the compile time, every binary's time, and the slowest QEMU scenarios
 //!    as the harness recorded them (`kiln_qemu_tests::timing`), then one closing line
 //!    with the counts.
@@ -23,7 +26,7 @@ use report::{Counts, Ran};
 
 const USAGE: &str = "usage: xtask test [--threads N] [-- ARGS FOR EVERY TEST BINARY]\n\
 \n\
-Compiles the workspace's tests once (release), runs every test binary with --test-threads=N\n\
+Compiles the workspace's tests once (profile `suite`: release, incremental), runs every test binary with --test-threads=N\n\
 (default 2), and prints the compile time, each binary's time and the slowest QEMU scenarios.\n\
 The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv.";
 
@@ -92,12 +95,10 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
     let k3s = std::env::var_os("KILN_K3S_BINARY").is_some_and(|v| !v.is_empty());
     let mut ran = Vec::new();
     for b in &binaries {
-        let mut args = vec![format!("--test-threads={threads}")];
-        if b.qemu && k3s {
-            args.push("--include-ignored".into());
+        for (label, mut args) in passes(b, &threads, k3s) {
+            args.extend(extra.iter().cloned());
+            ran.push(run_binary(b, &label, &args, &times)?);
         }
-        args.extend(extra.iter().cloned());
-        ran.push(run_binary(b, &args, &times)?);
     }
     let scenarios = std::fs::read_to_string(&times).unwrap_or_default();
     let ok = report::print(
@@ -108,6 +109,34 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64(),
     );
     Ok(ok)
+}
+
+/// The QEMU scenarios that take the whole machine (`kiln_qemu_tests::share::whole_machine`):
+/// three or more VMs each. Run together with the others they wait, and one core idles,
+/// until the other test thread's VMs are done; so they run in a pass of their own.
+const WHOLE_MACHINE: &[&str] = &["overlay::", "cluster::"];
+
+/// How a binary runs: (label, arguments) per pass. The QEMU binary runs twice: its other
+/// scenarios on `threads` threads, then the whole-machine ones one at a time (and its
+/// ignored k3s scenario when `k3s`).
+fn passes(b: &TestBinary, threads: &str, k3s: bool) -> Vec<(String, Vec<String>)> {
+    let threads_arg = format!("--test-threads={threads}");
+    if !b.qemu {
+        return vec![(b.label.clone(), vec![threads_arg])];
+    }
+    let mut shared = vec![threads_arg];
+    for w in WHOLE_MACHINE {
+        shared.extend(["--skip".to_string(), w.to_string()]);
+    }
+    let mut whole = vec!["--test-threads=1".to_string()];
+    if k3s {
+        whole.push("--include-ignored".into());
+    }
+    whole.extend(WHOLE_MACHINE.iter().map(|w| w.to_string()));
+    vec![
+        (b.label.clone(), shared),
+        (format!("{} ({})", b.label, WHOLE_MACHINE.join(" ")), whole),
+    ]
 }
 
 /// The cargo target folder (`$CARGO_TARGET_DIR`, else `target` in the workspace).
@@ -130,7 +159,8 @@ fn compile() -> anyhow::Result<(Vec<TestBinary>, f64)> {
         .args([
             "test",
             "--locked",
-            "--release",
+            "--profile",
+            "suite",
             "--workspace",
             "--no-run",
             "--message-format=json-render-diagnostics",
@@ -210,8 +240,8 @@ fn package_name(manifest: &Path) -> Option<String> {
 }
 
 /// Runs one test binary, passing its output through, and reads its `test result:` line.
-fn run_binary(b: &TestBinary, args: &[String], times: &Path) -> anyhow::Result<Ran> {
-    println!("\n==> {} ({})", b.label, b.exe.display());
+fn run_binary(b: &TestBinary, label: &str, args: &[String], times: &Path) -> anyhow::Result<Ran> {
+    println!("\n==> {label} ({} {})", b.exe.display(), args.join(" "));
     let _ = std::io::stdout().flush();
     let started = Instant::now();
     let mut child = Command::new(&b.exe)
@@ -236,7 +266,7 @@ fn run_binary(b: &TestBinary, args: &[String], times: &Path) -> anyhow::Result<R
     }
     let status = child.wait().context("waiting for the test binary")?;
     Ok(Ran {
-        label: b.label.clone(),
+        label: label.to_string(),
         secs: started.elapsed().as_secs_f64(),
         passed: status.success(),
         counts,
@@ -269,6 +299,47 @@ mod tests {
         assert!(test_binary(&lib).is_none());
         assert!(test_binary("{\"reason\":\"build-finished\",\"success\":true}").is_none());
         assert!(test_binary("not json").is_none());
+    }
+
+    #[test]
+    fn the_qemu_binary_runs_its_whole_machine_scenarios_apart() {
+        let mut b = TestBinary {
+            label: "kiln-qemu-tests qemu".into(),
+            exe: "/q".into(),
+            dir: "/d".into(),
+            qemu: true,
+        };
+        let p = passes(&b, "2", false);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].1,
+            [
+                "--test-threads=2",
+                "--skip",
+                "overlay::",
+                "--skip",
+                "cluster::"
+            ]
+        );
+        assert_eq!(p[1].1, ["--test-threads=1", "overlay::", "cluster::"]);
+        let with_k3s = passes(&b, "2", true);
+        assert_eq!(
+            with_k3s[1].1,
+            [
+                "--test-threads=1",
+                "--include-ignored",
+                "overlay::",
+                "cluster::"
+            ]
+        );
+        b.qemu = false;
+        assert_eq!(
+            passes(&b, "3", true),
+            [(
+                "kiln-qemu-tests qemu".to_string(),
+                vec!["--test-threads=3".to_string()]
+            )]
+        );
     }
 
     #[test]

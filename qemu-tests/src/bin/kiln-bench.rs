@@ -437,6 +437,20 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+/// The heading of BENCHMARKS.md's section that `make test` runs fill in.
+const SUITE_SECTION: &str = "## Test suite (`make test`)";
+
+/// The section of `md` that starts with the line `heading`, up to the next `## ` heading,
+/// or nothing.
+fn kept_section(md: &str, heading: &str) -> String {
+    let Some(start) = md.find(&format!("\n{heading}\n")).map(|i| i + 1) else {
+        return String::new();
+    };
+    let body = start + heading.len();
+    let end = md[body..].find("\n## ").map_or(md.len(), |i| body + i + 1);
+    format!("\n{}\n", md[start..end].trim_end())
+}
+
 /// Whether `part` runs: all of them unless `KILN_BENCH_ONLY` names some.
 fn wanted(only: &Option<String>, part: &str) -> bool {
     only.as_ref()
@@ -482,6 +496,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let path = repo_root().join("BENCHMARKS.md");
+    // The test suite's figures come from timed `make test` runs, not from this bench:
+    // their section is carried over as it is.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    md.push_str(&kept_section(&old, SUITE_SECTION));
     std::fs::write(&path, &md).with_context(|| path.display().to_string())?;
     print!("{md}");
     Ok(())
@@ -769,4 +787,24 @@ fn ping_section(md: &mut String) -> anyhow::Result<()> {
         f.ping_secs / f.shell_secs
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod section_tests {
+    use super::*;
+
+    #[test]
+    fn the_suite_section_is_carried_over_alone() {
+        let md = "# kiln benchmarks\n\n## Build\nx\n\n## Test suite (`make test`)\n\n| a |\n\n## Boot\ny\n";
+        assert_eq!(
+            kept_section(md, SUITE_SECTION),
+            "\n## Test suite (`make test`)\n\n| a |\n"
+        );
+        let last = "# k\n\n## Test suite (`make test`)\nz\n";
+        assert_eq!(
+            kept_section(last, SUITE_SECTION),
+            "\n## Test suite (`make test`)\nz\n"
+        );
+        assert_eq!(kept_section("# k\n\n## Build\n", SUITE_SECTION), "");
+    }
 }

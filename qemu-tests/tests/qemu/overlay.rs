@@ -84,12 +84,10 @@ fn enrolled(console: &str, what: &str) -> Option<(String, String)> {
     Some((words.next()?.to_string(), words.next()?.to_string()))
 }
 
-fn start(label: &str, mut vm: kiln::qemu::Vm) -> RunningVm {
-    // Three VMs share two cores: one vCPU for the x86_64 guests keeps the TCG threads from
-    // starving one another (with two, an x86_64 guest stalled in RCU under load). The arm64 guest keeps two: with one it stopped short of its getty.
-    if vm.arch == Arch::X86_64 {
-        vm.cpus = 1;
-    }
+/// Three VMs share two cores; `RunningVm::start` gives the x86_64 guests one vCPU (with
+/// two, an x86_64 guest stalled in RCU under this load). The arm64 guest keeps two: with
+/// one it once stopped short of its getty here.
+fn start(label: &str, vm: kiln::qemu::Vm) -> RunningVm {
     RunningVm::start(vm).unwrap_or_else(|e| panic!("{label}: {e:#}"))
 }
 
