@@ -50,7 +50,7 @@ run: image
 
 ## test: the whole suite, QEMU boot tests of both arches included; ends with the
 ## compile time, each test binary's time and the slowest QEMU scenarios
-test: deps agent
+test: deps
 	$(CARGO) run --locked --release -q -p xtask -- test --threads 2
 
 ## check: formatting and lints

@@ -1,7 +1,10 @@
 //! `xtask test`: the whole test suite as `make test` runs it.
 //!
-//! 1. One `cargo test --profile suite --no-run` for the workspace (timed: the compile
-//!    phase; the `suite` profile is release code compiled incrementally, see Cargo.toml).
+//! 1. The checkout is mirrored into the cache ([`mirror`]: only changed files are
+//!    written, so a fresh clone does not recompile what did not change), then the agent
+//!    and one `cargo test --profile suite --no-run` for the workspace are built there
+//!    (timed together: the compile phase; `suite` is release code compiled
+//!    incrementally, see Cargo.toml).
 //! 2. Every test binary it made, run one after the other the way `cargo test` would (from
 //!    its package folder), each timed; the QEMU binary last, in two passes: the scenarios
 //!    that share the machine two at a time, then those that take the whole machine one at
@@ -20,6 +23,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+mod mirror;
 mod report;
 
 use report::{Counts, Ran};
@@ -85,8 +89,21 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         .with_context(|| format!("--threads {threads:?}: give a whole number above 0"))?;
 
     let started = Instant::now();
-    let (binaries, compile_secs) = compile()?;
     let target = target_dir();
+    let src = target.join("kiln-suite").join("src");
+    let _held = mirror::lock(&src)?;
+    let files = mirror::checkout_files(&workspace())?;
+    let synced = mirror::sync(&workspace(), &src, &files)?;
+    println!(
+        "xtask: building in {} (the checkout's {} files; {} written, {} removed: see xtask/src/mirror.rs)",
+        src.display(),
+        synced.files,
+        synced.written,
+        synced.removed
+    );
+    agent(&src, &target)?;
+    let binaries = compile(&src, &target)?;
+    let compile_secs = started.elapsed().as_secs_f64();
     let times = target.join("kiln-suite").join("times.tsv");
     std::fs::create_dir_all(times.parent().unwrap_or(&target))
         .with_context(|| format!("creating {}", target.join("kiln-suite").display()))?;
@@ -151,10 +168,40 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `cargo test --no-run` for the workspace: the test binaries and the seconds it took.
-fn compile() -> anyhow::Result<(Vec<TestBinary>, f64)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let started = Instant::now();
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// The in-image agent for both arches (the images the QEMU tests build carry it), as
+/// `make agent` builds it.
+fn agent(src: &Path, target: &Path) -> anyhow::Result<()> {
+    let status = Command::new(cargo())
+        .args([
+            "build",
+            "--locked",
+            "-q",
+            "-p",
+            "kiln-agent",
+            "--profile",
+            "agent",
+        ])
+        .args(AGENT_TARGETS.iter().flat_map(|t| ["--target", t]))
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(src)
+        .status()
+        .context("running cargo build -p kiln-agent")?;
+    if !status.success() {
+        bail!("building the agent failed ({status})");
+    }
+    Ok(())
+}
+
+/// The agent's targets (the Makefile's AGENT_TARGETS).
+const AGENT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+
+/// `cargo test --no-run` for the workspace: the test binaries.
+fn compile(src: &Path, target: &Path) -> anyhow::Result<Vec<TestBinary>> {
+    let cargo = cargo();
     let mut child = Command::new(&cargo)
         .args([
             "test",
@@ -165,7 +212,8 @@ fn compile() -> anyhow::Result<(Vec<TestBinary>, f64)> {
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])
-        .current_dir(workspace())
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(src)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -184,7 +232,7 @@ fn compile() -> anyhow::Result<(Vec<TestBinary>, f64)> {
     }
     // The QEMU scenarios last: the quick checks fail first.
     binaries.sort_by(|a, b| (a.qemu, &a.label).cmp(&(b.qemu, &b.label)));
-    Ok((binaries, started.elapsed().as_secs_f64()))
+    Ok(binaries)
 }
 
 /// A `compiler-artifact` message for a test executable, as a [`TestBinary`].
@@ -248,6 +296,7 @@ fn run_binary(b: &TestBinary, label: &str, args: &[String], times: &Path) -> any
         .args(args)
         .current_dir(&b.dir)
         .env("CARGO_MANIFEST_DIR", &b.dir)
+        .env("CARGO_TARGET_DIR", target_dir())
         .env("KILN_TEST_TIMES", times)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

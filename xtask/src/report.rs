@@ -66,7 +66,7 @@ pub fn print(
     lines.push("==> suite summary".to_string());
     lines.push(format!(
         "{:<44} {:>8.1} s",
-        "compile (cargo test --no-run)", compile_secs
+        "compile (mirror, agent, cargo test --no-run)", compile_secs
     ));
     let mut by_time: Vec<&Ran> = ran.iter().collect();
     by_time.sort_by(|a, b| b.secs.total_cmp(&a.secs));
