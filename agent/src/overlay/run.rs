@@ -35,8 +35,11 @@ use crate::netlink::{mss_clamp_rules, Net, PeerOp, Prefix, WgDevice};
 /// Seconds between re-plans (probe windows are counted in these steps).
 pub const TICK: Duration = Duration::from_secs(2);
 /// For this long after a direct path appears, a peer that has not answered is asked again
-/// at every tick (see [`initiate`]); after that the kernel's own retries carry on.
+/// every [`INITIATE_EVERY`] (see [`initiate`]); after that the kernel's own retries carry on.
 pub const INITIATE_SECS: u64 = 30;
+/// How often a direct peer that has not answered yet is asked again (the loop wakes this
+/// often while there is one).
+pub const INITIATE_EVERY: Duration = Duration::from_secs(1);
 /// How long one peer-list long poll waits.
 pub const WATCH_WAIT_SECS: u32 = 30;
 /// First and longest retry delay.
@@ -570,8 +573,8 @@ pub fn replan(sys: &mut dyn OverlaySys, net: &mut dyn Net, mesh: &mut Mesh) -> R
     Ok(())
 }
 
-/// Starts this node's handshakes with its direct peers at once, and again at every tick
-/// until one completes (for [`INITIATE_SECS`]).
+/// Starts this node's handshakes with its direct peers at once, and again every
+/// [`INITIATE_EVERY`] until one completes (for [`INITIATE_SECS`]).
 ///
 /// A peer that enrolled a moment ago is often faster than the peer-list update that tells
 /// the others about it: its first handshake initiation reaches a node that does not know
@@ -587,7 +590,7 @@ fn initiate(
     desired: &BTreeMap<PublicKey, crate::netlink::WgPeer>,
     now: u64,
 ) -> Result<(), String> {
-    let tick = TICK.as_secs();
+    let every = INITIATE_EVERY.as_secs();
     let mut still = BTreeMap::new();
     let mut again = Vec::new();
     let mut kicks = Vec::new();
@@ -606,7 +609,7 @@ fn initiate(
             }
             Some(&(since, last))
                 if now.saturating_sub(since) <= INITIATE_SECS
-                    && now.saturating_sub(last) >= tick =>
+                    && now.saturating_sub(last) >= every =>
             {
                 if let Some(peer) = desired.get(&s.key) {
                     again.push(PeerOp::Remove(peer.public_key));
@@ -967,7 +970,12 @@ fn daemon_inner(
         }
         // A new peer list is applied the moment it arrives: a peer that just enrolled is
         // already sending its first handshake initiation.
-        event = sys.next_event(&rx, TICK);
+        let wait = if mesh.initiating.is_empty() {
+            TICK
+        } else {
+            INITIATE_EVERY
+        };
+        event = sys.next_event(&rx, wait);
     }
 }
 

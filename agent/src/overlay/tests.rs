@@ -1068,7 +1068,7 @@ fn every_probe_window_kicks_a_handshake_at_the_peer() {
 }
 
 #[test]
-fn a_direct_peer_is_asked_at_once_and_at_every_tick_until_it_answers() {
+fn a_direct_peer_is_asked_at_once_and_every_second_until_it_answers() {
     let mut d = Daemon::new();
     let id = made_identity(&Log::default());
     let e = state::Enrollment {
@@ -1098,10 +1098,10 @@ fn a_direct_peer_is_asked_at_once_and_at_every_tick_until_it_answers() {
     // Within the same tick: nothing again.
     tick(&mut d, &mut mesh);
     assert_eq!((kicks(&d), d.net.set_calls), (1, calls));
-    // It dropped that initiation (it did not know us yet): every tick, the kernel peer is
-    // made anew (lifting the kernel's 5 s pause between initiations) and kicked.
+    // It dropped that initiation (it did not know us yet): every second, the kernel peer
+    // is made anew (lifting the kernel's 5 s pause between initiations) and kicked.
     for round in 1..=3 {
-        d.sys.now += run::TICK.as_secs();
+        d.sys.now += run::INITIATE_EVERY.as_secs();
         tick(&mut d, &mut mesh);
         assert_eq!(kicks(&d), 1 + round, "round {round}");
         assert_eq!(d.net.set_calls, calls + round, "round {round}");
