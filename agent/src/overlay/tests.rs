@@ -603,20 +603,8 @@ fn the_mesh_comes_up_from_cache_while_the_server_is_down() {
 
 #[test]
 fn tick_takes_new_peer_lists_and_reports_bad_entries() {
-    let mut d = Daemon::new();
-    let id = made_identity(&Log::default());
-    let e = state::Enrollment {
-        server: "https://10.0.2.100:8443".into(),
-        ca_hash: [0xab; 32],
-        answer: answer(id.public_key),
-    };
-    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
-    let mut mesh = run::Mesh::new(id, e.clone(), &s);
-    mesh.mtu = 1420;
-    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
-    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
+    let (mut d, mut mesh, e) = mesh_up(answer);
     let before = d.net.set_calls;
-    mesh.next_heartbeat = u64::MAX;
     let (tx, rx) = std::sync::mpsc::channel();
     // Nothing new: nothing is written to the kernel.
     assert_eq!(
@@ -1067,22 +1055,30 @@ fn every_probe_window_kicks_a_handshake_at_the_peer() {
     assert_eq!(d.sys.kicked, vec![natted, natted]);
 }
 
-#[test]
-fn a_direct_peer_is_asked_at_once_and_every_second_until_it_answers() {
+/// A daemon whose kiln0 is up with [`answer`]'s peers, heartbeats off: (daemon, mesh,
+/// enrollment).
+fn mesh_up(a: impl FnOnce(PublicKey) -> EnrollAnswer) -> (Daemon, run::Mesh, state::Enrollment) {
     let mut d = Daemon::new();
     let id = made_identity(&Log::default());
     let e = state::Enrollment {
         server: "https://10.0.2.100:8443".into(),
         ca_hash: [0xab; 32],
-        answer: answer(id.public_key),
+        answer: a(id.public_key),
     };
     let s = run::load_settings(&mut d.sys).unwrap().unwrap();
     let mut mesh = run::Mesh::new(id, e.clone(), &s);
     mesh.mtu = 1420;
-    let up = d.sys.now;
+    mesh.next_heartbeat = u64::MAX;
     run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
     run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
-    mesh.next_heartbeat = u64::MAX;
+    (d, mesh, e)
+}
+
+#[test]
+fn a_direct_peer_is_asked_at_once_and_every_second_until_it_answers() {
+    let (mut d, mut mesh, _) = mesh_up(answer);
+    // kiln0 came up now (bringing it up does not move the fake clock).
+    let up = d.sys.now;
     let relay: IpAddr = "10.77.0.5".parse().unwrap();
     let kicks = |d: &Daemon| d.sys.kicked.iter().filter(|k| **k == relay).count();
     // The relay (public, direct) is asked as soon as kiln0 is up, not at its keepalive.
@@ -1147,19 +1143,7 @@ fn a_direct_peer_is_asked_at_once_and_every_second_until_it_answers() {
 
 #[test]
 fn a_peer_that_answered_is_never_made_again() {
-    let mut d = Daemon::new();
-    let id = made_identity(&Log::default());
-    let e = state::Enrollment {
-        server: "https://10.0.2.100:8443".into(),
-        ca_hash: [0xab; 32],
-        answer: answer(id.public_key),
-    };
-    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
-    let mut mesh = run::Mesh::new(id, e.clone(), &s);
-    mesh.mtu = 1420;
-    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
-    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
-    mesh.next_heartbeat = u64::MAX;
+    let (mut d, mut mesh, _) = mesh_up(answer);
     let now = d.sys.now;
     let dev = d.net.device.as_mut().unwrap();
     dev.peers
