@@ -141,11 +141,13 @@ fn passes(b: &TestBinary, threads: &str, k3s: bool) -> Vec<(String, Vec<String>)
     if !b.qemu {
         return vec![(b.label.clone(), vec![threads_arg])];
     }
-    let mut shared = vec![threads_arg];
+    // The scenarios print how long their steps took (boot to report, enrollment, first
+    // handshake): shown for passing scenarios too, so a slow one can be read in CI's log.
+    let mut shared = vec![threads_arg, "--show-output".to_string()];
     for w in WHOLE_MACHINE {
         shared.extend(["--skip".to_string(), w.to_string()]);
     }
-    let mut whole = vec!["--test-threads=1".to_string()];
+    let mut whole = vec!["--test-threads=1".to_string(), "--show-output".to_string()];
     if k3s {
         whole.push("--include-ignored".into());
     }
@@ -364,18 +366,28 @@ mod tests {
             p[0].1,
             [
                 "--test-threads=2",
+                "--show-output",
                 "--skip",
                 "overlay::",
                 "--skip",
                 "cluster::"
             ]
         );
-        assert_eq!(p[1].1, ["--test-threads=1", "overlay::", "cluster::"]);
+        assert_eq!(
+            p[1].1,
+            [
+                "--test-threads=1",
+                "--show-output",
+                "overlay::",
+                "cluster::"
+            ]
+        );
         let with_k3s = passes(&b, "2", true);
         assert_eq!(
             with_k3s[1].1,
             [
                 "--test-threads=1",
+                "--show-output",
                 "--include-ignored",
                 "overlay::",
                 "cluster::"
