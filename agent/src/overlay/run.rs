@@ -335,6 +335,14 @@ impl Mesh {
         }
     }
 
+    /// Whether a direct peer is still being asked for its first handshake at `now` (the
+    /// daemon then wakes every [`INITIATE_EVERY`] instead of every [`TICK`]).
+    pub fn still_initiating(&self, now: u64) -> bool {
+        self.initiating
+            .values()
+            .any(|(since, _)| now.saturating_sub(*since) <= INITIATE_SECS)
+    }
+
     fn pools(&self) -> [IpNet; 2] {
         let n = &self.enrollment.answer.network;
         [n.pool_v4, n.pool_v6]
@@ -970,10 +978,10 @@ fn daemon_inner(
         }
         // A new peer list is applied the moment it arrives: a peer that just enrolled is
         // already sending its first handshake initiation.
-        let wait = if mesh.initiating.is_empty() {
-            TICK
-        } else {
+        let wait = if mesh.still_initiating(sys.now()) {
             INITIATE_EVERY
+        } else {
+            TICK
         };
         event = sys.next_event(&rx, wait);
     }

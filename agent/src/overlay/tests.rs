@@ -1109,8 +1109,11 @@ fn a_direct_peer_is_asked_at_once_and_every_second_until_it_answers() {
             "the peer is made again as it was"
         );
     }
-    // After INITIATE_SECS the kernel's own retries carry on alone.
+    assert!(mesh.still_initiating(d.sys.now));
+    // After INITIATE_SECS the kernel's own retries carry on alone, and the daemon goes
+    // back to waking every TICK.
     d.sys.now = up + run::INITIATE_SECS + 1;
+    assert!(!mesh.still_initiating(d.sys.now));
     tick(&mut d, &mut mesh);
     let (k, c) = (kicks(&d), d.net.set_calls);
     d.sys.now += run::TICK.as_secs();
