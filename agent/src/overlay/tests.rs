@@ -1022,25 +1022,15 @@ fn api_errors_say_what_to_do_and_whether_to_retry() {
 
 #[test]
 fn every_probe_window_kicks_a_handshake_at_the_peer() {
-    let mut d = Daemon::new();
-    let id = made_identity(&Log::default());
-    let mut a = answer(id.public_key);
-    // No relay: the LAN peer is probed window after window at its one endpoint.
-    a.peers.peers.retain(|p| p.name != "relay");
-    for p in a.peers.peers.iter_mut().filter(|p| p.name == "natted") {
-        p.endpoints = vec!["10.0.2.16:51820".parse().unwrap()];
-    }
-    let e = state::Enrollment {
-        server: "https://10.0.2.100:8443".into(),
-        ca_hash: [0xab; 32],
-        answer: a,
-    };
-    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
-    let mut mesh = run::Mesh::new(id, e.clone(), &s);
-    mesh.mtu = 1420;
-    mesh.next_heartbeat = u64::MAX;
-    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
-    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
+    let (mut d, mut mesh, _) = mesh_up(|key| {
+        let mut a = answer(key);
+        // No relay: the LAN peer is probed window after window at its one endpoint.
+        a.peers.peers.retain(|p| p.name != "relay");
+        for p in a.peers.peers.iter_mut().filter(|p| p.name == "natted") {
+            p.endpoints = vec!["10.0.2.16:51820".parse().unwrap()];
+        }
+        a
+    });
     let (_tx, rx) = std::sync::mpsc::channel();
     let natted: IpAddr = "10.77.0.7".parse().unwrap();
     run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), &mut mesh, None, &rx);
