@@ -306,10 +306,12 @@ impl RunningVm {
         let status = status_text
             .parse()
             .with_context(|| format!("`{cmd}`: no exit status after {marker}"))?;
-        // Output starts after the echo of the typed line.
+        // Output starts after the echo of the typed line: after its last copy, because
+        // under load the terminal echoes the typed text and readline then draws the line
+        // again (a loaded run took the second copy, with a token in it, for output).
         let before = &new[..at];
         let start = before
-            .find(&typed_end)
+            .rfind(&typed_end)
             .and_then(|p| before[p..].find('\n').map(|q| p + q + 1))
             .unwrap_or(0);
         Ok((status, before[start..].to_string()))
