@@ -14,7 +14,6 @@
 //! package cache's folder, see `kiln --help`). Entries unused for a week are removed.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use kiln::arch::Arch;
-use sha2::{Digest, Sha256};
+use kiln::output::manifest::{sha256_file as manifest_sha256_file, sha256_hex};
 
 use crate::repo_root;
 
@@ -270,8 +269,7 @@ fn builder_identity() -> anyhow::Result<String> {
         return Ok(id.clone());
     }
     let root = repo_root();
-    let mut h = Sha256::new();
-    h.update(tree_digest(
+    let sources = tree_digest(
         &root,
         &[
             Path::new("Cargo.toml"),
@@ -279,10 +277,9 @@ fn builder_identity() -> anyhow::Result<String> {
             Path::new("builder/Cargo.toml"),
             Path::new("builder/src"),
         ],
-    )?);
+    )?;
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    h.update(tool_version_of(&rustc, "-vV")?);
-    let id = hex(&h.finalize());
+    let id = sha256_hex(format!("{sources}{}", tool_version_of(&rustc, "-vV")?).as_bytes());
     Ok(ID.get_or_init(|| id).clone())
 }
 
@@ -310,22 +307,22 @@ pub fn tree_digest(root: &Path, parts: &[&Path]) -> anyhow::Result<String> {
         collect(&root.join(p), &mut files)?;
     }
     files.sort();
-    let mut h = Sha256::new();
+    let mut listing = Vec::new();
     for f in files {
         let rel = f.strip_prefix(root).unwrap_or(&f);
         let meta = std::fs::symlink_metadata(&f).with_context(|| f.display().to_string())?;
-        h.update(rel.to_string_lossy().as_bytes());
-        h.update([0]);
-        h.update(meta.permissions().mode().to_le_bytes());
+        listing.extend_from_slice(rel.to_string_lossy().as_bytes());
+        listing.push(0);
+        listing.extend_from_slice(&meta.permissions().mode().to_le_bytes());
         if meta.file_type().is_symlink() {
             let t = std::fs::read_link(&f).with_context(|| f.display().to_string())?;
-            h.update(t.to_string_lossy().as_bytes());
+            listing.extend_from_slice(t.to_string_lossy().as_bytes());
         } else {
-            h.update(sha256_file(&f)?.as_bytes());
+            listing.extend_from_slice(sha256_file(&f)?.as_bytes());
         }
-        h.update([0]);
+        listing.push(0);
     }
-    Ok(hex(&h.finalize()))
+    Ok(sha256_hex(&listing))
 }
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -340,25 +337,9 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The sha256 of a file's bytes, as hex.
+/// The sha256 of a file's bytes, as hex (kiln's own, with the path in its error).
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("{}: reading", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    manifest_sha256_file(path).with_context(|| format!("{}: hashing", path.display()))
 }
 
 /// The file in an entry that records its key and every file's sha256; written last.
@@ -398,7 +379,7 @@ impl ImageCache {
     ) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(&self.root).with_context(|| self.root.display().to_string())?;
         self.prune();
-        let digest = hex(&Sha256::digest(key.as_bytes()));
+        let digest = sha256_hex(key.as_bytes());
         let dir = self.root.join(format!("{}-{name}", &digest[..16]));
         if dir.exists() {
             let started = Instant::now();

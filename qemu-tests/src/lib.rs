@@ -9,7 +9,6 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
