@@ -5,11 +5,12 @@
 //!    and one `cargo test --profile suite --no-run` for the workspace are built there
 //!    (timed together: the compile phase; `suite` is release code compiled
 //!    incrementally, see Cargo.toml).
-//! 2. Every test binary it made, run one after the other the way `cargo test` would (from
-//!    its package folder), each timed; the QEMU binary last, in two passes: the scenarios
-//!    that share the machine two at a time, then those that take the whole machine one at
-//!    a time ([`WHOLE_MACHINE`]), with `--include-ignored` when `KILN_K3S_BINARY` is set
-//!    (its k3s scenario is an ignored test otherwise).
+//! 2. Every test binary it made, run the way `cargo test` would (from its package folder),
+//!    each timed: those that boot no VM side by side, `--jobs` at a time ([`pool`]); then
+//!    the QEMU binary, in two passes: the scenarios that share the machine two at a time,
+//!    then those that take the whole machine one at a time ([`WHOLE_MACHINE`]), with
+//!    `--include-ignored` when `KILN_K3S_BINARY` is set (its k3s scenario is an ignored
+//!    test otherwise).
 //! 3. A summary: the compile time, every binary's time, and the slowest QEMU scenarios
 //!    as the harness recorded them (`kiln_qemu_tests::timing`), then one closing line
 //!    with the counts.
@@ -24,15 +25,17 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 mod mirror;
+mod pool;
 mod report;
 
 use report::{Counts, Ran};
 
-const USAGE: &str = "usage: xtask test [--threads N] [-- ARGS FOR EVERY TEST BINARY]\n\
+const USAGE: &str = "usage: xtask test [--threads N] [--jobs J] [-- ARGS FOR EVERY TEST BINARY]\n\
 \n\
 Compiles the workspace's tests once (profile `suite`: release, incremental), runs every test binary with --test-threads=N\n\
-(default 2), and prints the compile time, each binary's time and the slowest QEMU scenarios.\n\
-The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv.";
+(default 2), J of those that boot no VM at once (default 3; their output is printed whole as each ends), then the QEMU\n\
+scenarios, and prints the compile time, each binary's time and the slowest QEMU scenarios.\n\
+The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv, the binaries' logs to kiln-suite/logs/.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
 
 /// One test binary cargo built.
 #[derive(Debug, Clone)]
-struct TestBinary {
+pub(crate) struct TestBinary {
     /// `package target` (e.g. `kiln cli`, `kiln-agent lib`).
     label: String,
     /// The executable.
@@ -61,6 +64,7 @@ struct TestBinary {
 
 fn run(args: &[String]) -> anyhow::Result<bool> {
     let mut threads = "2".to_string();
+    let mut jobs = "3".to_string();
     let mut extra = Vec::new();
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -74,6 +78,7 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--threads" => threads = it.next().context("--threads needs a number")?.clone(),
+            "--jobs" => jobs = it.next().context("--jobs needs a number")?.clone(),
             "--" => extra.extend(it.by_ref().cloned()),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -87,6 +92,11 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         .ok()
         .filter(|n| *n > 0)
         .with_context(|| format!("--threads {threads:?}: give a whole number above 0"))?;
+    let jobs = jobs
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| format!("--jobs {jobs:?}: give a whole number above 0"))?;
 
     let started = Instant::now();
     let target = target_dir();
@@ -110,13 +120,40 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
     std::fs::write(&times, "").with_context(|| times.display().to_string())?;
 
     let k3s = std::env::var_os("KILN_K3S_BINARY").is_some_and(|v| !v.is_empty());
+    let suite = target.join("kiln-suite");
+    let place = pool::Place {
+        logs: suite.join("logs"),
+        history: suite.join("binaries.tsv"),
+        times: times.clone(),
+    };
+    let mut side_by_side = Vec::new();
     let mut ran = Vec::new();
     for b in &binaries {
+        for (label, mut args) in passes(b, &threads, k3s) {
+            args.extend(extra.iter().cloned());
+            if b.qemu {
+                continue;
+            }
+            side_by_side.push(pool::Job {
+                binary: b.clone(),
+                label,
+                args,
+            });
+        }
+    }
+    ran.extend(pool::run(
+        jobs,
+        side_by_side,
+        &place,
+        &mut std::io::stdout(),
+    )?);
+    for b in binaries.iter().filter(|b| b.qemu) {
         for (label, mut args) in passes(b, &threads, k3s) {
             args.extend(extra.iter().cloned());
             ran.push(run_binary(b, &label, &args, &times)?);
         }
     }
+    pool::write_history(&place.history, &ran)?;
     let scenarios = std::fs::read_to_string(&times).unwrap_or_default();
     let ok = report::print(
         &mut std::io::stdout().lock(),
@@ -159,7 +196,7 @@ fn passes(b: &TestBinary, threads: &str, k3s: bool) -> Vec<(String, Vec<String>)
 }
 
 /// The cargo target folder (`$CARGO_TARGET_DIR`, else `target` in the workspace).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
