@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use kiln::arch::Arch;
 
+pub mod agent_size;
 pub mod enroll_server;
 pub mod images;
 pub mod metadata;

@@ -572,6 +572,27 @@ fn build_sections(md: &mut String) -> anyhow::Result<()> {
     }
     writeln!(
         md,
+        "\n### The static agent (`kiln-agent`, musl, `--profile agent`)\n"
+    )?;
+    writeln!(
+        md,
+        "In every image's initramfs and root. The budget (qemu-tests/src/agent_size.rs) is \
+         checked by `make test`.\n"
+    )?;
+    writeln!(md, "| arch | bytes | budget | of the budget |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    for f in &figs {
+        let size = kiln_qemu_tests::agent_size::size(f.arch)?;
+        let budget = kiln_qemu_tests::agent_size::budget(f.arch);
+        writeln!(
+            md,
+            "| {} | {size} | {budget} | {:.0} % |",
+            f.arch,
+            100.0 * size as f64 / budget as f64
+        )?;
+    }
+    writeln!(
+        md,
         "\n## ext4 step against the `mkfs.ext4 -d` floor (same tree, same size)\n"
     )?;
     writeln!(

@@ -30,7 +30,7 @@ fn check_image(arch: Arch) {
         .iter()
         .find(|p| p.role == "root")
         .expect("root partition");
-    assert_eq!(root.type_guid, arch.root_type_guid());
+    assert_eq!(root.type_guid, arch.root_type_guid().to_string());
     let esp = m
         .disk
         .partitions
@@ -146,4 +146,29 @@ fn x86_64_image_passes_independent_checks() {
 fn arm64_image_passes_independent_checks() {
     let _timed = kiln_qemu_tests::timing::Scenario::start();
     check_image(Arch::Arm64);
+}
+
+/// The agent every image carries stays within its budget
+/// (`kiln_qemu_tests::agent_size`), on both arches.
+#[test]
+fn the_static_agent_stays_within_its_size_budget() {
+    let mut over = Vec::new();
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        let size = kiln_qemu_tests::agent_size::size(arch).unwrap_or_else(|e| panic!("{e:#}"));
+        let budget = kiln_qemu_tests::agent_size::budget(arch);
+        eprintln!("{arch}: kiln-agent is {size} bytes, budget {budget}");
+        if size > budget {
+            over.push(format!(
+                "{arch}: {size} bytes, {} over the budget of {budget}",
+                size - budget
+            ));
+        }
+    }
+    assert!(
+        over.is_empty(),
+        "the static agent grew past its size budget: {}; make it smaller, or raise the \
+         budget in qemu-tests/src/agent_size.rs with the measured sizes and the reason in \
+         the commit message",
+        over.join("; ")
+    );
 }
