@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::gpt::{native_root_type, Guid};
+use kiln_contract::gpt::Guid;
+
+use crate::gpt::native_root_type;
 
 /// What init does when it cannot continue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +178,7 @@ pub fn parse(cmdline: &str) -> InitOptions {
                     v.unwrap_or_default()
                 )),
             },
-            "kiln.root_type" => match Guid::parse(v.unwrap_or_default()) {
+            "kiln.root_type" => match v.unwrap_or_default().parse::<Guid>() {
                 Ok(guid) => opts.root_type = guid,
                 Err(e) => opts
                     .errors
@@ -257,7 +259,7 @@ fn is_init_option_prefix(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt::ROOT_ARM64;
+    use kiln_contract::gpt::types::ROOT_ARM64;
 
     #[test]
     fn split_handles_quotes_and_double_dash() {

@@ -9,7 +9,6 @@
 mod cluster;
 mod cmdline;
 mod config;
-mod crc32;
 mod dm;
 mod gpt;
 mod init;
@@ -18,7 +17,8 @@ mod netlink;
 mod overlay;
 mod preflight;
 mod report;
-mod verity_sb;
+#[cfg(test)]
+mod verity_tree;
 
 use std::io::Write;
 use std::process::ExitCode;

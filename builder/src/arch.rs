@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use kiln_contract::gpt::{types, Guid};
 use serde::{Deserialize, Serialize};
 
 /// A target architecture of an image.
@@ -77,18 +78,18 @@ impl Arch {
     }
 
     /// Discoverable Partitions Spec type GUID of the root partition.
-    pub fn root_type_guid(self) -> &'static str {
+    pub fn root_type_guid(self) -> Guid {
         match self {
-            Arch::X86_64 => "4f68bce3-e8cd-4db1-96e7-fbcaf984b709",
-            Arch::Arm64 => "b921b045-1df0-41c3-af44-4c6f280d3fae",
+            Arch::X86_64 => types::ROOT_X86_64,
+            Arch::Arm64 => types::ROOT_ARM64,
         }
     }
 
     /// Discoverable Partitions Spec type GUID of the root verity partition.
-    pub fn root_verity_type_guid(self) -> &'static str {
+    pub fn root_verity_type_guid(self) -> Guid {
         match self {
-            Arch::X86_64 => "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5",
-            Arch::Arm64 => "df3300ce-d69f-4c92-978c-9bfb0f38d820",
+            Arch::X86_64 => types::ROOT_VERITY_X86_64,
+            Arch::Arm64 => types::ROOT_VERITY_ARM64,
         }
     }
 

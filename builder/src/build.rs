@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_contract::le;
 use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
@@ -819,11 +820,7 @@ fn build_arch(
     let uki_esp_path = format!("EFI/BOOT/{}", arch.efi_boot_file());
     let esp_files = [fat::EspFile::new(&uki_esp_path, &uki)];
     {
-        let esp_serial = u32::from_le_bytes(
-            Guid::derive(&seed, "esp-serial").to_gpt_bytes()[..4]
-                .try_into()
-                .unwrap_or([0; 4]),
-        );
+        let esp_serial = le::u32_at(&Guid::derive(&seed, "esp-serial").to_gpt_bytes(), 0);
         let mut fat_opts = fat::FatOptions::new("KILN-ESP", esp_serial, epoch);
         let mut window = image.window(PartitionRole::Esp)?;
         fat_opts.hidden_sectors = u32::try_from(window.partition().first_lba).unwrap_or(0);
@@ -1019,10 +1016,7 @@ fn build_arch(
 pub fn image_arch(image: &Path) -> Result<Arch, BuildError> {
     let table = crate::disk::read_gpt(image)?;
     for arch in Arch::ALL {
-        let want: Guid = arch
-            .root_type_guid()
-            .parse()
-            .map_err(|_| BuildError::Missing("bad built-in GUID".into()))?;
+        let want = arch.root_type_guid();
         if table.partitions.iter().any(|p| p.type_guid == want) {
             return Ok(arch);
         }

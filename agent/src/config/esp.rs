@@ -5,6 +5,8 @@
 //! label: a second kiln disk plugged in must not configure this node), mounted read-only
 //! under `/run/kiln/esp` and unmounted again. No file there is not an error.
 
+use kiln_contract::gpt::types;
+
 use crate::gpt::read_gpt;
 
 use super::blockdev::{self, BootDisk};
@@ -35,7 +37,7 @@ pub fn find_esp(sys: &mut dyn ConfigSys, boot: &BootDisk) -> Result<String, Stri
     let entry = gpt
         .entries
         .iter()
-        .find(|e| e.type_guid == crate::gpt::ESP_TYPE)
+        .find(|e| e.type_guid == types::ESP)
         .ok_or_else(|| "no EFI system partition in the partition table".to_string())?;
     let number = entry.number().to_string();
     boot.partitions

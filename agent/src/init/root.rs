@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use crate::gpt::{read_gpt, Gpt, GptError, Guid, ATTR_NO_AUTO};
+use kiln_contract::gpt::{self as contract, attr, types, Guid};
+
+use crate::gpt::{read_gpt, Gpt, GptError};
 
 use super::InitSys;
 
@@ -53,23 +55,10 @@ pub enum Scan {
     NotYet(Vec<DiskSeen>),
 }
 
-/// Names for the partition types a kiln image uses, to make messages readable.
+/// The short name of a known partition type (`root-x86-64`), else the GUID, to make
+/// messages readable.
 fn type_name(t: &Guid) -> String {
-    let known = [
-        ("c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "esp"),
-        ("4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "root-x86-64"),
-        ("b921b045-1df0-41c3-af44-4c6f280d3fae", "root-arm64"),
-        ("2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "root-x86-64-verity"),
-        ("df3300ce-d69f-4c92-978c-9bfb0f38d820", "root-arm64-verity"),
-        ("4d21b016-b534-45c2-a9fb-5c16e091fd2d", "var"),
-        ("0fc63daf-8483-4772-8e79-3d69d8477de4", "linux-data"),
-    ];
-    let text = t.to_string();
-    known
-        .iter()
-        .find(|(g, _)| *g == text)
-        .map(|(_, n)| (*n).to_string())
-        .unwrap_or(text)
+    types::short_name(t).map_or_else(|| t.to_string(), str::to_string)
 }
 
 /// The readable name of a partition type GUID (`root-x86-64 (4f68bce3-...)`).
@@ -99,7 +88,7 @@ pub(super) fn disk_gpt(sys: &mut dyn InitSys, disk: &str) -> Result<Gpt, String>
     let mut read = |off: u64, len: usize| sys.read_dev(disk, off, len);
     match read_gpt(&mut read, sector_size, sectors.map(|s| s * 512)) {
         Ok(gpt) => Ok(gpt),
-        Err(GptError::NoSignature) => Err("no GPT".to_string()),
+        Err(GptError::Format(contract::GptError::NoSignature)) => Err("no GPT".to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -193,7 +182,7 @@ pub fn scan(sys: &mut dyn InitSys, wanted: &Guid, part_uuid: Option<&Guid>) -> S
                     continue;
                 }
                 Some(_) => {}
-                None if entry.attributes & ATTR_NO_AUTO != 0 => continue,
+                None if attr::has(entry.attributes, attr::NO_AUTO) => continue,
                 None => {}
             }
             match partition_node(sys, &disk, n) {

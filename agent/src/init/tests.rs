@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::time::Duration;
 
+use kiln_contract::gpt::{types, Guid};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
@@ -13,8 +14,8 @@ use super::real::RealSys;
 use super::root::{scan_once, Scan};
 use super::{run, InitSys};
 use crate::cmdline::FailureAction;
+use crate::gpt::native_root_type;
 use crate::gpt::tests::build_image;
-use crate::gpt::{native_root_type, Guid};
 
 const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 const UUID: &str = "0a0b0c0d-1111-4222-8333-444455556666";
@@ -130,8 +131,8 @@ impl Fake {
 }
 
 fn disk(name: &str, disk_at: u32, parts_at: u32, root_type: Guid) -> FakeDisk {
-    let esp = Guid::parse(ESP).unwrap();
-    let uuid = Guid::parse(UUID).unwrap();
+    let esp = ESP.parse::<Guid>().unwrap();
+    let uuid = UUID.parse::<Guid>().unwrap();
     FakeDisk {
         name: name.into(),
         image: build_image(
@@ -478,10 +479,10 @@ fn boots_through_to_the_system_init() {
 fn missing_root_times_out_with_a_full_explanation() {
     let mut f = Fake::good("kiln.rootwait=2");
     // Only a disk of the other architecture, plus a blank one.
-    let other = if native_root_type() == crate::gpt::ROOT_X86_64 {
-        crate::gpt::ROOT_ARM64
+    let other = if native_root_type() == types::ROOT_X86_64 {
+        types::ROOT_ARM64
     } else {
-        crate::gpt::ROOT_X86_64
+        types::ROOT_X86_64
     };
     f.disks = vec![disk("vda", 0, 0, other)];
     f.disks.push(FakeDisk {
@@ -693,8 +694,8 @@ mod verity_boot {
     use super::*;
     use crate::gpt::tests::build_image;
     use crate::init::verity::{root_part_uuid, verity_part_uuid, verity_type_for};
-    use crate::verity_sb::hex;
-    use crate::verity_sb::tests::{build_tree, test_data};
+    use crate::verity_tree::{build_tree, test_data};
+    use kiln_contract::verity::hex;
 
     const DATA_BLOCKS: u64 = 300;
     const SALT: [u8; 32] = [0x5a; 32];
@@ -704,7 +705,7 @@ mod verity_boot {
     fn verity_fake(extra: &str) -> (Fake, [u8; 32]) {
         let (tree, hash) = build_tree(&test_data(DATA_BLOCKS as usize), &SALT);
         let mut f = Fake::good(&format!("kiln.roothash={} {extra}", hex(&hash)));
-        let esp = Guid::parse(ESP).unwrap();
+        let esp = ESP.parse::<Guid>().unwrap();
         let root_type = native_root_type();
         f.disks[0].image = build_image(
             512,
@@ -917,8 +918,8 @@ mod verity_boot {
     fn a_missing_verity_partition_is_named() {
         let (mut f, hash) = verity_fake("");
         // The verity partition's PARTUUID belongs to some other hash.
-        let esp = Guid::parse(ESP).unwrap();
-        let other = Guid::parse(UUID).unwrap();
+        let esp = ESP.parse::<Guid>().unwrap();
+        let other = UUID.parse::<Guid>().unwrap();
         let root_type = native_root_type();
         f.disks[0].image = build_image(
             512,
@@ -976,7 +977,7 @@ mod verity_boot {
 /// image written to a disk larger than itself.
 mod var_boot {
     use super::*;
-    use crate::gpt::{read_table, VAR_TYPE};
+    use crate::gpt::read_table;
 
     /// A 4 MiB image on a 16 MiB disk.
     const IMAGE_SECTORS: u64 = 8192;
@@ -1011,14 +1012,14 @@ mod var_boot {
     /// First boot: ESP, root and a third partition, then free space to the disk's end.
     fn first_boot(options: &str) -> Fake {
         let mut f = Fake::good(&format!("kiln.var_min=4M {options}"));
-        let esp = Guid::parse(ESP).unwrap();
-        let data = Guid::parse(LINUX_DATA).unwrap();
+        let esp = ESP.parse::<Guid>().unwrap();
+        let data = LINUX_DATA.parse::<Guid>().unwrap();
         let mut image = build_image(
             512,
             IMAGE_SECTORS,
             &[
                 (0, esp, esp, "esp"),
-                (1, native_root_type(), Guid::parse(UUID).unwrap(), "root"),
+                (1, native_root_type(), UUID.parse::<Guid>().unwrap(), "root"),
                 (2, data, data, "root-verity"),
             ],
         );
@@ -1370,7 +1371,7 @@ mod var_boot {
             None,
         )
         .unwrap();
-        assert_eq!(t.entries[3].type_guid, VAR_TYPE);
+        assert_eq!(t.entries[3].type_guid, types::VAR);
 
         let mut f = first_boot("");
         f.mount_errors.insert("/sysroot/var".into(), Errno::EUCLEAN);
@@ -1393,7 +1394,7 @@ mod verity_real {
     use crate::cmdline;
     use crate::init::root::RootPartition;
     use crate::init::verity::{open_root, root_part_uuid, verity_part_uuid, verity_type_for};
-    use crate::verity_sb::tests::test_data;
+    use crate::verity_tree::test_data;
     use std::fs;
     use std::process::Command;
 

@@ -10,14 +10,14 @@
 
 use std::time::Duration;
 
+use kiln_contract::gpt::{types, Guid};
 use nix::mount::MsFlags;
 
 use super::root::RootPartition;
 use super::{fatal, say, Fatal, InitSys, Stage, SYSROOT};
 use crate::cmdline::{InitOptions, VarFallback};
 use crate::gpt::{
-    plan_primary_repair, plan_var, read_table, DiskWrite, GptEntry, Guid, RawTable, VarGrowth,
-    VarLayout, VAR_TYPE,
+    plan_primary_repair, plan_var, read_table, DiskWrite, GptEntry, RawTable, VarGrowth, VarLayout,
 };
 
 /// How long to wait for the kernel to create the `var` partition's device node.
@@ -217,7 +217,7 @@ fn random_guid(sys: &mut dyn InitSys) -> Result<Guid, String> {
     // variant.
     b[7] = (b[7] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    Ok(Guid::from_disk_bytes(b))
+    Ok(Guid::from_gpt_bytes(&b))
 }
 
 /// Finds partition `n`'s device node, waiting up to [`NODE_WAIT`] for the kernel.
@@ -320,7 +320,7 @@ fn ensure_table(
             ));
         }
     }
-    if let Some(e) = table.entries.iter().find(|e| e.type_guid == VAR_TYPE) {
+    if let Some(e) = table.entries.iter().find(|e| e.type_guid == types::VAR) {
         return Ok(VarEntry {
             entry: e.clone(),
             sector,
@@ -774,7 +774,7 @@ mod tests {
             geometry(&mut d.sys, "vda").unwrap_or_else(|p| panic!("{}", p.what));
         let table = read_disk_table(&mut d.sys, "vda", sector, sectors)
             .unwrap_or_else(|p| panic!("{}", p.what));
-        let guid = Guid::parse("0a0b0c0d-1111-4222-8333-444455556666").unwrap();
+        let guid: Guid = "0a0b0c0d-1111-4222-8333-444455556666".parse().unwrap();
         let VarLayout::Grow(g) = plan_var(&table, sectors, 4 * MIB, guid).unwrap() else {
             panic!("no growth planned")
         };

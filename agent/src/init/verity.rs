@@ -11,6 +11,9 @@
 use std::io;
 use std::time::Duration;
 
+use kiln_contract::gpt::types::{ROOT_ARM64, ROOT_VERITY_ARM64, ROOT_VERITY_X86_64, ROOT_X86_64};
+use kiln_contract::gpt::Guid;
+use kiln_contract::verity::{check_tree, hex, Geometry, Superblock, BLOCK, SUPERBLOCK_SIZE};
 use nix::errno::Errno;
 
 use super::root::{describe_type, disk_gpt, partition_node, PartNode, RootPartition};
@@ -20,8 +23,6 @@ use crate::dm::{
     self, Request, Target, DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_READONLY_FLAG,
     DM_TABLE_LOAD, DM_VERSION,
 };
-use crate::gpt::{Guid, ROOT_ARM64, ROOT_VERITY_ARM64, ROOT_VERITY_X86_64, ROOT_X86_64};
-use crate::verity_sb::{check_tree, hex, parse_superblock, Geometry, BLOCK, SUPERBLOCK_SIZE};
 
 /// Name of the device-mapper device over the root.
 pub const DM_NAME: &str = "kiln-root";
@@ -41,12 +42,9 @@ const SECTORS_PER_BLOCK: u64 = BLOCK / 512;
 /// A GUID whose textual form is the hex of `bytes` (the builder's convention for the
 /// PARTUUIDs it derives from the root hash).
 fn guid_from_text_order(b: &[u8]) -> Guid {
-    Guid::from_fields(
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_be_bytes([b[4], b[5]]),
-        u16::from_be_bytes([b[6], b[7]]),
-        [b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]],
-    )
+    let mut text_order = [0u8; 16];
+    text_order.copy_from_slice(b);
+    Guid::from_bytes(text_order)
 }
 
 /// The root partition's PARTUUID for a root hash: its first 16 bytes.
@@ -119,7 +117,7 @@ pub(super) fn open_root(
     let head = sys
         .read_dev(&verity, 0, SUPERBLOCK_SIZE)
         .map_err(|e| fail(format!("reading the superblock of {where_}: {e}")))?;
-    let sb = parse_superblock(&head).map_err(|e| fail(format!("{where_}: {e}")))?;
+    let sb = Superblock::parse(&head).map_err(|e| fail(format!("{where_}: {e}")))?;
     let data_bytes = sb.data_blocks.saturating_mul(BLOCK);
     let root_bytes = sysfs_size(sys, &root.device)?;
     if data_bytes > root_bytes {
@@ -488,6 +486,7 @@ fn first_bad_block(sys: &mut dyn InitSys, dev: &str, offset: u64, end: u64) -> O
 mod tests {
     use super::*;
     use crate::gpt::{native_root_type, read_gpt};
+    use kiln_contract::gpt::types::ESP;
 
     const HASH: &str = "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210";
 
@@ -521,8 +520,7 @@ mod tests {
         assert_eq!(verity_type_for(&ROOT_X86_64), ROOT_VERITY_X86_64);
         // Any other root type (kiln.root_type=) gets this arch's verity type.
         let native = verity_type_for(&native_root_type());
-        let esp = Guid::parse("c12a7328-f81f-11d2-ba4b-00a0c93ec93b").unwrap();
-        assert_eq!(verity_type_for(&esp), native);
+        assert_eq!(verity_type_for(&ESP), native);
     }
 
     /// sgdisk (an independent GPT writer) sets the PARTUUIDs as text, as the builder's

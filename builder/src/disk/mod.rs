@@ -18,17 +18,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::plan::{DiskPlan, Guid, PartitionRole, PlannedPartition, GPT_NAME_MAX_UNITS};
+use kiln_contract::crc32::crc32;
+use kiln_contract::gpt::{
+    encode_array, parse_entries, protective_mbr, Entry, GptError, Header, HEADER_SIZE,
+    MBR_PROTECTIVE_TYPE, MIN_ENTRY_SIZE, NAME_MAX_UNITS, REVISION_1_0,
+};
+
+use crate::plan::{DiskPlan, Guid, PartitionRole, PlannedPartition};
 
 const SECTOR: u64 = 512;
-const HEADER_SIZE: u32 = 92;
-const GPT_REVISION_1_0: u32 = 0x0001_0000;
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// MBR partition type of the protective partition that covers a GPT disk.
-const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
-/// Largest entry array [`read_gpt`] accepts, so a corrupt header cannot make
-/// it allocate gigabytes.
-const MAX_ENTRY_ARRAY_BYTES: u64 = 1 << 20;
 /// Copy buffer for [`ImageFile::write_partition`].
 const COPY_CHUNK: usize = 4 << 20;
 /// Block size of [`ImageFile::mapped_blocks`] (bmaptool's block size).
@@ -396,8 +394,8 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// The partition table structures of a plan, encoded.
 struct GptBytes {
     mbr: [u8; 512],
-    primary_header: [u8; 512],
-    backup_header: [u8; 512],
+    primary_header: Vec<u8>,
+    backup_header: Vec<u8>,
     entries: Vec<u8>,
 }
 
@@ -415,7 +413,7 @@ fn check_plan(plan: &DiskPlan) -> Result<(), DiskError> {
             plan.total_size
         ));
     }
-    if plan.entry_size < 128 || plan.entry_size % 8 != 0 {
+    if plan.entry_size < MIN_ENTRY_SIZE || plan.entry_size % 8 != 0 {
         return bad(format!("GPT entry size {}", plan.entry_size));
     }
     if plan.partitions.len() > plan.entry_count as usize {
@@ -449,7 +447,7 @@ fn check_plan(plan: &DiskPlan) -> Result<(), DiskError> {
                 p.name, p.first_lba, p.last_lba, plan.first_usable_lba, plan.last_usable_lba
             ));
         }
-        if p.name.encode_utf16().count() > GPT_NAME_MAX_UNITS {
+        if p.name.encode_utf16().count() > NAME_MAX_UNITS {
             return bad(format!(
                 "partition name {:?} is longer than 36 UTF-16 units",
                 p.name
@@ -464,75 +462,61 @@ fn entry_array_sectors(plan: &DiskPlan) -> u64 {
     (plan.entry_count as u64 * plan.entry_size as u64).div_ceil(SECTOR)
 }
 
-fn protective_mbr(total_sectors: u64) -> [u8; 512] {
-    let mut mbr = [0u8; 512];
-    let e = &mut mbr[446..462];
-    e[0] = 0x00; // not bootable
-    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]); // CHS of LBA 1
-    e[4] = MBR_TYPE_GPT_PROTECTIVE;
-    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]); // CHS past the addressable range
-    e[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let covered = (total_sectors - 1).min(u32::MAX as u64) as u32;
-    e[12..16].copy_from_slice(&covered.to_le_bytes());
-    mbr[510] = 0x55;
-    mbr[511] = 0xAA;
-    mbr
-}
-
+/// The plan's partitions as GPT entries, entry 1 first, padded with unused
+/// entries to whole sectors.
 fn encode_entries(plan: &DiskPlan) -> Vec<u8> {
-    let size = plan.entry_size as usize;
-    let mut out = vec![0u8; plan.entry_count as usize * size];
-    for (p, e) in plan.partitions.iter().zip(out.chunks_exact_mut(size)) {
-        e[0..16].copy_from_slice(&p.type_guid.to_gpt_bytes());
-        e[16..32].copy_from_slice(&p.unique_guid.to_gpt_bytes());
-        e[32..40].copy_from_slice(&p.first_lba.to_le_bytes());
-        e[40..48].copy_from_slice(&p.last_lba.to_le_bytes());
-        e[48..56].copy_from_slice(&p.attributes.to_le_bytes());
-        for (i, unit) in p.name.encode_utf16().take(GPT_NAME_MAX_UNITS).enumerate() {
-            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&unit.to_le_bytes());
-        }
-    }
-    let array_len = entry_array_sectors(plan) as usize * SECTOR as usize;
-    out.resize(array_len, 0);
+    let entries: Vec<Entry> = plan
+        .partitions
+        .iter()
+        .map(|p| Entry {
+            type_guid: p.type_guid,
+            part_guid: p.unique_guid,
+            first_lba: p.first_lba,
+            last_lba: p.last_lba,
+            attributes: p.attributes,
+            name: p.name.clone(),
+        })
+        .collect();
+    let used: Vec<(u32, &Entry)> = (0..).zip(&entries).collect();
+    let mut out = encode_array(&used, plan.entry_count, plan.entry_size);
+    out.resize(entry_array_sectors(plan) as usize * SECTOR as usize, 0);
     out
 }
 
-fn encode_header(
+/// The plan's GPT header for the copy at `my_lba`.
+fn header(
     plan: &DiskPlan,
     my_lba: u64,
     alternate_lba: u64,
     entries_lba: u64,
     entries_crc: u32,
-) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[0..8].copy_from_slice(GPT_SIGNATURE);
-    h[8..12].copy_from_slice(&GPT_REVISION_1_0.to_le_bytes());
-    h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
-    h[24..32].copy_from_slice(&my_lba.to_le_bytes());
-    h[32..40].copy_from_slice(&alternate_lba.to_le_bytes());
-    h[40..48].copy_from_slice(&plan.first_usable_lba.to_le_bytes());
-    h[48..56].copy_from_slice(&plan.last_usable_lba.to_le_bytes());
-    h[56..72].copy_from_slice(&plan.disk_guid.to_gpt_bytes());
-    h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-    h[80..84].copy_from_slice(&plan.entry_count.to_le_bytes());
-    h[84..88].copy_from_slice(&plan.entry_size.to_le_bytes());
-    h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-    let crc = crc32fast::hash(&h[..HEADER_SIZE as usize]);
-    h[16..20].copy_from_slice(&crc.to_le_bytes());
-    h
+) -> Header {
+    Header {
+        revision: REVISION_1_0,
+        header_size: HEADER_SIZE,
+        my_lba,
+        alternate_lba,
+        first_usable_lba: plan.first_usable_lba,
+        last_usable_lba: plan.last_usable_lba,
+        disk_guid: plan.disk_guid,
+        entries_lba,
+        num_entries: plan.entry_count,
+        entry_size: plan.entry_size,
+        entries_crc,
+    }
 }
 
 fn encode_gpt(plan: &DiskPlan) -> Result<GptBytes, DiskError> {
     check_plan(plan)?;
     let entries = encode_entries(plan);
-    let entries_crc =
-        crc32fast::hash(&entries[..plan.entry_count as usize * plan.entry_size as usize]);
+    let entries_crc = crc32(&entries[..plan.entry_count as usize * plan.entry_size as usize]);
     let last = plan.total_sectors() - 1;
     let backup_entries_lba = last - entry_array_sectors(plan);
+    let sector = SECTOR as usize;
     Ok(GptBytes {
         mbr: protective_mbr(plan.total_sectors()),
-        primary_header: encode_header(plan, 1, last, 2, entries_crc),
-        backup_header: encode_header(plan, last, 1, backup_entries_lba, entries_crc),
+        primary_header: header(plan, 1, last, 2, entries_crc).to_sector(sector),
+        backup_header: header(plan, last, 1, backup_entries_lba, entries_crc).to_sector(sector),
         entries,
     })
 }
@@ -604,78 +588,14 @@ impl ImageFile {
     }
 }
 
-/// The little-endian u32 at `at` (GPT fields).
-pub(crate) fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-/// The little-endian u64 at `at` (GPT fields).
-pub(crate) fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
-
-/// The GUID stored in GPT's mixed-endian form at `at`.
-pub(crate) fn guid_at(b: &[u8], at: usize) -> Guid {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&b[at..at + 16]);
-    Guid::from_gpt_bytes(&a)
-}
-
-/// A parsed, CRC-checked GPT header.
-struct Header {
-    my_lba: u64,
-    alternate_lba: u64,
-    first_usable: u64,
-    last_usable: u64,
-    disk_guid: Guid,
-    entries_lba: u64,
-    entry_count: u32,
-    entry_size: u32,
-    entries_crc: u32,
-}
-
-fn parse_header(sector: &[u8], which: &str) -> Result<Header, String> {
-    if &sector[0..8] != GPT_SIGNATURE {
-        return Err(format!("{which} header has no \"EFI PART\" signature"));
+/// A problem with the `which` (`primary`, `backup`) copy of the GPT. The
+/// contract's reasons read "header CRC32 is ...", "entry array CRC32 is ...":
+/// the copy's name goes in front.
+fn problem(which: &str, e: GptError) -> String {
+    match e {
+        GptError::NoSignature => format!("{which} header has no \"EFI PART\" signature"),
+        GptError::Damaged(why) => format!("{which} {why}"),
     }
-    let size = le_u32(sector, 12);
-    if !(HEADER_SIZE..=SECTOR as u32).contains(&size) {
-        return Err(format!("{which} header size {size} is out of range"));
-    }
-    let stored_crc = le_u32(sector, 16);
-    let mut copy = sector[..size as usize].to_vec();
-    copy[16..20].fill(0);
-    let crc = crc32fast::hash(&copy);
-    if crc != stored_crc {
-        return Err(format!(
-            "{which} header CRC32 is {stored_crc:#010x} but its bytes give {crc:#010x}"
-        ));
-    }
-    let h = Header {
-        my_lba: le_u64(sector, 24),
-        alternate_lba: le_u64(sector, 32),
-        first_usable: le_u64(sector, 40),
-        last_usable: le_u64(sector, 48),
-        disk_guid: guid_at(sector, 56),
-        entries_lba: le_u64(sector, 72),
-        entry_count: le_u32(sector, 80),
-        entry_size: le_u32(sector, 84),
-        entries_crc: le_u32(sector, 88),
-    };
-    if h.entry_size < 128 || h.entry_size % 8 != 0 {
-        return Err(format!("{which} header has entry size {}", h.entry_size));
-    }
-    if h.entry_count as u64 * h.entry_size as u64 > MAX_ENTRY_ARRAY_BYTES {
-        return Err(format!(
-            "{which} header claims {} entries of {} bytes",
-            h.entry_count, h.entry_size
-        ));
-    }
-    Ok(h)
 }
 
 /// Reads and validates the GPT of the disk image at `path`: the protective
@@ -712,42 +632,35 @@ pub fn read_gpt(path: &Path) -> Result<GptTable, DiskError> {
     if mbr[510..512] != [0x55, 0xAA] {
         return Err(bad("sector 0 has no MBR boot signature 55 AA".into()));
     }
-    if !(0..4).any(|i| mbr[446 + 16 * i + 4] == MBR_TYPE_GPT_PROTECTIVE) {
+    if !(0..4).any(|i| mbr[446 + 16 * i + 4] == MBR_PROTECTIVE_TYPE) {
         return Err(bad("the MBR has no protective (type EE) partition".into()));
     }
 
-    let primary = parse_header(&read_at(SECTOR, SECTOR)?, "primary").map_err(bad)?;
-    if primary.my_lba != 1 {
-        return Err(bad(format!(
-            "primary header says it is at LBA {}",
-            primary.my_lba
-        )));
-    }
-    let array_len = primary.entry_count as u64 * primary.entry_size as u64;
-    let entries = read_at(primary.entries_lba * SECTOR, array_len)?;
-    let crc = crc32fast::hash(&entries);
-    if crc != primary.entries_crc {
-        return Err(bad(format!(
-            "primary entry array CRC32 is {:#010x} but its bytes give {crc:#010x}",
-            primary.entries_crc
-        )));
-    }
+    let primary =
+        Header::parse(&read_at(SECTOR, SECTOR)?, 1).map_err(|e| bad(problem("primary", e)))?;
+    let array_len = primary.array_bytes();
+    let entries = read_at(primary.entries_lba.saturating_mul(SECTOR), array_len)?;
+    let used = parse_entries(&primary, &entries).map_err(|e| bad(problem("primary", e)))?;
 
-    let backup =
-        parse_header(&read_at(primary.alternate_lba * SECTOR, SECTOR)?, "backup").map_err(bad)?;
-    if backup.my_lba != primary.alternate_lba || backup.alternate_lba != 1 {
+    let backup_lba = primary.alternate_lba;
+    let backup = Header::parse(
+        &read_at(backup_lba.saturating_mul(SECTOR), SECTOR)?,
+        backup_lba,
+    )
+    .map_err(|e| bad(problem("backup", e)))?;
+    if backup.alternate_lba != 1 {
         return Err(bad(format!(
-            "backup header at LBA {} says it is at LBA {} with its alternate at {}",
-            primary.alternate_lba, backup.my_lba, backup.alternate_lba
+            "backup header at LBA {backup_lba} says it is at LBA {} with its alternate at {}",
+            backup.my_lba, backup.alternate_lba
         )));
     }
     if (
-        backup.entry_count,
+        backup.num_entries,
         backup.entry_size,
         backup.entries_crc,
         backup.disk_guid,
     ) != (
-        primary.entry_count,
+        primary.num_entries,
         primary.entry_size,
         primary.entries_crc,
         primary.disk_guid,
@@ -756,44 +669,26 @@ pub fn read_gpt(path: &Path) -> Result<GptTable, DiskError> {
             "the backup header does not match the primary header".into()
         ));
     }
-    let backup_entries = read_at(backup.entries_lba * SECTOR, array_len)?;
-    let crc = crc32fast::hash(&backup_entries);
-    if crc != backup.entries_crc {
-        return Err(bad(format!(
-            "backup entry array CRC32 is {:#010x} but its bytes give {crc:#010x}",
-            backup.entries_crc
-        )));
-    }
+    let backup_entries = read_at(backup.entries_lba.saturating_mul(SECTOR), array_len)?;
+    parse_entries(&backup, &backup_entries).map_err(|e| bad(problem("backup", e)))?;
 
-    let mut partitions = Vec::new();
-    for (i, e) in entries
-        .chunks_exact(primary.entry_size as usize)
-        .enumerate()
-    {
-        let type_guid = guid_at(e, 0);
-        if type_guid.is_zero() {
-            continue;
-        }
-        let units: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        partitions.push(PartitionEntry {
-            number: i as u32 + 1,
-            type_guid,
-            unique_guid: guid_at(e, 16),
-            first_lba: le_u64(e, 32),
-            last_lba: le_u64(e, 40),
-            attributes: le_u64(e, 48),
-            name: String::from_utf16_lossy(&units),
-        });
-    }
+    let partitions = used
+        .into_iter()
+        .map(|(index, e)| PartitionEntry {
+            number: index + 1,
+            type_guid: e.type_guid,
+            unique_guid: e.part_guid,
+            first_lba: e.first_lba,
+            last_lba: e.last_lba,
+            attributes: e.attributes,
+            name: e.name,
+        })
+        .collect();
     Ok(GptTable {
         disk_guid: primary.disk_guid,
-        first_usable_lba: primary.first_usable,
-        last_usable_lba: primary.last_usable,
-        backup_lba: primary.alternate_lba,
+        first_usable_lba: primary.first_usable_lba,
+        last_usable_lba: primary.last_usable_lba,
+        backup_lba,
         partitions,
     })
 }

@@ -1,15 +1,16 @@
 //! dm-verity hash trees in the on-disk format `veritysetup` reads (format
 //! version 1, sha256, 4 KiB blocks, a 512-byte superblock in the first hash
-//! block). The geometry is a pure function; [`build`] reads the data once.
+//! block). The format (superblock, geometry, block digests) is the contract
+//! crate's, which the agent checks trees with; this module reads the data
+//! once and writes the tree.
 
 use std::io::Read;
+use std::ops::Deref;
 
-use sha2::{Digest, Sha256};
+use kiln_contract::verity::{block_digest, Geometry, Superblock, DIGEST};
 
 /// Block size of data and hash blocks.
-pub const BLOCK: u64 = 4096;
-const DIGEST: usize = 32;
-const PER_BLOCK: u64 = BLOCK / DIGEST as u64;
+pub use kiln_contract::verity::BLOCK;
 
 /// Errors while building a hash tree.
 #[derive(Debug, thiserror::Error)]
@@ -31,16 +32,12 @@ pub struct VerityParams {
     pub uuid: [u8; 16],
 }
 
-/// Where each level of the tree goes, counted in hash blocks.
+/// The [`Geometry`] of a tree over a byte count that is a whole, positive
+/// number of blocks (the contract's geometry counts blocks and trusts its
+/// caller on that). Derefs to the geometry: `data_blocks`, `level_blocks`,
+/// `level_start`, `hash_bytes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerityGeometry {
-    /// Data blocks covered.
-    pub data_blocks: u64,
-    /// Hash blocks per level, from the level over the data (0) upwards; the
-    /// last level is a single block whose hash is the root hash. Empty for
-    /// a single data block.
-    pub level_blocks: Vec<u64>,
-}
+pub struct VerityGeometry(Geometry);
 
 impl VerityGeometry {
     /// The geometry for `data_bytes` of data.
@@ -48,53 +45,24 @@ impl VerityGeometry {
         if data_bytes == 0 || data_bytes % BLOCK != 0 {
             return Err(VerityError::BadSize(data_bytes));
         }
-        let data_blocks = data_bytes / BLOCK;
-        // Levels are added until one block remains; a single data block
-        // needs none (its own hash is the root hash).
-        let mut level_blocks = Vec::new();
-        let mut n = data_blocks;
-        while n > 1 {
-            n = n.div_ceil(PER_BLOCK);
-            level_blocks.push(n);
-        }
-        Ok(VerityGeometry {
-            data_blocks,
-            level_blocks,
-        })
-    }
-
-    /// Size of the hash device: the superblock's block plus every level.
-    pub fn hash_bytes(&self) -> u64 {
-        (1 + self.level_blocks.iter().sum::<u64>()) * BLOCK
-    }
-
-    /// Block offset of `level` in the hash device. veritysetup stores the
-    /// top level first, right after the superblock.
-    pub fn level_offset(&self, level: usize) -> u64 {
-        1 + self.level_blocks[level + 1..].iter().sum::<u64>()
+        Ok(VerityGeometry(Geometry::new(data_bytes / BLOCK)))
     }
 }
 
-fn hash_block(salt: &[u8; 32], block: &[u8]) -> [u8; DIGEST] {
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(block);
-    h.finalize().into()
+impl Deref for VerityGeometry {
+    type Target = Geometry;
+
+    fn deref(&self) -> &Geometry {
+        &self.0
+    }
 }
 
-/// The 512-byte superblock (`struct verity_sb`), padded to a hash block.
-fn superblock(g: &VerityGeometry, p: &VerityParams) -> Vec<u8> {
-    let mut sb = vec![0u8; BLOCK as usize];
-    sb[0..8].copy_from_slice(b"verity\0\0");
-    sb[8..12].copy_from_slice(&1u32.to_le_bytes()); // format version
-    sb[12..16].copy_from_slice(&1u32.to_le_bytes()); // hash type: normal
-    sb[16..32].copy_from_slice(&p.uuid);
-    sb[32..38].copy_from_slice(b"sha256");
-    sb[64..68].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb[68..72].copy_from_slice(&(BLOCK as u32).to_le_bytes());
-    sb[72..80].copy_from_slice(&g.data_blocks.to_le_bytes());
-    sb[80..82].copy_from_slice(&(p.salt.len() as u16).to_le_bytes());
-    sb[88..88 + p.salt.len()].copy_from_slice(&p.salt);
+/// The superblock, padded with zeros to a whole hash block.
+fn superblock(g: &Geometry, p: &VerityParams) -> Vec<u8> {
+    let mut sb = Superblock::kiln(g.data_blocks, &p.salt, p.uuid)
+        .to_bytes()
+        .to_vec();
+    sb.resize(BLOCK as usize, 0);
     sb
 }
 
@@ -121,7 +89,7 @@ pub fn build(
     let mut block = vec![0u8; BLOCK as usize];
     for _ in 0..g.data_blocks {
         data.read_exact(&mut block)?;
-        below.extend_from_slice(&hash_block(&p.salt, &block));
+        below.extend_from_slice(&block_digest(&p.salt, &block));
     }
     let mut levels: Vec<Vec<u8>> = Vec::with_capacity(g.level_blocks.len());
     for &n in &g.level_blocks {
@@ -129,7 +97,7 @@ pub fn build(
         level.resize((n * BLOCK) as usize, 0);
         below = level
             .chunks(BLOCK as usize)
-            .flat_map(|b| hash_block(&p.salt, b))
+            .flat_map(|b| block_digest(&p.salt, b))
             .collect();
         levels.push(level);
     }
@@ -168,8 +136,8 @@ mod tests {
     fn geometry_levels_and_offsets() {
         let g = VerityGeometry::new(300 * BLOCK).unwrap();
         assert_eq!(g.level_blocks, vec![3, 1]);
-        assert_eq!(g.level_offset(1), 1);
-        assert_eq!(g.level_offset(0), 2);
+        assert_eq!(g.level_start(1), 1);
+        assert_eq!(g.level_start(0), 2);
         assert_eq!(g.hash_bytes(), 5 * BLOCK);
         assert_eq!(
             VerityGeometry::new(128 * BLOCK).unwrap().level_blocks,

@@ -6,58 +6,20 @@
 
 use serde::Serialize;
 
+use kiln_contract::crc32::crc32;
+use kiln_contract::gpt::{self, types, GptError, HeaderCrc, MAX_ARRAY_BYTES, MIN_ENTRY_SIZE};
+
 use super::verify::Check;
 use super::{DiskFile, InspectError};
 use crate::arch::Arch;
-use crate::disk::{guid_at, le_u32, le_u64};
-use crate::plan::{attr, Guid, ESP_TYPE_GUID};
+use crate::plan::{attr, guid_text, Guid};
 
 const SECTOR: u64 = 512;
-const SIGNATURE: &[u8; 8] = b"EFI PART";
-const MIN_HEADER_SIZE: u32 = 92;
-/// Largest entry array accepted, so a corrupt header cannot make us
-/// allocate gigabytes.
-const MAX_ENTRY_ARRAY_BYTES: u64 = 1 << 20;
 
-/// Type GUIDs `kiln inspect` names (UEFI and the Discoverable Partitions
-/// Specification).
-const KNOWN_TYPES: [(u128, &str); 10] = [
-    (0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b, "EFI System"),
-    (
-        0x4f68bce3_e8cd_4db1_96e7_fbcaf984b709,
-        "Linux root (x86-64)",
-    ),
-    (0xb921b045_1df0_41c3_af44_4c6f280d3fae, "Linux root (ARM64)"),
-    (
-        0x2c7357ed_ebd2_46d9_aec1_23d437ec2bf5,
-        "Linux root verity (x86-64)",
-    ),
-    (
-        0xdf3300ce_d69f_4c92_978c_9bfb0f38d820,
-        "Linux root verity (ARM64)",
-    ),
-    (
-        0x4d21b016_b534_45c2_a9fb_5c16e091fd2d,
-        "Linux variable data (/var)",
-    ),
-    (
-        0x0fc63daf_8483_4772_8e79_3d69d8477de4,
-        "Linux filesystem data",
-    ),
-    (0x0657fd6d_a4ab_43c4_84e5_0933c84b4f4f, "Linux swap"),
-    (
-        0xbc13c2ff_59e6_4262_a352_b275fd6f7172,
-        "Linux extended boot (XBOOTLDR)",
-    ),
-    (0x21686148_6449_6e6f_744e_656564454649, "BIOS boot"),
-];
-
-/// The human name of a partition type GUID (`unknown` if kiln does not know it).
+/// The name of a partition type GUID for people (`unknown` if kiln does not
+/// know it).
 pub fn type_name(g: &Guid) -> &'static str {
-    KNOWN_TYPES
-        .iter()
-        .find(|(v, _)| Guid::from_u128(*v) == *g)
-        .map_or("unknown", |(_, n)| n)
+    types::name(g).unwrap_or("unknown")
 }
 
 /// What a partition is, as far as `kiln inspect` cares.
@@ -76,18 +38,14 @@ pub enum Kind {
 
 impl Kind {
     fn of(g: &Guid) -> Kind {
-        if *g == ESP_TYPE_GUID {
+        if *g == types::ESP {
             return Kind::Esp;
         }
         for arch in Arch::ALL {
-            if arch.root_type_guid().parse::<Guid>().is_ok_and(|t| t == *g) {
+            if arch.root_type_guid() == *g {
                 return Kind::Root(arch);
             }
-            if arch
-                .root_verity_type_guid()
-                .parse::<Guid>()
-                .is_ok_and(|t| t == *g)
-            {
+            if arch.root_verity_type_guid() == *g {
                 return Kind::RootVerity(arch);
             }
         }
@@ -105,10 +63,12 @@ pub struct PartitionInfo {
     /// What kiln takes it for.
     pub kind: Kind,
     /// Type GUID.
+    #[serde(with = "guid_text")]
     pub type_guid: Guid,
     /// Human name of the type.
     pub type_name: &'static str,
     /// Unique partition GUID.
+    #[serde(with = "guid_text")]
     pub partuuid: Guid,
     /// First sector.
     pub first_lba: u64,
@@ -128,6 +88,7 @@ pub struct PartitionInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GptReport {
     /// Disk GUID.
+    #[serde(with = "guid_text")]
     pub disk_guid: Guid,
     /// First usable LBA.
     pub first_usable_lba: u64,
@@ -148,80 +109,56 @@ pub struct GptReport {
     pub checks: Vec<Check>,
 }
 
-/// A parsed header; its CRC may or may not match.
+/// A decoded header; its CRC may or may not match.
 #[derive(Debug, Clone)]
 struct Header {
-    my_lba: u64,
-    alternate_lba: u64,
-    first_usable: u64,
-    last_usable: u64,
-    disk_guid: Guid,
-    entries_lba: u64,
-    entry_count: u32,
-    entry_size: u32,
-    entries_crc: u32,
-    stored_crc: u32,
-    computed_crc: u32,
+    /// Its fields.
+    h: gpt::Header,
+    /// Its stored and computed CRC.
+    crc: HeaderCrc,
 }
 
 impl Header {
     fn crc_ok(&self) -> bool {
-        self.stored_crc == self.computed_crc
+        self.crc.matches()
     }
 
     fn array_len(&self) -> u64 {
-        u64::from(self.entry_count) * u64::from(self.entry_size)
+        self.h.array_bytes()
     }
 
     /// The fields both headers must agree on, for messages.
     fn shared(&self) -> String {
+        let h = &self.h;
         format!(
             "disk {}, usable LBAs {}..={}, {} entries of {} bytes, entry CRC32 {:#010x}",
-            self.disk_guid,
-            self.first_usable,
-            self.last_usable,
-            self.entry_count,
-            self.entry_size,
-            self.entries_crc
+            h.disk_guid,
+            h.first_usable_lba,
+            h.last_usable_lba,
+            h.num_entries,
+            h.entry_size,
+            h.entries_crc
         )
     }
 }
 
-/// Parses a header sector. Errors only when it cannot be a header at all
+/// Decodes a header sector. Errors only when it cannot be a header at all
 /// (no signature, impossible sizes); a wrong CRC is for the caller to judge.
 fn parse_header(s: &[u8]) -> Result<Header, String> {
-    if &s[0..8] != SIGNATURE {
-        return Err("no \"EFI PART\" signature".into());
-    }
-    let size = le_u32(s, 12);
-    if !(MIN_HEADER_SIZE..=SECTOR as u32).contains(&size) {
-        return Err(format!("header size {size} is outside 92..=512"));
-    }
-    let mut copy = s[..size as usize].to_vec();
-    copy[16..20].fill(0);
-    let h = Header {
-        my_lba: le_u64(s, 24),
-        alternate_lba: le_u64(s, 32),
-        first_usable: le_u64(s, 40),
-        last_usable: le_u64(s, 48),
-        disk_guid: guid_at(s, 56),
-        entries_lba: le_u64(s, 72),
-        entry_count: le_u32(s, 80),
-        entry_size: le_u32(s, 84),
-        entries_crc: le_u32(s, 88),
-        stored_crc: le_u32(s, 16),
-        computed_crc: crc32fast::hash(&copy),
-    };
-    if h.entry_size < 128 || h.entry_size % 8 != 0 {
+    let (h, crc) = gpt::Header::decode(s).map_err(|e| match e {
+        GptError::NoSignature => "no \"EFI PART\" signature".to_string(),
+        GptError::Damaged(why) => why,
+    })?;
+    if h.entry_size < MIN_ENTRY_SIZE || h.entry_size % 8 != 0 {
         return Err(format!("entry size {}", h.entry_size));
     }
-    if h.array_len() > MAX_ENTRY_ARRAY_BYTES {
+    if h.array_bytes() > MAX_ARRAY_BYTES {
         return Err(format!(
-            "{} entries of {} bytes (more than {MAX_ENTRY_ARRAY_BYTES} bytes)",
-            h.entry_count, h.entry_size
+            "{} entries of {} bytes (more than {MAX_ARRAY_BYTES} bytes)",
+            h.num_entries, h.entry_size
         ));
     }
-    Ok(h)
+    Ok(Header { h, crc })
 }
 
 fn crc_check(what: &str, stored: u32, computed: u32, stored_in: &str) -> Check {
@@ -240,28 +177,28 @@ fn crc_check(what: &str, stored: u32, computed: u32, stored_in: &str) -> Check {
 type Array = Result<Vec<u8>, String>;
 
 fn read_array(disk: &DiskFile, h: &Header) -> Array {
-    let offset = h
-        .entries_lba
-        .checked_mul(SECTOR)
-        .filter(|o| {
-            o.checked_add(h.array_len())
-                .is_some_and(|end| end <= disk.len)
-        })
-        .ok_or_else(|| {
-            format!(
-                "the entry array at LBA {} ({} bytes) lies past the end of the {}-byte disk",
-                h.entries_lba,
-                h.array_len(),
-                disk.len
-            )
-        })?;
+    let offset =
+        h.h.entries_lba
+            .checked_mul(SECTOR)
+            .filter(|o| {
+                o.checked_add(h.array_len())
+                    .is_some_and(|end| end <= disk.len)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the entry array at LBA {} ({} bytes) lies past the end of the {}-byte disk",
+                    h.h.entries_lba,
+                    h.array_len(),
+                    disk.len
+                )
+            })?;
     disk.read_vec(offset, h.array_len() as usize)
         .map_err(|e| e.to_string())
 }
 
 fn array_check(what: &str, h: Option<&Header>, array: Option<&Array>) -> Check {
     match (h, array) {
-        (Some(h), Some(Ok(a))) => crc_check(what, h.entries_crc, crc32fast::hash(a), "header says"),
+        (Some(h), Some(Ok(a))) => crc_check(what, h.h.entries_crc, crc32(a), "header says"),
         (_, Some(Err(e))) => Check::failed(what, e.clone()),
         _ => Check::failed(what, "its header is unusable".into()),
     }
@@ -269,17 +206,8 @@ fn array_check(what: &str, h: Option<&Header>, array: Option<&Array>) -> Check {
 
 fn entries(array: &[u8], entry_size: u32) -> Vec<PartitionInfo> {
     let mut out = Vec::new();
-    for (i, e) in array.chunks_exact(entry_size as usize).enumerate() {
-        let type_guid = guid_at(e, 0);
-        if type_guid.is_zero() {
-            continue;
-        }
-        let units: Vec<u16> = e[56..128]
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .take_while(|&u| u != 0)
-            .collect();
-        let (first_lba, last_lba, attributes) = (le_u64(e, 32), le_u64(e, 40), le_u64(e, 48));
+    for (i, e) in gpt::entries(array, entry_size) {
+        let (first_lba, last_lba, attributes) = (e.first_lba, e.last_lba, e.attributes);
         let attribute_names = [
             (attr::REQUIRED_PARTITION, "required"),
             (attr::NO_BLOCK_IO_PROTOCOL, "no-block-io"),
@@ -293,12 +221,12 @@ fn entries(array: &[u8], entry_size: u32) -> Vec<PartitionInfo> {
         .map(|(_, n)| n)
         .collect();
         out.push(PartitionInfo {
-            number: i as u32 + 1,
-            name: String::from_utf16_lossy(&units),
-            kind: Kind::of(&type_guid),
-            type_guid,
-            type_name: type_name(&type_guid),
-            partuuid: guid_at(e, 16),
+            number: i + 1,
+            name: e.name,
+            kind: Kind::of(&e.type_guid),
+            type_guid: e.type_guid,
+            type_name: type_name(&e.type_guid),
+            partuuid: e.part_guid,
             first_lba,
             last_lba,
             offset: first_lba.saturating_mul(SECTOR),
@@ -323,10 +251,10 @@ fn layout_check(h: &Header, parts: &[PartitionInfo]) -> Check {
                 "partition {} ends (LBA {}) before it starts (LBA {})",
                 p.number, p.last_lba, p.first_lba
             ));
-        } else if p.first_lba < h.first_usable || p.last_lba > h.last_usable {
+        } else if p.first_lba < h.h.first_usable_lba || p.last_lba > h.h.last_usable_lba {
             problems.push(format!(
                 "partition {} (LBAs {}..={}) is outside the usable LBAs {}..={}",
-                p.number, p.first_lba, p.last_lba, h.first_usable, h.last_usable
+                p.number, p.first_lba, p.last_lba, h.h.first_usable_lba, h.h.last_usable_lba
             ));
         }
     }
@@ -358,12 +286,12 @@ pub(super) fn read(disk: &DiskFile) -> Result<GptReport, InspectError> {
     }
     let mbr = disk.read_vec(0, SECTOR as usize)?;
     let mbr_sig = mbr[510..512] == [0x55, 0xAA];
-    let protective = mbr_sig && (0..4).any(|i| mbr[446 + 16 * i + 4] == 0xEE);
+    let protective = mbr_sig && (0..4).any(|i| mbr[446 + 16 * i + 4] == gpt::MBR_PROTECTIVE_TYPE);
     let primary = parse_header(&disk.read_vec(SECTOR, SECTOR as usize)?);
 
     // The backup's place comes from a trustworthy primary, else the last sector.
     let backup_lba = match &primary {
-        Ok(h) if h.crc_ok() => h.alternate_lba,
+        Ok(h) if h.crc_ok() => h.h.alternate_lba,
         _ => sectors - 1,
     };
     if backup_lba >= sectors {
@@ -387,7 +315,7 @@ pub(super) fn read(disk: &DiskFile) -> Result<GptReport, InspectError> {
             let why = |h: &Result<Header, String>| match h {
                 Ok(h) => format!(
                     "CRC32 {:#010x} but its bytes give {:#010x}",
-                    h.stored_crc, h.computed_crc
+                    h.crc.stored, h.crc.computed
                 ),
                 Err(e) => e.clone(),
             };
@@ -442,12 +370,12 @@ pub(super) fn read(disk: &DiskFile) -> Result<GptReport, InspectError> {
     });
     let header_check = |what: &str, h: &Result<Header, String>, lba: u64| match h {
         Ok(h) => {
-            let c = crc_check(what, h.stored_crc, h.computed_crc, "header says");
-            if c.passed() && h.my_lba != lba {
+            let c = crc_check(what, h.crc.stored, h.crc.computed, "header says");
+            if c.passed() && h.h.my_lba != lba {
                 Check::mismatch(
                     what,
                     ("its place", format!("LBA {lba}")),
-                    ("it says it is at", format!("LBA {}", h.my_lba)),
+                    ("it says it is at", format!("LBA {}", h.h.my_lba)),
                 )
             } else {
                 c
@@ -476,11 +404,11 @@ pub(super) fn read(disk: &DiskFile) -> Result<GptReport, InspectError> {
         (Ok(p), Ok(b), Some(Ok(pa)), Some(Ok(ba))) => {
             if p.shared() != b.shared() {
                 Check::mismatch(agree, ("primary", p.shared()), ("backup", b.shared()))
-            } else if b.alternate_lba != 1 {
+            } else if b.h.alternate_lba != 1 {
                 Check::mismatch(
                     agree,
                     ("primary is at", "LBA 1".into()),
-                    ("backup points to", format!("LBA {}", b.alternate_lba)),
+                    ("backup points to", format!("LBA {}", b.h.alternate_lba)),
                 )
             } else if pa != ba {
                 Check::failed(agree, "the two entry arrays differ".into())
@@ -506,7 +434,7 @@ pub(super) fn read(disk: &DiskFile) -> Result<GptReport, InspectError> {
 
     // Entries from the chosen header's array if intact, else the other's.
     let intact = |h: &Result<Header, String>, a: &Option<Array>| match (h, a) {
-        (Ok(h), Some(Ok(a))) if crc32fast::hash(a) == h.entries_crc => Some(a.clone()),
+        (Ok(h), Some(Ok(a))) if crc32(a) == h.h.entries_crc => Some(a.clone()),
         _ => None,
     };
     let (first, second) = if source == "primary" {
@@ -523,16 +451,16 @@ pub(super) fn read(disk: &DiskFile) -> Result<GptReport, InspectError> {
         .or(second)
         .or_else(|| own.as_ref().and_then(|a| a.as_ref().ok().cloned()))
         .unwrap_or_default();
-    let partitions = entries(&array, main.entry_size);
+    let partitions = entries(&array, main.h.entry_size);
     checks.push(layout_check(&main, &partitions));
 
     Ok(GptReport {
-        disk_guid: main.disk_guid,
-        first_usable_lba: main.first_usable,
-        last_usable_lba: main.last_usable,
+        disk_guid: main.h.disk_guid,
+        first_usable_lba: main.h.first_usable_lba,
+        last_usable_lba: main.h.last_usable_lba,
         backup_lba,
-        entry_count: main.entry_count,
-        entry_size: main.entry_size,
+        entry_count: main.h.num_entries,
+        entry_size: main.h.entry_size,
         source,
         partitions,
         checks,

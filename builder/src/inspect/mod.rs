@@ -25,11 +25,13 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use kiln_contract::le::{u16_at, u32_at};
+use kiln_contract::verity::Superblock;
 use serde::{Serialize, Serializer};
 
 use crate::arch::Arch;
 use crate::output::manifest::{self, Manifest};
-use crate::plan::Guid;
+use crate::plan::{guid_text, Guid};
 use crate::profile::{format_size, Format};
 use crate::runner::{Cmd, RunError, Runner};
 
@@ -144,6 +146,7 @@ pub struct VhdFooter {
     /// Size of the disk the footer describes.
     pub current_size: u64,
     /// The VHD's unique id.
+    #[serde(with = "guid_text")]
     pub unique_id: Guid,
     /// Checksum as stored.
     pub checksum: u32,
@@ -220,6 +223,7 @@ pub struct VeritySuperblock {
     /// Hash type (1: normal).
     pub hash_type: u32,
     /// Superblock UUID.
+    #[serde(with = "guid_text")]
     pub uuid: Guid,
     /// Hash algorithm.
     pub algorithm: String,
@@ -241,6 +245,7 @@ pub struct Ext4Superblock {
     /// Volume label.
     pub label: String,
     /// Filesystem UUID.
+    #[serde(with = "guid_text")]
     pub uuid: Guid,
     /// Block size.
     pub block_size: u64,
@@ -1047,45 +1052,21 @@ fn read_esp(
     Ok((Some(esp), uki))
 }
 
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from(le32(b, at)) | u64::from(le32(b, at + 4)) << 32
-}
-
-/// Parses the first 512 bytes of a verity hash device.
+/// Reads the superblock at the start of a verity hash device (the first 512
+/// bytes) as it is, for the report: values kiln does not write are shown, and
+/// judged by `--verify`.
 pub fn parse_verity_superblock(partition: u32, sb: &[u8]) -> Result<VeritySuperblock, String> {
-    if sb.len() < 512 {
-        return Err(format!(
-            "{} bytes, too short for a verity superblock",
-            sb.len()
-        ));
-    }
-    if &sb[0..8] != b"verity\0\0" {
-        return Err("no verity superblock (no \"verity\" signature at its start)".into());
-    }
-    let salt_size = usize::from(le16(sb, 80));
-    if salt_size > 256 {
-        return Err(format!("salt size {salt_size} (at most 256)"));
-    }
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&sb[16..32]);
+    let sb = Superblock::decode(sb).map_err(|e| e.to_string())?;
     Ok(VeritySuperblock {
         partition,
-        version: le32(sb, 8),
-        hash_type: le32(sb, 12),
-        uuid: Guid::from_bytes(uuid),
-        algorithm: text(&sb[32..64]),
-        data_block_size: le32(sb, 64),
-        hash_block_size: le32(sb, 68),
-        data_blocks: le64(sb, 72),
-        salt: hex::encode(&sb[88..88 + salt_size]),
+        version: sb.version,
+        hash_type: sb.hash_type,
+        uuid: Guid::from_bytes(sb.uuid),
+        algorithm: sb.algorithm,
+        data_block_size: sb.data_block_size,
+        hash_block_size: sb.hash_block_size,
+        data_blocks: sb.data_blocks,
+        salt: hex::encode(&sb.salt),
     })
 }
 
@@ -1100,27 +1081,27 @@ pub fn parse_ext4_superblock(partition: u32, sb: &[u8]) -> Result<Ext4Superblock
             sb.len()
         ));
     }
-    let magic = le16(sb, 0x38);
+    let magic = u16_at(sb, 0x38);
     if magic != EXT4_MAGIC {
         return Err(format!(
             "no ext4 superblock (magic {magic:#06x} at byte 1080, expected 0xef53)"
         ));
     }
-    let log = le32(sb, 0x18);
+    let log = u32_at(sb, 0x18);
     if log > 6 {
         return Err(format!("block size 1024 << {log} is out of range"));
     }
     let block_size = 1024u64 << log;
-    let wide = le32(sb, 0x60) & EXT4_INCOMPAT_64BIT != 0;
+    let wide = u32_at(sb, 0x60) & EXT4_INCOMPAT_64BIT != 0;
     let hi = |at| {
         if wide {
-            u64::from(le32(sb, at)) << 32
+            u64::from(u32_at(sb, at)) << 32
         } else {
             0
         }
     };
-    let blocks = u64::from(le32(sb, 0x04)) | hi(0x150);
-    let free_blocks = u64::from(le32(sb, 0x0C)) | hi(0x158);
+    let blocks = u64::from(u32_at(sb, 0x04)) | hi(0x150);
+    let free_blocks = u64::from(u32_at(sb, 0x0C)) | hi(0x158);
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&sb[0x68..0x78]);
     Ok(Ext4Superblock {
@@ -1131,8 +1112,8 @@ pub fn parse_ext4_superblock(partition: u32, sb: &[u8]) -> Result<Ext4Superblock
         blocks,
         free_blocks,
         size: blocks.saturating_mul(block_size),
-        inodes: le32(sb, 0x00),
-        free_inodes: le32(sb, 0x10),
+        inodes: u32_at(sb, 0x00),
+        free_inodes: u32_at(sb, 0x10),
     })
 }
 

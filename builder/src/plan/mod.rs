@@ -14,13 +14,16 @@
 //! left free on purpose: the node grows its `var` partition into it.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest, Sha256};
+use kiln_contract::gpt::{types, NAME_MAX_UNITS};
+use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
 use crate::profile::format_size;
+
+// The GPT format lives in the contract crate; these re-exports keep the
+// builder's `crate::plan::Guid` and `crate::plan::attr` paths.
+pub use kiln_contract::gpt::{attr, Guid, GuidParseError};
 
 /// Bytes per logical sector of every image kiln writes.
 pub const SECTOR_SIZE: u64 = 512;
@@ -36,175 +39,25 @@ pub const GPT_ENTRY_ARRAY_SECTORS: u64 =
     (GPT_ENTRY_COUNT as u64 * GPT_ENTRY_SIZE as u64).div_ceil(SECTOR_SIZE);
 /// First LBA a partition may use (1 MiB into the disk).
 pub const FIRST_USABLE_LBA: u64 = PARTITION_ALIGNMENT / SECTOR_SIZE;
-/// Longest GPT partition name, in UTF-16 code units (72 bytes on disk).
-pub const GPT_NAME_MAX_UNITS: usize = 36;
-
 /// Sectors at the end of the disk that hold the backup GPT (entries + header).
 const BACKUP_GPT_SECTORS: u64 = GPT_ENTRY_ARRAY_SECTORS + 1;
 
-/// The EFI System Partition type GUID.
-pub const ESP_TYPE_GUID: Guid = Guid::from_u128(0xc12a7328_f81f_11d2_ba4b_00a0c93ec93b);
+/// Serde for [`Guid`] fields in their text form (`c12a7328-f81f-...`). The
+/// contract crate, which owns [`Guid`], stays free of serde (the static agent
+/// does not need it), so the builder's plan and reports name this module on
+/// each GUID field: `#[serde(with = "crate::plan::guid_text")]`.
+pub(crate) mod guid_text {
+    use serde::{Deserialize, Deserializer, Serializer};
 
-/// GPT partition attribute bits (UEFI spec and the Discoverable Partitions
-/// Specification).
-pub mod attr {
-    /// Platform-required partition: tools must not delete it (UEFI bit 0).
-    pub const REQUIRED_PARTITION: u64 = 1 << 0;
-    /// Firmware must not produce a block I/O protocol for it (UEFI bit 1).
-    pub const NO_BLOCK_IO_PROTOCOL: u64 = 1 << 1;
-    /// Legacy BIOS bootable (UEFI bit 2).
-    pub const LEGACY_BIOS_BOOTABLE: u64 = 1 << 2;
-    /// DPS: grow the file system to the partition size on mount (bit 59).
-    pub const GROWFS: u64 = 1 << 59;
-    /// DPS: mount read-only (bit 60).
-    pub const READ_ONLY: u64 = 1 << 60;
-    /// DPS: do not mount automatically (bit 63).
-    pub const NO_AUTO: u64 = 1 << 63;
+    use super::Guid;
 
-    /// Whether every bit of `flag` is set in `attributes`.
-    pub fn has(attributes: u64, flag: u64) -> bool {
-        attributes & flag == flag
-    }
-}
-
-/// A GUID, stored in its textual byte order (`00112233-4455-...` is
-/// `[0x00, 0x11, 0x22, 0x33, 0x44, 0x55, ...]`).
-///
-/// GPT stores the first three fields little-endian; use
-/// [`Guid::to_gpt_bytes`] / [`Guid::from_gpt_bytes`] for the on-disk form.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Guid([u8; 16]);
-
-impl Guid {
-    /// The all-zero GUID, which marks an unused GPT entry.
-    pub const ZERO: Guid = Guid([0; 16]);
-
-    /// A GUID from its 128-bit value as written (`0xc12a7328_f81f_...`).
-    pub const fn from_u128(v: u128) -> Guid {
-        Guid(v.to_be_bytes())
+    /// Writes the GUID as its 8-4-4-4-12 text.
+    pub fn serialize<S: Serializer>(g: &Guid, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(g)
     }
 
-    /// A GUID from its bytes in textual order.
-    pub const fn from_bytes(bytes: [u8; 16]) -> Guid {
-        Guid(bytes)
-    }
-
-    /// The bytes in textual order.
-    pub const fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
-    }
-
-    /// Whether this is the all-zero GUID.
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 16]
-    }
-
-    /// The mixed-endian form GPT (and EFI in general) stores on disk.
-    pub fn to_gpt_bytes(&self) -> [u8; 16] {
-        let b = self.0;
-        let mut out = b;
-        out[0..4].copy_from_slice(&[b[3], b[2], b[1], b[0]]);
-        out[4..6].copy_from_slice(&[b[5], b[4]]);
-        out[6..8].copy_from_slice(&[b[7], b[6]]);
-        out
-    }
-
-    /// Reads the mixed-endian on-disk form.
-    pub fn from_gpt_bytes(raw: &[u8; 16]) -> Guid {
-        // The swap is its own inverse.
-        Guid(*raw).to_gpt_bytes().into()
-    }
-
-    /// A version-4 / variant-1 GUID derived from `seed` and a domain string,
-    /// so that the same inputs always give the same GUID and different roles
-    /// never collide.
-    pub fn derive(seed: &[u8; 32], domain: &str) -> Guid {
-        let mut h = Sha256::new();
-        h.update(seed);
-        h.update(domain.as_bytes());
-        let digest = h.finalize();
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        Guid(b)
-    }
-}
-
-impl From<[u8; 16]> for Guid {
-    fn from(b: [u8; 16]) -> Guid {
-        Guid(b)
-    }
-}
-
-impl fmt::Display for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-\
-             {:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-            b[0],
-            b[1],
-            b[2],
-            b[3],
-            b[4],
-            b[5],
-            b[6],
-            b[7],
-            b[8],
-            b[9],
-            b[10],
-            b[11],
-            b[12],
-            b[13],
-            b[14],
-            b[15]
-        )
-    }
-}
-
-impl fmt::Debug for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Guid({self})")
-    }
-}
-
-/// A string that is not a GUID in 8-4-4-4-12 hex form.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{0:?} is not a GUID: expected 8-4-4-4-12 hex digits like c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-)]
-pub struct GuidParseError(pub String);
-
-impl FromStr for Guid {
-    type Err = GuidParseError;
-
-    fn from_str(s: &str) -> Result<Guid, GuidParseError> {
-        let err = || GuidParseError(s.to_string());
-        let groups: Vec<&str> = s.split('-').collect();
-        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-        if lens != [8, 4, 4, 4, 12] {
-            return Err(err());
-        }
-        let hex: String = groups.concat();
-        let mut b = [0u8; 16];
-        for (i, out) in b.iter_mut().enumerate() {
-            let pair = hex.get(2 * i..2 * i + 2).ok_or_else(err)?;
-            *out = u8::from_str_radix(pair, 16).map_err(|_| err())?;
-        }
-        Ok(Guid(b))
-    }
-}
-
-impl Serialize for Guid {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Guid {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Guid, D::Error> {
+    /// Reads the GUID from its 8-4-4-4-12 text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Guid, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
@@ -298,8 +151,10 @@ pub struct PlannedPartition {
     /// GPT partition name.
     pub name: String,
     /// Partition type GUID.
+    #[serde(with = "guid_text")]
     pub type_guid: Guid,
     /// Unique partition GUID.
+    #[serde(with = "guid_text")]
     pub unique_guid: Guid,
     /// First sector.
     pub first_lba: u64,
@@ -339,6 +194,7 @@ pub struct DiskPlan {
     /// Image size in bytes.
     pub total_size: u64,
     /// GPT disk GUID.
+    #[serde(with = "guid_text")]
     pub disk_guid: Guid,
     /// First LBA partitions may use.
     pub first_usable_lba: u64,
@@ -404,8 +260,8 @@ impl DiskPlan {
         last.copy_from_slice(&root_hash[16..]);
         for p in &mut self.partitions {
             match p.role {
-                PartitionRole::Root => p.unique_guid = Guid(first),
-                PartitionRole::RootVerity => p.unique_guid = Guid(last),
+                PartitionRole::Root => p.unique_guid = Guid::from_bytes(first),
+                PartitionRole::RootVerity => p.unique_guid = Guid::from_bytes(last),
                 PartitionRole::Esp => {}
             }
         }
@@ -443,14 +299,6 @@ pub enum PlanError {
         /// What to do about it.
         fix: &'static str,
     },
-    /// A type GUID constant is malformed (a bug in kiln, not in the profile).
-    #[error("internal error: bad type GUID for {what}: {source}")]
-    BadTypeGuid {
-        /// Which partition type.
-        what: &'static str,
-        /// The parse error.
-        source: GuidParseError,
-    },
     /// A partition name does not fit GPT's 36 UTF-16 units.
     #[error("partition name {0:?} is longer than GPT's 36 UTF-16 code units")]
     NameTooLong(String),
@@ -485,23 +333,11 @@ pub fn plan_disk(input: &PlanInput) -> Result<DiskPlan, PlanError> {
         });
     }
     let arch = input.arch;
-    let root_type: Guid =
-        arch.root_type_guid()
-            .parse()
-            .map_err(|source| PlanError::BadTypeGuid {
-                what: "root",
-                source,
-            })?;
-    let verity_type: Guid =
-        arch.root_verity_type_guid()
-            .parse()
-            .map_err(|source| PlanError::BadTypeGuid {
-                what: "root verity",
-                source,
-            })?;
+    let root_type = arch.root_type_guid();
+    let verity_type = arch.root_verity_type_guid();
 
     let mut wanted = vec![
-        (PartitionRole::Esp, ESP_TYPE_GUID, input.esp_size, 0),
+        (PartitionRole::Esp, types::ESP, input.esp_size, 0),
         (
             PartitionRole::Root,
             root_type,
@@ -522,7 +358,7 @@ pub fn plan_disk(input: &PlanInput) -> Result<DiskPlan, PlanError> {
     let mut next = FIRST_USABLE_LBA;
     for (role, type_guid, bytes, attributes) in wanted {
         let name = role.label(arch);
-        if name.encode_utf16().count() > GPT_NAME_MAX_UNITS {
+        if name.encode_utf16().count() > NAME_MAX_UNITS {
             return Err(PlanError::NameTooLong(name));
         }
         // Ends are rounded up to the alignment too: the slack is under 1 MiB,

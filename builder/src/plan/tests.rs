@@ -39,45 +39,27 @@ fn assert_aligned_and_disjoint(plan: &DiskPlan) {
     }
 }
 
+/// The contract's `Guid` has no serde impls: the plan's GUID fields go
+/// through `guid_text`, as the text `kiln` has always written.
 #[test]
-fn guid_text_round_trip_and_gpt_byte_order() {
-    let g: Guid = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b".parse().unwrap();
-    assert_eq!(g, ESP_TYPE_GUID);
-    assert_eq!(g.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-    // The on-disk form as the UEFI spec lists it for the ESP type.
+fn plan_guids_serialize_as_text_and_read_back() {
+    let plan = plan_disk(&input(Arch::X86_64)).unwrap();
+    let mut json = serde_json::to_value(&plan).unwrap();
     assert_eq!(
-        g.to_gpt_bytes(),
-        [
-            0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e,
-            0xc9, 0x3b
-        ]
+        json["partitions"][0]["type_guid"],
+        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
     );
-    assert_eq!(Guid::from_gpt_bytes(&g.to_gpt_bytes()), g);
-    let upper: Guid = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".parse().unwrap();
-    assert_eq!(upper, g);
-    for bad in [
-        "",
-        "c12a7328f81f11d2ba4b00a0c93ec93b",
-        "c12a7328-f81f-11d2-ba4b-00a0c93ec93",
-        "g12a7328-f81f-11d2-ba4b-00a0c93ec93b",
-        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b-",
-    ] {
-        assert!(bad.parse::<Guid>().is_err(), "{bad:?} parsed");
-    }
-    let json = serde_json::to_string(&g).unwrap();
-    assert_eq!(json, "\"c12a7328-f81f-11d2-ba4b-00a0c93ec93b\"");
-    assert_eq!(serde_json::from_str::<Guid>(&json).unwrap(), g);
-}
-
-#[test]
-fn derived_guids_are_rfc4122_v4() {
-    let g = Guid::derive(&[1; 32], "x");
-    let b = g.as_bytes();
-    assert_eq!(b[6] >> 4, 4);
-    assert_eq!(b[8] & 0xc0, 0x80);
-    let s = g.to_string();
-    assert_eq!(&s[14..15], "4");
-    assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+    assert_eq!(json["disk_guid"], plan.disk_guid.to_string());
+    assert_eq!(
+        serde_json::from_value::<DiskPlan>(json.clone()).unwrap(),
+        plan
+    );
+    json["disk_guid"] = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".into();
+    let upper: DiskPlan = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(upper.disk_guid, types::ESP);
+    json["disk_guid"] = "c12a7328f81f11d2ba4b00a0c93ec93b".into();
+    let e = serde_json::from_value::<DiskPlan>(json).unwrap_err();
+    assert!(e.to_string().contains("8-4-4-4-12"), "{e}");
 }
 
 #[test]
@@ -104,17 +86,17 @@ fn plan_has_the_expected_partitions() {
         );
         let esp = &plan.partitions[0];
         assert_eq!(esp.name, "esp");
-        assert_eq!(esp.type_guid, ESP_TYPE_GUID);
+        assert_eq!(esp.type_guid, types::ESP);
         assert_eq!((esp.first_lba, esp.size()), (2048, 128 * MIB));
         let root = &plan.partitions[1];
         assert_eq!(root.name, format!("root-{}", arch.name()));
-        assert_eq!(root.type_guid.to_string(), arch.root_type_guid());
+        assert_eq!(root.type_guid, arch.root_type_guid());
         // Content of 600 MiB + 4 KiB gets a whole-MiB partition.
         assert_eq!(root.size(), 601 * MIB);
         assert!(attr::has(root.attributes, attr::READ_ONLY));
         let verity = &plan.partitions[2];
         assert_eq!(verity.name, format!("root-{}-verity", arch.name()));
-        assert_eq!(verity.type_guid.to_string(), arch.root_verity_type_guid());
+        assert_eq!(verity.type_guid, arch.root_verity_type_guid());
         assert_eq!(verity.size(), 6 * MIB);
         assert_eq!(verity.offset(), root.offset() + 601 * MIB);
         assert_aligned_and_disjoint(&plan);
