@@ -12,8 +12,10 @@
 //! - [`gpt`]: GUIDs, the partition type GUIDs kiln uses (UEFI and the Discoverable
 //!   Partitions Specification), headers, entries and the protective MBR.
 //! - [`verity`]: the dm-verity superblock, the hash tree's geometry and its check.
+//! - [`names`]: the rules for Kubernetes node labels.
 
 pub mod crc32;
 pub mod gpt;
 pub mod le;
+pub mod names;
 pub mod verity;

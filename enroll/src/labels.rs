@@ -1,5 +1,6 @@
-//! Node labels given as `--label key=value`, checked with Kubernetes' label syntax so
-//! that the kubelet accepts them when the node joins.
+//! Node labels given as `--label key=value`, checked with Kubernetes' label syntax
+//! (`kiln_contract::names`, the rules the builder and the agent apply too) so that the
+//! kubelet accepts them when the node joins.
 
 use std::collections::BTreeMap;
 
@@ -13,29 +14,6 @@ pub struct LabelError {
     pub why: String,
 }
 
-/// A name part or a value: at most 63 characters of `[A-Za-z0-9._-]`, starting and
-/// ending alphanumeric.
-fn name_ok(s: &str) -> bool {
-    s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
-}
-
-/// A key prefix: a lowercase DNS subdomain of at most 253 characters.
-fn prefix_ok(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 /// Parses one `key=value`.
 pub fn parse(text: &str) -> Result<(String, String), LabelError> {
     let err = |why: &str| LabelError {
@@ -45,30 +23,7 @@ pub fn parse(text: &str) -> Result<(String, String), LabelError> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| err("write it as key=value"))?;
-    let name = match key.split_once('/') {
-        Some((prefix, name)) => {
-            if !prefix_ok(prefix) {
-                return Err(err(
-                    "the key's prefix (before '/') must be a lowercase DNS name such as \
-                     example.org, at most 253 characters",
-                ));
-            }
-            name
-        }
-        None => key,
-    };
-    if name.is_empty() || !name_ok(name) {
-        return Err(err(
-            "the key's name must be 1-63 characters of A-Z, a-z, 0-9, '-', '_', '.', \
-             starting and ending with a letter or digit",
-        ));
-    }
-    if !value.is_empty() && !name_ok(value) {
-        return Err(err(
-            "the value must be empty or 1-63 characters of A-Z, a-z, 0-9, '-', '_', '.', \
-             starting and ending with a letter or digit",
-        ));
-    }
+    kiln_contract::names::check_label(key, value).map_err(|why| err(&why))?;
     Ok((key.to_string(), value.to_string()))
 }
 
@@ -104,12 +59,12 @@ mod tests {
         }
         for (bad, why) in [
             ("zone", "key=value"),
-            ("=v", "key's name"),
-            ("-a=v", "key's name"),
+            ("=v", "the name \"\""),
+            ("-a=v", "the name \"-a\""),
             ("Example.org/x=y", "prefix"),
-            ("a/=v", "key's name"),
-            ("a=-v", "the value"),
-            ("a=v v", "the value"),
+            ("a/=v", "the name \"\""),
+            ("a=-v", "value \"-v\""),
+            ("a=v v", "value \"v v\""),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains(bad), "{bad}: {e}");

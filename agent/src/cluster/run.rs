@@ -180,11 +180,26 @@ pub fn redact(line: &str, secrets: &[String]) -> String {
     out
 }
 
-/// The image's labels with the token's on top (the token wins on a clash).
-pub fn merged_labels(settings: &ClusterSettings, join: &ClusterJoin) -> BTreeMap<String, String> {
+/// The image's labels with the token's on top (the token wins on a clash), and why each
+/// label from kiln-enroll that breaks Kubernetes' label rules was left out: the kubelet
+/// refuses all of `--node-labels` for one bad label, so the node joins without it.
+pub fn merged_labels(
+    settings: &ClusterSettings,
+    join: &ClusterJoin,
+) -> (BTreeMap<String, String>, Vec<String>) {
     let mut out = settings.labels.clone();
-    out.extend(join.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    out
+    let mut refused = Vec::new();
+    for (k, v) in &join.labels {
+        match kiln_contract::names::check_label(k, v) {
+            Ok(()) => {
+                out.insert(k.clone(), v.clone());
+            }
+            Err(why) => refused.push(format!(
+                "label {k:?}={v:?} from kiln-enroll is left out: {why}"
+            )),
+        }
+    }
+    (out, refused)
 }
 
 /// Whether an image of `image` role may run a node with the token's `role`.
@@ -218,6 +233,16 @@ impl Sup<'_, '_> {
 
     fn error(&mut self, text: &str) {
         self.env.clock.say(&format!("{TAG}: ERROR: {text}"));
+    }
+
+    /// The labels the node joins with; each one of kiln-enroll's that is left out is
+    /// named on the console.
+    fn labels(&mut self, cj: &ClusterJoin) -> BTreeMap<String, String> {
+        let (labels, refused) = merged_labels(self.settings, cj);
+        for why in refused {
+            self.note(&format!("ERROR: {why}"));
+        }
+        labels
     }
 
     /// Prints `text` unless it is the state-change line printed last.
@@ -366,7 +391,7 @@ impl Sup<'_, '_> {
         j: &kiln_enroll_proto::api::K3sJoin,
         node: &NodeFacts,
     ) -> Result<&'static str, Failure> {
-        let labels = merged_labels(self.settings, cj);
+        let labels = self.labels(cj);
         for (path, data) in k3s::files(self.settings, cj.role, &labels, j, node) {
             self.write(path, &data)?;
         }
@@ -441,7 +466,7 @@ impl Sup<'_, '_> {
             }
             return Ok(KUBELET_UNIT);
         }
-        let labels = merged_labels(self.settings, cj);
+        let labels = self.labels(cj);
         let text = kubeadm::join_config(self.settings, cj.role, &labels, j, node);
         self.write(KUBEADM_CONFIG, text.as_bytes())?;
         let out = self

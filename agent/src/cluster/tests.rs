@@ -260,7 +260,7 @@ fn keys(doc: &str) -> Vec<String> {
 #[test]
 fn k3s_worker_config_names_the_overlay_and_only_real_agent_flags() {
     let st = settings(ClusterKind::K3s);
-    let labels = run::merged_labels(
+    let (labels, refused) = run::merged_labels(
         &st,
         &ClusterJoin {
             role: Role::Worker,
@@ -268,6 +268,7 @@ fn k3s_worker_config_names_the_overlay_and_only_real_agent_flags() {
             join: None,
         },
     );
+    assert!(refused.is_empty(), "{refused:?}");
     let text = k3s::config(
         &st,
         Role::Worker,
@@ -660,7 +661,7 @@ fn cluster_settings_parse_with_defaults_and_name_their_errors() {
         ("[cluster]\nkind = \"k3s\"\nkubelet_args = [\"max-pods\"]\n", "\"max-pods\" is not"),
         ("[cluster]\nkind = \"k3s\"\nkubelet_args = [\"--v=2\"]\n", "without the leading --"),
         ("[cluster]\nkind = \"k3s\"\nkubelet_args = [\"node-ip=1.2.3.4\"]\n", "sets node-ip itself"),
-        ("[cluster]\nkind = \"k3s\"\nlabels = { \"a=b\" = \"c\" }\n", "label key \"a=b\""),
+        ("[cluster]\nkind = \"k3s\"\nlabels = { \"a=b\" = \"c\" }\n", "key \"a=b\""),
         ("[cluster]\nkind = \"k3s\"\nlabels = { a = \"x,y\" }\n", "value \"x,y\""),
         ("[cluster]\nkind = \"kubeadm\"\ncontainerd = \"k3s\"\n", "needs kind = \"k3s\""),
         ("[cluster]\nkind = \"k3s\"\ncontainerd = \"docker\"\n", "cluster.containerd = \"docker\""),
@@ -1677,4 +1678,52 @@ fn a_stopped_k3s_unit_joins_again_with_a_fresh_token_that_is_deleted_again() {
     assert_eq!(starts, 2);
     drop(b);
     assert_no_secret_leaks(&w);
+}
+
+#[test]
+fn labels_from_kiln_enroll_that_break_the_rules_are_left_out_by_name() {
+    let st = settings(ClusterKind::K3s);
+    let join = ClusterJoin {
+        role: Role::Worker,
+        labels: BTreeMap::from([
+            ("kiln.dev/zone".to_string(), "token".to_string()),
+            // A comma would split --node-labels into another label.
+            (
+                "kiln.dev/evil".to_string(),
+                "x,node-role.kubernetes.io/control-plane=".into(),
+            ),
+            ("Bad Key".to_string(), "v".to_string()),
+        ]),
+        join: None,
+    };
+    let (labels, refused) = run::merged_labels(&st, &join);
+    assert_eq!(
+        labels.get("kiln.dev/zone").map(String::as_str),
+        Some("token")
+    );
+    assert!(!labels.contains_key("kiln.dev/evil"));
+    assert!(!labels.contains_key("Bad Key"));
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("\"kiln.dev/evil\"") && r.contains("left out")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("\"Bad Key\"")),
+        "{refused:?}"
+    );
+    // What the node joins with carries no trace of them.
+    let text = k3s::config(
+        &st,
+        Role::Worker,
+        &labels,
+        &k3s_worker_join(),
+        &facts(false),
+    );
+    assert!(
+        !text.contains("control-plane") && !text.contains("Bad Key"),
+        "{text}"
+    );
 }

@@ -198,26 +198,6 @@ pub struct ClusterSettings {
 /// Kubelet arguments kiln-cluster sets itself; a profile may not set them.
 pub const RESERVED_KUBELET_ARGS: &[&str] = &["node-ip", "node-labels"];
 
-/// A label key or value problem, or None when `k = v` is a usable node label: a key
-/// without `=`, `,`, spaces or control characters (k3s and kubeadm pass labels as
-/// `k=v,k=v`), a value without `,` or control characters.
-pub fn label_problem(k: &str, v: &str) -> Option<String> {
-    let bad_key = |c: char| c == '=' || c == ',' || c.is_whitespace() || c.is_control();
-    if k.is_empty() || k.len() > 317 || k.chars().any(bad_key) {
-        return Some(format!(
-            "label key {k:?} must be 1-317 characters without '=', ',', spaces or control \
-             characters (e.g. \"kiln.dev/pool\")"
-        ));
-    }
-    if v.len() > 63 || v.chars().any(|c| c == ',' || c.is_control()) {
-        return Some(format!(
-            "label {k:?}: value {v:?} must be at most 63 characters without ',' or control \
-             characters"
-        ));
-    }
-    None
-}
-
 fn parse_cluster(dto: ClusterDto) -> Result<ClusterSettings, String> {
     let kind = match dto.kind.as_str() {
         "k3s" => ClusterKind::K3s,
@@ -241,7 +221,7 @@ fn parse_cluster(dto: ClusterDto) -> Result<ClusterSettings, String> {
     };
     let labels = dto.labels.unwrap_or_default();
     for (k, v) in &labels {
-        if let Some(why) = label_problem(k, v) {
+        if let Err(why) = kiln_contract::names::check_label(k, v) {
             return Err(format!("cluster.labels: {why}"));
         }
     }

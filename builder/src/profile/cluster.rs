@@ -2,6 +2,7 @@
 //! builder validates it and copies it into the agent's settings
 //! (`/usr/lib/kiln/agent.toml`), where `kiln-cluster` reads it.
 
+use kiln_contract::names::{check_label_key, check_label_value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -267,70 +268,6 @@ pub(super) fn validate(path: &Path, raw: &dto::ClusterFile) -> Result<Cluster, P
         labels: raw.labels.clone(),
         kubelet_args: raw.kubelet_args.clone(),
     })
-}
-
-/// A label name or value part: 1 to 63 characters of `[A-Za-z0-9._-]`,
-/// starting and ending with a letter or digit.
-fn is_label_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
-}
-
-/// A DNS subdomain (RFC 1123) as label prefixes use it: at most 253
-/// characters, dot-separated parts of lowercase letters, digits and `-`
-/// that start and end with a letter or digit.
-fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|part| {
-            let b = part.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-                && b.first().is_some_and(|c| *c != b'-')
-                && b.last().is_some_and(|c| *c != b'-')
-        })
-}
-
-/// A Kubernetes label key: `[prefix/]name`.
-fn check_label_key(k: &str) -> Result<(), String> {
-    let (prefix, name) = match k.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    if let Some(p) = prefix {
-        if !is_dns_subdomain(p) {
-            return Err(format!(
-                "key {k:?}: the prefix {p:?} must be a DNS subdomain (lowercase letters, \
-                 digits, '-' and '.', e.g. \"kiln.dev\")"
-            ));
-        }
-    }
-    if !is_label_name(name) {
-        return Err(format!(
-            "key {k:?}: the name {name:?} must be 1-63 letters, digits, '-', '_' or '.', \
-             starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
-}
-
-/// A Kubernetes label value: empty, or like a label name.
-fn check_label_value(v: &str) -> Result<(), String> {
-    if v.is_empty() || is_label_name(v) {
-        Ok(())
-    } else {
-        Err(format!(
-            "value {v:?} must be empty or 1-63 letters, digits, '-', '_' or '.', \
-             starting and ending with a letter or digit"
-        ))
-    }
 }
 
 /// A kubelet argument `key=value` (the flag without its dashes).
