@@ -15,7 +15,7 @@ export KILN_CACHE CARGO_TARGET_DIR
 KILN := $(CARGO_TARGET_DIR)/release/kiln
 AGENT_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 
-.PHONY: all deps agent kiln enroll lock image run test check fmt bench repro clean
+.PHONY: all deps agent kiln enroll lock image run test docs check fmt bench repro clean
 
 all: image
 
@@ -52,6 +52,11 @@ run: image
 ## compile time, each test binary's time and the slowest QEMU scenarios
 test: deps
 	$(CARGO) run --locked --release -q -p xtask -- test --threads 2
+
+## docs: write the book's CLI reference (docs/src/reference/cli.md) from the programs'
+## --help and check the docs' links (`make test` fails when the page is stale)
+docs:
+	$(CARGO) run --locked --release -q -p xtask -- docs
 
 ## check: formatting and lints
 check:

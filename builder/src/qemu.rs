@@ -262,7 +262,7 @@ impl Vm {
     pub fn args(&self, fw: &Firmware, vars: &Path) -> Vec<String> {
         let mut a: Vec<String> = vec!["-nodefaults".into(), "-no-user-config".into()];
         match self.arch {
-            // No KVM on these machines (ENVIRONMENT.md): TCG everywhere.
+            // No KVM on these machines (docs/src/internals/environment.md): TCG everywhere.
             Arch::X86_64 => {
                 a.extend(["-machine", "q35,accel=tcg", "-cpu", "max"].map(String::from))
             }

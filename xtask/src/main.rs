@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 
+mod docs;
 mod mirror;
 mod pool;
 mod report;
@@ -31,11 +32,14 @@ mod report;
 use report::{Counts, Ran};
 
 const USAGE: &str = "usage: xtask test [--threads N] [--jobs J] [-- ARGS FOR EVERY TEST BINARY]\n\
+       xtask docs [--check]\n\
 \n\
 Compiles the workspace's tests once (profile `suite`: release, incremental), runs every test binary with --test-threads=N\n\
 (default 2), J of those that boot no VM at once (default 3; their output is printed whole as each ends), then the QEMU\n\
 scenarios, and prints the compile time, each binary's time and the slowest QEMU scenarios.\n\
-The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv, the binaries' logs to kiln-suite/logs/.";
+The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv, the binaries' logs to kiln-suite/logs/.\n\
+The suite also checks the docs: every relative link in README.md and docs/src resolves, and docs/src/reference/cli.md\n\
+is what the programs' --help prints. `xtask docs` writes that page (`make docs`); `--check` only compares.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,6 +73,13 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
     let mut it = args.iter();
     match it.next().map(String::as_str) {
         Some("test") => {}
+        Some("docs") => {
+            return match it.next().map(String::as_str) {
+                None => docs_command(false),
+                Some("--check") => docs_command(true),
+                Some(other) => bail!("unknown argument {other:?}\n{USAGE}"),
+            };
+        }
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return Ok(true);
@@ -102,15 +113,7 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
     let target = target_dir();
     let src = target.join("kiln-suite").join("src");
     let _held = mirror::lock(&src)?;
-    let files = mirror::checkout_files(&workspace())?;
-    let synced = mirror::sync(&workspace(), &src, &files)?;
-    println!(
-        "xtask: building in {} (the checkout's {} files; {} written, {} removed: see xtask/src/mirror.rs)",
-        src.display(),
-        synced.files,
-        synced.written,
-        synced.removed
-    );
+    mirrored(&src)?;
     agent(&src, &target)?;
     let binaries = compile(&src, &target)?;
     let compile_secs = started.elapsed().as_secs_f64();
@@ -127,7 +130,7 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         times: times.clone(),
     };
     let mut side_by_side = Vec::new();
-    let mut ran = Vec::new();
+    let mut ran = vec![docs_check(&target)];
     for b in &binaries {
         for (label, mut args) in passes(b, &threads, k3s) {
             args.extend(extra.iter().cloned());
@@ -163,6 +166,112 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64(),
     );
     Ok(ok)
+}
+
+/// Copies the checkout into the suite's mirror `src` (the caller holds its lock).
+fn mirrored(src: &Path) -> anyhow::Result<()> {
+    let files = mirror::checkout_files(&workspace())?;
+    let synced = mirror::sync(&workspace(), src, &files)?;
+    println!(
+        "xtask: building in {} (the checkout's {} files; {} written, {} removed: see xtask/src/mirror.rs)",
+        src.display(),
+        synced.files,
+        synced.written,
+        synced.removed
+    );
+    Ok(())
+}
+
+/// The programs the CLI reference shows, as the suite builds them.
+fn programs(target: &Path) -> docs::Programs {
+    docs::Programs {
+        kiln: target.join("suite").join("kiln"),
+        enroll: target.join("suite").join("kiln-enroll"),
+        agent: target
+            .join(AGENT_TARGETS[0])
+            .join("agent")
+            .join("kiln-agent"),
+    }
+}
+
+/// The docs' checks as one entry of the suite: the links resolve and the CLI reference
+/// is what the programs print.
+fn docs_check(target: &Path) -> Ran {
+    let started = Instant::now();
+    println!(
+        "\n==> docs: links in README.md and docs/src, {}",
+        docs::CLI_PAGE
+    );
+    let mut failed = 0;
+    match docs::check_links(&workspace()) {
+        Ok(bad) if bad.is_empty() => println!("links: ok"),
+        Ok(bad) => {
+            failed += 1;
+            for b in &bad {
+                println!("links: {}: {} ({})", b.at, b.target, b.why);
+            }
+        }
+        Err(e) => {
+            failed += 1;
+            println!("links: {e:#}");
+        }
+    }
+    match docs::cli_page(&workspace(), &programs(target), false) {
+        Ok(()) => println!("CLI reference: ok"),
+        Err(e) => {
+            failed += 1;
+            println!("CLI reference: {e:#}");
+        }
+    }
+    Ran {
+        label: "docs (links, CLI reference)".into(),
+        secs: started.elapsed().as_secs_f64(),
+        passed: failed == 0,
+        counts: Some(Counts {
+            passed: 2 - failed,
+            failed,
+            ignored: 0,
+        }),
+    }
+}
+
+/// `xtask docs [--check]`: builds the programs (as the suite does) and writes, or checks,
+/// the CLI reference; checks the links either way.
+fn docs_command(check: bool) -> anyhow::Result<bool> {
+    let target = target_dir();
+    let src = target.join("kiln-suite").join("src");
+    let held = mirror::lock(&src)?;
+    mirrored(&src)?;
+    agent(&src, &target)?;
+    let status = Command::new(cargo())
+        .args([
+            "build",
+            "--locked",
+            "-q",
+            "--profile",
+            "suite",
+            "-p",
+            "kiln",
+            "-p",
+            "kiln-enroll",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&src)
+        .status()
+        .context("running cargo build -p kiln -p kiln-enroll")?;
+    if !status.success() {
+        bail!("building kiln and kiln-enroll failed ({status})");
+    }
+    drop(held);
+    docs::cli_page(&workspace(), &programs(&target), !check)?;
+    let bad = docs::check_links(&workspace())?;
+    for b in &bad {
+        println!("{}: {} ({})", b.at, b.target, b.why);
+    }
+    if !check {
+        println!("xtask: wrote {}", docs::CLI_PAGE);
+    }
+    Ok(bad.is_empty())
 }
 
 /// The QEMU scenarios that take the whole machine (`kiln_qemu_tests::share::whole_machine`):

@@ -1,6 +1,6 @@
 //! The rest of what Debian's maintainer scripts would have done, plus the
 //! fix-ups a read-only, extracted-only root needs to boot (measured in
-//! ENVIRONMENT.md: each one has a symptom without it).
+//! docs/src/internals/environment.md: each one has a symptom without it).
 
 use super::{FileTree, Kind, Node, TreeError};
 
