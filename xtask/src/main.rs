@@ -5,12 +5,12 @@
 //!    and one `cargo test --profile suite --no-run` for the workspace are built there
 //!    (timed together: the compile phase; `suite` is release code compiled
 //!    incrementally, see Cargo.toml).
-//! 2. Every test binary it made, run the way `cargo test` would (from its package folder),
-//!    each timed: those that boot no VM side by side, `--jobs` at a time ([`pool`]); then
-//!    the QEMU binary, in two passes: the scenarios that share the machine two at a time,
-//!    then those that take the whole machine one at a time ([`WHOLE_MACHINE`]), with
-//!    `--include-ignored` when `KILN_K3S_BINARY` is set (its k3s scenario is an ignored
-//!    test otherwise).
+//! 2. The docs' checks ([`docs`]), then every test binary it made, run the way `cargo test`
+//!    would (from its package folder), each timed: those that boot no VM side by side,
+//!    `--jobs` at a time ([`pool`]), and beside them the QEMU binary's scenarios that share
+//!    the machine, two at a time; then the QEMU scenarios that take the whole machine, one
+//!    at a time and alone ([`WHOLE_MACHINE`]), with `--include-ignored` when
+//!    `KILN_K3S_BINARY` is set (its k3s scenario is an ignored test otherwise).
 //! 3. A summary: the compile time, every binary's time, and the slowest QEMU scenarios
 //!    as the harness recorded them (`kiln_qemu_tests::timing`), then one closing line
 //!    with the counts.
@@ -35,8 +35,9 @@ const USAGE: &str = "usage: xtask test [--threads N] [--jobs J] [-- ARGS FOR EVE
        xtask docs [--check]\n\
 \n\
 Compiles the workspace's tests once (profile `suite`: release, incremental), runs every test binary with --test-threads=N\n\
-(default 2), J of those that boot no VM at once (default 3; their output is printed whole as each ends), then the QEMU\n\
-scenarios, and prints the compile time, each binary's time and the slowest QEMU scenarios.\n\
+(default 2), J of those that boot no VM at once (default 3; their output is printed whole as each ends) beside the QEMU\n\
+scenarios that share the machine, then the whole-machine QEMU scenarios alone, and prints the compile time, each binary's\n\
+time and the slowest QEMU scenarios.\n\
 The QEMU scenarios' times go to $CARGO_TARGET_DIR/kiln-suite/times.tsv, the binaries' logs to kiln-suite/logs/.\n\
 The suite also checks the docs: every relative link in README.md and docs/src resolves, and docs/src/reference/cli.md\n\
 is what the programs' --help prints. `xtask docs` writes that page (`make docs`); `--check` only compares.";
@@ -144,17 +145,33 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
             });
         }
     }
-    ran.extend(pool::run(
-        jobs,
-        side_by_side,
-        &place,
-        &mut std::io::stdout(),
-    )?);
+    // The QEMU scenarios that share the machine start at once, beside the other binaries:
+    // neither keeps both cores busy all the time (the QEMU pass about 92 %, the others
+    // about half), so together they finish sooner. The whole-machine scenarios, which
+    // assert how soon a handshake comes, run after both, alone.
+    let mut qemu_passes = Vec::new();
     for b in binaries.iter().filter(|b| b.qemu) {
         for (label, mut args) in passes(b, &threads, k3s) {
             args.extend(extra.iter().cloned());
-            ran.push(run_binary(b, &label, &args, &times)?);
+            qemu_passes.push((b, label, args));
         }
+    }
+    let (shared, whole) = qemu_passes.split_at(qemu_passes.len().min(1));
+    let (others, first) = std::thread::scope(|s| {
+        let others = s.spawn(|| pool::run(jobs, side_by_side, &place, &mut std::io::stdout()));
+        let first: anyhow::Result<Vec<Ran>> = shared
+            .iter()
+            .map(|(b, label, args)| run_binary(b, label, args, &times))
+            .collect();
+        let others = others
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the side-by-side runner panicked")));
+        (others, first)
+    });
+    ran.extend(others?);
+    ran.extend(first?);
+    for (b, label, args) in whole {
+        ran.push(run_binary(b, label, args, &times)?);
     }
     pool::write_history(&place.history, &ran)?;
     let scenarios = std::fs::read_to_string(&times).unwrap_or_default();
@@ -243,7 +260,7 @@ fn docs_command(check: bool) -> anyhow::Result<bool> {
     let held = mirror::lock(&src)?;
     mirrored(&src)?;
     agent(&src, &target)?;
-    let status = Command::new(cargo())
+    let status = cargo_command()
         .args([
             "build",
             "--locked",
@@ -320,10 +337,40 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// The variables `cargo run` sets for xtask itself (its package, its manifest folder in
+/// this clone). Passed on to the cargo that builds the suite they would be read as the
+/// build environment: build scripts that watch them (ring's watches CARGO_MANIFEST_DIR)
+/// then ran again, and everything above them recompiled, whenever the clone's path
+/// changed: 75-180 s of a warm run.
+fn from_cargo_run(name: &str) -> bool {
+    matches!(
+        name,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "OUT_DIR"
+    ) || name.starts_with("CARGO_PKG_")
+}
+
+/// `cargo` without the variables of [`from_cargo_run`].
+fn cargo_command() -> Command {
+    let mut c = Command::new(cargo());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(from_cargo_run) {
+            c.env_remove(&name);
+        }
+    }
+    c
+}
+
 /// The in-image agent for both arches (the images the QEMU tests build carry it), as
 /// `make agent` builds it.
 fn agent(src: &Path, target: &Path) -> anyhow::Result<()> {
-    let status = Command::new(cargo())
+    let status = cargo_command()
         .args([
             "build",
             "--locked",
@@ -350,7 +397,7 @@ const AGENT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-
 /// `cargo test --no-run` for the workspace: the test binaries.
 fn compile(src: &Path, target: &Path) -> anyhow::Result<Vec<TestBinary>> {
     let cargo = cargo();
-    let mut child = Command::new(&cargo)
+    let mut child = cargo_command()
         .args([
             "test",
             "--locked",
@@ -547,6 +594,32 @@ mod tests {
                 vec!["--test-threads=3".to_string()]
             )]
         );
+    }
+
+    #[test]
+    fn the_suites_cargo_does_not_see_where_xtask_was_run_from() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "OUT_DIR",
+        ] {
+            assert!(from_cargo_run(name), "{name}");
+        }
+        for name in [
+            "CARGO_TARGET_DIR",
+            "CARGO_HOME",
+            "CARGO_TERM_COLOR",
+            "CARGO",
+            "PATH",
+        ] {
+            assert!(!from_cargo_run(name), "{name}");
+        }
+        // Under `cargo test` this process has CARGO_MANIFEST_DIR: the command drops it.
+        let c = cargo_command();
+        assert!(c
+            .get_envs()
+            .any(|(k, v)| k == "CARGO_MANIFEST_DIR" && v.is_none()));
     }
 
     #[test]
