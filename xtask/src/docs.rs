@@ -84,14 +84,16 @@ fn section(md: &mut String, title: &str, text: &str) {
     ));
 }
 
-/// One `--help`, at a fixed width so the page does not depend on the terminal.
+/// One `--help`, at a fixed width and in an empty environment, so the page depends on
+/// neither the terminal nor the caller's variables (clap shows an option's environment
+/// variable with its current value: `make test` sets KILN_CACHE, a shell may not).
 fn help(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(bin)
         .args(args)
         .arg("--help")
+        .env_clear()
         .env("COLUMNS", "100")
         .env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
         .output()
         .with_context(|| format!("running {} {} --help", bin.display(), args.join(" ")))?;
     if !out.status.success() {
