@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use kiln_contract::crc32::crc32;
-use kiln_contract::gpt::{self, types, GptError, HeaderCrc, MAX_ARRAY_BYTES, MIN_ENTRY_SIZE};
+use kiln_contract::gpt::{self, types, GptError, HeaderCrc};
 
 use super::verify::Check;
 use super::{DiskFile, InspectError};
@@ -145,19 +145,12 @@ impl Header {
 /// Decodes a header sector. Errors only when it cannot be a header at all
 /// (no signature, impossible sizes); a wrong CRC is for the caller to judge.
 fn parse_header(s: &[u8]) -> Result<Header, String> {
-    let (h, crc) = gpt::Header::decode(s).map_err(|e| match e {
+    let why = |e: GptError| match e {
         GptError::NoSignature => "no \"EFI PART\" signature".to_string(),
         GptError::Damaged(why) => why,
-    })?;
-    if h.entry_size < MIN_ENTRY_SIZE || h.entry_size % 8 != 0 {
-        return Err(format!("entry size {}", h.entry_size));
-    }
-    if h.array_bytes() > MAX_ARRAY_BYTES {
-        return Err(format!(
-            "{} entries of {} bytes (more than {MAX_ARRAY_BYTES} bytes)",
-            h.num_entries, h.entry_size
-        ));
-    }
+    };
+    let (h, crc) = gpt::Header::decode(s).map_err(why)?;
+    h.check_shape().map_err(why)?;
     Ok(Header { h, crc })
 }
 

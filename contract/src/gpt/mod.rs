@@ -344,19 +344,26 @@ impl Header {
                 header.my_lba
             ));
         }
-        if header.entry_size < MIN_ENTRY_SIZE || header.entry_size % 8 != 0 {
-            return bad(format!(
-                "partition entry size {} is invalid",
-                header.entry_size
-            ));
-        }
-        if header.array_bytes() > MAX_ARRAY_BYTES {
-            return bad(format!(
-                "{} entries of {} bytes is more than the {MAX_ARRAY_BYTES}-byte limit",
-                header.num_entries, header.entry_size
-            ));
-        }
+        header.check_shape()?;
         Ok(header)
+    }
+
+    /// Checks the entry geometry a reader sizes its reads by: an entry size of at least
+    /// [`MIN_ENTRY_SIZE`] and a multiple of 8, an array of at most [`MAX_ARRAY_BYTES`].
+    pub fn check_shape(&self) -> Result<(), GptError> {
+        if self.entry_size < MIN_ENTRY_SIZE || self.entry_size % 8 != 0 {
+            return Err(GptError::Damaged(format!(
+                "partition entry size {} is invalid",
+                self.entry_size
+            )));
+        }
+        if self.array_bytes() > MAX_ARRAY_BYTES {
+            return Err(GptError::Damaged(format!(
+                "{} entries of {} bytes is more than the {MAX_ARRAY_BYTES}-byte limit",
+                self.num_entries, self.entry_size
+            )));
+        }
+        Ok(())
     }
 
     /// Writes this header into `sector` (a whole sector): the fields, zeros after

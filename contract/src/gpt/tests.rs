@@ -177,6 +177,9 @@ fn damaged_headers_and_arrays_say_what_is_wrong() {
     h.entry_size = 100;
     let e = Header::parse(&h.to_sector(512), 1).unwrap_err().to_string();
     assert!(e.contains("entry size 100"), "{e}");
+    // A reader that judges the CRC itself (inspect) checks the shape the same way.
+    let e = h.check_shape().unwrap_err().to_string();
+    assert!(e.contains("entry size 100"), "{e}");
     let mut big = h.to_sector(512);
     put_u32(&mut big, 12, 600);
     let e = Header::decode(&big).unwrap_err().to_string();
