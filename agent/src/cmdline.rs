@@ -1,11 +1,20 @@
-//! The kernel command line: splitting it like the kernel does and reading the `kiln.*`
-//! options init needs. Everything else on the line belongs to someone else and is ignored.
+//! The kernel command line: reading the `kiln.*` options init needs. The keys, the
+//! kernel's word splitting and the values the builder writes are the contract's
+//! ([`kiln_contract::cmdline`]); the options only users set live here. Everything else on
+//! the line belongs to someone else and is ignored.
 
 use std::time::Duration;
 
+use kiln_contract::cmdline::{
+    split, InitArgs, DEBUG, DEFAULT_VAR_MIN, ON_FAILURE, PREFIX, ROOT_HASH, ROOT_TYPE, ROOT_WAIT,
+    VAR_FALLBACK, VERITY_CHECK,
+};
 use kiln_contract::gpt::Guid;
 
 use crate::gpt::native_root_type;
+
+// Init's modules name these through this module, as they did when they were defined here.
+pub use kiln_contract::cmdline::{VarFallback, VerityCheck};
 
 /// What init does when it cannot continue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,29 +26,6 @@ pub enum FailureAction {
     /// Reboot.
     Reboot,
 }
-
-/// How much of the verified root init checks before switching to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerityCheck {
-    /// Read every data block through dm-verity once before the switch, so a changed
-    /// block anywhere stops the boot (`kiln.verity_check=full`, the default).
-    Full,
-    /// Only check the hash partition; data blocks are checked when they are read
-    /// (`kiln.verity_check=on-read`).
-    OnRead,
-}
-
-/// What init does when there is no room for the `var` partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VarFallback {
-    /// Stop the boot (the default: state would silently be lost at every reboot).
-    Halt,
-    /// Keep /var on a tmpfs and say so (`kiln.var_fallback=tmpfs`).
-    Tmpfs,
-}
-
-/// Default smallest `var` partition init creates (256 MiB).
-pub const DEFAULT_VAR_MIN: u64 = 256 << 20;
 
 /// The `kiln.*` options, with their defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,43 +74,6 @@ impl Default for InitOptions {
     }
 }
 
-/// Splits a command line into `(key, value)` parameters the way the kernel does:
-/// whitespace separates, double quotes group (and are removed), and `--` ends the kernel's
-/// part (what follows is for init's argv).
-pub fn split(cmdline: &str) -> Vec<(String, Option<String>)> {
-    let mut params = Vec::new();
-    let mut chars = cmdline.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut word = String::new();
-        let mut quoted = false;
-        while let Some(&c) = chars.peek() {
-            if c.is_whitespace() && !quoted {
-                break;
-            }
-            chars.next();
-            if c == '"' {
-                quoted = !quoted;
-            } else {
-                word.push(c);
-            }
-        }
-        if word == "--" {
-            break;
-        }
-        match word.split_once('=') {
-            Some((k, v)) => params.push((k.to_string(), Some(v.to_string()))),
-            None => params.push((word, None)),
-        }
-    }
-    params
-}
-
 fn parse_bool(v: Option<&str>) -> Option<bool> {
     match v {
         None => Some(true),
@@ -134,57 +83,48 @@ fn parse_bool(v: Option<&str>) -> Option<bool> {
     }
 }
 
-/// Parses a size: bytes, or a whole number with a binary K, M, G or T suffix
-/// (`256M` = 256 MiB; `MiB`/`MB` spellings are accepted the same).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().ok()?;
-    let shift = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        _ => return None,
-    };
-    n.checked_mul(1u64 << shift)
-}
-
-fn parse_hash(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Reads the `kiln.*` options from a command line. The last occurrence of an option wins,
 /// as with kernel parameters. An unusable `kiln.root_type` goes to `errors` (guessing
 /// could mount the wrong root); other bad values fall back to the default with a warning.
 pub fn parse(cmdline: &str) -> InitOptions {
     let mut opts = InitOptions::default();
+    // What the builder writes is read by the contract, so both spell it the same.
+    let mut built = InitArgs::default();
     for (key, value) in split(cmdline) {
         let v = value.as_deref();
+        match built.read(&key, v) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            // Booting an unverified root instead would defeat the point of the hash.
+            Err(e) if e.key == ROOT_HASH => {
+                opts.errors.push(format!("kernel command line option {e}"));
+                continue;
+            }
+            Err(e) => {
+                let then = match e.key {
+                    VERITY_CHECK => "; checking everything",
+                    VAR_FALLBACK => "; halting without room for var",
+                    _ => "",
+                };
+                opts.warnings.push(format!("ignoring {e}{then}"));
+                continue;
+            }
+        }
         match key.as_str() {
-            "kiln.debug" => match parse_bool(v) {
+            DEBUG => match parse_bool(v) {
                 Some(b) => opts.debug = b,
                 None => opts.warnings.push(format!(
                     "ignoring kiln.debug={}: use kiln.debug, kiln.debug=1 or kiln.debug=0",
                     v.unwrap_or_default()
                 )),
             },
-            "kiln.root_type" => match v.unwrap_or_default().parse::<Guid>() {
+            ROOT_TYPE => match v.unwrap_or_default().parse::<Guid>() {
                 Ok(guid) => opts.root_type = guid,
                 Err(e) => opts
                     .errors
                     .push(format!("kernel command line option kiln.root_type: {e}")),
             },
-            "kiln.rootwait" => match v.map(str::parse::<u64>) {
+            ROOT_WAIT => match v.map(str::parse::<u64>) {
                 Some(Ok(secs)) => opts.root_wait = Duration::from_secs(secs),
                 _ => opts.warnings.push(format!(
                     "ignoring kiln.rootwait={}: expected whole seconds; waiting {} s",
@@ -192,7 +132,7 @@ pub fn parse(cmdline: &str) -> InitOptions {
                     opts.root_wait.as_secs()
                 )),
             },
-            "kiln.on_failure" => match v {
+            ON_FAILURE => match v {
                 Some("halt") => opts.on_failure = FailureAction::Halt,
                 Some("poweroff") => opts.on_failure = FailureAction::Poweroff,
                 Some("reboot") => opts.on_failure = FailureAction::Reboot,
@@ -201,44 +141,17 @@ pub fn parse(cmdline: &str) -> InitOptions {
                     v.unwrap_or_default()
                 )),
             },
-            "kiln.roothash" => match v.and_then(parse_hash) {
-                Some(h) => opts.root_hash = Some(h),
-                // Booting an unverified root instead would defeat the point of the hash.
-                None => opts.errors.push(format!(
-                    "kernel command line option kiln.roothash={}: expected 64 hex digits",
-                    v.unwrap_or_default()
-                )),
-            },
-            "kiln.verity_check" => match v {
-                Some("full") => opts.verity_check = VerityCheck::Full,
-                Some("on-read") => opts.verity_check = VerityCheck::OnRead,
-                _ => opts.warnings.push(format!(
-                    "ignoring kiln.verity_check={}: expected full or on-read; checking everything",
-                    v.unwrap_or_default()
-                )),
-            },
-            "kiln.var_min" => match v.and_then(parse_size) {
-                Some(n) => opts.var_min = n,
-                None => opts.warnings.push(format!(
-                    "ignoring kiln.var_min={}: expected a size such as 256M or 2G",
-                    v.unwrap_or_default()
-                )),
-            },
-            "kiln.var_fallback" => match v {
-                Some("halt") => opts.var_fallback = VarFallback::Halt,
-                Some("tmpfs") => opts.var_fallback = VarFallback::Tmpfs,
-                _ => opts.warnings.push(format!(
-                    "ignoring kiln.var_fallback={}: expected halt or tmpfs; halting without room for var",
-                    v.unwrap_or_default()
-                )),
-            },
-            other if other.starts_with("kiln.") && is_init_option_prefix(other) => {
+            other if other.starts_with(PREFIX) && is_init_option_prefix(other) => {
                 opts.warnings
                     .push(format!("unknown option {other} ignored"));
             }
             _ => {}
         }
     }
+    opts.root_hash = built.root_hash;
+    opts.verity_check = built.verity_check;
+    opts.var_min = built.var_min;
+    opts.var_fallback = built.var_fallback;
     opts
 }
 
@@ -260,23 +173,6 @@ fn is_init_option_prefix(key: &str) -> bool {
 mod tests {
     use super::*;
     use kiln_contract::gpt::types::ROOT_ARM64;
-
-    #[test]
-    fn split_handles_quotes_and_double_dash() {
-        let p = split(
-            "BOOT_IMAGE=/vmlinuz  ro quiet\tfoo=\"a b\" \"bar=c d\" console=ttyS0,115200 -- kiln.debug",
-        );
-        let want: Vec<(String, Option<String>)> = vec![
-            ("BOOT_IMAGE".into(), Some("/vmlinuz".into())),
-            ("ro".into(), None),
-            ("quiet".into(), None),
-            ("foo".into(), Some("a b".into())),
-            ("bar".into(), Some("c d".into())),
-            ("console".into(), Some("ttyS0,115200".into())),
-        ];
-        assert_eq!(p, want);
-        assert!(split("  \n").is_empty());
-    }
 
     #[test]
     fn defaults_when_nothing_is_given() {
@@ -345,9 +241,5 @@ mod tests {
         let w =
             parse("kiln.var_min=lots kiln.var_fallback=maybe kiln.verity_check=some kiln.varmin=1");
         assert_eq!(w.warnings.len(), 4, "{:?}", w.warnings);
-        assert_eq!(parse_size("256M"), Some(256 << 20));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("1TiB"), Some(1 << 40));
-        assert_eq!(parse_size("99999999999T"), None);
     }
 }

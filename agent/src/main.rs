@@ -6,10 +6,12 @@
 // Tests may unwrap: a panic there is a failed test, not a failed boot.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod backoff;
 mod cluster;
 mod cmdline;
 mod config;
 mod dm;
+mod flags;
 mod gpt;
 mod init;
 mod ioctl;
@@ -17,6 +19,7 @@ mod netlink;
 mod overlay;
 mod preflight;
 mod report;
+mod sys;
 #[cfg(test)]
 mod verity_tree;
 
@@ -129,7 +132,7 @@ fn err(text: &str) {
 }
 
 fn run_init(args: &[String]) -> ! {
-    let mut sys = init::real::RealSys::default();
+    let mut sys = init::real::RealInit::default();
     init::run(&mut sys, args);
     // Only reached if exec and halt both returned, which the real Sys never does; PID 1
     // must still not exit.
@@ -162,7 +165,7 @@ fn run_report(args: &[String]) -> ExitCode {
             }
         }
     }
-    let mut sys = report::real::RealReport;
+    let mut sys = sys::real::RealSys::default();
     let r = report::collect(&mut sys, timeout);
     out(&format!("{}\n", r.line()));
     if r.healthy() {

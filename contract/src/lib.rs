@@ -6,14 +6,28 @@
 //! formats: it does no I/O (callers read and write; everything here takes and returns
 //! bytes), so the builder, the static agent and the server can all use it.
 //!
+//! - [`base64`]: standard base64: strict for WireGuard keys and the agent's identity
+//!   file (kiln-enroll-proto re-exports it), lenient for cloud user-data.
+//! - [`civil`]: UTC calendar dates and times of Unix seconds (the builder's FAT and
+//!   OCI timestamps, kiln-enroll's listings).
 //! - [`le`]: little-endian fields at byte offsets (every on-disk format here is
 //!   little-endian).
 //! - [`crc32`]: the CRC-32 that GPT headers and entry arrays carry.
 //! - [`gpt`]: GUIDs, the partition type GUIDs kiln uses (UEFI and the Discoverable
 //!   Partitions Specification), headers, entries and the protective MBR.
 //! - [`verity`]: the dm-verity superblock, the hash tree's geometry and its check.
-//! - [`names`]: the rules for Kubernetes node labels.
+//! - [`names`]: host names (RFC 1123, the kernel's 64-byte limit, the machine-id
+//!   fallback), node names (one DNS label: the agent's request and the server's check
+//!   and sanitising) and Kubernetes node labels.
+//! - [`agent_config`]: `/usr/lib/kiln/agent.toml`, the image's settings (serde types,
+//!   names, kubelet argument checks).
+//! - [`cmdline`]: the kernel command line's `kiln.*` keys, its word splitting and the
+//!   values the builder puts there for init.
 
+pub mod agent_config;
+pub mod base64;
+pub mod civil;
+pub mod cmdline;
 pub mod crc32;
 pub mod gpt;
 pub mod le;

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use kiln_contract::names::check_hostname;
 use kiln_enroll_proto::pin::{spki_hash, SERVER_NAME};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -193,34 +194,19 @@ fn ia5(name: &str) -> Result<rcgen::string::Ia5String, CaError> {
     })
 }
 
-/// One `--san`: an IP address, or a DNS name (letters, digits, `-`, `.`, optionally a
+/// One `--san`: an IP address, or a DNS name (an RFC 1123 host name, optionally with a
 /// leading `*.`).
 fn san(name: &str) -> Result<SanType, CaError> {
     if let Ok(ip) = name.parse::<std::net::IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    let bad = |why: &str| CaError::BadSan {
-        name: name.to_string(),
-        why: why.to_string(),
-    };
+    // The host name rules the agent applies to its own name (kiln_contract::names);
+    // a certificate may also cover every name one level down (`*.`).
     let host = name.strip_prefix("*.").unwrap_or(name);
-    if host.is_empty() || host.len() > 253 {
-        return Err(bad("a DNS name has 1 to 253 characters"));
-    }
-    for label in host.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(bad("each dot-separated part has 1 to 63 characters"));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(bad("a part may not start or end with '-'"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(bad("only letters, digits, '-' and '.' are allowed"));
-        }
-    }
+    check_hostname(host).map_err(|problem| CaError::BadSan {
+        name: name.to_string(),
+        why: format!("not a DNS name: {problem}"),
+    })?;
     Ok(SanType::DnsName(ia5(&name.to_ascii_lowercase())?))
 }
 

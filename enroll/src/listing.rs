@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use kiln_contract::civil::DateTime;
 use serde::Serialize;
 
 use crate::store::{NodeRecord, TokenRecord};
@@ -220,25 +221,8 @@ pub fn node_table(rows: &[NodeRow]) -> String {
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub fn utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (the proleptic Gregorian calendar, in
-    // 400-year eras of 146,097 days).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    let t = DateTime::from_unix_u64(secs);
+    format!("{} {}", t.date_string(), t.time_string())
 }
 
 #[cfg(test)]

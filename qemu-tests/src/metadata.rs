@@ -437,26 +437,10 @@ fn oracle(st: &State, method: &str, path: &str, headers: &Headers) -> Reply {
     }
 }
 
-/// Standard base64 with padding.
+/// Standard base64 with padding, as the clouds serve user-data (the contract's encoder,
+/// which the agent's decoder is tested against).
 pub fn base64(text: &str) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    kiln_contract::base64::encode(text.as_bytes())
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! - [`yaml`]: the small emitter they write with.
 //! - [`run`]: the supervisor (`cluster run`) and `cluster status`, written against the
 //!   traits below so tests drive them with fakes (k3s and kubeadm cannot run in a test).
-//! - [`real`]: systemd, kubeadm, files, the clock and kiln-enroll for real.
+//! - [`real`]: systemd and kiln-enroll for real (files, the clock, the console and
+//!   kubeadm are [`crate::sys::real::RealSys`]'s).
 //!
 //! The join parameters carry the cluster's tokens: they live in memory and in root-only
 //! files under /run/kiln, and the token files are deleted once the node has joined.
@@ -19,16 +20,15 @@ pub mod yaml;
 #[cfg(test)]
 mod tests;
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use kiln_enroll_proto::api::ClusterJoin;
 use kiln_enroll_proto::client::NodeAuth;
 use serde::{Deserialize, Serialize};
 
 use crate::overlay::ApiError;
+use crate::sys::{Clock, Console, Exec, Files, Random, Resolve};
 
 /// Prefix of every console line.
 pub const TAG: &str = "kiln-cluster";
@@ -160,39 +160,7 @@ pub trait Systemd {
     fn journal_tail(&mut self, unit: &str, since: u64, lines: u32) -> Vec<String>;
 }
 
-/// What a command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// The exit code; None when it could not run or was killed.
-    pub code: Option<i32>,
-    /// Its standard error (or why it could not run).
-    pub stderr: String,
-}
-
-/// Commands kiln-cluster runs (kubeadm).
-pub trait Exec {
-    /// Runs `argv` to its end.
-    fn run(&mut self, argv: &[&str]) -> Outcome;
-}
-
-/// Files, at absolute paths (the real one roots them at `/`, tests at a temporary
-/// folder).
-pub trait Files {
-    /// Reads a file.
-    fn read(&mut self, path: &str) -> io::Result<Vec<u8>>;
-    /// Writes a root-only file atomically: folders 0700, temporary file 0600, rename.
-    fn write_private(&mut self, path: &str, data: &[u8]) -> io::Result<()>;
-    /// Removes a file (gone already is fine).
-    fn remove(&mut self, path: &str) -> io::Result<()>;
-    /// Whether a file exists.
-    fn exists(&mut self, path: &str) -> bool;
-    /// The file's modification time, Unix seconds; None when it does not exist.
-    fn modified(&mut self, path: &str) -> Option<u64>;
-    /// Creates a folder and its parents, root-only (0700).
-    fn create_dir_private(&mut self, path: &str) -> io::Result<()>;
-}
-
-/// kiln-enroll and name resolution, as kiln-cluster uses them.
+/// kiln-enroll, as kiln-cluster uses it.
 pub trait Remote {
     /// `GET /v1/cluster` at `server`, pinned to `ca_hash`.
     fn cluster(
@@ -201,21 +169,14 @@ pub trait Remote {
         ca_hash: [u8; 32],
         auth: &NodeAuth,
     ) -> Result<ClusterJoin, ApiError>;
-    /// The first address of a host name (IPv4 preferred).
-    fn resolve(&mut self, host: &str) -> Option<IpAddr>;
 }
 
-/// Time and the console.
-pub trait Clock {
-    /// Unix seconds.
-    fn now(&mut self) -> u64;
-    /// Waits.
-    fn sleep(&mut self, d: Duration);
-    /// A random byte, to spread retries of many nodes.
-    fn jitter(&mut self) -> u8;
-    /// Prints one console line.
-    fn say(&mut self, line: &str);
-}
+/// Everything else kiln-cluster does to the machine: files under /run/kiln and
+/// /var/lib, the clock, the console, random bytes for its backoff, programs (`kubeadm`)
+/// and name resolution (the node's public name).
+pub trait ClusterSys: Files + Clock + Console + Random + Exec + Resolve {}
+
+impl<T: Files + Clock + Console + Random + Exec + Resolve + ?Sized> ClusterSys for T {}
 
 const CLUSTER_USAGE: &str = "\
 Usage:

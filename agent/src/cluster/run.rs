@@ -16,20 +16,22 @@ use kiln_enroll_proto::api::{ClusterJoin, Join, Role};
 use kiln_enroll_proto::validate;
 
 use super::{
-    k3s, kubeadm, Clock, Exec, Files, NodeFacts, Phase, Remote, StatusFile, Systemd, UnitState,
+    k3s, kubeadm, ClusterSys, NodeFacts, Phase, Remote, StatusFile, Systemd, UnitState,
     K3S_AGENT_TOKEN, K3S_KUBELET_CERT, K3S_TOKEN, KUBEADM_CONFIG, KUBELET_CONF, KUBELET_UNIT,
     KUBERNETES_ETC, RANCHER_ETC, RESTART_DROPIN, RESTART_DROPIN_TEXT, RUNTIME_UNITS, STATUS_PATH,
     TAG,
 };
+use crate::backoff::Backoff;
 use crate::config::settings::{ClusterKind, ClusterSettings, ImageRole};
 use crate::overlay::state::{self, NodeView};
+use crate::sys::{prefer_ipv4, Capture, Cmd, CommandResult};
 
 /// How often the overlay's status file is looked for.
 pub const OVERLAY_POLL: Duration = Duration::from_secs(5);
 /// First and longest wait between questions to kiln-enroll (errors, or no server yet).
-pub const ASK_BACKOFF: (u64, u64) = (5, 300);
+pub const ASK_BACKOFF: Backoff = Backoff::secs(5, 300);
 /// First and longest wait after a failed join.
-pub const JOIN_BACKOFF: (u64, u64) = (10, 600);
+pub const JOIN_BACKOFF: Backoff = Backoff::secs(10, 600);
 /// How often a starting k3s unit is looked at.
 pub const JOIN_POLL: Duration = Duration::from_secs(5);
 /// How often a joined k3s unit is checked.
@@ -51,23 +53,10 @@ pub const MAX_LINE: usize = 300;
 pub struct Env<'a> {
     /// systemd.
     pub systemd: &'a mut dyn Systemd,
-    /// Commands (kubeadm).
-    pub exec: &'a mut dyn Exec,
-    /// Files.
-    pub files: &'a mut dyn Files,
     /// kiln-enroll and DNS.
     pub remote: &'a mut dyn Remote,
-    /// Time and the console.
-    pub clock: &'a mut dyn Clock,
-}
-
-/// Delay before retry number `attempt` (0-based): `base` doubling up to `max` seconds,
-/// plus up to a quarter more from `jitter` (0-255), so nodes that failed together do
-/// not retry together.
-pub fn backoff((base, max): (u64, u64), attempt: u32, jitter: u8) -> Duration {
-    let secs = base.saturating_mul(1u64 << attempt.min(20)).min(max);
-    let extra = secs * u64::from(jitter) / 1024;
-    Duration::from_secs(secs + extra)
+    /// Files, the clock, the console, randomness and kubeadm.
+    pub sys: &'a mut dyn ClusterSys,
 }
 
 /// Why a join failed, as the console says it.
@@ -228,11 +217,11 @@ struct Sup<'e, 'a> {
 
 impl Sup<'_, '_> {
     fn say(&mut self, text: &str) {
-        self.env.clock.say(&format!("{TAG}: {text}"));
+        self.env.sys.say(&format!("{TAG}: {text}"));
     }
 
     fn error(&mut self, text: &str) {
-        self.env.clock.say(&format!("{TAG}: ERROR: {text}"));
+        self.env.sys.say(&format!("{TAG}: ERROR: {text}"));
     }
 
     /// The labels the node joins with; each one of kiln-enroll's that is left out is
@@ -261,7 +250,7 @@ impl Sup<'_, '_> {
         next: Option<Duration>,
     ) {
         if phase != self.status.phase {
-            self.status.since = self.env.clock.now();
+            self.status.since = self.env.sys.now();
         }
         self.status.phase = phase;
         if role.is_some() {
@@ -271,22 +260,21 @@ impl Sup<'_, '_> {
         self.status.next_retry_secs = next.map(|d| d.as_secs());
         let mut bytes = serde_json::to_vec_pretty(&self.status).unwrap_or_default();
         bytes.push(b'\n');
-        if let Err(e) = self.env.files.write_private(STATUS_PATH, &bytes) {
+        if let Err(e) = self.env.sys.write_private(STATUS_PATH, &bytes) {
             self.error(&format!("writing {STATUS_PATH}: {e}"));
         }
     }
 
     fn wait(&mut self, d: Duration) {
-        self.env.clock.sleep(d);
+        self.env.sys.sleep(d);
     }
 
     /// Waits until kiln0 is up and the node enrolled; its view of itself.
     fn wait_overlay(&mut self) -> NodeView {
         loop {
-            let up = self.env.files.exists(crate::overlay::STATUS_PATH);
-            let files = &mut *self.env.files;
+            let up = self.env.sys.exists(crate::overlay::STATUS_PATH);
             let view = if up {
-                state::node_view(&mut |p| files.read(p))
+                state::node_view(&mut *self.env.sys)
             } else {
                 Ok(None)
             };
@@ -319,7 +307,10 @@ impl Sup<'_, '_> {
             let (host, _) = validate::parse_host_port(ep).ok()?;
             match host.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
-                Err(_) => self.env.remote.resolve(&host),
+                Err(_) => {
+                    let addrs = self.env.sys.resolve(&host, 0).ok()?;
+                    prefer_ipv4(&addrs).map(|a| a.ip())
+                }
             }
         });
         NodeFacts {
@@ -339,7 +330,7 @@ impl Sup<'_, '_> {
             {
                 Ok(j) => return Ok(j),
                 Err(e) if e.retryable() => {
-                    let d = backoff(ASK_BACKOFF, *attempt, self.env.clock.jitter());
+                    let d = ASK_BACKOFF.delay(*attempt, self.env.sys.jitter());
                     *attempt = attempt.saturating_add(1);
                     let msg = format!("asking kiln-enroll for the join parameters: {e}");
                     self.set(Phase::Joining, None, Some(msg), Some(d));
@@ -368,17 +359,31 @@ impl Sup<'_, '_> {
     }
 
     fn write(&mut self, path: &str, data: &[u8]) -> Result<(), Failure> {
-        self.env.files.write_private(path, data).map_err(|e| {
+        self.env.sys.write_private(path, data).map_err(|e| {
             self.error(&format!("writing {path}: {e}"));
             Failure::Stop(1)
         })
     }
 
     fn mkdir(&mut self, path: &str) -> Result<(), Failure> {
-        self.env.files.create_dir_private(path).map_err(|e| {
+        self.env.sys.mkdir_private(path).map_err(|e| {
             self.error(&format!("creating {path}: {e}"));
             Failure::Stop(1)
         })
+    }
+
+    /// Runs kubeadm to its end, its progress on the journal: the exit code (None when it
+    /// could not run) and its standard error (or why it could not run).
+    fn kubeadm(&mut self, args: &[&str]) -> (Option<i32>, String) {
+        match self
+            .env
+            .sys
+            .run(&Cmd::new("kubeadm", args).capture(Capture::Stderr))
+        {
+            CommandResult::Exited { code, stderr, .. } => (code, stderr),
+            CommandResult::TimedOut => (None, "kubeadm timed out".to_string()),
+            CommandResult::Failed(why) => (None, why),
+        }
     }
 
     fn journal(&mut self, unit: &str, since: u64) -> Vec<String> {
@@ -398,7 +403,7 @@ impl Sup<'_, '_> {
         self.mkdir(RANCHER_ETC)?;
         let unit = k3s::unit(cj.role);
         let _ = self.env.systemd.reset_failed(unit);
-        let start = self.env.clock.now();
+        let start = self.env.sys.now();
         if let Err(e) = self.env.systemd.start(unit) {
             return Err(Failure::Retry(
                 FailClass::Other,
@@ -407,14 +412,14 @@ impl Sup<'_, '_> {
         }
         loop {
             self.wait(JOIN_POLL);
-            let now = self.env.clock.now();
+            let now = self.env.sys.now();
             let running = now.saturating_sub(start);
             match self.env.systemd.state(unit) {
                 UnitState::Active => {
                     // One second of slack: a file system keeps whole seconds.
                     let fresh = self
                         .env
-                        .files
+                        .sys
                         .modified(K3S_KUBELET_CERT)
                         .is_some_and(|t| t + 1 >= start || running >= SETTLE_SECS);
                     if fresh {
@@ -454,7 +459,7 @@ impl Sup<'_, '_> {
         node: &NodeFacts,
     ) -> Result<&'static str, Failure> {
         self.mkdir(KUBERNETES_ETC)?;
-        if self.env.files.exists(KUBELET_CONF) {
+        if self.env.sys.exists(KUBELET_CONF) {
             self.say(&format!(
                 "{KUBELET_CONF} exists: joined on an earlier boot, starting the kubelet"
             ));
@@ -469,25 +474,21 @@ impl Sup<'_, '_> {
         let labels = self.labels(cj);
         let text = kubeadm::join_config(self.settings, cj.role, &labels, j, node);
         self.write(KUBEADM_CONFIG, text.as_bytes())?;
-        let out = self
-            .env
-            .exec
-            .run(&["kubeadm", "join", "--config", KUBEADM_CONFIG]);
-        if out.code == Some(0) && self.env.files.exists(KUBELET_CONF) {
+        let (code, stderr) = self.kubeadm(&["join", "--config", KUBEADM_CONFIG]);
+        if code == Some(0) && self.env.sys.exists(KUBELET_CONF) {
             return Ok(KUBELET_UNIT);
         }
-        let lines: Vec<String> = out.stderr.lines().map(str::to_string).collect();
+        let lines: Vec<String> = stderr.lines().map(str::to_string).collect();
         let (c, mut l) = classify(ClusterKind::Kubeadm, &lines);
-        if out.code == Some(0) {
+        if code == Some(0) {
             l = format!("kubeadm join exited 0 but left no {KUBELET_CONF}");
         }
         // A failed join can leave certificates and manifests behind that make the next
         // one stop in its preflight checks.
-        let reset = self.env.exec.run(&["kubeadm", "reset", "--force"]);
-        if reset.code != Some(0) {
+        let (reset, _) = self.kubeadm(&["reset", "--force"]);
+        if reset != Some(0) {
             self.error(&format!(
-                "kubeadm reset --force after the failed join: exit {:?}",
-                reset.code
+                "kubeadm reset --force after the failed join: exit {reset:?}"
             ));
         }
         Err(Failure::Retry(c, l))
@@ -499,7 +500,7 @@ impl Sup<'_, '_> {
     /// kiln-enroll, deleted once up) when it stops.
     fn joined(&mut self, unit: &str, cj: &ClusterJoin, node: &NodeFacts) {
         for path in [K3S_TOKEN, K3S_AGENT_TOKEN, KUBEADM_CONFIG] {
-            if let Err(e) = self.env.files.remove(path) {
+            if let Err(e) = self.env.sys.remove_file(path) {
                 self.error(&format!("removing {path}: {e}"));
             }
         }
@@ -531,7 +532,7 @@ impl Sup<'_, '_> {
         let dropin = format!("{RUNTIME_UNITS}/{unit}.d/{RESTART_DROPIN}");
         match self
             .env
-            .files
+            .sys
             .write_private(&dropin, RESTART_DROPIN_TEXT.as_bytes())
         {
             Ok(()) => {
@@ -551,7 +552,7 @@ impl Sup<'_, '_> {
 pub fn supervise(env: &mut Env<'_>, settings: Option<&ClusterSettings>, rejoins: u32) -> u8 {
     let mut rejoins = rejoins;
     let Some(settings) = settings else {
-        env.clock.say(&format!(
+        env.sys.say(&format!(
             "{TAG}: no [cluster] in {}, nothing to do",
             crate::config::settings::SETTINGS_PATH
         ));
@@ -561,11 +562,11 @@ pub fn supervise(env: &mut Env<'_>, settings: Option<&ClusterSettings>, rejoins:
             phase: Phase::Idle,
             last_error: None,
             next_retry_secs: None,
-            since: env.clock.now(),
+            since: env.sys.now(),
         };
         let mut bytes = serde_json::to_vec_pretty(&st).unwrap_or_default();
         bytes.push(b'\n');
-        let _ = env.files.write_private(STATUS_PATH, &bytes);
+        let _ = env.sys.write_private(STATUS_PATH, &bytes);
         return 0;
     };
     let status = StatusFile {
@@ -574,7 +575,7 @@ pub fn supervise(env: &mut Env<'_>, settings: Option<&ClusterSettings>, rejoins:
         phase: Phase::Joining,
         last_error: None,
         next_retry_secs: None,
-        since: env.clock.now(),
+        since: env.sys.now(),
     };
     let mut sup = Sup {
         env,
@@ -610,7 +611,7 @@ pub fn supervise(env: &mut Env<'_>, settings: Option<&ClusterSettings>, rejoins:
         }
         let join = match &cj.join {
             None => {
-                let d = backoff(ASK_BACKOFF, ask_attempt, sup.env.clock.jitter());
+                let d = ASK_BACKOFF.delay(ask_attempt, sup.env.sys.jitter());
                 ask_attempt = ask_attempt.saturating_add(1);
                 sup.set(Phase::WaitingServer, role, None, Some(d));
                 sup.note(
@@ -640,7 +641,7 @@ pub fn supervise(env: &mut Env<'_>, settings: Option<&ClusterSettings>, rejoins:
         }
         if let Join::K3s(k) = &join {
             if cj.role == Role::Worker && k.server_url.is_none() {
-                let d = backoff(ASK_BACKOFF, ask_attempt, sup.env.clock.jitter());
+                let d = ASK_BACKOFF.delay(ask_attempt, sup.env.sys.jitter());
                 ask_attempt = ask_attempt.saturating_add(1);
                 sup.set(Phase::WaitingServer, role, None, Some(d));
                 sup.note("waiting for a server node (no k3s server has enrolled yet)");
@@ -682,7 +683,7 @@ pub fn supervise(env: &mut Env<'_>, settings: Option<&ClusterSettings>, rejoins:
             Err(Failure::Stop(code)) => return code,
             Err(Failure::Retry(class, line)) => {
                 let line = redact(&line, &secrets(&join));
-                let d = backoff(JOIN_BACKOFF, join_attempt, sup.env.clock.jitter());
+                let d = JOIN_BACKOFF.delay(join_attempt, sup.env.sys.jitter());
                 join_attempt = join_attempt.saturating_add(1);
                 sup.set(
                     Phase::Failed,
@@ -725,31 +726,31 @@ pub fn status_lines(st: &StatusFile, now: u64) -> Vec<String> {
 }
 
 /// `cluster status`: prints the status file; 1 when there is none or it is unreadable.
-pub fn status(files: &mut dyn Files, clock: &mut dyn Clock) -> u8 {
-    let bytes = match files.read(STATUS_PATH) {
+pub fn status(sys: &mut dyn ClusterSys) -> u8 {
+    let bytes = match sys.read_file(STATUS_PATH) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            clock.say(&format!(
+            sys.say(&format!(
                 "{TAG}: no status ({STATUS_PATH} does not exist: kiln-cluster.service has not \
                  run this boot)"
             ));
             return 1;
         }
         Err(e) => {
-            clock.say(&format!("{TAG}: ERROR: {STATUS_PATH}: {e}"));
+            sys.say(&format!("{TAG}: ERROR: {STATUS_PATH}: {e}"));
             return 1;
         }
     };
     match serde_json::from_slice::<StatusFile>(&bytes) {
         Ok(st) => {
-            let now = clock.now();
+            let now = sys.now();
             for l in status_lines(&st, now) {
-                clock.say(&l);
+                sys.say(&l);
             }
             0
         }
         Err(e) => {
-            clock.say(&format!("{TAG}: ERROR: {STATUS_PATH}: {e}"));
+            sys.say(&format!("{TAG}: ERROR: {STATUS_PATH}: {e}"));
             1
         }
     }

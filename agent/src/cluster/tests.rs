@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use kiln_enroll_proto::client::NodeAuth;
 use kiln_enroll_proto::key::PublicKey;
 use serde::Deserialize;
 
-use super::run::{self, backoff, classify, Env, FailClass};
+use super::run::{self, classify, Env, FailClass};
 use super::yaml::{self, map_of, s, Node};
 use super::*;
 use crate::config::settings::{
@@ -23,7 +23,11 @@ use crate::config::settings::{
 };
 use crate::overlay::identity::{self, Identity};
 use crate::overlay::state::{self, EnrollmentFile};
-use crate::overlay::{ApiError, OverlaySys};
+use crate::overlay::ApiError;
+use crate::sys::fake::FakeSys;
+use crate::sys::{
+    forward, Capture, Clock, Cmd, CommandResult, Console, Exec, Files, Random, Resolve,
+};
 
 const K3S_TOKEN_TEXT: &str = "K10abcdef0123456789::server:s3cr3tpassw0rdvalue";
 const K3S_AGENT_TOKEN_TEXT: &str = "agentsecrettokenvalue42";
@@ -749,7 +753,7 @@ fn secrets_are_redacted_whole_and_in_parts() {
 
 #[test]
 fn backoffs_double_to_their_caps_with_bounded_jitter() {
-    let secs = |b, a, j| backoff(b, a, j).as_secs();
+    let secs = |b: crate::backoff::Backoff, a, j| b.delay(a, j).as_secs();
     assert_eq!(
         (0..8)
             .map(|a| secs(run::ASK_BACKOFF, a, 0))
@@ -764,53 +768,6 @@ fn backoffs_double_to_their_caps_with_bounded_jitter() {
 
 // ---------------------------------------------------------------------------------------
 // The overlay's side: the join never reaches the disk; the node's view.
-
-#[derive(Default)]
-struct MiniSys {
-    files: BTreeMap<String, Vec<u8>>,
-}
-
-impl OverlaySys for MiniSys {
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
-        self.files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
-    }
-    fn write_private(&mut self, path: &str, data: &[u8]) -> io::Result<()> {
-        self.files.insert(path.into(), data.to_vec());
-        Ok(())
-    }
-    fn remove_file(&mut self, path: &str) -> io::Result<()> {
-        self.files.remove(path);
-        Ok(())
-    }
-    fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        buf.fill(7);
-        Ok(())
-    }
-    fn now(&mut self) -> u64 {
-        0
-    }
-    fn sleep(&mut self, _: Duration) {}
-    fn next_event(
-        &mut self,
-        events: &std::sync::mpsc::Receiver<crate::overlay::run::Event>,
-        _: Duration,
-    ) -> Option<crate::overlay::run::Event> {
-        events.try_recv().ok()
-    }
-    fn say(&mut self, _: &str) {}
-    fn interface_addrs(&mut self) -> io::Result<Vec<(String, IpAddr)>> {
-        Ok(vec![])
-    }
-    fn resolve(&mut self, _: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
-        Ok(vec![])
-    }
-    fn kick(&mut self, _: IpAddr) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fn identity() -> Identity {
     let mut key = [9u8; 32];
@@ -869,7 +826,7 @@ fn answer(join: Option<Join>) -> EnrollAnswer {
 
 #[test]
 fn the_enrollment_is_stored_without_the_join_secrets() {
-    let mut sys = MiniSys::default();
+    let mut sys = FakeSys::default();
     let e = state::Enrollment {
         server: "https://10.0.2.100:8443".into(),
         ca_hash: [0xab; 32],
@@ -912,14 +869,13 @@ fn overlay_files(public: Option<&str>) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn the_node_view_has_name_address_auth_and_a_verified_public_endpoint() {
-    let files = overlay_files(Some("203.0.113.7:51820"));
-    let mut read = |p: &str| {
-        files
-            .get(p)
-            .cloned()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    let files = |public| FakeSys {
+        files: overlay_files(public),
+        ..FakeSys::default()
     };
-    let v = state::node_view(&mut read).unwrap().unwrap();
+    let v = state::node_view(&mut files(Some("203.0.113.7:51820")))
+        .unwrap()
+        .unwrap();
     assert_eq!(v.name, "node-a");
     assert_eq!(v.address_v4, Ipv4Addr::new(10, 77, 0, 2));
     assert_eq!(v.server, "https://10.0.2.100:8443");
@@ -934,22 +890,14 @@ fn the_node_view_has_name_address_auth_and_a_verified_public_endpoint() {
     assert_eq!(v.public_endpoint.as_deref(), Some("203.0.113.7:51820"));
     assert!(!format!("{v:?}").contains(&"c".repeat(32)));
     // Not public (or no peers.json yet): no public endpoint.
-    let files = overlay_files(None);
-    let mut read = |p: &str| {
-        files
-            .get(p)
-            .cloned()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
-    };
     assert_eq!(
-        state::node_view(&mut read)
+        state::node_view(&mut files(None))
             .unwrap()
             .unwrap()
             .public_endpoint,
         None
     );
-    let mut none = |_: &str| Err(io::Error::from(io::ErrorKind::NotFound));
-    assert_eq!(state::node_view(&mut none).unwrap(), None);
+    assert_eq!(state::node_view(&mut FakeSys::default()).unwrap(), None);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -989,10 +937,9 @@ struct World {
 type W = Rc<RefCell<World>>;
 
 struct FSystemd(W);
-struct FExec(W);
-struct FFiles(W);
 struct FRemote(W);
-struct FClock(W);
+/// Files (with modification times), the clock, the console and kubeadm of the world.
+struct FSys(W);
 
 impl Systemd for FSystemd {
     fn start(&mut self, unit: &str) -> Result<(), String> {
@@ -1065,30 +1012,33 @@ impl Systemd for FSystemd {
     }
 }
 
-impl Exec for FExec {
-    fn run(&mut self, argv: &[&str]) -> Outcome {
+impl Exec for FSys {
+    fn run(&mut self, cmd: &Cmd<'_>) -> CommandResult {
+        assert_eq!(
+            cmd.capture,
+            Capture::Stderr,
+            "kubeadm's progress goes to the journal"
+        );
         let mut w = self.0.borrow_mut();
-        w.calls.push(argv.join(" "));
-        if argv.get(1) == Some(&"reset") {
-            return Outcome {
-                code: Some(0),
-                stderr: String::new(),
-            };
+        w.calls.push(cmd.line());
+        if cmd.args.first() == Some(&"reset") {
+            return CommandResult::exited(0, "");
         }
         let (code, stderr, conf) = w.kubeadm.pop_front().expect("an unscripted kubeadm join");
         if conf {
             let now = w.now;
             w.files.insert(KUBELET_CONF.into(), (b"conf".to_vec(), now));
         }
-        Outcome {
+        CommandResult::Exited {
             code: Some(code),
+            stdout: String::new(),
             stderr,
         }
     }
 }
 
-impl Files for FFiles {
-    fn read(&mut self, path: &str) -> io::Result<Vec<u8>> {
+impl Files for FSys {
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
         self.0
             .borrow()
             .files
@@ -1103,19 +1053,31 @@ impl Files for FFiles {
         w.written.push((path.into(), data.to_vec()));
         Ok(())
     }
-    fn remove(&mut self, path: &str) -> io::Result<()> {
+    fn remove_file(&mut self, path: &str) -> io::Result<()> {
         self.0.borrow_mut().files.remove(path);
         Ok(())
     }
     fn exists(&mut self, path: &str) -> bool {
         self.0.borrow().files.contains_key(path)
     }
+    fn is_dir(&mut self, path: &str) -> bool {
+        self.0.borrow().dirs.contains(path)
+    }
+    fn list_dir(&mut self, _: &str) -> io::Result<Vec<String>> {
+        unimplemented!("kiln-cluster lists no folders")
+    }
     fn modified(&mut self, path: &str) -> Option<u64> {
         self.0.borrow().files.get(path).map(|f| f.1)
     }
-    fn create_dir_private(&mut self, path: &str) -> io::Result<()> {
+    fn mkdir(&mut self, _: &str) -> io::Result<()> {
+        unimplemented!("kiln-cluster makes only root-only folders")
+    }
+    fn mkdir_private(&mut self, path: &str) -> io::Result<()> {
         self.0.borrow_mut().dirs.insert(path.into());
         Ok(())
+    }
+    fn write_atomic(&mut self, _: &str, _: &[u8], _: u32) -> io::Result<()> {
+        unimplemented!("kiln-cluster writes only root-only files")
     }
 }
 
@@ -1138,25 +1100,44 @@ impl Remote for FRemote {
                 "test script ran out of answers",
             ))))
     }
-    fn resolve(&mut self, host: &str) -> Option<IpAddr> {
-        (host == "node-a.example.org").then(|| "203.0.113.9".parse().unwrap())
-    }
 }
 
-impl Clock for FClock {
+impl Clock for FSys {
     fn now(&mut self) -> u64 {
         self.0.borrow().now
+    }
+    fn elapsed(&mut self) -> Duration {
+        Duration::from_secs(self.0.borrow().now)
     }
     fn sleep(&mut self, d: Duration) {
         let mut w = self.0.borrow_mut();
         w.now += d.as_secs();
         w.sleeps.push(d.as_secs());
     }
-    fn jitter(&mut self) -> u8 {
-        0
-    }
+}
+
+impl Console for FSys {
     fn say(&mut self, line: &str) {
         self.0.borrow_mut().console.push(line.to_string());
+    }
+    fn note(&mut self, line: &str) {
+        self.say(line);
+    }
+}
+
+impl Resolve for FSys {
+    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match host {
+            "node-a.example.org" => Ok(vec![SocketAddr::new("203.0.113.9".parse().unwrap(), port)]),
+            _ => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+}
+
+impl Random for FSys {
+    fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        buf.fill(0);
+        Ok(())
     }
 }
 
@@ -1180,19 +1161,11 @@ fn supervise(w: &W, st: Option<&ClusterSettings>) -> u8 {
 }
 
 fn supervise_rejoining(w: &W, st: Option<&ClusterSettings>, rejoins: u32) -> u8 {
-    let (mut a, mut b, mut c, mut d, mut e) = (
-        FSystemd(w.clone()),
-        FExec(w.clone()),
-        FFiles(w.clone()),
-        FRemote(w.clone()),
-        FClock(w.clone()),
-    );
+    let (mut a, mut d, mut e) = (FSystemd(w.clone()), FRemote(w.clone()), FSys(w.clone()));
     let mut env = Env {
         systemd: &mut a,
-        exec: &mut b,
-        files: &mut c,
         remote: &mut d,
-        clock: &mut e,
+        sys: &mut e,
     };
     run::supervise(&mut env, st, rejoins)
 }
@@ -1275,42 +1248,40 @@ fn a_worker_waits_for_the_overlay_and_a_server_then_joins() {
         b.k3s = VecDeque::from([K3sRun::Joins]);
     }
     // The fake clock's sleep puts the overlay up after the first wait.
-    struct UpAfterSleep(W, Option<(Vec<u8>, u64)>);
+    struct UpAfterSleep {
+        sys: FSys,
+        overlay: Option<(Vec<u8>, u64)>,
+    }
+    forward!(UpAfterSleep => sys: Files, Console, Random, Exec, Resolve);
     impl Clock for UpAfterSleep {
         fn now(&mut self) -> u64 {
-            self.0.borrow().now
+            self.sys.now()
+        }
+        fn elapsed(&mut self) -> Duration {
+            self.sys.elapsed()
         }
         fn sleep(&mut self, d: Duration) {
-            if let Some(f) = self.1.take() {
-                self.0
+            if let Some(f) = self.overlay.take() {
+                self.sys
+                    .0
                     .borrow_mut()
                     .files
                     .insert(crate::overlay::STATUS_PATH.into(), f);
             }
-            FClock(self.0.clone()).sleep(d);
-        }
-        fn jitter(&mut self) -> u8 {
-            0
-        }
-        fn say(&mut self, line: &str) {
-            FClock(self.0.clone()).say(line);
+            self.sys.sleep(d);
         }
     }
     let st = settings(ClusterKind::K3s);
     let code = {
-        let (mut a, mut b, mut c, mut d) = (
-            FSystemd(w.clone()),
-            FExec(w.clone()),
-            FFiles(w.clone()),
-            FRemote(w.clone()),
-        );
-        let mut e = UpAfterSleep(w.clone(), Some(overlay));
+        let (mut a, mut d) = (FSystemd(w.clone()), FRemote(w.clone()));
+        let mut e = UpAfterSleep {
+            sys: FSys(w.clone()),
+            overlay: Some(overlay),
+        };
         let mut env = Env {
             systemd: &mut a,
-            exec: &mut b,
-            files: &mut c,
             remote: &mut d,
-            clock: &mut e,
+            sys: &mut e,
         };
         run::supervise(&mut env, Some(&st), 0)
     };
@@ -1581,10 +1552,7 @@ fn status_prints_the_phase_error_and_next_try() {
     w.borrow_mut()
         .files
         .insert(STATUS_PATH.into(), (serde_json::to_vec(&st).unwrap(), 0));
-    assert_eq!(
-        run::status(&mut FFiles(w.clone()), &mut FClock(w.clone())),
-        0
-    );
+    assert_eq!(run::status(&mut FSys(w.clone())), 0);
     assert_eq!(
         console(&w),
         [
@@ -1596,47 +1564,8 @@ fn status_prints_the_phase_error_and_next_try() {
     let text = serde_json::to_string(&st).unwrap();
     assert!(text.contains("\"phase\":\"failed\""), "{text}");
     let w = world(None);
-    assert_eq!(
-        run::status(&mut FFiles(w.clone()), &mut FClock(w.clone())),
-        1
-    );
+    assert_eq!(run::status(&mut FSys(w.clone())), 1);
     assert!(console(&w)[0].contains("does not exist"));
-}
-
-#[test]
-fn real_files_are_root_only_and_below_their_root() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = real::RealFiles::new(dir.path());
-    f.write_private("/run/kiln/k3s/token", b"t").unwrap();
-    let p = dir.path().join("run/kiln/k3s/token");
-    assert_eq!(std::fs::read(&p).unwrap(), b"t");
-    assert_eq!(
-        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    assert_eq!(
-        std::fs::metadata(p.parent().unwrap())
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
-    assert!(f.exists("/run/kiln/k3s/token"));
-    assert!(f.modified("/run/kiln/k3s/token").unwrap() > 1_600_000_000);
-    f.remove("/run/kiln/k3s/token").unwrap();
-    f.remove("/run/kiln/k3s/token").unwrap();
-    assert!(!f.exists("/run/kiln/k3s/token"));
-    f.create_dir_private("/var/lib/rancher/etc").unwrap();
-    assert_eq!(
-        std::fs::metadata(dir.path().join("var/lib/rancher/etc"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
 }
 
 #[test]

@@ -6,25 +6,13 @@
 //! config keys and are skipped. A key given twice keeps its last value, as the kernel
 //! does for its own parameters.
 
-use crate::cmdline::split;
+use kiln_contract::cmdline::{split, INIT_KEYS, PREFIX};
 
 use super::schema::{self, SchemaError};
 use super::Finding;
 
 /// Where the kernel shows its command line.
 pub const CMDLINE: &str = "/proc/cmdline";
-
-/// `kiln.*` options that belong to init, not to the node config.
-pub const INIT_KEYS: &[&str] = &[
-    "roothash",
-    "root_type",
-    "rootwait",
-    "on_failure",
-    "debug",
-    "verity_check",
-    "var_min",
-    "var_fallback",
-];
 
 /// Keys whose command line value is a number rather than a string.
 pub const INTEGER_KEYS: &[&str] = &["schema", "enroll.listen_port", "enroll.mtu"];
@@ -35,12 +23,12 @@ pub fn table(cmdline: &str) -> Result<Option<toml::Table>, Vec<SchemaError>> {
     let mut errors = Vec::new();
     let mut any = false;
     for (param, value) in split(cmdline) {
-        let Some(key) = param.strip_prefix("kiln.") else {
-            continue;
-        };
-        if INIT_KEYS.contains(&key) {
+        if INIT_KEYS.contains(&param.as_str()) {
             continue;
         }
+        let Some(key) = param.strip_prefix(PREFIX) else {
+            continue;
+        };
         any = true;
         let Some(value) = value else {
             errors.push(SchemaError::BadValue {

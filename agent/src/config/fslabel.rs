@@ -11,6 +11,8 @@
 
 use std::io;
 
+use kiln_contract::le::{u16_at, u32_at};
+
 /// A filesystem the cidata channel can mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsKind {
@@ -55,14 +57,6 @@ pub const ISO_PVD_OFFSET: u64 = 16 * 2048;
 /// Largest root directory region read when looking for a FAT volume-label entry.
 const MAX_ROOT_DIR_READ: usize = 64 * 1024;
 
-fn le16(b: &[u8], at: usize) -> u64 {
-    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
-}
-
-fn le32(b: &[u8], at: usize) -> u64 {
-    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
-}
-
 fn label_text(raw: &[u8]) -> Option<String> {
     let text: String = raw.iter().map(|&b| char::from(b)).collect();
     let text = text.trim_end_matches([' ', '\0']).to_string();
@@ -97,12 +91,12 @@ pub fn probe_fat(boot: &[u8], read: &mut ReadAt<'_>) -> Option<Volume> {
     if boot.len() < 512 || !matches!(boot[0], 0xEB | 0xE9) {
         return None;
     }
-    let bytes_per_sector = le16(boot, 0x0B);
+    let bytes_per_sector = u64::from(u16_at(boot, 0x0B));
     let per_cluster = u64::from(boot[0x0D]);
-    let reserved = le16(boot, 0x0E);
+    let reserved = u64::from(u16_at(boot, 0x0E));
     let fats = u64::from(boot[0x10]);
-    let root_entries = le16(boot, 0x11);
-    let fat16_size = le16(boot, 0x16);
+    let root_entries = u64::from(u16_at(boot, 0x11));
+    let fat16_size = u64::from(u16_at(boot, 0x16));
     if !matches!(bytes_per_sector, 512 | 1024 | 2048 | 4096)
         || !per_cluster.is_power_of_two()
         || reserved == 0
@@ -112,7 +106,7 @@ pub fn probe_fat(boot: &[u8], read: &mut ReadAt<'_>) -> Option<Volume> {
     }
     let fat32 = fat16_size == 0;
     let (sig_at, label_at, fat_size) = if fat32 {
-        (0x42, 0x47, le32(boot, 0x24))
+        (0x42, 0x47, u64::from(u32_at(boot, 0x24)))
     } else {
         (0x26, 0x2B, fat16_size)
     };
@@ -125,7 +119,7 @@ pub fn probe_fat(boot: &[u8], read: &mut ReadAt<'_>) -> Option<Volume> {
     }
     let fat_end = (reserved + fats * fat_size) * bytes_per_sector;
     let (root_at, root_len) = if fat32 {
-        let cluster = le32(boot, 0x2C);
+        let cluster = u64::from(u32_at(boot, 0x2C));
         let cluster_bytes = per_cluster * bytes_per_sector;
         (
             fat_end + cluster.saturating_sub(2) * cluster_bytes,

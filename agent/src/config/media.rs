@@ -2,7 +2,7 @@
 //! cidata stick or CD): mount read-only, read, unmount.
 
 use super::schema::MAX_CONFIG_BYTES;
-use super::ConfigSys;
+use super::{ConfigSys, READ_LIMIT};
 use crate::report::mountinfo::parse_mountinfo;
 
 /// A file found on a volume.
@@ -67,7 +67,7 @@ fn read_root_files(
         };
         let path = format!("{}/{name}", dir.trim_end_matches('/'));
         let bytes = sys
-            .read_file(&path)
+            .read_prefix(&path, READ_LIMIT)
             .map_err(|e| format!("reading {name}: {e}"))?;
         if bytes.len() > MAX_CONFIG_BYTES {
             return Err(format!(

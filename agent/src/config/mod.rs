@@ -34,8 +34,9 @@ use std::io;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use kiln_contract::names;
 
+use crate::sys::{Clock, Console, Exec, Files};
 use schema::{Hostname, NodeConfig, SchemaError};
 use settings::{Channel, Settings, SETTINGS_PATH};
 
@@ -45,8 +46,6 @@ pub const CONFIG_OUT: &str = "/run/kiln/config.toml";
 pub const MACHINE_ID: &str = "/etc/machine-id";
 /// The kernel's hostname.
 pub const KERNEL_HOSTNAME: &str = "/proc/sys/kernel/hostname";
-/// The kernel keeps at most this many bytes of hostname (`__NEW_UTS_LEN`).
-pub const KERNEL_HOSTNAME_MAX: usize = 64;
 /// How long the cloud channel may spend waiting for the metadata service.
 pub const CLOUD_BUDGET: Duration = Duration::from_secs(30);
 
@@ -61,15 +60,11 @@ pub struct ChannelFailure {
     pub message: String,
 }
 
-/// Everything `config` does to the system, so the logic runs against a fake in tests.
-pub trait ConfigSys {
-    /// Reads a file (callers refuse anything over [`schema::MAX_CONFIG_BYTES`]; an
-    /// implementation may stop reading just past that).
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
-    /// Names in a directory.
-    fn list_dir(&mut self, path: &str) -> io::Result<Vec<String>>;
-    /// Whether a path exists.
-    fn exists(&mut self, path: &str) -> bool;
+/// Everything `config` does to the system, so the logic runs against a fake in tests:
+/// files (callers read config documents with [`Files::read_prefix`], at most one byte
+/// over [`schema::MAX_CONFIG_BYTES`]), the clock, the console, programs (`modprobe`), and
+/// the below.
+pub trait ConfigSys: Files + Clock + Console + Exec {
     /// Reads `len` bytes at `offset` of the device node `dev` (`/dev/vdb`).
     fn read_dev(&mut self, dev: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// (major, minor) of the device the root filesystem is on.
@@ -78,18 +73,24 @@ pub trait ConfigSys {
     fn mount_ro(&mut self, dev: &str, target: &str, fstype: &str) -> Result<(), String>;
     /// Unmounts `target`.
     fn umount(&mut self, target: &str) -> Result<(), String>;
-    /// Loads a kernel module by name.
-    fn modprobe(&mut self, module: &str) -> Result<(), String>;
     /// The cloud's user-data (None off-cloud).
     fn cloud(&mut self) -> Result<Option<cloud::CloudUserData>, ChannelFailure>;
     /// Sets the kernel's hostname.
     fn set_hostname(&mut self, name: &str) -> io::Result<()>;
-    /// Writes a file atomically (temporary file, then rename), creating its folder.
-    fn write_file_atomic(&mut self, path: &str, data: &[u8]) -> io::Result<()>;
-    /// Waits.
-    fn sleep(&mut self, d: Duration);
-    /// Prints one console line.
-    fn say(&mut self, line: &str);
+}
+
+/// How many bytes of a config document are read: one past the limit tells "too large"
+/// without reading a huge file into memory.
+pub const READ_LIMIT: usize = schema::MAX_CONFIG_BYTES + 1;
+
+/// Writes the merged config: its folder made if missing (an error names it), the file
+/// replaced atomically and root-only (it holds the enrollment token).
+fn write_config(sys: &mut dyn ConfigSys, path: &str, data: &[u8]) -> io::Result<()> {
+    if let Some((dir, _)) = path.rsplit_once('/').filter(|(d, _)| !d.is_empty()) {
+        sys.mkdir(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{dir}: {e}")))?;
+    }
+    sys.write_atomic(path, data, 0o600)
 }
 
 /// Where a piece of config came from.
@@ -233,24 +234,6 @@ fn merge_enroll(m: &mut Merged, e: &schema::EnrollConfig, source: &Source) {
     take(sources, "enroll.mtu", &mut have.mtu, &e.mtu, source);
 }
 
-/// The fallback hostname: `kiln-` and 8 hex digits of a hash of the machine-id, so the
-/// name is stable per machine without revealing the id itself.
-pub fn hostname_from_machine_id(machine_id: &str) -> String {
-    let digest = Sha256::digest(format!("kiln-hostname:{machine_id}").as_bytes());
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("kiln-{hex}")
-}
-
-/// What the kernel gets for `name`: the whole name if it fits, else its first label (as
-/// systemd-hostnamed does for long FQDNs).
-pub fn kernel_hostname(name: &str) -> &str {
-    if name.len() <= KERNEL_HOSTNAME_MAX {
-        name
-    } else {
-        name.split('.').next().unwrap_or(name)
-    }
-}
-
 /// Whether [`render`] writes the token's secret (the root-only file) or hides it (text
 /// for the console).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,7 +297,7 @@ pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source, secrets: 
 /// Reads the agent settings; problems are printed and the defaults used, so a broken
 /// settings file does not cost the node its config.
 pub fn load_settings(sys: &mut dyn ConfigSys) -> Settings {
-    match sys.read_file(SETTINGS_PATH) {
+    match sys.read_prefix(SETTINGS_PATH, READ_LIMIT) {
         Ok(bytes) => {
             let parsed = std::str::from_utf8(&bytes)
                 .map_err(|e| format!("not UTF-8 (at byte {})", e.valid_up_to()))
@@ -399,7 +382,7 @@ fn machine_id_hostname(sys: &mut dyn ConfigSys) -> Result<String, String> {
             "{MACHINE_ID} does not hold a machine-id (32 lowercase hex digits)"
         ));
     }
-    Ok(hostname_from_machine_id(&id))
+    Ok(names::hostname_from_machine_id(&id))
 }
 
 /// Runs `config`: gathers, prints, merges and (unless `dry_run`) applies. False when the
@@ -460,7 +443,7 @@ pub fn run(sys: &mut dyn ConfigSys, dry_run: bool) -> bool {
         return true;
     }
     let text = render(&merged, &hostname, &from, Secrets::Reveal);
-    if let Err(e) = sys.set_hostname(kernel_hostname(&hostname)) {
+    if let Err(e) = sys.set_hostname(names::kernel_hostname(&hostname)) {
         sys.say(&format!(
             "kiln-config: ERROR: hostname: {KERNEL_HOSTNAME}: cannot set {hostname:?}: {e}"
         ));
@@ -470,7 +453,7 @@ pub fn run(sys: &mut dyn ConfigSys, dry_run: bool) -> bool {
         "kiln-config: hostname {hostname} (from {})",
         from.channel
     ));
-    if let Err(e) = sys.write_file_atomic(CONFIG_OUT, text.as_bytes()) {
+    if let Err(e) = write_config(sys, CONFIG_OUT, text.as_bytes()) {
         sys.say(&format!("kiln-config: ERROR: writing {CONFIG_OUT}: {e}"));
         return false;
     }
@@ -500,7 +483,7 @@ pub fn main(args: &[String]) -> ExitCode {
             }
         }
     }
-    let mut sys = real::RealConfigSys;
+    let mut sys = crate::sys::real::RealSys::default();
     if run(&mut sys, dry_run) {
         ExitCode::SUCCESS
     } else {

@@ -189,41 +189,30 @@ impl Hostname {
     /// Checks `text` and lowercases it (hostnames are case-insensitive, and Kubernetes
     /// node names must be lowercase).
     pub fn parse(text: &str) -> Result<Self, String> {
+        use kiln_contract::names::{check_hostname, HostnameProblem, MAX_LABEL_LEN};
+        // The rule is the contract's; the words are the config's, which tell a user
+        // editing a file what to change.
         if text.is_empty() {
             return Err("a hostname cannot be empty".to_string());
         }
-        if text.len() > 253 {
-            return Err(format!(
-                "{} characters is longer than the 253 a hostname may have",
-                text.len()
-            ));
-        }
-        for label in text.split('.') {
-            if label.is_empty() {
-                return Err(
-                    "empty label (a leading, trailing or doubled '.'); labels are separated \
-                     by single dots"
-                        .to_string(),
-                );
+        check_hostname(text).map_err(|problem| match problem {
+            HostnameProblem::TooLong { len } => {
+                format!("{len} characters is longer than the 253 a hostname may have")
             }
-            if label.len() > 63 {
-                return Err(format!(
-                    "label {label:?} has {} characters, more than the 63 allowed",
-                    label.len()
-                ));
+            HostnameProblem::EmptyLabel => "empty label (a leading, trailing or doubled '.'); \
+                                            labels are separated by single dots"
+                .to_string(),
+            HostnameProblem::LabelTooLong { label } => format!(
+                "label {label:?} has {} characters, more than the {MAX_LABEL_LEN} allowed",
+                label.len()
+            ),
+            HostnameProblem::BadCharacter { character, .. } => {
+                format!("{character:?} is not allowed (only letters a-z, digits 0-9 and '-')")
             }
-            if let Some(c) = label
-                .chars()
-                .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
-            {
-                return Err(format!(
-                    "{c:?} is not allowed (only letters a-z, digits 0-9 and '-')"
-                ));
+            HostnameProblem::EdgeHyphen { label } => {
+                format!("label {label:?} starts or ends with '-'")
             }
-            if label.starts_with('-') || label.ends_with('-') {
-                return Err(format!("label {label:?} starts or ends with '-'"));
-            }
-        }
+        })?;
         Ok(Hostname(text.to_ascii_lowercase()))
     }
 

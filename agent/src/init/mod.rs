@@ -14,12 +14,12 @@ pub mod var;
 pub mod verity;
 
 use std::io;
-use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use crate::cmdline::{self, FailureAction, InitOptions};
+use crate::sys::{Clock, Console, Exec, Files, Random};
 use modules::{load_all, parse_modules_load, ModuleError, ModuleResults, MODULES_LOAD};
 use root::{describe_type, wait_for_root, RootPartition};
 
@@ -33,14 +33,10 @@ pub const INIT_CANDIDATES: [&str; 3] = [
     "/lib/systemd/systemd",
 ];
 
-/// Every effect init has on the machine. [`real::RealSys`] does them; tests use a fake.
-pub trait InitSys {
-    /// Writes one line to the console.
-    fn log(&mut self, line: &str);
-    /// Creates a directory and its parents (existing is fine).
-    fn mkdir(&mut self, path: &str) -> io::Result<()>;
-    /// True if `path` is a directory.
-    fn is_dir(&mut self, path: &str) -> bool;
+/// Every effect init has on the machine: files, the clock, the console, random bytes
+/// (the machine-id, partition GUIDs), programs (mke2fs), and the below.
+/// [`real::RealInit`] does them; tests use a fake.
+pub trait InitSys: Files + Clock + Console + Random + Exec {
     /// mount(2).
     fn mount(
         &mut self,
@@ -54,8 +50,6 @@ pub trait InitSys {
     fn umount_detach(&mut self, target: &str) -> Result<(), Errno>;
     /// Makes sure fds 0-2 are open on /dev/console (once /dev is mounted).
     fn ensure_console(&mut self);
-    /// Reads a whole file.
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
     /// finit_module(2) on the file at `path`, without parameters.
     fn load_module(&mut self, path: &str) -> Result<(), ModuleError>;
     /// Names under /sys/class/block.
@@ -66,10 +60,6 @@ pub trait InitSys {
     fn read_dev(&mut self, name: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// True if /dev/`name` exists.
     fn dev_exists(&mut self, name: &str) -> bool;
-    /// Sleeps.
-    fn sleep(&mut self, d: Duration);
-    /// Monotonic time since some fixed start.
-    fn elapsed(&mut self) -> Duration;
     /// True if `path` names an existing file once `root` is `/` (symlinks resolved
     /// inside `root`).
     fn exists_in_root(&mut self, root: &str, path: &str) -> bool;
@@ -97,19 +87,6 @@ pub trait InitSys {
     fn sync_dev(&mut self, name: &str) -> io::Result<()>;
     /// Makes the kernel re-read /dev/`disk`'s partition table (BLKRRPART).
     fn reread_partitions(&mut self, disk: &str) -> Result<(), Errno>;
-    /// Fills `buf` from /dev/urandom.
-    fn random_bytes(&mut self, buf: &mut [u8]) -> io::Result<()>;
-    /// Runs `program` with `args` and exactly the environment `env`, stdin on
-    /// /dev/null, and waits for it.
-    fn run_program(
-        &mut self,
-        program: &str,
-        args: &[String],
-        env: &[(String, String)],
-    ) -> io::Result<var::ProgramOutput>;
-    /// Replaces the file at `path` with `data` (mode `mode`) so that a power loss leaves
-    /// the old or the new content: a temporary file, fsync, rename, fsync of the folder.
-    fn write_file_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> io::Result<()>;
     /// Where `path` leads once `root` is `/` (symlinks resolved inside `root`), as a
     /// path usable now; None unless it is an existing file.
     fn resolve_in_root(&mut self, root: &str, path: &str) -> Option<String>;
@@ -135,7 +112,7 @@ fn fatal(stage: Stage, message: String) -> Fatal {
 }
 
 fn say(sys: &mut dyn InitSys, msg: &str) {
-    sys.log(&format!("kiln-init: {msg}"));
+    sys.say(&format!("kiln-init: {msg}"));
 }
 
 /// Runs init. `init_args` are the arguments init was given (passed on to the system's

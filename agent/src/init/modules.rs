@@ -80,25 +80,25 @@ pub fn load_all(sys: &mut dyn InitSys, paths: &[String], debug: bool) -> ModuleR
             Ok(()) => {
                 results.loaded += 1;
                 if debug {
-                    sys.log(&format!("kiln-init: loaded {path}"));
+                    sys.say(&format!("kiln-init: loaded {path}"));
                 }
             }
             Err(ModuleError::Load(Errno::EEXIST)) => {
                 results.present += 1;
                 if debug {
-                    sys.log(&format!("kiln-init: {path} is already loaded or built in"));
+                    sys.say(&format!("kiln-init: {path} is already loaded or built in"));
                 }
             }
             Err(ModuleError::Load(Errno::ENODEV)) => {
                 results.no_device += 1;
                 if debug {
-                    sys.log(&format!(
+                    sys.say(&format!(
                         "kiln-init: {path}: no such device on this machine"
                     ));
                 }
             }
             Err(e) => {
-                sys.log(&format!("kiln-init: module {path}: {e}"));
+                sys.say(&format!("kiln-init: module {path}: {e}"));
                 results.failed.push((path.clone(), e.to_string()));
             }
         }

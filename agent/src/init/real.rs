@@ -1,12 +1,13 @@
-//! The real machine behind [`InitSys`]: syscalls through nix, files through std.
+//! The real machine behind [`InitSys`]: syscalls through nix, block devices through std
+//! (files, the clock, the console, /dev/urandom and programs are [`RealSys`]'s).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
@@ -19,6 +20,8 @@ use super::fsutil::{remove_tree_on_dev, resolve_in_root, RemoveStats};
 use super::modules::ModuleError;
 use super::InitSys;
 use crate::cmdline::FailureAction;
+use crate::sys::real::RealSys;
+use crate::sys::{forward, Console};
 
 /// statfs magic of ramfs (the kernel's `RAMFS_MAGIC`), which nix does not name.
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
@@ -26,27 +29,29 @@ const RAMFS_MAGIC: u64 = 0x8584_58f6;
 /// The running system. Block device lookups go through `sys_block` and `dev` so that
 /// tests can point them at a directory that looks like sysfs.
 #[derive(Debug)]
-pub struct RealSys {
+pub struct RealInit {
     /// Normally /sys/class/block.
     pub sys_block: PathBuf,
     /// Normally /dev.
     pub dev: PathBuf,
-    start: Instant,
+    sys: RealSys,
 }
 
-impl Default for RealSys {
+forward!(RealInit => sys: Files, Clock, Console, Random, Exec);
+
+impl Default for RealInit {
     fn default() -> Self {
-        RealSys::new(PathBuf::from("/sys/class/block"), PathBuf::from("/dev"))
+        RealInit::new(PathBuf::from("/sys/class/block"), PathBuf::from("/dev"))
     }
 }
 
-impl RealSys {
-    /// A RealSys looking for block devices in the given directories.
+impl RealInit {
+    /// A RealInit looking for block devices in the given directories.
     pub fn new(sys_block: PathBuf, dev: PathBuf) -> Self {
-        RealSys {
+        RealInit {
             sys_block,
             dev,
-            start: Instant::now(),
+            sys: RealSys::default(),
         }
     }
 }
@@ -59,22 +64,7 @@ fn fd_is_open(fd: i32) -> bool {
     fcntl(fd, FcntlArg::F_GETFD).is_ok()
 }
 
-impl InitSys for RealSys {
-    fn log(&mut self, line: &str) {
-        // Never panic on a console error: PID 1 panicking panics the kernel.
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
-
-    fn mkdir(&mut self, path: &str) -> io::Result<()> {
-        fs::create_dir_all(path)
-    }
-
-    fn is_dir(&mut self, path: &str) -> bool {
-        Path::new(path).is_dir()
-    }
-
+impl InitSys for RealInit {
     fn mount(
         &mut self,
         source: &str,
@@ -116,10 +106,6 @@ impl InitSys for RealSys {
         }
     }
 
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
-        fs::read(path)
-    }
-
     fn load_module(&mut self, path: &str) -> Result<(), ModuleError> {
         let file = File::open(path).map_err(|e| ModuleError::Open(errno_of(&e)))?;
         finit_module(&file, c"", ModuleInitFlags::empty()).map_err(ModuleError::Load)
@@ -147,14 +133,6 @@ impl InitSys for RealSys {
 
     fn dev_exists(&mut self, name: &str) -> bool {
         self.dev.join(name).exists()
-    }
-
-    fn sleep(&mut self, d: Duration) {
-        std::thread::sleep(d);
-    }
-
-    fn elapsed(&mut self) -> Duration {
-        self.start.elapsed()
     }
 
     fn exists_in_root(&mut self, root: &str, path: &str) -> bool {
@@ -214,7 +192,7 @@ impl InitSys for RealSys {
         if let Some(mode) = mode {
             nix::unistd::sync();
             let Err(e) = reboot(mode);
-            self.log(&format!(
+            self.say(&format!(
                 "kiln-init: reboot(2) failed: {e}; halting instead"
             ));
         }
@@ -312,56 +290,6 @@ impl InitSys for RealSys {
     fn reread_partitions(&mut self, disk: &str) -> Result<(), Errno> {
         let file = File::open(self.dev.join(disk)).map_err(|e| errno_of(&e))?;
         crate::ioctl::blkrrpart(&file)
-    }
-
-    fn random_bytes(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        // /dev/urandom never blocks, which early boot needs; by the time init runs the
-        // kernel's generator is seeded on the machines kiln targets.
-        io::Read::read_exact(&mut File::open("/dev/urandom")?, buf)
-    }
-
-    fn run_program(
-        &mut self,
-        program: &str,
-        args: &[String],
-        env: &[(String, String)],
-    ) -> io::Result<super::var::ProgramOutput> {
-        let out = std::process::Command::new(program)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
-            .output()?;
-        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
-        output.push_str(&String::from_utf8_lossy(&out.stderr));
-        Ok(super::var::ProgramOutput {
-            code: out.status.code(),
-            output,
-        })
-    }
-
-    fn write_file_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
-        let target = Path::new(path);
-        let dir = target
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = target
-            .file_name()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        // A leftover temporary file keeps its old mode; set it explicitly.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, target)?;
-        File::open(dir)?.sync_all()
     }
 
     fn resolve_in_root(&mut self, root: &str, path: &str) -> Option<String> {

@@ -275,7 +275,7 @@ pub fn wait_for_root(
             Scan::NotYet(seen) => {
                 if debug && last_seen.as_ref() != Some(&seen) {
                     for d in &seen {
-                        sys.log(&format!("kiln-init: disk {}: {}", d.name, d.summary));
+                        sys.say(&format!("kiln-init: disk {}: {}", d.name, d.summary));
                     }
                 }
                 let waited = sys.elapsed().saturating_sub(start);
@@ -288,7 +288,7 @@ pub fn wait_for_root(
                     });
                 }
                 if !announced {
-                    sys.log(&format!(
+                    sys.say(&format!(
                         "kiln-init: waiting up to {} s for a partition of type {}",
                         wait.as_secs(),
                         describe_type(wanted)

@@ -10,12 +10,14 @@ use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use super::modules::ModuleError;
-use super::real::RealSys;
+use super::real::RealInit;
 use super::root::{scan_once, Scan};
 use super::{run, InitSys};
 use crate::cmdline::FailureAction;
 use crate::gpt::native_root_type;
 use crate::gpt::tests::build_image;
+use crate::sys::fake::{fake_base, FakeSys};
+use crate::sys::{forward, Cmd, CommandResult, Exec, Files};
 
 const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 const UUID: &str = "0a0b0c0d-1111-4222-8333-444455556666";
@@ -31,16 +33,16 @@ struct FakeDisk {
     parts: Vec<(u32, String)>,
 }
 
+/// Init's fake: the shared one (files, console, clock, random bytes) with an ordered
+/// record of every effect, disks that appear over time, modules, mounts, the switch to
+/// the system's init and a device-mapper driver.
 #[derive(Default)]
 struct Fake {
-    log: Vec<String>,
+    base: FakeSys,
     actions: Vec<String>,
-    files: BTreeMap<String, Vec<u8>>,
     module_errors: BTreeMap<String, ModuleError>,
     disks: Vec<FakeDisk>,
     polls: u32,
-    clock: Duration,
-    dirs: BTreeSet<String>,
     in_root: BTreeSet<String>,
     exec_errors: BTreeMap<String, Errno>,
     mount_errors: BTreeMap<String, Errno>,
@@ -53,11 +55,12 @@ struct Fake {
     dm: FakeDm,
     /// What BLKRRPART returns (Ok: the disk's partitions become its table's entries).
     reread_error: Option<Errno>,
-    /// The next byte random_bytes hands out (a counter, so ids are predictable).
-    random_next: u8,
     /// Results of programs by path; absent: exit 0, and mke2fs leaves an ext4 magic.
-    program_results: BTreeMap<String, super::var::ProgramOutput>,
+    program_results: BTreeMap<String, CommandResult>,
 }
+
+forward!(Fake => base: Clock, Console, Random);
+fake_base!(Fake => base);
 
 /// A device-mapper driver that records requests and serves `dm-0`.
 #[derive(Default)]
@@ -122,11 +125,11 @@ impl Fake {
     }
 
     fn fatal_line(&self) -> &str {
-        self.log
+        self.lines
             .iter()
             .find(|l| l.starts_with("kiln-init: FATAL: "))
             .map(String::as_str)
-            .unwrap_or_else(|| panic!("no FATAL line in {:#?}", self.log))
+            .unwrap_or_else(|| panic!("no FATAL line in {:#?}", self.lines))
     }
 }
 
@@ -150,17 +153,75 @@ fn not_found() -> io::Error {
     io::Error::from(io::ErrorKind::NotFound)
 }
 
-impl InitSys for Fake {
-    fn log(&mut self, line: &str) {
-        self.log.push(line.to_string());
+impl Files for Fake {
+    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
+        self.files.get(path).cloned().ok_or_else(not_found)
+    }
+    fn exists(&mut self, path: &str) -> bool {
+        self.base.exists(path)
+    }
+    fn is_dir(&mut self, path: &str) -> bool {
+        self.dirs.contains(path)
+    }
+    fn list_dir(&mut self, path: &str) -> io::Result<Vec<String>> {
+        self.base.list_dir(path)
+    }
+    fn modified(&mut self, path: &str) -> Option<u64> {
+        self.base.modified(path)
     }
     fn mkdir(&mut self, path: &str) -> io::Result<()> {
         self.dirs.insert(path.to_string());
         Ok(())
     }
-    fn is_dir(&mut self, path: &str) -> bool {
-        self.dirs.contains(path)
+    fn mkdir_private(&mut self, path: &str) -> io::Result<()> {
+        self.mkdir(path)
     }
+    fn write_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        self.actions.push(format!("write {path} {mode:o}"));
+        self.files.insert(path.to_string(), data.to_vec());
+        Ok(())
+    }
+    fn write_private(&mut self, path: &str, data: &[u8]) -> io::Result<()> {
+        self.write_atomic(path, data, 0o600)
+    }
+    fn remove_file(&mut self, path: &str) -> io::Result<()> {
+        self.base.remove_file(path)
+    }
+}
+
+impl Exec for Fake {
+    fn run(&mut self, cmd: &Cmd<'_>) -> CommandResult {
+        let env: Vec<String> = cmd
+            .env
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.actions.push(format!(
+            "run {} {} {}",
+            env.join(" "),
+            cmd.program,
+            cmd.args.join(" ")
+        ));
+        if let Some(r) = self.program_results.get(cmd.program) {
+            return r.clone();
+        }
+        if cmd.args.iter().any(|a| a.ends_with("/mke2fs")) {
+            let dev = cmd
+                .args
+                .last()
+                .unwrap()
+                .trim_start_matches("/dev/")
+                .to_string();
+            let mut sb = vec![0u8; 4096];
+            sb[1080..1082].copy_from_slice(&[0x53, 0xEF]);
+            self.dev_images.insert(dev, sb);
+        }
+        CommandResult::exited(0, "")
+    }
+}
+
+impl InitSys for Fake {
     fn mount(
         &mut self,
         source: &str,
@@ -186,9 +247,6 @@ impl InitSys for Fake {
     }
     fn ensure_console(&mut self) {
         self.actions.push("console".into());
-    }
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
-        self.files.get(path).cloned().ok_or_else(not_found)
     }
     fn load_module(&mut self, path: &str) -> Result<(), ModuleError> {
         self.actions.push(format!("module {path}"));
@@ -260,12 +318,6 @@ impl InitSys for Fake {
         }
         self.visible_parts().iter().any(|(_, _, p)| *p == name)
     }
-    fn sleep(&mut self, d: Duration) {
-        self.clock += d;
-    }
-    fn elapsed(&mut self) -> Duration {
-        self.clock
-    }
     fn exists_in_root(&mut self, root: &str, path: &str) -> bool {
         assert_eq!(root, "/sysroot");
         self.in_root.contains(path)
@@ -330,7 +382,8 @@ impl InitSys for Fake {
     fn read_dev_all(&mut self, name: &str) -> Result<u64, (u64, io::Error)> {
         self.actions.push(format!("read all {name}"));
         assert!(name == "dm-0" && self.dm.live, "reading {name}");
-        self.clock += self.dm.read_time;
+        let took = self.dm.read_time;
+        self.elapsed += took;
         match self.dm.bad_at {
             // The failing read is the 1 MiB one holding the bad block.
             Some(bad) => Err((bad & !0xf_ffff, Errno::EIO.into())),
@@ -377,44 +430,6 @@ impl InitSys for Fake {
             .collect();
         Ok(())
     }
-    fn random_bytes(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        for b in buf {
-            *b = self.random_next;
-            self.random_next = self.random_next.wrapping_add(1);
-        }
-        Ok(())
-    }
-    fn run_program(
-        &mut self,
-        program: &str,
-        args: &[String],
-        env: &[(String, String)],
-    ) -> io::Result<super::var::ProgramOutput> {
-        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.actions.push(format!(
-            "run {} {program} {}",
-            env.join(" "),
-            args.join(" ")
-        ));
-        if let Some(r) = self.program_results.get(program) {
-            return Ok(r.clone());
-        }
-        if args.iter().any(|a| a.ends_with("/mke2fs")) {
-            let dev = args.last().unwrap().trim_start_matches("/dev/").to_string();
-            let mut sb = vec![0u8; 4096];
-            sb[1080..1082].copy_from_slice(&[0x53, 0xEF]);
-            self.dev_images.insert(dev, sb);
-        }
-        Ok(super::var::ProgramOutput {
-            code: Some(0),
-            output: String::new(),
-        })
-    }
-    fn write_file_atomic(&mut self, path: &str, data: &[u8], mode: u32) -> io::Result<()> {
-        self.actions.push(format!("write {path} {mode:o}"));
-        self.files.insert(path.to_string(), data.to_vec());
-        Ok(())
-    }
     fn resolve_in_root(&mut self, root: &str, path: &str) -> Option<String> {
         assert_eq!(root, "/sysroot");
         self.in_root
@@ -435,7 +450,7 @@ fn boots_through_to_the_system_init() {
     f.disks[0].disk_at = 3;
     f.disks[0].parts_at = 5;
     run_fake(&mut f, &["single"]);
-    assert_eq!(f.halted, None, "{:#?}", f.log);
+    assert_eq!(f.halted, None, "{:#?}", f.lines);
     let flags = |s: &str| s.to_string();
     let want = vec![
         flags("mount proc /proc proc MsFlags(MS_NOSUID | MS_NODEV | MS_NOEXEC) -"),
@@ -459,8 +474,8 @@ fn boots_through_to_the_system_init() {
     ];
     assert_eq!(f.actions, want);
     assert_eq!(f.polls, 6);
-    assert_eq!(f.clock, Duration::from_millis(500));
-    let log = f.log.join("\n");
+    assert_eq!(f.elapsed, Duration::from_millis(500));
+    let log = f.lines.join("\n");
     for line in [
         "kiln-init: mounted /proc, /sys and /dev",
         "kiln-init: modules: 1 loaded, 1 already present, 0 failed (of 2 in /etc/kiln/modules.load)",
@@ -472,7 +487,10 @@ fn boots_through_to_the_system_init() {
     ] {
         assert!(log.contains(line), "missing {line:?} in\n{log}");
     }
-    assert!(f.log.iter().all(|l| l.starts_with("kiln-init: ")), "{log}");
+    assert!(
+        f.lines.iter().all(|l| l.starts_with("kiln-init: ")),
+        "{log}"
+    );
 }
 
 #[test]
@@ -514,7 +532,7 @@ fn missing_root_times_out_with_a_full_explanation() {
         assert!(fatal.contains(&part), "missing {part:?} in {fatal}");
     }
     assert_eq!(
-        f.log.last().map(String::as_str),
+        f.lines.last().map(String::as_str),
         Some("kiln-init: halting; the root filesystem could not be mounted")
     );
     assert!(
@@ -541,7 +559,7 @@ fn no_disks_at_all_points_at_the_driver() {
         "{fatal}"
     );
     assert!(f
-        .log
+        .lines
         .iter()
         .any(|l| l == "kiln-init: powering off (kiln.on_failure=poweroff)"));
 }
@@ -600,7 +618,7 @@ fn falls_back_through_init_candidates() {
         ]
     );
     assert!(f
-        .log
+        .lines
         .iter()
         .any(|l| l.contains("cannot execute /usr/lib/systemd/systemd: ENOEXEC")));
 
@@ -611,7 +629,7 @@ fn falls_back_through_init_candidates() {
         .fatal_line()
         .contains("no init program in the root filesystem"));
     assert_eq!(
-        f.log.last().map(String::as_str),
+        f.lines.last().map(String::as_str),
         Some("kiln-init: halting; the system's init could not be started")
     );
     // It stopped before touching the mounts, so the console and /dev are still usable.
@@ -627,7 +645,7 @@ fn missing_var_and_tmp_are_skipped() {
     assert_eq!(f.halted, None);
     assert!(!f.actions.iter().any(|a| a.starts_with("mount tmpfs")));
     assert!(f
-        .log
+        .lines
         .iter()
         .any(|l| l.contains("no /var in the root filesystem")));
 }
@@ -664,7 +682,7 @@ fn real_scan_finds_the_root_in_an_sgdisk_image() {
     std::fs::create_dir_all(sys.join("vda3")).unwrap();
     std::fs::write(sys.join("vda3/partition"), "3\n").unwrap();
 
-    let mut real = RealSys::new(sys.clone(), dev.clone());
+    let mut real = RealInit::new(sys.clone(), dev.clone());
     // The partition node is not there yet: not found, and the disk summary says why.
     match scan_once(&mut real, &root_type) {
         Scan::NotYet(seen) => {
@@ -749,7 +767,7 @@ mod verity_boot {
     fn mounts_the_root_through_dm_verity() {
         let (mut f, hash) = verity_fake("");
         run_fake(&mut f, &[]);
-        assert_eq!(f.halted, None, "{:#?}", f.log);
+        assert_eq!(f.halted, None, "{:#?}", f.lines);
         let h = hex(&hash);
         let load = format!(
             "dm load kiln-root flags=1 0 2400 verity 1 254:2 254:3 4096 4096 300 1 sha256 {h} {}",
@@ -774,7 +792,7 @@ mod verity_boot {
         let read = f.actions.iter().position(|a| a == "read all dm-0").unwrap();
         assert!(read < mount);
         assert!(!f.actions.iter().any(|a| a.contains("/dev/vda2 /sysroot")));
-        let log = f.log.join("\n");
+        let log = f.lines.join("\n");
         for line in [
             format!(
                 "kiln-init: root partition /dev/vda2 (partition 2 of vda, PARTUUID {})",
@@ -796,19 +814,22 @@ mod verity_boot {
         ] {
             assert!(log.contains(&line), "missing {line:?} in\n{log}");
         }
-        assert!(f.log.iter().all(|l| l.starts_with("kiln-init: ")), "{log}");
+        assert!(
+            f.lines.iter().all(|l| l.starts_with("kiln-init: ")),
+            "{log}"
+        );
     }
 
     #[test]
     fn on_read_skips_the_full_read() {
         let (mut f, _) = verity_fake("kiln.verity_check=on-read kiln.debug");
         run_fake(&mut f, &[]);
-        assert_eq!(f.halted, None, "{:#?}", f.log);
+        assert_eq!(f.halted, None, "{:#?}", f.lines);
         assert!(!f.actions.iter().any(|a| a.starts_with("read all")));
         assert!(f
             .actions
             .contains(&"mount /dev/dm-0 /sysroot ext4 MsFlags(MS_RDONLY) -".to_string()));
-        let log = f.log.join("\n");
+        let log = f.lines.join("\n");
         assert!(
             log.contains("kiln.verity_check=on-read: not reading"),
             "{log}"
@@ -839,7 +860,7 @@ mod verity_boot {
             assert!(fatal.contains(&part), "missing {part:?} in {fatal}");
         }
         assert_eq!(
-            f.log.last().map(String::as_str),
+            f.lines.last().map(String::as_str),
             Some("kiln-init: halting; the root filesystem could not be mounted")
         );
         // Nothing reached the kernel and nothing was mounted.
@@ -903,7 +924,7 @@ mod verity_boot {
         let mut f = Fake::good("");
         run_fake(&mut f, &[]);
         assert_eq!(f.halted, None);
-        assert!(f.log.contains(
+        assert!(f.lines.contains(
             &"kiln-init: warning: no kiln.roothash= on the kernel command line: mounting /dev/vda2 \
               unverified (no dm-verity)"
                 .to_string()
@@ -1074,15 +1095,18 @@ mod var_boot {
             .iter()
             .find(|a| a.starts_with("exec "))
             .map(String::as_str)
-            .unwrap_or_else(|| panic!("no exec in {:#?}\n{:#?}", f.actions, f.log))
+            .unwrap_or_else(|| panic!("no exec in {:#?}\n{:#?}", f.actions, f.lines))
     }
 
     fn assert_logged(f: &Fake, lines: &[&str]) {
-        let log = f.log.join("\n");
+        let log = f.lines.join("\n");
         for line in lines {
             assert!(log.contains(line), "missing {line:?} in\n{log}");
         }
-        assert!(f.log.iter().all(|l| l.starts_with("kiln-init: ")), "{log}");
+        assert!(
+            f.lines.iter().all(|l| l.starts_with("kiln-init: ")),
+            "{log}"
+        );
     }
 
     fn sgdisk(args: &[&str], image: &[u8]) -> String {
@@ -1103,7 +1127,7 @@ mod var_boot {
     fn first_boot_creates_formats_and_mounts_var_and_keeps_a_machine_id() {
         let mut f = first_boot("kiln.var_fallback=halt");
         run_fake(&mut f, &["single"]);
-        assert_eq!(f.halted, None, "{:#?}", f.log);
+        assert_eq!(f.halted, None, "{:#?}", f.lines);
         let last = DISK_SECTORS - 1;
         let mke2fs = mke2fs_run();
         let want = [
@@ -1180,12 +1204,12 @@ mod var_boot {
     fn second_boot_mounts_the_same_var_and_keeps_the_machine_id() {
         let mut f = first_boot("");
         run_fake(&mut f, &[]);
-        assert_eq!(f.halted, None, "{:#?}", f.log);
+        assert_eq!(f.halted, None, "{:#?}", f.lines);
         let table_after_first = f.disks[0].image.clone();
 
         let mut g = next_boot(&f, "");
         run_fake(&mut g, &[]);
-        assert_eq!(g.halted, None, "{:#?}", g.log);
+        assert_eq!(g.halted, None, "{:#?}", g.lines);
         assert_eq!(
             var_actions(&g),
             [
@@ -1244,7 +1268,7 @@ mod var_boot {
         g.dev_images.clear();
         g.files.retain(|k, _| !k.starts_with("/sysroot/var/"));
         run_fake(&mut g, &[]);
-        assert_eq!(g.halted, None, "{:#?}", g.log);
+        assert_eq!(g.halted, None, "{:#?}", g.lines);
         let actions = var_actions(&g);
         assert_eq!(actions[0], mke2fs_run());
         assert!(!actions.iter().any(|a| a.starts_with("write vda")));
@@ -1279,7 +1303,7 @@ mod var_boot {
             assert!(fatal.contains(part), "missing {part:?} in {fatal}");
         }
         assert_eq!(
-            f.log.last().map(String::as_str),
+            f.lines.last().map(String::as_str),
             Some("kiln-init: halting; /var could not be set up on the var partition")
         );
         assert!(!f.actions.iter().any(|a| a.starts_with("write ")));
@@ -1290,7 +1314,7 @@ mod var_boot {
     fn no_room_with_the_tmpfs_fallback_boots_with_a_transient_id() {
         let mut f = first_boot("kiln.var_fallback=tmpfs kiln.var_min=1G");
         run_fake(&mut f, &["single"]);
-        assert_eq!(f.halted, None, "{:#?}", f.log);
+        assert_eq!(f.halted, None, "{:#?}", f.lines);
         assert_eq!(
             var_actions(&f),
             ["mount tmpfs /sysroot/var tmpfs MsFlags(0x0) mode=0755"]
@@ -1327,7 +1351,7 @@ mod var_boot {
         let mut f = first_boot("");
         f.in_root.remove("/usr/sbin/mke2fs");
         run_fake(&mut f, &[]);
-        assert_eq!(f.halted, None, "{:#?}", f.log);
+        assert_eq!(f.halted, None, "{:#?}", f.lines);
         assert!(f
             .actions
             .contains(&"mount tmpfs /sysroot/var tmpfs MsFlags(0x0) mode=0755".to_string()));
@@ -1336,10 +1360,10 @@ mod var_boot {
         let mut f = first_boot("kiln.var_fallback=halt");
         f.program_results.insert(
             format!("/sysroot{}", loader()),
-            super::super::var::ProgramOutput {
-                code: Some(1),
-                output: "mke2fs 1.47.0 (5-Feb-2023)\n/dev/vda4: Read-only file system\n".into(),
-            },
+            CommandResult::exited(
+                1,
+                "mke2fs 1.47.0 (5-Feb-2023)\n/dev/vda4: Read-only file system\n",
+            ),
         );
         run_fake(&mut f, &[]);
         let fatal = f.fatal_line();
@@ -1381,13 +1405,13 @@ mod var_boot {
             .fatal_line()
             .contains("mounting tmpfs on /sysroot/var: EUCLEAN"));
         assert!(f
-            .log
+            .lines
             .iter()
             .any(|l| l.contains("WARNING: mounting /dev/vda4 as ext4 on /sysroot/var: EUCLEAN")));
     }
 }
 
-/// The verity path with RealSys on real files, up to the kernel: veritysetup makes the
+/// The verity path with RealInit on real files, up to the kernel: veritysetup makes the
 /// hash partition, sgdisk the partition table; only the device-mapper is missing here.
 mod verity_real {
     use super::*;
@@ -1466,7 +1490,7 @@ mod verity_real {
             part_uuid: root_part_uuid(&hash),
             from_backup: false,
         };
-        let mut real = RealSys::new(sys.clone(), dev.clone());
+        let mut real = RealInit::new(sys.clone(), dev.clone());
         // The tree checks out; the next step needs /dev/mapper/control, which is absent.
         let f = open_root(&mut real, &opts, &root).unwrap_err();
         assert!(
@@ -1508,7 +1532,7 @@ mod verity_real {
         fs::create_dir_all(&dev).unwrap();
         // Not a multiple of the read size: the last read is short.
         fs::write(dev.join("dm-0"), vec![7u8; (5 << 20) / 2 + 4096]).unwrap();
-        let mut real = RealSys::new(t.path().join("sys"), dev);
+        let mut real = RealInit::new(t.path().join("sys"), dev);
         assert_eq!(real.read_dev_all("dm-0").unwrap(), (5 << 20) / 2 + 4096);
         let (at, e) = real.read_dev_all("dm-1").unwrap_err();
         assert_eq!((at, e.kind()), (0, io::ErrorKind::NotFound));
@@ -1528,8 +1552,8 @@ fn a_driver_without_its_hardware_is_not_a_failure() {
     assert_eq!(r.failed.len(), 1, "{r:?}");
     assert_eq!(r.failed[0].0, "/bad.ko");
     assert!(
-        !sys.log.iter().any(|l| l.contains("hv_vmbus")),
+        !sys.lines.iter().any(|l| l.contains("hv_vmbus")),
         "{:?}",
-        sys.log
+        sys.lines
     );
 }

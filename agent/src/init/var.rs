@@ -19,6 +19,7 @@ use crate::cmdline::{InitOptions, VarFallback};
 use crate::gpt::{
     plan_primary_repair, plan_var, read_table, DiskWrite, GptEntry, RawTable, VarGrowth, VarLayout,
 };
+use crate::sys::{Capture, Cmd, CommandResult};
 
 /// How long to wait for the kernel to create the `var` partition's device node.
 pub const NODE_WAIT: Duration = Duration::from_secs(10);
@@ -61,15 +62,6 @@ pub enum VarMounted {
     Tmpfs,
     /// Nothing: the root has no /var directory.
     Missing,
-}
-
-/// What a program run through [`InitSys::run_program`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramOutput {
-    /// Exit code; None if it was killed by a signal.
-    pub code: Option<i32>,
-    /// stdout then stderr, lossily decoded.
-    pub output: String,
 }
 
 /// A program to run: path, arguments and the complete environment.
@@ -211,7 +203,7 @@ pub fn write_growth(sys: &mut dyn InitSys, disk: &str, g: &VarGrowth) -> Result<
 /// A random version-4 GUID (the partition's unique GUID).
 fn random_guid(sys: &mut dyn InitSys) -> Result<Guid, String> {
     let mut b = [0u8; 16];
-    sys.random_bytes(&mut b)
+    sys.random(&mut b)
         .map_err(|e| format!("reading /dev/urandom: {e}"))?;
     // On disk byte 7 is the high byte of the third field (the version), byte 8 the
     // variant.
@@ -477,6 +469,21 @@ pub fn mke2fs_call(sys: &mut dyn InitSys, root: &str, device: &str) -> Result<Pr
     })
 }
 
+/// Runs `call` to its end with exactly its environment, both of its outputs collected.
+pub fn run_call(sys: &mut dyn InitSys, call: &ProgramCall) -> CommandResult {
+    let args: Vec<&str> = call.args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = call
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    sys.run(
+        &Cmd::new(&call.program, &args)
+            .env(&env)
+            .capture(Capture::Both),
+    )
+}
+
 /// A filesystem other than ext4 at the start of the partition, which init must not
 /// format over.
 fn foreign_filesystem(sys: &mut dyn InitSys, device: &str) -> Option<&'static str> {
@@ -515,21 +522,30 @@ fn format(sys: &mut dyn InitSys, p: &VarPartition) -> Result<(), Problem> {
         ),
     );
     let start = sys.elapsed();
-    let out = sys
-        .run_program(&call.program, &call.args, &call.env)
-        .map_err(|e| {
-            problem(
-                format!("cannot start {} for mke2fs: {e}", call.program),
+    let (code, output) = match run_call(sys, &call) {
+        CommandResult::Exited {
+            code,
+            stdout,
+            stderr,
+        } => (code, stdout + &stderr),
+        other => {
+            let why = match other {
+                CommandResult::Failed(why) => why,
+                _ => "it did not finish".to_string(),
+            };
+            return Err(problem(
+                format!("cannot start mke2fs: {why}"),
                 "check that the root's libc6 and e2fsprogs match its architecture",
-            )
-        })?;
-    if out.code != Some(0) {
-        let tail: Vec<&str> = out.output.lines().rev().take(5).collect();
+            ));
+        }
+    };
+    if code != Some(0) {
+        let tail: Vec<&str> = output.lines().rev().take(5).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(problem(
             format!(
                 "mke2fs failed on {dev} ({}): {}",
-                match out.code {
+                match code {
                     Some(c) => format!("exit status {c}"),
                     None => "killed by a signal".to_string(),
                 },
@@ -633,7 +649,7 @@ mod tests {
 
     use super::*;
     use crate::gpt::native_root_type;
-    use crate::init::real::RealSys;
+    use crate::init::real::RealInit;
 
     const MIB: u64 = 1 << 20;
 
@@ -642,7 +658,7 @@ mod tests {
     /// next to a sysfs-like `sys/class/block/vda`.
     struct Disk {
         dir: tempfile::TempDir,
-        sys: RealSys,
+        sys: RealInit,
     }
 
     impl Disk {
@@ -693,7 +709,7 @@ mod tests {
             )
             .unwrap();
             std::fs::write(block.join("vda/queue/logical_block_size"), "512\n").unwrap();
-            let sys = RealSys::new(block, dev);
+            let sys = RealInit::new(block, dev);
             Disk { dir, sys }
         }
 
@@ -836,7 +852,7 @@ mod tests {
             .unwrap()
             .set_len(64 * MIB)
             .unwrap();
-        let mut sys = RealSys::new(dir.path().join("sys"), dir.path().to_path_buf());
+        let mut sys = RealInit::new(dir.path().join("sys"), dir.path().to_path_buf());
         let call = mke2fs_call(&mut sys, "/", &part.to_string_lossy()).unwrap();
         let (loader, triple) = loader_and_triple();
         assert!(
@@ -851,10 +867,8 @@ mod tests {
             [("MKE2FS_CONFIG".to_string(), "/etc/mke2fs.conf".to_string())]
         );
         assert!(!has_ext4(&mut sys, "vda4"));
-        let out = sys
-            .run_program(&call.program, &call.args, &call.env)
-            .unwrap();
-        assert_eq!(out.code, Some(0), "{}", out.output);
+        let out = run_call(&mut sys, &call);
+        assert!(out.success(), "{out:?}");
         assert!(has_ext4(&mut sys, "vda4"));
         let fsck = Command::new("e2fsck")
             .arg("-fn")

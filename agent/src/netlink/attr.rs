@@ -11,6 +11,9 @@ pub(crate) const NLMSG_HDRLEN: usize = 16;
 pub(crate) const NLA_HDRLEN: usize = 4;
 
 pub(crate) const NLM_F_REQUEST: u16 = 0x01;
+/// Marks a multipart message (only the tests build one: the agent reads dumps to their
+/// `NLMSG_DONE` whatever the flag says).
+#[cfg(test)]
 pub(crate) const NLM_F_MULTI: u16 = 0x02;
 pub(crate) const NLM_F_ACK: u16 = 0x04;
 /// Set by the kernel on a dump part when the table changed during the dump.

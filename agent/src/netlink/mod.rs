@@ -5,10 +5,6 @@
 //! functions, unit-tested against the uapi byte layouts); `real` owns the sockets. The
 //! overlay only sees the [`Net`] trait, so its tests use a fake.
 
-// The overlay that calls this module lands in a later change; until then most of it is
-// only reached from tests. The lead removes this once the overlay uses it.
-#![allow(dead_code)]
-
 mod attr;
 mod genl;
 mod nft;

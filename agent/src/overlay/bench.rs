@@ -10,6 +10,7 @@
 //! `wg show kilnbench0`. `--wg-conf` writes the same device as a `wg setconf` file: the
 //! floor the bench measures against.
 
+use crate::flags::Flags;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -45,18 +46,9 @@ pub struct BenchArgs {
 pub fn parse_args(args: &[String]) -> Result<BenchArgs, String> {
     let mut peers = None;
     let mut wg_conf = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| it.next().cloned())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
+    let mut flags = Flags::new(args);
+    while let Some((flag, inline)) = flags.next_flag() {
+        let mut value = || flags.value(flag, inline.clone());
         match flag {
             "--peers" => {
                 let v = value()?;
@@ -104,7 +96,7 @@ fn host(net: &IpNet, offset: u128) -> Result<IpAddr, String> {
     nth_host(net, offset).ok_or_else(|| format!("host {offset} does not fit in {net}"))
 }
 
-/// `n` peers: peer i (from 0) is `bench-<i>`, key from sha256("kiln-bench-peer:<i>"),
+/// `n` peers: peer i (from 0) is `bench-{i}`, key from sha256("kiln-bench-peer:{i}"),
 /// addresses at host offset i + 2 of the pools, public at 198.18.0.0/15 + i + 1, port
 /// 51820, online.
 pub fn synthetic(n: usize) -> Result<Synthetic, String> {

@@ -7,14 +7,15 @@
 //! A disk cloned to another machine carries the file along; the ids then differ and the
 //! identity is refused, so two machines never share one key.
 
+use kiln_contract::base64;
 use kiln_enroll_proto::api::CREDENTIAL_LEN;
-use kiln_enroll_proto::base64;
 use kiln_enroll_proto::key::PublicKey;
 use kiln_enroll_proto::token::ALPHABET;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 
-use super::{Fatal, OverlaySys, IDENTITY_PATH, MACHINE_ID_PATH, PRODUCT_UUID_PATH, STATE_DIR};
+use super::{Fatal, IDENTITY_PATH, MACHINE_ID_PATH, PRODUCT_UUID_PATH, STATE_DIR};
+use crate::sys::{Files, Random};
 
 /// The node's identity.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub fn credential_from(random: &[u8]) -> Option<String> {
 }
 
 /// The machine's ids now: (machine-id, DMI product UUID).
-pub fn current_ids(sys: &mut dyn OverlaySys) -> Result<(String, Option<String>), Fatal> {
+pub fn current_ids<S: Files + ?Sized>(sys: &mut S) -> Result<(String, Option<String>), Fatal> {
     let mid = sys
         .read_file(MACHINE_ID_PATH)
         .map_err(|e| Fatal::retry(format!("{MACHINE_ID_PATH}: {e}")))?;
@@ -109,6 +110,7 @@ pub fn parse(text: &[u8]) -> Result<Identity, String> {
         return Err(format!("version {} is not 1", f.version));
     }
     let key: [u8; 32] = base64::decode(&f.private_key)
+        .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or("private_key is not 32 bytes of base64")?;
     if public_of(&key) != f.public_key {
@@ -166,7 +168,7 @@ pub fn differences(id: &Identity, mid: &str, uuid: Option<&str>) -> Vec<String> 
 
 /// Loads the identity, or makes and persists a new one. Refuses a stored identity made
 /// on another machine (a cloned disk).
-pub fn load_or_create(sys: &mut dyn OverlaySys) -> Result<Identity, Fatal> {
+pub fn load_or_create<S: Files + Random + ?Sized>(sys: &mut S) -> Result<Identity, Fatal> {
     let (mid, uuid) = current_ids(sys)?;
     match sys.read_file(IDENTITY_PATH) {
         Ok(bytes) => {

@@ -6,25 +6,33 @@
 //!   (`peers.json`), so the mesh comes back after a reboot while the server is down.
 //! - [`plan`]: pure: peers + kernel state → the path to each peer and the WireGuard
 //!   changes that get there (direct, passive, LAN probe, relay).
-//! - [`run`]: the daemon (`overlay run`), one-shot `overlay enroll` and `overlay status`,
-//!   written against the traits below so tests drive them with fakes.
-//! - [`real`]: the real files, clock, console and kiln-enroll client.
-//! - [`bench`]: `overlay bench-apply`, the time to put a large peer list into the kernel
+//! - [`run`]: the daemon (`overlay run`), written against the traits below so tests drive
+//!   it with fakes; [`settings`]: what it runs with; [`enroll`]: enrolling (also the
+//!   one-shot `overlay enroll`); [`mesh`]: the running mesh, kiln0 and heartbeats;
+//!   [`replan`]: kiln0 kept in step with the plan; [`status`]: `overlay status`.
+//! - [`real`]: the real interface addresses and kiln-enroll client (files, the clock, the
+//!   console and the resolver are [`crate::sys::real::RealSys`]'s).
+//! - [`bench`](self::bench): `overlay bench-apply`, the time to put a large peer list into the kernel
 //!   (`make bench`).
 
 pub mod bench;
+pub mod enroll;
 pub mod identity;
+pub mod mesh;
 pub mod plan;
 pub mod real;
+pub mod replan;
 pub mod run;
+pub mod settings;
 pub mod state;
+pub mod status;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
@@ -33,6 +41,8 @@ use kiln_enroll_proto::api::{
     EnrollAnswer, EnrollRequest, ErrorBody, HeartbeatAnswer, HeartbeatRequest, PeerList,
 };
 use kiln_enroll_proto::client::NodeAuth;
+
+use crate::sys::{Clock, Console, Files, Random, Resolve};
 
 /// The overlay's WireGuard interface.
 pub const IFNAME: &str = "kiln0";
@@ -56,31 +66,16 @@ pub const PRODUCT_UUID_PATH: &str = "/sys/class/dmi/id/product_uuid";
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 
 /// Everything the overlay does to the system apart from networking ([`crate::netlink::Net`])
-/// and kiln-enroll ([`Api`]).
-pub trait OverlaySys {
-    /// Reads a file.
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
-    /// Writes a root-only file atomically and durably: folder 0700, temporary file 0600,
-    /// fsync, rename, fsync of the folder.
-    fn write_private(&mut self, path: &str, data: &[u8]) -> io::Result<()>;
-    /// Removes a file (gone already is fine).
-    fn remove_file(&mut self, path: &str) -> io::Result<()>;
-    /// Fills `buf` from the kernel's random source.
-    fn random(&mut self, buf: &mut [u8]) -> io::Result<()>;
-    /// Unix seconds.
-    fn now(&mut self) -> u64;
-    /// Waits.
-    fn sleep(&mut self, d: Duration);
+/// and kiln-enroll ([`Api`]): its state files, the clock, the console, random bytes for
+/// its key, credential and backoff, name resolution (public endpoints, the server), and
+/// the below.
+pub trait OverlaySys: Files + Clock + Console + Random + Resolve {
     /// Waits up to `d` for the watch thread's next event: the daemon applies a new peer
     /// list the moment it arrives, not at its next tick. None when the time ran out (or
     /// the watch thread is gone).
     fn next_event(&mut self, events: &Receiver<run::Event>, d: Duration) -> Option<run::Event>;
-    /// Prints one console line.
-    fn say(&mut self, line: &str);
     /// Every interface address: (interface name, address).
     fn interface_addrs(&mut self) -> io::Result<Vec<(String, IpAddr)>>;
-    /// Resolves a host name.
-    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
     /// Sends one small UDP datagram to `to` (an overlay address). WireGuard starts a
     /// handshake when it has a packet for a peer without a session; a changed endpoint
     /// alone does not, and after 90 s of unanswered attempts the kernel stops trying
@@ -187,6 +182,16 @@ impl Fatal {
 /// Prefix of every console line.
 pub const TAG: &str = "kiln-overlay";
 
+/// Prints one console line.
+fn say(sys: &mut dyn OverlaySys, text: &str) {
+    sys.say(&format!("{TAG}: {text}"));
+}
+
+/// Prints one ERROR line.
+fn error(sys: &mut dyn OverlaySys, text: &str) {
+    sys.say(&format!("{TAG}: ERROR: {text}"));
+}
+
 const OVERLAY_USAGE: &str = "\
 Usage:
   kiln-agent overlay run        the daemon (kiln-overlay.service): read [enroll] from
@@ -213,7 +218,7 @@ Usage:
 pub fn main(args: &[String]) -> ExitCode {
     let code = match args.first().map(String::as_str) {
         Some("run") if args.len() == 1 => real::run_daemon(),
-        Some("enroll") => match run::parse_enroll_args(&args[1..]) {
+        Some("enroll") => match settings::parse_enroll_args(&args[1..]) {
             Ok(a) => real::run_enroll(&a),
             Err(e) => {
                 eprint!("kiln-agent overlay enroll: {e}\n\n{OVERLAY_USAGE}");

@@ -1,117 +1,34 @@
-//! The real overlay effects: files under /var/lib/kiln and /run/kiln, /dev/urandom, the
-//! clock, the console, interface addresses (getifaddrs), name resolution, and
-//! kiln-enroll through the pinned client.
+//! The real overlay effects of its own: interface addresses (getifaddrs), the handshake
+//! kick, the watch thread, and kiln-enroll through the pinned client (files,
+//! /dev/urandom, the clock, the console and the resolver are [`RealSys`]'s).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::io;
+use std::net::IpAddr;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kiln_enroll_proto::api::{
     EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest, PeerList,
 };
 use kiln_enroll_proto::client::{Client, ClientError, NodeAuth};
 
-use super::run::{self, Event, Settings};
+use super::run::{self, Event};
+use super::settings::{self, EnrollArgs, Settings};
+use super::{enroll, status};
 use super::{Api, ApiError, OverlaySys, TAG};
 use crate::netlink::{Net, RealNet};
+use crate::sys::real::RealSys;
+use crate::sys::Console;
 
 /// Timeout for enroll and heartbeat calls.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Timeout for the long poll (longer than its wait).
 pub const POLL_TIMEOUT: Duration = Duration::from_secs(run::WATCH_WAIT_SECS as u64 + 20);
 
-fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// Writes `data` to `path` atomically and durably, root-only: the folder is made 0700,
-/// a temporary file 0600 is written and fsynced, renamed over `path`, and the folder is
-/// fsynced so the rename survives a power loss.
-pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| with_path(dir, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| with_path(dir, e))?;
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: no file name", path.display()),
-        )
-    })?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| with_path(&tmp, e))?;
-    f.set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(|e| with_path(&tmp, e))?;
-    f.write_all(data).map_err(|e| with_path(&tmp, e))?;
-    f.sync_all().map_err(|e| with_path(&tmp, e))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| with_path(path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| with_path(dir, e))
-}
-
-/// The real system.
-#[derive(Debug, Default)]
-pub struct RealSys;
-
 impl OverlaySys for RealSys {
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
-        fs::read(path).map_err(|e| with_path(Path::new(path), e))
-    }
-
-    fn write_private(&mut self, path: &str, data: &[u8]) -> io::Result<()> {
-        write_private(Path::new(path), data)
-    }
-
-    fn remove_file(&mut self, path: &str) -> io::Result<()> {
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(with_path(Path::new(path), e)),
-            _ => Ok(()),
-        }
-    }
-
-    fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(buf))
-            .map_err(|e| with_path(Path::new("/dev/urandom"), e))
-    }
-
-    fn now(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-
-    fn sleep(&mut self, d: Duration) {
-        std::thread::sleep(d);
-    }
-
     fn next_event(&mut self, events: &Receiver<Event>, d: Duration) -> Option<Event> {
         events.recv_timeout(d).ok()
-    }
-
-    fn say(&mut self, line: &str) {
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
     }
 
     fn interface_addrs(&mut self) -> io::Result<Vec<(String, IpAddr)>> {
@@ -129,10 +46,6 @@ impl OverlaySys for RealSys {
             out.push((a.interface_name, ip));
         }
         Ok(out)
-    }
-
-    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        (host, port).to_socket_addrs().map(Iterator::collect)
     }
 
     fn kick(&mut self, to: IpAddr) -> io::Result<()> {
@@ -221,8 +134,8 @@ fn net() -> Result<RealNet, String> {
 
 /// `overlay run`.
 pub fn run_daemon() -> u8 {
-    let mut sys = RealSys;
-    let settings: Settings = match run::load_settings(&mut sys) {
+    let mut sys = RealSys::default();
+    let s: Settings = match settings::load_settings(&mut sys) {
         Ok(Some(s)) => s,
         Ok(None) => {
             sys.say(&format!("{TAG}: no [enroll] config, nothing to do"));
@@ -240,19 +153,19 @@ pub fn run_daemon() -> u8 {
             return 1;
         }
     };
-    run::daemon(&mut sys, &mut n, &make_api, &settings, &spawn_watch)
+    run::daemon(&mut sys, &mut n, &make_api, &s, &spawn_watch)
 }
 
 /// `overlay enroll`.
-pub fn run_enroll(a: &run::EnrollArgs) -> u8 {
-    run::enroll_once(&mut RealSys, &make_api, a)
+pub fn run_enroll(a: &EnrollArgs) -> u8 {
+    enroll::enroll_once(&mut RealSys::default(), &make_api, a)
 }
 
 /// `overlay status`.
 pub fn run_status() -> u8 {
-    let mut sys = RealSys;
+    let mut sys = RealSys::default();
     match net() {
-        Ok(mut n) => run::status(&mut sys, &mut n as &mut dyn Net),
+        Ok(mut n) => status::status(&mut sys, &mut n as &mut dyn Net),
         Err(e) => {
             sys.say(&format!("{TAG}: ERROR: {e}"));
             1

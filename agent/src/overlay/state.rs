@@ -1,7 +1,7 @@
 //! The overlay's state files under /var/lib/kiln: kiln-enroll's answer
 //! (`enrollment.json`) and the last peer list (`peers.json`), and the daemon's status
 //! for `overlay status` (`/run/kiln/overlay.json`). All JSON, written with
-//! [`OverlaySys::write_private`] (atomic, durable, root-only).
+//! [`Files::write_private`] (atomic, durable, root-only).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,9 +11,8 @@ use kiln_enroll_proto::client::NodeAuth;
 use kiln_enroll_proto::token::{hex32, to_hex};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    Fatal, OverlaySys, ENROLLMENT_PATH, IDENTITY_PATH, PEERS_PATH, STATE_DIR, STATUS_PATH,
-};
+use super::{Fatal, ENROLLMENT_PATH, IDENTITY_PATH, PEERS_PATH, STATE_DIR, STATUS_PATH};
+use crate::sys::Files;
 
 /// What enrolling gave, with where from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,8 +50,8 @@ pub struct StatusFile {
 }
 
 /// Reads a JSON file; None when it does not exist.
-fn read_json<T: for<'de> Deserialize<'de>>(
-    sys: &mut dyn OverlaySys,
+fn read_json<T: for<'de> Deserialize<'de>, S: Files + ?Sized>(
+    sys: &mut S,
     path: &str,
 ) -> Result<Option<T>, String> {
     match sys.read_file(path) {
@@ -64,7 +63,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(
     }
 }
 
-fn write_json<T: Serialize>(sys: &mut dyn OverlaySys, path: &str, v: &T) -> Result<(), Fatal> {
+fn write_json<T: Serialize, S: Files + ?Sized>(
+    sys: &mut S,
+    path: &str,
+    v: &T,
+) -> Result<(), Fatal> {
     let mut bytes =
         serde_json::to_vec_pretty(v).map_err(|e| Fatal::retry(format!("encoding {path}: {e}")))?;
     bytes.push(b'\n');
@@ -73,14 +76,14 @@ fn write_json<T: Serialize>(sys: &mut dyn OverlaySys, path: &str, v: &T) -> Resu
 }
 
 /// Loads `enrollment.json`; None when the node has not enrolled.
-pub fn load_enrollment(sys: &mut dyn OverlaySys) -> Result<Option<Enrollment>, Fatal> {
+pub fn load_enrollment<S: Files + ?Sized>(sys: &mut S) -> Result<Option<Enrollment>, Fatal> {
     let damaged = |why: String| {
         Fatal::stop(format!(
             "{why}; the file is damaged: delete {ENROLLMENT_PATH} to enroll again with the \
              same key (or {STATE_DIR} to enroll as a new node)"
         ))
     };
-    let Some(f) = read_json::<EnrollmentFile>(sys, ENROLLMENT_PATH).map_err(damaged)? else {
+    let Some(f) = read_json::<EnrollmentFile, S>(sys, ENROLLMENT_PATH).map_err(damaged)? else {
         return Ok(None);
     };
     if f.version != 1 {
@@ -108,7 +111,7 @@ pub fn scrubbed(answer: &EnrollAnswer) -> EnrollAnswer {
 }
 
 /// Writes `enrollment.json` (its answer [`scrubbed`]).
-pub fn save_enrollment(sys: &mut dyn OverlaySys, e: &Enrollment) -> Result<(), Fatal> {
+pub fn save_enrollment<S: Files + ?Sized>(sys: &mut S, e: &Enrollment) -> Result<(), Fatal> {
     let f = EnrollmentFile {
         version: 1,
         server: e.server.clone(),
@@ -147,20 +150,18 @@ impl std::fmt::Debug for NodeView {
     }
 }
 
-/// Reads the node's view from the overlay's files through `read` (a path to its bytes):
-/// `enrollment.json`, `identity.json` and `peers.json` (for whether the node is public).
-/// None while the node has not enrolled; an error names the damaged file.
-pub fn node_view(
-    read: &mut dyn FnMut(&str) -> std::io::Result<Vec<u8>>,
-) -> Result<Option<NodeView>, String> {
-    let enrollment: EnrollmentFile = match read(ENROLLMENT_PATH) {
+/// Reads the node's view from the overlay's files: `enrollment.json`, `identity.json` and
+/// `peers.json` (for whether the node is public). None while the node has not enrolled;
+/// an error names the damaged file.
+pub fn node_view<S: Files + ?Sized>(sys: &mut S) -> Result<Option<NodeView>, String> {
+    let enrollment: EnrollmentFile = match sys.read_file(ENROLLMENT_PATH) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{ENROLLMENT_PATH}: {e}"))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{ENROLLMENT_PATH}: {e}")),
     };
     let ca_hash = hex32(&enrollment.ca_hash)
         .ok_or_else(|| format!("{ENROLLMENT_PATH}: ca_hash is not 64 hex digits"))?;
-    let id = match read(IDENTITY_PATH) {
+    let id = match sys.read_file(IDENTITY_PATH) {
         Ok(b) => super::identity::parse(&b).map_err(|e| format!("{IDENTITY_PATH}: {e}"))?,
         Err(e) => return Err(format!("{IDENTITY_PATH}: {e}")),
     };
@@ -173,7 +174,7 @@ pub fn node_view(
     };
     // The newest list says best whether a peer has reached us; the enrollment's list is
     // the fallback before the first one was stored.
-    let list: PeerList = match read(PEERS_PATH) {
+    let list: PeerList = match sys.read_file(PEERS_PATH) {
         Ok(b) => serde_json::from_slice(&b).unwrap_or(enrollment.answer.peers.clone()),
         Err(_) => enrollment.answer.peers.clone(),
     };
@@ -197,21 +198,21 @@ pub fn node_view(
 
 /// Loads `peers.json`; a missing or unreadable file gives None (the enrollment's own
 /// list is the fallback), with the reason for an unreadable one.
-pub fn load_peers(sys: &mut dyn OverlaySys) -> Result<Option<PeerList>, String> {
+pub fn load_peers<S: Files + ?Sized>(sys: &mut S) -> Result<Option<PeerList>, String> {
     read_json(sys, PEERS_PATH)
 }
 
 /// Writes `peers.json`.
-pub fn save_peers(sys: &mut dyn OverlaySys, list: &PeerList) -> Result<(), Fatal> {
+pub fn save_peers<S: Files + ?Sized>(sys: &mut S, list: &PeerList) -> Result<(), Fatal> {
     write_json(sys, PEERS_PATH, list)
 }
 
 /// Writes the daemon's status.
-pub fn save_status(sys: &mut dyn OverlaySys, s: &StatusFile) -> Result<(), Fatal> {
+pub fn save_status<S: Files + ?Sized>(sys: &mut S, s: &StatusFile) -> Result<(), Fatal> {
     write_json(sys, STATUS_PATH, s)
 }
 
 /// Reads the daemon's status (None when it is not running or never wrote one).
-pub fn load_status(sys: &mut dyn OverlaySys) -> Result<Option<StatusFile>, String> {
+pub fn load_status<S: Files + ?Sized>(sys: &mut S) -> Result<Option<StatusFile>, String> {
     read_json(sys, STATUS_PATH)
 }

@@ -19,7 +19,11 @@ use kiln_enroll_proto::key::PublicKey;
 use super::identity::{self, Identity};
 use super::run::{self, Event};
 use super::*;
+use super::{enroll, mesh, settings, status};
 use crate::netlink::{Net, NetError, PeerOp, Prefix, WgDevice, WgPeerState};
+use crate::sys::fake::{fake_base, FakeSys as SharedFake};
+use crate::sys::real::RealSys;
+use crate::sys::{forward, Clock, Random};
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -37,60 +41,64 @@ fn config_text() -> String {
     )
 }
 
+/// The overlay's fake: the shared one (files, console, host names; its writes also go to
+/// the log the other fakes write, to check what happens before what) with a sleep that
+/// lets the watch thread run, a counter for random bytes, interface addresses and kicks.
 struct FakeSys {
-    files: BTreeMap<String, Vec<u8>>,
-    lines: Vec<String>,
-    now: u64,
-    slept: Vec<Duration>,
+    base: SharedFake,
     addrs: Vec<(String, IpAddr)>,
-    log: Log,
     counter: u8,
     kicked: Vec<IpAddr>,
 }
 
+forward!(FakeSys => base: Files, Console, Resolve);
+fake_base!(FakeSys => base);
+
 impl FakeSys {
     fn new(log: &Log) -> FakeSys {
-        let mut files = BTreeMap::new();
-        files.insert(MACHINE_ID_PATH.to_string(), format!("{MID}\n").into_bytes());
-        files.insert(CONFIG_PATH.to_string(), config_text().into_bytes());
-        FakeSys {
-            files,
-            lines: Vec::new(),
+        let mut base = SharedFake {
             now: 1_000_000,
-            slept: Vec::new(),
+            shared_log: Some(log.clone()),
+            ..SharedFake::default()
+        };
+        base.hosts.insert(
+            "relay.example".into(),
+            vec!["203.0.113.50".parse().unwrap()],
+        );
+        base.files
+            .insert(MACHINE_ID_PATH.to_string(), format!("{MID}\n").into_bytes());
+        base.files
+            .insert(CONFIG_PATH.to_string(), config_text().into_bytes());
+        FakeSys {
+            base,
             addrs: vec![
                 ("lo".into(), "127.0.0.1".parse().unwrap()),
                 ("eth0".into(), "10.0.2.15".parse().unwrap()),
                 ("eth0".into(), "fe80::1".parse().unwrap()),
                 ("veth12".into(), "10.42.0.1".parse().unwrap()),
             ],
-            log: log.clone(),
             counter: 1,
             kicked: Vec::new(),
         }
     }
+}
 
-    fn has_line(&self, needle: &str) -> bool {
-        self.lines.iter().any(|l| l.contains(needle))
+impl Clock for FakeSys {
+    fn now(&mut self) -> u64 {
+        self.base.now
+    }
+    fn elapsed(&mut self) -> Duration {
+        self.base.elapsed
+    }
+    fn sleep(&mut self, d: Duration) {
+        self.base.slept.push(d);
+        self.base.now += d.as_secs().max(1);
+        // Lets the watch thread of a daemon test deliver its events.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
-impl OverlaySys for FakeSys {
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
-        self.files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{path}: not found")))
-    }
-    fn write_private(&mut self, path: &str, data: &[u8]) -> io::Result<()> {
-        self.log.lock().unwrap().push(format!("write {path}"));
-        self.files.insert(path.to_string(), data.to_vec());
-        Ok(())
-    }
-    fn remove_file(&mut self, path: &str) -> io::Result<()> {
-        self.files.remove(path);
-        Ok(())
-    }
+impl Random for FakeSys {
     fn random(&mut self, buf: &mut [u8]) -> io::Result<()> {
         for b in buf.iter_mut() {
             *b = self.counter;
@@ -98,15 +106,9 @@ impl OverlaySys for FakeSys {
         }
         Ok(())
     }
-    fn now(&mut self) -> u64 {
-        self.now
-    }
-    fn sleep(&mut self, d: Duration) {
-        self.slept.push(d);
-        self.now += d.as_secs().max(1);
-        // Lets the watch thread of a daemon test deliver its events.
-        std::thread::sleep(Duration::from_millis(1));
-    }
+}
+
+impl OverlaySys for FakeSys {
     fn next_event(&mut self, events: &Receiver<Event>, d: Duration) -> Option<Event> {
         if let Ok(ev) = events.try_recv() {
             return Some(ev);
@@ -114,17 +116,8 @@ impl OverlaySys for FakeSys {
         self.sleep(d);
         events.try_recv().ok()
     }
-    fn say(&mut self, line: &str) {
-        self.lines.push(line.to_string());
-    }
     fn interface_addrs(&mut self) -> io::Result<Vec<(String, IpAddr)>> {
         Ok(self.addrs.clone())
-    }
-    fn resolve(&mut self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        match host {
-            "relay.example" => Ok(vec![SocketAddr::new("203.0.113.50".parse().unwrap(), port)]),
-            _ => Err(io::Error::new(io::ErrorKind::NotFound, "no such host")),
-        }
     }
 
     fn kick(&mut self, to: IpAddr) -> io::Result<()> {
@@ -357,7 +350,7 @@ impl Daemon {
     }
 
     fn run(&mut self) -> u8 {
-        let settings = run::load_settings(&mut self.sys).unwrap().unwrap();
+        let settings = settings::load_settings(&mut self.sys).unwrap().unwrap();
         let api = self.api.clone();
         let made = self.made.clone();
         let log = self.log.clone();
@@ -739,27 +732,28 @@ fn endpoints_skip_loopback_link_local_overlay_and_containers() {
     .iter()
     .map(|(n, a)| (n.to_string(), a.parse().unwrap()))
     .collect();
-    let got = run::local_endpoints(&addrs, 51820, &["10.77.0.0/16".parse().unwrap()]);
+    let got = enroll::local_endpoints(&addrs, 51820, &["10.77.0.0/16".parse().unwrap()]);
     let got: Vec<String> = got.iter().map(ToString::to_string).collect();
     assert_eq!(got, ["192.168.1.5:51820", "[2001:db8::5]:51820"]);
 }
 
 #[test]
 fn backoff_doubles_to_a_minute_with_bounded_jitter() {
-    let secs: Vec<u64> = (0..8).map(|a| run::backoff(a, 0).as_secs()).collect();
+    let secs: Vec<u64> = (0..8).map(|a| run::BACKOFF.delay(a, 0).as_secs()).collect();
     assert_eq!(secs, [2, 4, 8, 16, 32, 60, 60, 60]);
-    assert_eq!(run::backoff(0, 255), Duration::from_millis(2500));
-    assert_eq!(run::backoff(9, 255), Duration::from_secs(75));
+    assert_eq!(run::BACKOFF.delay(0, 255), Duration::from_millis(2500));
+    assert_eq!(run::BACKOFF.delay(9, 255), Duration::from_secs(75));
 }
 
 #[test]
 fn enroll_command_arguments() {
     let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let a = run::parse_enroll_args(&args(&["--server", "https://h", "--token", &token_text()]))
-        .unwrap();
+    let a =
+        settings::parse_enroll_args(&args(&["--server", "https://h", "--token", &token_text()]))
+            .unwrap();
     assert_eq!(a.server.to_string(), "https://h:8443");
     assert_eq!(a.listen_port, 51820);
-    let a = run::parse_enroll_args(&args(&[
+    let a = settings::parse_enroll_args(&args(&[
         "--server=https://[fd00::1]:9",
         &format!("--token={}", token_text()),
         "--endpoint",
@@ -795,7 +789,7 @@ fn enroll_command_arguments() {
             "not a port",
         ),
     ] {
-        let e = run::parse_enroll_args(&bad).unwrap_err();
+        let e = settings::parse_enroll_args(&bad).unwrap_err();
         assert!(e.contains(why), "{bad:?}: {e}");
         assert!(!e.contains(&"s".repeat(32)), "secret leaked: {e}");
     }
@@ -804,7 +798,7 @@ fn enroll_command_arguments() {
 #[test]
 fn enroll_command_exit_codes() {
     let id = made_identity(&Log::default());
-    let args = run::EnrollArgs {
+    let args = settings::EnrollArgs {
         server: crate::config::schema::ServerUrl::parse("https://10.0.2.100").unwrap(),
         token: kiln_enroll_proto::token::Token::parse(&token_text()).unwrap(),
         endpoint: None,
@@ -821,7 +815,7 @@ fn enroll_command_exit_codes() {
         d.api.enroll.lock().unwrap().push_back(result);
         let api = d.api.clone();
         let make = move |_: &str, _: [u8; 32]| -> Result<Arc<dyn Api>, String> { Ok(api.clone()) };
-        assert_eq!(run::enroll_once(&mut d.sys, &make, &args), code, "{:?}", d.sys.lines);
+        assert_eq!(enroll::enroll_once(&mut d.sys, &make, &args), code, "{:?}", d.sys.lines);
         assert!(d.sys.lines.iter().any(|l| l.contains(want)), "{want}: {:?}", d.sys.lines);
         assert_eq!(d.sys.files.contains_key(ENROLLMENT_PATH), code == 0);
     }
@@ -831,7 +825,7 @@ fn enroll_command_exit_codes() {
 fn status_lists_node_and_peers() {
     let mut d = Daemon::new();
     let id = made_identity(&Log::default());
-    assert_eq!(run::status(&mut d.sys, &mut d.net), 1);
+    assert_eq!(status::status(&mut d.sys, &mut d.net), 1);
     assert!(d.sys.has_line("not enrolled"));
     let e = state::Enrollment {
         server: "https://10.0.2.100:8443".into(),
@@ -858,7 +852,7 @@ fn status_lists_node_and_peers() {
         keepalive: 25,
     });
     d.sys.lines.clear();
-    assert_eq!(run::status(&mut d.sys, &mut d.net), 0);
+    assert_eq!(status::status(&mut d.sys, &mut d.net), 0);
     assert_eq!(
         d.sys.lines,
         [
@@ -874,15 +868,15 @@ fn settings_need_server_and_token() {
     let log = Log::default();
     let mut sys = FakeSys::new(&log);
     sys.files.remove(CONFIG_PATH);
-    assert_eq!(run::load_settings(&mut sys).unwrap(), None);
+    assert_eq!(settings::load_settings(&mut sys).unwrap(), None);
     sys.files
         .insert(CONFIG_PATH.into(), b"hostname = \"x\"\n".to_vec());
-    assert_eq!(run::load_settings(&mut sys).unwrap(), None);
+    assert_eq!(settings::load_settings(&mut sys).unwrap(), None);
     sys.files.insert(
         CONFIG_PATH.into(),
         b"[enroll]\nserver = \"https://h\"\n".to_vec(),
     );
-    let f = run::load_settings(&mut sys).unwrap_err();
+    let f = settings::load_settings(&mut sys).unwrap_err();
     assert_eq!(f.code, 2);
     assert!(
         f.message.contains("needs both server and token"),
@@ -891,7 +885,7 @@ fn settings_need_server_and_token() {
     );
     sys.files
         .insert(CONFIG_PATH.into(), config_text().into_bytes());
-    let s = run::load_settings(&mut sys).unwrap().unwrap();
+    let s = settings::load_settings(&mut sys).unwrap().unwrap();
     assert_eq!(
         (s.hostname.as_str(), s.listen_port, s.mtu),
         ("node-a", 51820, None)
@@ -985,26 +979,6 @@ fn credentials_are_unbiased() {
 }
 
 #[test]
-fn real_private_writes_are_atomic_and_root_only() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("var/lib/kiln/identity.json");
-    real::write_private(&path, b"one").unwrap();
-    real::write_private(&path, b"two").unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), b"two");
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&path), 0o600);
-    assert_eq!(mode(path.parent().unwrap()), 0o700);
-    assert_eq!(
-        std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-        1,
-        "no temporary left"
-    );
-    let e = real::write_private(std::path::Path::new("/proc/nonexistent/x"), b"").unwrap_err();
-    assert!(e.to_string().contains("/proc/nonexistent"), "{e}");
-}
-
-#[test]
 fn api_errors_say_what_to_do_and_whether_to_retry() {
     assert!(!refused(ErrorCode::TokenInvalid, "x").retryable());
     assert!(refused(ErrorCode::RateLimited, "x").retryable());
@@ -1047,7 +1021,7 @@ fn every_probe_window_kicks_a_handshake_at_the_peer() {
 
 /// A daemon whose kiln0 is up with [`answer`]'s peers, heartbeats off: (daemon, mesh,
 /// enrollment).
-fn mesh_up(a: impl FnOnce(PublicKey) -> EnrollAnswer) -> (Daemon, run::Mesh, state::Enrollment) {
+fn mesh_up(a: impl FnOnce(PublicKey) -> EnrollAnswer) -> (Daemon, mesh::Mesh, state::Enrollment) {
     let mut d = Daemon::new();
     let id = made_identity(&Log::default());
     let e = state::Enrollment {
@@ -1055,12 +1029,12 @@ fn mesh_up(a: impl FnOnce(PublicKey) -> EnrollAnswer) -> (Daemon, run::Mesh, sta
         ca_hash: [0xab; 32],
         answer: a(id.public_key),
     };
-    let s = run::load_settings(&mut d.sys).unwrap().unwrap();
-    let mut mesh = run::Mesh::new(id, e.clone(), &s);
+    let s = settings::load_settings(&mut d.sys).unwrap().unwrap();
+    let mut mesh = mesh::Mesh::new(id, e.clone(), &s);
     mesh.mtu = 1420;
     mesh.next_heartbeat = u64::MAX;
-    run::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
-    run::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
+    mesh::accept_peers(&mut d.sys, &mut mesh, e.answer.peers.clone(), false);
+    mesh::bring_up(&mut d.sys, &mut d.net, &mut mesh).unwrap();
     (d, mesh, e)
 }
 
@@ -1075,7 +1049,7 @@ fn a_direct_peer_is_asked_at_once_and_every_second_until_it_answers() {
     assert_eq!(kicks(&d), 1, "{:?}", d.sys.kicked);
     let (_tx, rx) = std::sync::mpsc::channel();
     let calls = d.net.set_calls;
-    let tick = |d: &mut Daemon, mesh: &mut run::Mesh| {
+    let tick = |d: &mut Daemon, mesh: &mut mesh::Mesh| {
         assert_eq!(
             run::tick(&mut d.sys, &mut d.net, d.api.as_ref(), mesh, None, &rx),
             None
@@ -1166,7 +1140,7 @@ fn the_real_system_hands_over_a_peer_list_as_soon_as_it_arrives() {
         tx
     });
     let started = std::time::Instant::now();
-    let ev = super::real::RealSys.next_event(&rx, Duration::from_secs(30));
+    let ev = RealSys::default().next_event(&rx, Duration::from_secs(30));
     assert_eq!(ev, Some(Event::Trouble("x".into())));
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -1176,7 +1150,7 @@ fn the_real_system_hands_over_a_peer_list_as_soon_as_it_arrives() {
     let _tx = sender.join().unwrap();
     // Nothing more: the wait ends after its time.
     assert_eq!(
-        super::real::RealSys.next_event(&rx, Duration::from_millis(20)),
+        RealSys::default().next_event(&rx, Duration::from_millis(20)),
         None
     );
 }

@@ -3,10 +3,12 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use super::grpc::{self, CallError};
 use super::{CommandResult, Outcome, PreflightSys};
 use crate::report::mountinfo::{parse_mountinfo, Mount};
+use crate::sys::Cmd;
 
 /// Modules kubelet and kube-proxy need.
 pub const MODULES: [&str; 2] = ["overlay", "br_netfilter"];
@@ -24,6 +26,9 @@ pub const TOOLS: [&str; 4] = ["nft", "iptables", "ip6tables", "conntrack"];
 
 /// Where the tools are looked for.
 pub const TOOL_DIRS: [&str; 3] = ["/usr/sbin", "/sbin", "/usr/bin"];
+
+/// Limit for one `--version` run of a tool.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// cgroup v2 controllers kubelet needs.
 pub const CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "io", "memory", "pids"];
@@ -137,13 +142,13 @@ pub fn tools(sys: &mut dyn PreflightSys) -> Outcome {
             continue;
         };
         let path = format!("{dir}/{tool}");
-        match sys.run(&path, &["--version"]) {
-            CommandResult::Exited { success: true, .. } => {
+        match sys.run(&Cmd::new(&path, &["--version"]).timeout(RUN_TIMEOUT)) {
+            CommandResult::Exited { code: Some(0), .. } => {
                 if !dirs.contains(&dir) {
                     dirs.push(dir);
                 }
             }
-            CommandResult::Exited { success: false, .. } => {
+            CommandResult::Exited { .. } => {
                 broken.push(format!("{path} --version failed"));
             }
             CommandResult::TimedOut => broken.push(format!("{path} --version timed out")),
@@ -472,33 +477,6 @@ pub fn default_route(sys: &mut dyn PreflightSys) -> Outcome {
     }
 }
 
-/// Why `name` is not an RFC 1123 host name (labels of letters, digits and inner hyphens).
-pub fn hostname_problem(name: &str) -> Option<String> {
-    if name.len() > 253 {
-        return Some(format!("{} characters, more than 253", name.len()));
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Some("has an empty label".into());
-        }
-        if label.len() > 63 {
-            return Some(format!("label {label:?} is longer than 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Some(format!(
-                "label {label:?} has characters other than letters, digits and '-'"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Some(format!("label {label:?} starts or ends with '-'"));
-        }
-    }
-    None
-}
-
 /// The host name is set, not localhost, and valid as a node name.
 pub fn hostname(sys: &mut dyn PreflightSys) -> Outcome {
     let path = "/proc/sys/kernel/hostname";
@@ -513,7 +491,7 @@ pub fn hostname(sys: &mut dyn PreflightSys) -> Outcome {
              fw_cfg or cloud user-data)"
         ));
     }
-    if let Some(p) = hostname_problem(&name) {
+    if let Err(p) = kiln_contract::names::check_hostname(&name) {
         return Outcome::Fail(format!("hostname {name:?} is not a valid node name: {p}"));
     }
     if name.bytes().any(|b| b.is_ascii_uppercase()) {

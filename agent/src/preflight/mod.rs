@@ -22,30 +22,21 @@ mod tests;
 
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub use crate::report::CommandResult;
+pub use crate::sys::CommandResult;
+use crate::sys::{Clock, Console, Exec, Files};
 
 /// A connection to a Unix socket.
 pub trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
-/// Everything preflight reads from the system, so the checks can run against a fake.
-pub trait PreflightSys {
-    /// Reads a whole file.
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
-    /// Whether `path` exists (following symlinks).
-    fn exists(&mut self, path: &str) -> bool;
+/// Everything preflight reads from the system, so the checks can run against a fake:
+/// files, programs (each tool's `--version`), the clock for `--wait`, the console, and
+/// containerd's socket.
+pub trait PreflightSys: Files + Clock + Console + Exec {
     /// Connects to the Unix socket at `path` (with read and write timeouts).
     fn connect(&mut self, path: &str) -> io::Result<Box<dyn Stream>>;
-    /// Runs a program with a time limit.
-    fn run(&mut self, program: &str, args: &[&str]) -> CommandResult;
-    /// Sleeps (the fake only counts).
-    fn sleep(&mut self, d: Duration);
-    /// Time since an arbitrary start (the fake advances it in `sleep`).
-    fn elapsed(&mut self) -> Duration;
-    /// Prints one console line.
-    fn say(&mut self, line: &str);
 }
 
 /// A check's verdict.
@@ -223,7 +214,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut sys = real::RealSys::new(Instant::now());
+    let mut sys = crate::sys::real::RealSys::default();
     if run(&mut sys, CHECKS, wait) {
         ExitCode::SUCCESS
     } else {

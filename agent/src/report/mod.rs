@@ -24,7 +24,10 @@ pub mod real;
 use std::io;
 use std::time::Duration;
 
+use kiln_contract::le;
 use mountinfo::{mounted_on, parse_mountinfo, parse_proc_mounts, Mount};
+
+use crate::sys::{Cmd, CommandResult, Console, Exec, Files};
 
 /// The EFI variable systemd-stub sets to its name and version.
 pub const STUB_INFO: &str =
@@ -36,32 +39,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Limit for listing failed units (systemd is up by then; this only guards a hang).
 const LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How a command ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandResult {
-    /// It ran to the end (any exit status).
-    Exited {
-        /// Exit status 0.
-        success: bool,
-        /// What it printed on stdout.
-        stdout: String,
-    },
-    /// It ran past the limit and was killed.
-    TimedOut,
-    /// It could not be started.
-    Failed(String),
-}
-
-/// Everything report reads from the system.
-pub trait ReportSys {
+/// Everything report reads from the system: files, programs (systemctl) and diagnostics
+/// on stderr ([`Console::note`], the journal, never the report line), plus the below.
+pub trait ReportSys: Files + Console + Exec {
     /// uname(2): (machine, release).
     fn uname(&mut self) -> (String, String);
-    /// Reads a whole file.
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>>;
-    /// Runs a program, killing it after `timeout`.
-    fn run(&mut self, program: &str, args: &[&str], timeout: Duration) -> CommandResult;
-    /// A diagnostic for stderr (the journal), never the report line.
-    fn note(&mut self, msg: &str);
     /// Size in bytes of the filesystem mounted at `path` (statvfs), if known.
     fn fs_size(&mut self, path: &str) -> Option<u64>;
     /// Tries to create (and then removes) a file in the folder `dir`: Ok if it could
@@ -117,6 +99,11 @@ pub enum Verity {
     Unknown,
 }
 
+/// A diagnostic line for stderr.
+fn note(sys: &mut dyn ReportSys, msg: &str) {
+    sys.note(&format!("kiln-report: {msg}"));
+}
+
 /// The device-mapper uuid prefix init gives the verity device (see `init::verity`).
 const VERITY_UUID_PREFIX: &str = "KILN-VERITY-";
 
@@ -139,16 +126,19 @@ fn verity_of(sys: &mut dyn ReportSys, source: &str) -> Verity {
                     hash_prefix: hash[..12].to_ascii_lowercase(),
                 },
                 _ => {
-                    sys.note(&format!(
-                        "/ is on {dev}, a device-mapper device that is not kiln's verity \
+                    note(
+                        sys,
+                        &format!(
+                            "/ is on {dev}, a device-mapper device that is not kiln's verity \
                          device (uuid {uuid:?})"
-                    ));
+                        ),
+                    );
                     Verity::Off
                 }
             }
         }
         Err(e) => {
-            sys.note(&format!("reading {path}: {e}"));
+            note(sys, &format!("reading {path}: {e}"));
             Verity::Unknown
         }
     }
@@ -160,7 +150,7 @@ pub fn decode_efi_string(bytes: &[u8]) -> Option<String> {
     let body = bytes.get(4..)?;
     let units: Vec<u16> = body
         .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .map(|c| le::u16_at(c, 0))
         .take_while(|&u| u != 0)
         .collect();
     if units.is_empty() {
@@ -272,12 +262,12 @@ impl Report {
 fn read_mounts(sys: &mut dyn ReportSys) -> Option<Vec<Mount>> {
     match sys.read_file("/proc/self/mountinfo") {
         Ok(b) => return Some(parse_mountinfo(&String::from_utf8_lossy(&b))),
-        Err(e) => sys.note(&format!("reading /proc/self/mountinfo: {e}")),
+        Err(e) => note(sys, &format!("reading /proc/self/mountinfo: {e}")),
     }
     match sys.read_file("/proc/mounts") {
         Ok(b) => Some(parse_proc_mounts(&String::from_utf8_lossy(&b))),
         Err(e) => {
-            sys.note(&format!("reading /proc/mounts: {e}"));
+            note(sys, &format!("reading /proc/mounts: {e}"));
             None
         }
     }
@@ -304,41 +294,48 @@ pub fn collect(sys: &mut dyn ReportSys, timeout: Duration) -> Report {
         Ok(bytes) => decode_efi_string(&bytes),
         Err(e) => {
             if e.kind() != io::ErrorKind::NotFound {
-                sys.note(&format!("reading {STUB_INFO}: {e}"));
+                note(sys, &format!("reading {STUB_INFO}: {e}"));
             }
             None
         }
     };
-    let state = match sys.run("systemctl", &["is-system-running", "--wait"], timeout) {
-        // The exit status is non-zero for anything but "running"; the word says which.
-        CommandResult::Exited { stdout, .. } => stdout
-            .split_whitespace()
-            .next()
-            .unwrap_or("unknown")
-            .to_string(),
-        CommandResult::TimedOut => {
-            sys.note(&format!(
-                "systemctl is-system-running --wait did not finish within {} s",
-                timeout.as_secs()
-            ));
-            "timeout".to_string()
-        }
-        CommandResult::Failed(why) => {
-            sys.note(&format!("running systemctl: {why}"));
-            "unknown".to_string()
-        }
-    };
+    let state =
+        match sys.run(&Cmd::new("systemctl", &["is-system-running", "--wait"]).timeout(timeout)) {
+            // The exit status is non-zero for anything but "running"; the word says which.
+            CommandResult::Exited { stdout, .. } => stdout
+                .split_whitespace()
+                .next()
+                .unwrap_or("unknown")
+                .to_string(),
+            CommandResult::TimedOut => {
+                note(
+                    sys,
+                    &format!(
+                        "systemctl is-system-running --wait did not finish within {} s",
+                        timeout.as_secs()
+                    ),
+                );
+                "timeout".to_string()
+            }
+            CommandResult::Failed(why) => {
+                note(sys, &format!("running systemctl: {why}"));
+                "unknown".to_string()
+            }
+        };
     let failed = match sys.run(
-        "systemctl",
-        &["list-units", "--failed", "--plain", "--no-legend"],
-        LIST_TIMEOUT,
+        &Cmd::new(
+            "systemctl",
+            &["list-units", "--failed", "--plain", "--no-legend"],
+        )
+        .timeout(LIST_TIMEOUT),
     ) {
         CommandResult::Exited {
-            success: true,
+            code: Some(0),
             stdout,
+            ..
         } => Some(parse_failed_units(&stdout)),
         other => {
-            sys.note(&format!("systemctl list-units --failed: {other:?}"));
+            note(sys, &format!("systemctl list-units --failed: {other:?}"));
             None
         }
     };
@@ -379,7 +376,7 @@ fn read_trimmed(sys: &mut dyn ReportSys, path: &str) -> Option<String> {
         Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_string()),
         Err(e) => {
             if e.kind() != io::ErrorKind::NotFound {
-                sys.note(&format!("reading {path}: {e}"));
+                note(sys, &format!("reading {path}: {e}"));
             }
             None
         }
@@ -394,7 +391,10 @@ fn usr_write(sys: &mut dyn ReportSys) -> String {
         .map(|dir| {
             let outcome = match sys.try_create(dir) {
                 Ok(()) => {
-                    sys.note(&format!("{dir} is writable: a file could be created in it"));
+                    note(
+                        sys,
+                        &format!("{dir} is writable: a file could be created in it"),
+                    );
                     "writable".to_string()
                 }
                 Err(e) => format!("{e:?}"),

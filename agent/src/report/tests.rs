@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
-use std::io;
 use std::time::Duration;
 
 use super::*;
+use crate::sys::fake::{fake_base, FakeSys};
+use crate::sys::forward;
 
 fn efi_var(s: &str) -> Vec<u8> {
     // Attributes: NV|BS|RT as systemd-stub sets them.
@@ -14,38 +15,22 @@ fn efi_var(s: &str) -> Vec<u8> {
     v
 }
 
+/// The report's fake: the shared one, plus statvfs sizes and write-probe answers.
 #[derive(Default)]
 struct Fake {
-    files: BTreeMap<String, Vec<u8>>,
-    commands: BTreeMap<String, CommandResult>,
-    notes: Vec<String>,
-    timeouts: Vec<Duration>,
+    base: FakeSys,
     /// statvfs sizes by mount point.
     fs_sizes: BTreeMap<String, u64>,
     /// What creating a file in a folder gives; absent: it works.
     write_errors: BTreeMap<String, nix::errno::Errno>,
 }
 
+forward!(Fake => base: Files, Console, Exec);
+fake_base!(Fake => base);
+
 impl ReportSys for Fake {
     fn uname(&mut self) -> (String, String) {
         ("x86_64".into(), "6.1.0-28-amd64".into())
-    }
-    fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
-        self.files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
-    }
-    fn run(&mut self, program: &str, args: &[&str], timeout: Duration) -> CommandResult {
-        self.timeouts.push(timeout);
-        let key = format!("{program} {}", args.join(" "));
-        self.commands
-            .get(&key)
-            .cloned()
-            .unwrap_or_else(|| CommandResult::Failed(format!("{key}: not found")))
-    }
-    fn note(&mut self, msg: &str) {
-        self.notes.push(msg.to_string());
     }
     fn fs_size(&mut self, path: &str) -> Option<u64> {
         self.fs_sizes.get(path).copied()
@@ -64,10 +49,7 @@ const MOUNTINFO: &str = "\
 ";
 
 fn exited(stdout: &str, success: bool) -> CommandResult {
-    CommandResult::Exited {
-        success,
-        stdout: stdout.into(),
-    }
+    CommandResult::exited(if success { 0 } else { 1 }, stdout)
 }
 
 fn healthy_system() -> Fake {
@@ -129,7 +111,7 @@ fn healthy_line_and_exit() {
         )
     );
     assert!(r.healthy());
-    assert_eq!(f.timeouts[0], Duration::from_secs(120));
+    assert_eq!(f.timeouts[0], Some(Duration::from_secs(120)));
     assert!(f.notes.is_empty(), "{:?}", f.notes);
 }
 

@@ -1,15 +1,23 @@
-//! The little HTTP/1.1 a kiln client speaks: write one request, read one answer.
+//! The little HTTP/1.1 kiln's clients speak: write one request, read one answer.
+//!
+//! Two clients in the agent use it: the pinned TLS client of kiln-enroll ([`crate::client`])
+//! and the plain-HTTP client of the cloud metadata services (EC2, GCE, Azure, Oracle).
+//! Both send one request per connection with `Connection: close`, and the caller's socket
+//! carries the timeouts.
 //!
 //! The answer comes from a server that may be hostile (before the pin is checked nothing
-//! is sent, but a pinned server can still be buggy), so the reader bounds everything:
-//! [`MAX_HEAD`] bytes of status line and headers, [`MAX_HEADERS`] headers, a caller-given
-//! body limit, and it names what was wrong in every error.
+//! is sent, but a pinned server can still be buggy; anything on the link-local network can
+//! answer for a metadata service), so the reader bounds everything: [`MAX_HEAD`] bytes of
+//! status line and headers, [`MAX_HEADERS`] headers, a caller-given body limit, and it
+//! names what was wrong in every error.
 
 use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 
-/// Most bytes of status line plus headers (and, separately, of chunked trailers).
-pub const MAX_HEAD: usize = 8 * 1024;
+/// Most bytes of status line plus headers (and, separately, of chunked trailers). Answers
+/// of kiln-enroll and of the metadata services have a few short headers; 16 KiB is what
+/// common servers allow, so a larger head means something is wrong.
+pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines in an answer (and trailer lines after a chunked body).
 pub const MAX_HEADERS: usize = 100;
 
@@ -60,7 +68,7 @@ fn closed(what: &str) -> HttpError {
 /// One request.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// `GET` or `POST`.
+    /// `GET`, `POST`, `PUT`, ...
     pub method: &'a str,
     /// Path and query (`/v1/peers?since=3&wait=60`).
     pub path: &'a str,
@@ -72,48 +80,91 @@ pub struct Request<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+/// Headers the writer derives from the request itself; a caller giving them too would
+/// send two framings or two hosts.
+const WRITER_HEADERS: [&str; 4] = ["host", "connection", "content-length", "transfer-encoding"];
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
 /// Refuses text that would end a header line early (header injection).
 fn check_header_text(what: &str, text: &str) -> io::Result<()> {
     if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("the request's {what} contains a line break or NUL: {text:?}"),
-        ));
+        return Err(invalid(format!(
+            "the request's {what} contains a line break or NUL: {text:?}"
+        )));
     }
     Ok(())
 }
 
 /// Writes `req` in one go (one TLS record where it fits) with `Connection: close`.
 pub fn write_request(w: &mut impl Write, req: &Request<'_>) -> io::Result<()> {
+    write_request_with(w, req, &[])
+}
+
+/// [`write_request`] with extra header lines (name, value), e.g. a metadata service's
+/// `Metadata-Flavor: Google`. A `User-Agent` or `Accept` among them replaces the default
+/// (`kiln-enroll-proto/VERSION`, `application/json`); `Host`, `Connection`,
+/// `Content-Length` and `Transfer-Encoding` are the writer's and refused.
+///
+/// `Content-Length` is sent with a body and for every method but GET and HEAD (0 without
+/// a body): EC2's token endpoint wants it on its bodiless PUT.
+pub fn write_request_with(
+    w: &mut impl Write,
+    req: &Request<'_>,
+    headers: &[(&str, &str)],
+) -> io::Result<()> {
     check_header_text("method", req.method)?;
     check_header_text("path", req.path)?;
     check_header_text("host", req.host)?;
     if req.method.contains(' ') || req.path.contains(' ') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "the request line {} {} contains a space",
-                req.method, req.path
-            ),
+        return Err(invalid(format!(
+            "the request line {} {} contains a space",
+            req.method, req.path
+        )));
+    }
+    for (name, value) in headers {
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(invalid(format!(
+                "the request's header name {name:?} is not an HTTP token"
+            )));
+        }
+        if WRITER_HEADERS.iter().any(|w| name.eq_ignore_ascii_case(w)) {
+            return Err(invalid(format!(
+                "the request's header {name} is set by the writer, not the caller"
+            )));
+        }
+        check_header_text(&format!("header {name}"), value)?;
+    }
+    let given = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let mut out = format!(
+        "{} {} HTTP/1.1\r\nHost: {}\r\n",
+        req.method, req.path, req.host
+    );
+    if !given("user-agent") {
+        out.push_str(concat!(
+            "User-Agent: kiln-enroll-proto/",
+            env!("CARGO_PKG_VERSION"),
+            "\r\n"
         ));
     }
-    let mut out = format!(
-        "{} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kiln-enroll-proto/{}\r\n\
-         Accept: application/json\r\nConnection: close\r\n",
-        req.method,
-        req.path,
-        req.host,
-        env!("CARGO_PKG_VERSION")
-    );
+    if !given("accept") {
+        out.push_str("Accept: application/json\r\n");
+    }
+    out.push_str("Connection: close\r\n");
     if let Some(auth) = req.authorization {
         check_header_text("authorization", auth)?;
         out.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = req.body.unwrap_or_default();
     if req.body.is_some() {
         out.push_str("Content-Type: application/json\r\n");
     }
-    if req.body.is_some() || req.method == "POST" {
+    if req.body.is_some() || !matches!(req.method, "GET" | "HEAD") {
         out.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     out.push_str("\r\n");
@@ -130,18 +181,19 @@ pub struct Response {
     pub status: u16,
     /// Reason phrase as sent (may be empty).
     pub reason: String,
-    /// Headers in order, names lowercased, values trimmed.
+    /// Headers in order, names as sent, values trimmed; look them up with
+    /// [`Response::header`], since header names are case-insensitive.
     pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
 }
 
 impl Response {
-    /// The value of the first header with this (lowercase) name.
+    /// The value of the first header named `name`, in any case.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 }
@@ -189,6 +241,7 @@ fn read_line(r: &mut impl BufRead, max: usize, what: &str) -> Result<Vec<u8>, Ht
     Ok(line)
 }
 
+/// Whether `b` may appear in a header name (RFC 9110's `tchar`).
 fn is_token_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -244,7 +297,7 @@ fn read_fields(
         let value = String::from_utf8_lossy(value)
             .trim_matches([' ', '\t'])
             .to_string();
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let name = String::from_utf8_lossy(name).into_owned();
         fields.push((name, value));
     }
 }
@@ -301,16 +354,14 @@ enum Framing {
 }
 
 fn framing(status: u16, headers: &[(String, String)]) -> Result<Framing, HttpError> {
-    let te: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "transfer-encoding")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let cl: Vec<&str> = headers
-        .iter()
-        .filter(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let all = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    let (te, cl) = (all("transfer-encoding"), all("content-length"));
     if status == 204 || status == 304 {
         return Ok(Framing::None);
     }
@@ -548,7 +599,7 @@ mod tests {
             assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(bytes));
         }
         let huge = format!("HTTP/1.1 200 OK\r\nA: {}\r\n\r\n", "x".repeat(MAX_HEAD));
-        assert!(err(huge.as_bytes()).contains("longer than 8192"));
+        assert!(err(huge.as_bytes()).contains(&format!("longer than {MAX_HEAD} bytes")));
         let many = format!(
             "HTTP/1.1 200 OK\r\n{}\r\n",
             "A: b\r\n".repeat(MAX_HEADERS + 1)
@@ -584,5 +635,115 @@ mod tests {
                 .contains("authorization contains a line break"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn header_names_match_in_any_case() {
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nMetadata-Flavor: Google\r\ncontent-LENGTH: 2\r\n\r\nokEXTRA",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"ok");
+        assert_eq!(r.headers[0].0, "Metadata-Flavor");
+        for name in ["Metadata-Flavor", "metadata-flavor", "METADATA-FLAVOR"] {
+            assert_eq!(r.header(name), Some("Google"), "{name}");
+        }
+        let e = err(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nCONTENT-LENGTH: 1\r\n\r\n");
+        assert!(e.contains("both"), "{e}");
+    }
+
+    /// What the cloud metadata services send (GCE answers chunked, EC2 with a length,
+    /// some close the connection to end the body).
+    #[test]
+    fn reads_metadata_service_answers() {
+        let r = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"Wikipedia in \r\n\r\nchunks.");
+        let r = parse(b"HTTP/1.0 404 Not Found\r\n\r\nnothing here").unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (404, "Not Found"));
+        assert_eq!(r.body, b"nothing here");
+        let r = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(r.body.is_empty());
+        // A head that fits 16 KiB but not the former 8 KiB.
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n",
+            "a".repeat(12_000)
+        );
+        assert_eq!(
+            parse(big.as_bytes()).unwrap().header("x-big").map(str::len),
+            Some(12_000)
+        );
+        // A connection that ends early is an I/O error (worth a retry), not a malformation.
+        for cut in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+        ] {
+            assert!(matches!(parse(cut), Err(HttpError::Io(_))), "{cut:?}");
+        }
+    }
+
+    fn written(req: &Request<'_>, headers: &[(&str, &str)]) -> String {
+        let mut out = Vec::new();
+        write_request_with(&mut out, req, headers).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn writes_extra_headers_and_a_bodiless_put() {
+        let put = Request {
+            method: "PUT",
+            path: "/latest/api/token",
+            host: "169.254.169.254",
+            authorization: None,
+            body: None,
+        };
+        let text = written(
+            &put,
+            &[
+                ("User-Agent", "kiln-agent/1"),
+                ("accept", "*/*"),
+                ("X-aws-ec2-metadata-token-ttl-seconds", "21600"),
+            ],
+        );
+        assert_eq!(
+            text,
+            "PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\
+             User-Agent: kiln-agent/1\r\naccept: */*\r\n\
+             X-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 0\r\n\r\n"
+        );
+        let get = Request {
+            method: "GET",
+            ..put
+        };
+        let text = written(&get, &[("Metadata-Flavor", "Google")]);
+        assert!(
+            text.contains("\r\nUser-Agent: kiln-enroll-proto/"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nAccept: application/json\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\nMetadata-Flavor: Google\r\n\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Content-Length"), "{text}");
+        let refused: &[(&str, &str, &str)] = &[
+            (
+                "X-Token",
+                "a\r\nEvil: 1",
+                "header X-Token contains a line break",
+            ),
+            ("Bad Name", "x", "not an HTTP token"),
+            ("", "x", "not an HTTP token"),
+            ("Evil:\r\nX", "x", "not an HTTP token"),
+            ("content-length", "5", "set by the writer"),
+            ("Host", "elsewhere", "set by the writer"),
+        ];
+        for (name, value, want) in refused {
+            let e = write_request_with(&mut Vec::new(), &get, &[(name, value)]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(want), "{name:?}: {e}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use kiln_contract::base64;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A Curve25519 public key.
@@ -12,8 +13,8 @@ pub struct PublicKey(pub [u8; 32]);
 impl PublicKey {
     /// Parses the base64 form; the error says what is wrong.
     pub fn parse(text: &str) -> Result<PublicKey, String> {
-        let bytes = crate::base64::decode(text)
-            .ok_or_else(|| format!("{text:?} is not base64 (wg's 44-character form)"))?;
+        let bytes = base64::decode(text)
+            .map_err(|e| format!("{text:?} is not base64 (wg's 44-character form): {e}"))?;
         let arr: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
             format!(
                 "{text:?} decodes to {} bytes, a WireGuard key has 32",
@@ -29,7 +30,7 @@ impl PublicKey {
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::base64::encode(&self.0))
+        f.write_str(&base64::encode(&self.0))
     }
 }
 

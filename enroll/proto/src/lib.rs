@@ -10,7 +10,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
-pub mod base64;
 pub mod client;
 pub mod http;
 pub mod key;
@@ -18,3 +17,7 @@ pub mod net;
 pub mod pin;
 pub mod token;
 pub mod validate;
+
+/// Keys travel in standard padded base64 (see [`key`]); the codec is the contract's,
+/// re-exported so code that speaks the protocol finds it beside the key type.
+pub use kiln_contract::base64;

@@ -2,6 +2,7 @@
 //! transaction, and answers with the node's addresses, the overlay settings, the peer
 //! list and the cluster join parameters.
 
+use kiln_contract::names;
 use kiln_enroll_proto::api::{
     ClusterJoin, EnrollAnswer, EnrollRequest, ErrorCode, Network, NodeInfo, CREDENTIAL_LEN,
 };
@@ -152,32 +153,16 @@ fn validate(req: EnrollRequest, ca_hash: &[u8; 32], now: u64) -> Result<Valid, F
     Ok(Valid { token, input })
 }
 
-/// A hostname must be one RFC 1123 label in lowercase: it becomes the node name in the
-/// overlay and in Kubernetes.
+/// A hostname must be a node name (one RFC 1123 label in lowercase): it becomes the node
+/// name in the overlay and in Kubernetes.
 fn hostname(name: &str) -> Result<(), Failure> {
-    let bad = |why: &str| {
+    names::check_node_name(name).map_err(|why| {
         Failure::bad_request(format!(
             "field hostname {:?}: {why} (a node name is one DNS label: 1-63 characters a-z, \
              0-9 and '-', not starting or ending with '-')",
             clip(name)
         ))
-    };
-    if name.is_empty() || name.len() > logic::MAX_NAME_LEN {
-        return Err(bad("wrong length"));
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(bad("contains uppercase letters"));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(bad("contains characters other than a-z, 0-9 and '-'"));
-    }
-    if name.starts_with('-') || name.ends_with('-') {
-        return Err(bad("starts or ends with '-'"));
-    }
-    Ok(())
+    })
 }
 
 fn clip(text: &str) -> String {

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
+use kiln_contract::names;
 use kiln_enroll_proto::api::{
     host_routes, Join, K3sJoin, KubeadmJoin, Observation, Peer, PeerList, Role,
 };
@@ -72,9 +73,6 @@ pub fn join_for(cluster: &Cluster, node: &NodeRecord, first: Option<&NodeRecord>
         }),
     }
 }
-
-/// Longest node name (a DNS label, which is also what Kubernetes accepts everywhere).
-pub const MAX_NAME_LEN: usize = 63;
 
 /// Decides an enrollment. `token` is the stored token with `input.token_id` (None when
 /// there is none), `nodes` every node, revoked ones too. `New` carries the record to
@@ -167,48 +165,19 @@ pub fn free_address(pools: &Pools, nodes: &[NodeRecord]) -> Option<(IpAddr, IpAd
     Some((nth_host(&v4, offset)?, nth_host(&v6, offset)?))
 }
 
-/// `hostname` made into a node name: lowercase, characters other than a-z, 0-9 and `-`
-/// turned into `-`, no leading or trailing `-`, at most [`MAX_NAME_LEN`]; `node` when
-/// nothing is left.
-pub fn base_name(hostname: &str) -> String {
-    let mapped: String = hostname
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let trimmed = trim_to(mapped.trim_matches('-'), MAX_NAME_LEN);
-    if trimmed.is_empty() {
-        "node".to_string()
-    } else {
-        trimmed.to_string()
-    }
-}
-
-fn trim_to(text: &str, len: usize) -> &str {
-    // Only ASCII remains after base_name's mapping, so byte slicing is on char boundaries.
-    let cut = &text[..text.len().min(len)];
-    cut.trim_end_matches('-')
-}
-
-/// A name from `hostname` that none of `taken` has: the hostname itself, else
-/// `hostname-2`, `hostname-3`, ... (the hostname shortened so the whole stays within
-/// [`MAX_NAME_LEN`]).
+/// A name from `hostname` that none of `taken` has: the hostname made into a node name
+/// ([`names::to_node_name`]), else `hostname-2`, `hostname-3`, ... (the hostname
+/// shortened so the whole stays within [`names::MAX_NODE_NAME_LEN`]).
 pub fn unique_name<'a>(hostname: &str, taken: impl IntoIterator<Item = &'a str>) -> String {
     let taken: BTreeSet<&str> = taken.into_iter().collect();
-    let base = base_name(hostname);
+    let base = names::to_node_name(hostname);
     if !taken.contains(base.as_str()) {
         return base;
     }
     let mut n: u64 = 2;
     loop {
         let suffix = format!("-{n}");
-        let stem = trim_to(&base, MAX_NAME_LEN - suffix.len());
+        let stem = names::shorten_node_name(&base, names::MAX_NODE_NAME_LEN - suffix.len());
         let stem = if stem.is_empty() { "node" } else { stem };
         let name = format!("{stem}{suffix}");
         if !taken.contains(name.as_str()) {
@@ -529,13 +498,28 @@ mod tests {
         assert_eq!(unique_name("--", []), "node");
         let long = "a".repeat(70);
         let first = unique_name(&long, []);
-        assert_eq!(first.len(), MAX_NAME_LEN);
+        assert_eq!(first.len(), names::MAX_NODE_NAME_LEN);
         let second = unique_name(&long, [first.as_str()]);
-        assert_eq!(second.len(), MAX_NAME_LEN);
+        assert_eq!(second.len(), names::MAX_NODE_NAME_LEN);
         assert!(second.ends_with("a-2"), "{second}");
         let nodes = enroll_all(3, &pools("10.77.0.0/16"));
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["host", "host-2", "host-3"]);
+    }
+
+    #[test]
+    fn unique_names_pass_the_node_name_check() {
+        // Suffixed names are made here, not in the contract, so they are checked here.
+        let long = "x".repeat(63);
+        for host in ["web", "-", "Web_01.lan", long.as_str(), "a-b-c-d-e-f-g-h"] {
+            let mut taken: Vec<String> = Vec::new();
+            for _ in 0..12 {
+                let name = unique_name(host, taken.iter().map(String::as_str));
+                assert_eq!(names::check_node_name(&name), Ok(()), "{host}: {name}");
+                assert!(!taken.contains(&name), "{host}: {name}");
+                taken.push(name);
+            }
+        }
     }
 
     #[test]

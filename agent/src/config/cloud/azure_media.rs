@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::base64;
+use kiln_contract::base64;
 
 /// Where the media is mounted while it is read.
 const MOUNT_POINT: &str = "/run/kiln/azure-media";
@@ -77,8 +77,8 @@ pub fn custom_data(xml: &str) -> Result<Option<String>, String> {
     let Some(content) = element_text(xml, "CustomData") else {
         return Ok(None);
     };
-    let bytes =
-        base64::decode(content.as_bytes()).map_err(|e| format!("CustomData is not base64: {e}"))?;
+    let bytes = base64::decode_lenient(content.as_bytes())
+        .map_err(|e| format!("CustomData is not base64: {e}"))?;
     let text = String::from_utf8(bytes).map_err(|_| "CustomData is not UTF-8 text".to_string())?;
     Ok((!text.trim().is_empty()).then_some(text))
 }

@@ -33,21 +33,25 @@
 //! budget runs out.
 
 pub mod azure_media;
-pub mod base64;
 pub mod http;
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Http, HttpError, Request, Response, TcpHttp};
+use kiln_contract::base64;
+
+use crate::backoff::Backoff;
 
 /// Suffix of every error: cloud config is one channel among several.
 const GOES_ON: &str = "the node goes on without cloud config";
 
-/// First pause between attempts; doubled up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Pauses between attempts: 250 ms doubling up to 2 s (no jitter: one node, one server).
+const BACKOFF: Backoff = Backoff {
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+};
 /// Longest a single attempt may take (connect, then each read).
 const PER_TRY: Duration = Duration::from_secs(5);
 /// Shortest timeout given to an attempt, even when the budget is spent.
@@ -265,7 +269,7 @@ pub fn fetch_from(
     budget: Duration,
     media: &mut MediaReader<'_>,
 ) -> Result<CloudUserData, CloudError> {
-    let now = http.now();
+    let now = http.elapsed();
     let mut s = Session {
         http,
         provider,
@@ -413,14 +417,14 @@ fn oracle(s: &mut Session<'_>) -> Result<CloudUserData, CloudError> {
 struct Session<'a> {
     http: &'a mut dyn Http,
     provider: Provider,
-    /// When failures of a reachable server stop being retried.
-    deadline: Instant,
+    /// When failures of a reachable server stop being retried (on the http's clock).
+    deadline: Duration,
     /// When "no route" failures stop being retried.
-    net_deadline: Instant,
+    net_deadline: Duration,
     /// Whether a "no route" failure was seen.
     saw_no_route: bool,
     /// When the metadata address became reachable after "no route" failures.
-    reachable_at: Option<Instant>,
+    reachable_at: Option<Duration>,
 }
 
 impl Session<'_> {
@@ -475,7 +479,7 @@ impl Session<'_> {
 
     /// A base64 user-data body, decoded; empty counts as none.
     fn base64_text(&self, path: &str, body: &[u8]) -> Result<Option<String>, CloudError> {
-        let bytes = base64::decode(body).map_err(|e| {
+        let bytes = base64::decode_lenient(body).map_err(|e| {
             self.err(
                 path,
                 CloudErrorKind::Decode(format!("the user-data is not base64: {e}")),
@@ -494,12 +498,12 @@ impl Session<'_> {
 
     /// Sends `req`, retrying transient failures with backoff until the deadline.
     fn send(&mut self, req: &Request<'_>) -> Result<Response, CloudError> {
-        let started = self.http.now();
-        let mut delay = FIRST_BACKOFF;
+        let started = self.http.elapsed();
         let mut attempts = 0u32;
         loop {
+            let delay = BACKOFF.delay(attempts, 0);
             attempts += 1;
-            let remaining = self.deadline.saturating_duration_since(self.http.now());
+            let remaining = self.deadline.saturating_sub(self.http.elapsed());
             let timeout = remaining.clamp(MIN_TRY, PER_TRY);
             let (last, no_route) = match self.http.send(req, timeout) {
                 Ok(r) if r.status == 429 || r.status >= 500 => {
@@ -509,7 +513,7 @@ impl Session<'_> {
                 Err(e) if e.is_transient() => (e.to_string(), e.is_no_route()),
                 Err(e) => return Err(self.err(req.path, CloudErrorKind::Http(e))),
             };
-            let now = self.http.now();
+            let now = self.http.elapsed();
             self.saw_no_route |= no_route;
             if !no_route && self.saw_no_route && self.reachable_at.is_none() {
                 self.reachable_at = Some(now);
@@ -524,13 +528,12 @@ impl Session<'_> {
                     req.path,
                     CloudErrorKind::GaveUp {
                         attempts,
-                        waited: now.saturating_duration_since(started),
+                        waited: now.saturating_sub(started),
                         last,
                     },
                 ));
             }
-            self.http.pause(delay);
-            delay = (delay * 2).min(MAX_BACKOFF);
+            self.http.sleep(delay);
         }
     }
 }

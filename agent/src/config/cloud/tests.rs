@@ -3,8 +3,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use super::http::{read_response, Http, HttpError, Request, Response, TcpHttp};
+use super::http::{Http, HttpError, Request, Response, TcpHttp};
 use super::*;
+use crate::sys::fake::{fake_base, FakeSys};
+use crate::sys::forward;
 
 /// A scripted metadata server with a virtual clock: the provider flows run without a
 /// network or real sleeps.
@@ -13,17 +15,19 @@ type Logged = (String, String, Vec<(String, String)>);
 struct Script {
     answers: VecDeque<Result<Response, HttpError>>,
     log: Vec<Logged>,
-    start: Instant,
-    elapsed: Duration,
+    /// The virtual clock (its `elapsed`).
+    base: FakeSys,
 }
+
+forward!(Script => base: Clock);
+fake_base!(Script => base);
 
 impl Script {
     fn new(answers: Vec<Result<Response, HttpError>>) -> Script {
         Script {
             answers: answers.into(),
             log: Vec::new(),
-            start: Instant::now(),
-            elapsed: Duration::ZERO,
+            base: FakeSys::default(),
         }
     }
 }
@@ -44,12 +48,6 @@ impl Http for Script {
             ))
         })
     }
-    fn pause(&mut self, d: Duration) {
-        self.elapsed += d;
-    }
-    fn now(&self) -> Instant {
-        self.start + self.elapsed
-    }
     fn base_url(&self) -> String {
         "http://169.254.169.254".into()
     }
@@ -58,6 +56,7 @@ impl Http for Script {
 fn ok(status: u16, body: &str) -> Result<Response, HttpError> {
     Ok(Response {
         status,
+        reason: String::new(),
         headers: Vec::new(),
         body: body.as_bytes().to_vec(),
     })
@@ -66,7 +65,9 @@ fn ok(status: u16, body: &str) -> Result<Response, HttpError> {
 fn google(status: u16, body: &str) -> Result<Response, HttpError> {
     Ok(Response {
         status,
-        headers: vec![("Metadata-Flavor".into(), "Google".into())],
+        reason: String::new(),
+        // Go's net/http (GCE's server) sends canonical case; the check must not depend on it.
+        headers: vec![("metadata-flavor".into(), "Google".into())],
         body: body.as_bytes().to_vec(),
     })
 }
@@ -332,57 +333,8 @@ fn malformed_answers_are_not_retried() {
     assert_eq!(s.log.len(), 1);
 }
 
-// --- the real client, against canned bytes ---
-
-fn parse(raw: &[u8]) -> Result<Response, HttpError> {
-    read_response(&mut &raw[..], 16 * 1024, 1024)
-}
-
-#[test]
-fn parses_content_length_chunked_and_eof_bodies() {
-    let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhelloEXTRA").unwrap();
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello"[..]));
-    assert_eq!(r.header("x-a"), Some("b"));
-    let r = parse(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n",
-    )
-    .unwrap();
-    assert_eq!(r.body, b"Wikipedia in \r\n\r\nchunks.");
-    let r = parse(b"HTTP/1.0 404 Not Found\r\n\r\nnothing here").unwrap();
-    assert_eq!((r.status, r.body.as_slice()), (404, &b"nothing here"[..]));
-}
-
-#[test]
-fn enforces_limits_and_rejects_non_http() {
-    assert!(matches!(
-        parse(b"SSH-2.0-OpenSSH\r\n\r\n"),
-        Err(HttpError::Malformed(_))
-    ));
-    assert!(matches!(
-        parse(b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n"),
-        Err(HttpError::Malformed(m)) if m.contains("limit")
-    ));
-    let big = format!(
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
-        2000
-    );
-    assert!(matches!(
-        parse(big.as_bytes()),
-        Err(HttpError::Malformed(_))
-    ));
-    let long_headers = format!("HTTP/1.1 200 OK\r\nX: {}\r\n\r\n", "a".repeat(20_000));
-    assert!(matches!(
-        parse(long_headers.as_bytes()),
-        Err(HttpError::Malformed(m)) if m.contains("headers exceed")
-    ));
-    let eof = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
-    assert!(parse(eof).unwrap().body.is_empty());
-    assert!(matches!(
-        parse(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
-        Err(HttpError::Interrupted(_))
-    ));
-    assert!(matches!(parse(b""), Err(HttpError::Interrupted(_))));
-}
+// --- the real client, over a socket (the parser's own tests are in
+// kiln_enroll_proto::http) ---
 
 /// Serves one connection: records the request, answers `answer`.
 fn one_shot(answer: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle<Vec<u8>>) {
@@ -409,7 +361,7 @@ fn one_shot(answer: &'static [u8]) -> (SocketAddr, std::thread::JoinHandle<Vec<u
 fn tcp_client_speaks_http_1_1_over_a_socket() {
     let (addr, h) =
         one_shot(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
-    let mut c = TcpHttp { addr };
+    let mut c = TcpHttp::new(addr);
     let r = c
         .send(
             &Request {
@@ -433,13 +385,68 @@ fn tcp_client_speaks_http_1_1_over_a_socket() {
     );
     assert!(req.contains("\r\nContent-Length: 0\r\n"), "{req}");
     assert!(req.contains("\r\nConnection: close\r\n"), "{req}");
+    // The agent's own User-Agent and Accept, once each, not the wire module's defaults.
+    assert_eq!(req.matches("User-Agent:").count(), 1, "{req}");
+    assert!(req.contains("\r\nUser-Agent: kiln-agent/"), "{req}");
+    assert_eq!(req.matches("Accept:").count(), 1, "{req}");
+    assert!(req.contains("\r\nAccept: */*\r\n"), "{req}");
+}
+
+#[test]
+fn tcp_client_sorts_failures_into_retried_and_not() {
+    let get = Request {
+        method: "GET",
+        path: "/",
+        headers: &[],
+    };
+    let send = |answer: &'static [u8]| {
+        let (addr, h) = one_shot(answer);
+        let r = TcpHttp::new(addr).send(&get, Duration::from_secs(5));
+        h.join().unwrap();
+        r
+    };
+    // Not HTTP, or over a limit: the server is wrong, asking again will not help.
+    for answer in [
+        &b"SSH-2.0-OpenSSH_9.6\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n",
+    ] {
+        let e = send(answer).unwrap_err();
+        assert!(
+            matches!(e, HttpError::Malformed(_)) && !e.is_transient(),
+            "{e}"
+        );
+    }
+    // Closed early: the connection broke, so the flows retry.
+    for answer in [
+        &b""[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+    ] {
+        let e = send(answer).unwrap_err();
+        assert!(
+            matches!(e, HttpError::Interrupted(_)) && e.is_transient(),
+            "{e}"
+        );
+    }
+    // A header value that would inject a line is refused before anything is sent.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = Request {
+        headers: &[("X-aws-ec2-metadata-token", "t\r\nX-Forwarded-For: 1")],
+        ..get
+    };
+    let e = TcpHttp::new(l.local_addr().unwrap())
+        .send(&bad, Duration::from_secs(5))
+        .unwrap_err();
+    assert!(
+        matches!(e, HttpError::Request(_)) && !e.is_transient(),
+        "{e}"
+    );
 }
 
 #[test]
 fn tcp_client_times_out_on_a_silent_server_and_retries_refusals() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let mut c = TcpHttp { addr };
+    let mut c = TcpHttp::new(addr);
     let req = Request {
         method: "GET",
         path: "/",
