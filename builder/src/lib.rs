@@ -1,15 +1,17 @@
 //! kiln: bakes immutable node images from a declarative profile.
 //!
 //! The modules follow the data flow of a build:
-//! [`profile`] → [`lock`] → [`fetch`] → [`unpack`] → [`tree`] → [`plan`] →
-//! [`fs`] / [`uki`] → [`disk`] → [`output`]. [`build`] drives them in that
-//! order; [`qemu`] boots the result.
+//! [`profile`] → [`lock`] → [`fetch`] → [`unpack`] → [`tree`] (with [`oci`])
+//! → [`plan`] → [`fs`] / [`uki`] → [`disk`] → [`output`]. Each imports only
+//! modules before it (a test keeps it so), and [`build`] runs them as a
+//! recipe of named stages; [`qemu`] boots the result.
 
 pub mod arch;
 pub mod build;
 pub mod disk;
 pub mod fetch;
 pub mod fs;
+pub mod image_path;
 pub mod inspect;
 pub mod lock;
 pub mod oci;
@@ -21,5 +23,8 @@ pub mod runner;
 pub mod tree;
 pub mod uki;
 pub mod unpack;
+
+#[cfg(test)]
+mod module_graph;
 
 pub use arch::Arch;

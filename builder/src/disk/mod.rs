@@ -11,6 +11,8 @@
 //! [`read_gpt`] validates a disk's GPT (signatures, both header CRCs, both
 //! entry array CRCs) and lists its partitions.
 
+mod reader;
+
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::ops::Range;
@@ -25,6 +27,8 @@ use kiln_contract::gpt::{
 };
 
 use crate::plan::{DiskPlan, Guid, PartitionRole, PlannedPartition};
+
+pub use reader::WindowReader;
 
 const SECTOR: u64 = 512;
 /// Copy buffer for [`ImageFile::write_partition`].

@@ -13,6 +13,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kiln_contract::le::{put_u16, put_u32};
+
 use crate::arch::Arch;
 use crate::fs::{ext4, fat, verity};
 use crate::output::manifest::{self, Manifest};
@@ -56,39 +58,37 @@ pub struct Fixture {
 /// its headers for the UKI's section headers: enough for `uki::assemble`.
 pub fn tiny_stub(arch: Arch) -> Vec<u8> {
     let mut b = vec![0u8; 0x600];
-    let w16 = |b: &mut [u8], at: usize, v: u16| b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let w32 = |b: &mut [u8], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
     b[0..2].copy_from_slice(b"MZ");
-    w32(&mut b, 0x3c, 0x80);
+    put_u32(&mut b, 0x3c, 0x80);
     b[0x80..0x84].copy_from_slice(b"PE\0\0");
     let coff = 0x84;
     let machine = match arch {
         Arch::X86_64 => 0x8664,
         Arch::Arm64 => 0xaa64,
     };
-    w16(&mut b, coff, machine);
-    w16(&mut b, coff + 2, 1); // one section
+    put_u16(&mut b, coff, machine);
+    put_u16(&mut b, coff + 2, 1); // one section
     let opt_size = 112 + 16 * 8;
-    w16(&mut b, coff + 16, opt_size as u16);
-    w16(&mut b, coff + 18, 0x0022); // executable, large-address aware
+    put_u16(&mut b, coff + 16, opt_size as u16);
+    put_u16(&mut b, coff + 18, 0x0022); // executable, large-address aware
     let opt = coff + 20;
-    w16(&mut b, opt, 0x20b); // PE32+
-    w32(&mut b, opt + 4, 0x200); // SizeOfCode
-    w32(&mut b, opt + 16, 0x1000); // entry point
-    w32(&mut b, opt + 20, 0x1000); // BaseOfCode
-    w32(&mut b, opt + 32, 0x1000); // SectionAlignment
-    w32(&mut b, opt + 36, 0x200); // FileAlignment
-    w32(&mut b, opt + 56, 0x2000); // SizeOfImage
-    w32(&mut b, opt + 60, 0x400); // SizeOfHeaders
-    w16(&mut b, opt + 68, 10); // EFI application
-    w32(&mut b, opt + 108, 16); // data directories
+    put_u16(&mut b, opt, 0x20b); // PE32+
+    put_u32(&mut b, opt + 4, 0x200); // SizeOfCode
+    put_u32(&mut b, opt + 16, 0x1000); // entry point
+    put_u32(&mut b, opt + 20, 0x1000); // BaseOfCode
+    put_u32(&mut b, opt + 32, 0x1000); // SectionAlignment
+    put_u32(&mut b, opt + 36, 0x200); // FileAlignment
+    put_u32(&mut b, opt + 56, 0x2000); // SizeOfImage
+    put_u32(&mut b, opt + 60, 0x400); // SizeOfHeaders
+    put_u16(&mut b, opt + 68, 10); // EFI application
+    put_u32(&mut b, opt + 108, 16); // data directories
     let s = opt + opt_size;
     b[s..s + 8].copy_from_slice(b".text\0\0\0");
-    w32(&mut b, s + 8, 0x10);
-    w32(&mut b, s + 12, 0x1000);
-    w32(&mut b, s + 16, 0x200);
-    w32(&mut b, s + 20, 0x400);
-    w32(&mut b, s + 36, 0x6000_0020);
+    put_u32(&mut b, s + 8, 0x10);
+    put_u32(&mut b, s + 12, 0x1000);
+    put_u32(&mut b, s + 16, 0x200);
+    put_u32(&mut b, s + 20, 0x400);
+    put_u32(&mut b, s + 36, 0x6000_0020);
     b[0x400..0x410].copy_from_slice(b"\xc3 tiny stub....!");
     b
 }

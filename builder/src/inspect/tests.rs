@@ -8,7 +8,10 @@ use std::path::Path;
 use std::process::Command;
 
 use super::fixture::{self, build, edit_manifest, flip_byte, Fixture};
+use super::show::utc;
 use super::*;
+use crate::arch::Arch;
+use crate::profile::Format;
 use crate::runner::HostRunner;
 
 fn opts(verify: bool) -> InspectOptions {

@@ -12,7 +12,6 @@
 //! (`<file> <ref>` per line) for `kiln-images.service`, which imports them
 //! into containerd's `k8s.io` namespace at boot.
 
-mod spec;
 mod tarball;
 
 use std::collections::BTreeMap;
@@ -23,10 +22,14 @@ use sha2::{Digest, Sha256};
 
 use crate::arch::Arch;
 use crate::fetch::Fetched;
-use crate::tree::{FileTree, Node, TreeError};
+use crate::tree::{effects, FileTree, Node, TreeError};
 use crate::unpack::{self, InsertRules, UnpackError};
 
-pub use spec::{validate_images, ImageRef, ImageSpec, SpecError, DEFAULT_PATH};
+// The `[[container_image]]` entries are profile settings; these keep the
+// names at the module that builds the images.
+pub use crate::profile::container_image::{
+    validate_images, ImageRef, ImageSpec, SpecError, DEFAULT_PATH,
+};
 pub use tarball::write_tree;
 
 /// Where the archives are in the root.
@@ -201,24 +204,7 @@ pub fn digest(bytes: &[u8]) -> String {
 /// RFC 3339 UTC time of a Unix timestamp (`1970-01-01T00:00:00Z`), computed
 /// from the epoch alone so no clock or time zone is consulted.
 pub fn rfc3339(epoch: i64) -> String {
-    let days = epoch.div_euclid(86_400);
-    let secs = epoch.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    kiln_contract::civil::DateTime::from_unix(epoch).rfc3339()
 }
 
 /// The layer's file tree: the packages' files as the root would get them
@@ -233,7 +219,7 @@ pub fn layer_tree(
     for deb in debs {
         unpack::insert_deb(&mut tree, deb, rules)?;
     }
-    unpack::merged_usr_links(&mut tree).map_err(|source| UnpackError::Tree {
+    effects::merged_usr_links(&mut tree).map_err(|source| UnpackError::Tree {
         package: "kiln:merged-usr".into(),
         source,
     })?;

@@ -7,6 +7,21 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arch::Arch;
+use crate::fetch::Fetched;
+use crate::fs::ext4::Ext4Summary;
+use crate::fs::verity::{self, VerityParams, VerityTree};
+use crate::output::formats::Outputs;
+use crate::plan::{DiskPlan, Guid, PlannedPartition};
+use crate::profile::{Profile, VerityCheck};
+use crate::tree::kmod::ModuleSelection;
+use crate::uki::initramfs::Initramfs;
+use crate::uki::parts::KernelImage;
+
+// The digests moved to their own module; these keep the paths other
+// programs (the QEMU test harness) and `kiln inspect` use.
+pub use super::digest::{sha256_file, sha256_hex, sha256_image_and_ranges, sha256_range};
+
 /// The manifest schema version.
 pub const SCHEMA: u32 = 2;
 
@@ -131,7 +146,7 @@ pub struct Partition {
 
 impl Partition {
     /// The manifest entry of a planned partition whose bytes hash to `sha256`.
-    pub fn of(p: &crate::plan::PlannedPartition, sha256: String) -> Partition {
+    pub fn of(p: &PlannedPartition, sha256: String) -> Partition {
         Partition {
             role: p.role.to_string(),
             label: p.name.clone(),
@@ -207,64 +222,187 @@ impl Manifest {
     }
 }
 
-/// SHA-256 of a byte slice, lowercase hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
+/// What the build's stages produced, as the manifest records it.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageFacts<'a> {
+    /// The profile built (its name, module sets, verity check and extras).
+    pub profile: &'a Profile,
+    /// The profile file's bytes.
+    pub profile_bytes: &'a [u8],
+    /// The lock file.
+    pub lock_path: &'a Path,
+    /// The lock file's bytes.
+    pub lock_bytes: &'a [u8],
+    /// Target arch.
+    pub arch: Arch,
+    /// The clamp timestamp.
+    pub epoch: i64,
+    /// Every package fetched for the image (root, kernel and boot).
+    pub packages: &'a [Fetched],
+    /// The kernel the UKI boots.
+    pub kernel: &'a KernelImage,
+    /// The UKI's command line.
+    pub cmdline: &'a str,
+    /// The kernel modules in the root and the initramfs.
+    pub modules: &'a ModuleSelection,
+    /// `[[artifact]]` files placed in the root, by artifact name.
+    pub artifacts: &'a [(String, FileDigest)],
+    /// The agent binary.
+    pub agent: &'a [u8],
+    /// The initramfs.
+    pub initramfs: &'a Initramfs,
+    /// The UKI.
+    pub uki: &'a [u8],
+    /// The disk's final plan (root GUIDs from the root hash).
+    pub plan: &'a DiskPlan,
+    /// The root filesystem.
+    pub root: &'a Ext4Summary,
+    /// The root's hash tree.
+    pub verity: &'a VerityTree,
+    /// Its salt and UUID.
+    pub verity_params: &'a VerityParams,
+    /// Digests of the raw disk and its partitions.
+    pub disk: &'a super::digest::DiskDigests,
+    /// The output files.
+    pub outputs: &'a Outputs,
 }
 
-/// SHA-256 of a file (streamed), lowercase hex.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+impl Manifest {
+    /// The manifest of the image `facts` describe.
+    pub fn assemble(facts: &ImageFacts<'_>) -> Manifest {
+        let f = facts;
+        let profile = f.profile;
+        Manifest {
+            debug_shell: profile.extras.debug_shell,
+            schema: SCHEMA,
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            name: profile.name.clone(),
+            arch: f.arch.name().to_string(),
+            epoch: f.epoch,
+            profile: Input::of(&profile.path, f.profile_bytes),
+            lock: Input::of(f.lock_path, f.lock_bytes),
+            kernel: Kernel {
+                package: f.kernel.package.clone(),
+                version: f.kernel.version.clone(),
+                release: f.kernel.release.clone(),
+                cmdline: f.cmdline.to_string(),
+            },
+            packages: f
+                .packages
+                .iter()
+                .map(|p| Package {
+                    name: p.package.name.clone(),
+                    version: p.package.version.clone(),
+                    arch: p.package.arch.clone(),
+                    role: p.package.role.name().to_string(),
+                    sha256: p.package.sha256.clone(),
+                })
+                .collect(),
+            modules: Modules {
+                sets: profile.kernel.module_sets.clone(),
+                root: f.modules.all.iter().map(|m| module_name(&m.path)).collect(),
+                initramfs: f
+                    .modules
+                    .boot
+                    .iter()
+                    .map(|m| module_name(&m.path))
+                    .collect(),
+            },
+            disk: Disk {
+                size: f.plan.total_size,
+                sha256: f.disk.image.clone(),
+                guid: f.plan.disk_guid.to_string(),
+                partitions: f
+                    .plan
+                    .partitions
+                    .iter()
+                    .zip(&f.disk.partitions)
+                    .map(|(p, sha256)| Partition::of(p, sha256.clone()))
+                    .collect(),
+            },
+            root: Root {
+                fs: "ext4".into(),
+                size: f.root.size,
+                data_bytes: f.root.data_bytes,
+                inodes: f.root.inodes,
+            },
+            verity: Verity {
+                algorithm: "sha256".into(),
+                data_block_size: verity::BLOCK,
+                hash_block_size: verity::BLOCK,
+                data_blocks: f.verity.geometry.data_blocks,
+                hash_size: f.verity.hash_device.len() as u64,
+                salt: hex::encode(f.verity_params.salt),
+                uuid: Guid::from_bytes(f.verity_params.uuid).to_string(),
+                root_hash: hex::encode(f.verity.root_hash),
+                check: match profile.disk.verity_check {
+                    VerityCheck::Full => "full".into(),
+                    VerityCheck::OnRead => "on-read".into(),
+                },
+            },
+            outputs: f
+                .outputs
+                .files
+                .iter()
+                .map(|o| (o.key.clone(), o.digest.clone()))
+                .collect(),
+            components: components(f),
         }
-        h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
 }
 
-/// SHA-256 of a whole image and of byte ranges of it (its partitions), on
-/// two threads at once: SHA-256 is sequential per stream, so the image and
-/// the partitions are hashed side by side instead of one after the other.
-pub fn sha256_image_and_ranges(
-    path: &Path,
-    ranges: &[(u64, u64)],
-) -> std::io::Result<(String, Vec<String>)> {
-    std::thread::scope(|s| {
-        let whole = s.spawn(|| sha256_file(path));
-        let parts: std::io::Result<Vec<String>> = ranges
+impl Input {
+    /// The entry of the file at `path` whose bytes are `bytes`: its name
+    /// only, so no build host path ends up in the manifest.
+    fn of(path: &Path, bytes: &[u8]) -> Input {
+        Input {
+            file: path
+                .file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: sha256_hex(bytes),
+        }
+    }
+}
+
+/// A module's name from its tree path (`.../virtio_blk.ko` → `virtio_blk`).
+fn module_name(path: &str) -> String {
+    crate::tree::file_name(path)
+        .trim_end_matches(".ko")
+        .to_string()
+}
+
+/// The digests of what is inside the image: the boot pieces, the agent and
+/// each placed artifact.
+fn components(f: &ImageFacts<'_>) -> BTreeMap<String, FileDigest> {
+    let digest = |file: String, bytes: &[u8]| FileDigest {
+        file,
+        size: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+    };
+    [
+        (
+            "uki".to_string(),
+            digest(format!("EFI/BOOT/{}", f.arch.efi_boot_file()), f.uki),
+        ),
+        (
+            "initramfs".to_string(),
+            digest("initrd (.initrd section)".into(), &f.initramfs.cpio),
+        ),
+        (
+            "agent".to_string(),
+            digest("usr/bin/kiln-agent".into(), f.agent),
+        ),
+        (
+            "kernel".to_string(),
+            digest(format!("vmlinuz-{}", f.kernel.release), &f.kernel.vmlinuz),
+        ),
+    ]
+    .into_iter()
+    .chain(
+        f.artifacts
             .iter()
-            .map(|&(o, l)| sha256_range(path, o, l))
-            .collect();
-        let whole = whole
-            .join()
-            .map_err(|_| std::io::Error::other("hashing thread panicked"))??;
-        Ok((whole, parts?))
-    })
-}
-
-/// SHA-256 of a byte range of a file (a partition), lowercase hex.
-pub fn sha256_range(path: &Path, offset: u64, len: u64) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut r = f.take(len);
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+            .map(|(name, d)| (format!("artifact:{name}"), d.clone())),
+    )
+    .collect()
 }

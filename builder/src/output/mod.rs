@@ -3,6 +3,7 @@
 //! build succeeded. On an error, a panic or Ctrl-C the staging folder is
 //! removed, so nothing half-written is ever left at an output path.
 
+pub mod digest;
 pub mod formats;
 pub mod manifest;
 

@@ -13,6 +13,8 @@
 //! entry array and header in the last 33 sectors. Space after the last partition is
 //! left free on purpose: the node grows its `var` partition into it.
 
+pub mod seed;
+
 use std::fmt;
 
 use kiln_contract::gpt::{types, NAME_MAX_UNITS};
@@ -20,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
 use crate::profile::format_size;
+
+pub use seed::ImageSeed;
 
 // The GPT format lives in the contract crate; these re-exports keep the
 // builder's `crate::plan::Guid` and `crate::plan::attr` paths.

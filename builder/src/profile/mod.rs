@@ -7,7 +7,9 @@
 
 mod artifact;
 mod cluster;
+pub mod container_image;
 pub mod dto;
+pub mod module_sets;
 mod size;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +17,12 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
 pub use artifact::{Artifact, ArtifactSource};
-pub use cluster::{Cluster, ClusterFlavor, ClusterKind, ClusterRole, Containerd, KubeadmApi};
+pub use cluster::{Cluster, ClusterFlavor, ClusterKind, Containerd, ImageRole, KubeadmApi};
+pub use kiln_contract::agent_config::Channel;
+use kiln_contract::agent_config::{self, SettingsFile, ALL_CHANNELS};
+use kiln_contract::cmdline::DEFAULT_VAR_MIN;
+// The values are the command line's words, so the enums are the contract's.
+pub use kiln_contract::cmdline::{VarFallback, VerityCheck};
 pub use size::{format_size, parse_size};
 
 /// The profile schema version this kiln reads.
@@ -84,24 +91,11 @@ pub enum ProfileError {
     },
 }
 
-/// The agent's config channels, in the default precedence (highest first).
-pub const AGENT_CHANNELS: [&str; 5] = ["cmdline", "esp", "cidata", "fw_cfg", "cloud"];
-
-/// The schema of `/usr/lib/kiln/agent.toml`.
-pub const AGENT_SCHEMA: u32 = 1;
-
-/// Where the image-side agent settings live in the root.
-pub const AGENT_TOML_PATH: &str = "usr/lib/kiln/agent.toml";
-
-/// Kernel command line keys the builder or kiln's init own; appending them
-/// would override what the build computed.
-const RESERVED_CMDLINE_KEYS: [&str; 2] = ["kiln.roothash", "kiln.root_type"];
-
 /// Settings of the in-image agent (`[agent]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Agent {
     /// Config channels the node reads, highest precedence first.
-    pub channels: Vec<String>,
+    pub channels: Vec<Channel>,
     /// `[cluster]`: how the node joins Kubernetes (`None`: it does not).
     pub cluster: Option<Cluster>,
 }
@@ -109,7 +103,7 @@ pub struct Agent {
 impl Default for Agent {
     fn default() -> Agent {
         Agent {
-            channels: AGENT_CHANNELS.iter().map(|c| c.to_string()).collect(),
+            channels: ALL_CHANNELS.to_vec(),
             cluster: None,
         }
     }
@@ -118,26 +112,25 @@ impl Default for Agent {
 impl Agent {
     /// Whether the node reads cloud metadata.
     pub fn uses_cloud(&self) -> bool {
-        self.channels.iter().any(|c| c == "cloud")
+        self.channels.contains(&Channel::Cloud)
     }
 
-    /// The text of `/usr/lib/kiln/agent.toml` (the agent's contract).
-    pub fn to_toml(&self) -> String {
-        let list: Vec<String> = self.channels.iter().map(|c| format!("{c:?}")).collect();
-        let mut text = format!(
-            "# Written by kiln from the profile's [agent] section.\n\
-             schema = {AGENT_SCHEMA}\n\
-             # Config channels, highest precedence first.\n\
-             channels = [{}]\n",
-            list.join(", ")
-        );
-        if let Some(c) = &self.cluster {
-            text.push_str(
-                "# From the profile's [cluster] section: how the node joins Kubernetes.\n",
-            );
-            text.push_str(&c.to_toml());
+    /// `/usr/lib/kiln/agent.toml` as the contract's types, every value spelled out.
+    pub fn to_file(&self) -> SettingsFile {
+        SettingsFile {
+            schema: Some(agent_config::SCHEMA),
+            channels: Some(self.channels.clone()),
+            cluster: self.cluster.as_ref().map(Cluster::to_table),
         }
-        text
+    }
+
+    /// The text of `/usr/lib/kiln/agent.toml`.
+    pub fn to_toml(&self) -> String {
+        // Strings, lists and string-keyed tables are all TOML has a place for, and they
+        // are all the file holds; a failure here is a bug in the contract's types.
+        let body = toml::to_string(&self.to_file())
+            .expect("agent.toml holds only strings, integers, lists and tables");
+        format!("# Written by kiln from the profile's [agent] and [cluster] sections.\n{body}")
     }
 }
 
@@ -282,24 +275,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// What the node does when the disk has no room for the `var` partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VarFallback {
-    /// Stop the boot with a message.
-    Halt,
-    /// Keep /var on a tmpfs (state is lost at every reboot) and say so.
-    Tmpfs,
-}
-
-/// How much of the verified root the node checks while booting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerityCheck {
-    /// Every block, before switching to the root.
-    Full,
-    /// Only blocks as they are read.
-    OnRead,
-}
-
 /// A validated profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
@@ -332,7 +307,7 @@ pub struct Profile {
     /// The in-image agent's settings.
     pub agent: Agent,
     /// OCI images built from locked packages and shipped in the root.
-    pub container_images: Vec<crate::oci::ImageSpec>,
+    pub container_images: Vec<container_image::ImageSpec>,
     /// Files pinned by sha256 and placed in the root (`[[artifact]]`).
     pub artifacts: Vec<Artifact>,
     /// Command line settings of this build (not part of the file).
@@ -390,7 +365,7 @@ impl Profile {
                     });
                 }
                 let key = word.split('=').next().unwrap_or_default();
-                if RESERVED_CMDLINE_KEYS.contains(&key) {
+                if kiln_contract::cmdline::RESERVED_KEYS.contains(&key) {
                     return Err(ProfileError::BadCmdlineWord {
                         word: word.to_string(),
                         message: format!("{key} is computed by kiln and cannot be overridden"),
@@ -557,7 +532,7 @@ fn validate(
     }
     let mut prefer = BTreeMap::new();
     for (p, pkg) in raw.packages.prefer {
-        let norm = crate::tree::normalize(&p)
+        let norm = crate::image_path::normalize(&p)
             .map_err(|e| invalid(&format!("packages.prefer.{p:?}"), e.to_string()))?;
         check_pkg(&format!("packages.prefer.{p:?}"), &pkg)?;
         prefer.insert(norm, pkg);
@@ -588,7 +563,7 @@ fn validate(
             ));
         }
     }
-    let known = crate::tree::kmod::builtin_set_names();
+    let known = module_sets::builtin_set_names();
     for (i, s) in raw.kernel.modules.iter().enumerate() {
         if !known.contains(&s.as_str()) && !raw.kernel.sets.contains_key(s) {
             return Err(invalid(
@@ -663,7 +638,7 @@ fn validate(
 
     let var_min_size = match &raw.disk.var_min_size {
         Some(s) => parse_size(s).map_err(|m| invalid("disk.var_min_size", m))?,
-        None => 256 << 20,
+        None => DEFAULT_VAR_MIN,
     };
     if var_min_size < 16 << 20 {
         return Err(invalid(
@@ -675,57 +650,52 @@ fn validate(
         ));
     }
     let var_fallback = match raw.disk.var_fallback.as_deref() {
-        None | Some("halt") => VarFallback::Halt,
-        Some("tmpfs") => VarFallback::Tmpfs,
-        Some(other) => {
-            return Err(invalid(
+        None => VarFallback::default(),
+        Some(word) => VarFallback::from_word(word).ok_or_else(|| {
+            invalid(
                 "disk.var_fallback",
-                format!("{other:?}: expected \"halt\" or \"tmpfs\""),
-            ))
-        }
+                format!("{word:?}: expected \"halt\" or \"tmpfs\""),
+            )
+        })?,
     };
     let verity_check = match raw.disk.verity_check.as_deref() {
-        None | Some("full") => VerityCheck::Full,
-        Some("on-read") => VerityCheck::OnRead,
-        Some(other) => {
-            return Err(invalid(
+        None => VerityCheck::default(),
+        Some(word) => VerityCheck::from_word(word).ok_or_else(|| {
+            invalid(
                 "disk.verity_check",
-                format!("{other:?}: expected \"full\" or \"on-read\""),
-            ))
-        }
+                format!("{word:?}: expected \"full\" or \"on-read\""),
+            )
+        })?,
     };
 
     let mut agent = match raw.agent.channels {
         None => Agent::default(),
         Some(list) => {
+            let known = || ALL_CHANNELS.map(|c| format!("{:?}", c.name())).join(", ");
             if list.is_empty() {
                 return Err(invalid(
                     "agent.channels",
-                    format!(
-                        "empty: list at least one of {}",
-                        AGENT_CHANNELS.map(|c| format!("{c:?}")).join(", ")
-                    ),
+                    format!("empty: list at least one of {}", known()),
                 ));
             }
-            for (i, c) in list.iter().enumerate() {
-                if !AGENT_CHANNELS.contains(&c.as_str()) {
+            let mut channels = Vec::new();
+            for (i, name) in list.iter().enumerate() {
+                let Some(c) = Channel::from_name(name) else {
                     return Err(invalid(
                         &format!("agent.channels[{i}]"),
-                        format!(
-                            "unknown channel {c:?}; known: {}",
-                            AGENT_CHANNELS.map(|c| format!("{c:?}")).join(", ")
-                        ),
+                        format!("unknown channel {name:?}; known: {}", known()),
                     ));
-                }
-                if list[..i].contains(c) {
+                };
+                if channels.contains(&c) {
                     return Err(invalid(
                         &format!("agent.channels[{i}]"),
-                        format!("{c:?} is listed twice; list each channel once"),
+                        format!("{name:?} is listed twice; list each channel once"),
                     ));
                 }
+                channels.push(c);
             }
             Agent {
-                channels: list,
+                channels,
                 cluster: None,
             }
         }
@@ -737,7 +707,7 @@ fn validate(
         .transpose()?;
     let artifacts = artifact::validate(path, &raw.artifact, &arches)?;
 
-    let container_images = crate::oci::validate_images(&raw.container_image)
+    let container_images = container_image::validate_images(&raw.container_image)
         .map_err(|e| invalid(&e.field, e.message))?;
 
     let mut formats = Vec::new();

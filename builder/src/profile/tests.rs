@@ -124,7 +124,7 @@ fn bad_package_and_overlay_names_are_refused() {
 #[test]
 fn agent_channels_default_to_all_five_and_render_as_toml() {
     let p = parse(MINIMAL).unwrap();
-    assert_eq!(p.agent.channels, AGENT_CHANNELS.to_vec());
+    assert_eq!(p.agent.channels, ALL_CHANNELS.to_vec());
     let text = p.agent.to_toml();
     let v: toml::Value = toml::from_str(&text).unwrap();
     assert_eq!(v["schema"].as_integer(), Some(1));
@@ -139,7 +139,7 @@ fn agent_channels_default_to_all_five_and_render_as_toml() {
         "{MINIMAL}[agent]\nchannels = [\"esp\", \"cmdline\"]\n"
     ))
     .unwrap();
-    assert_eq!(p.agent.channels, ["esp", "cmdline"]);
+    assert_eq!(p.agent.channels, [Channel::Esp, Channel::Cmdline]);
     assert!(!p.agent.uses_cloud());
 }
 
@@ -458,6 +458,11 @@ fn cluster_fields_are_checked() {
         ),
         ("kind = \"k3s\"\nflavour = 1", "flavour", "unknown"),
         (
+            "kind = \"kubeadm\"\nkubeadm_api = \"v1beta3\"\nkubelet_args = [\"v=2\", \"v=3\"]",
+            "cluster.kubelet_args",
+            "given twice",
+        ),
+        (
             "kind = \"k3s\"\nkubelet_args = [\"node-ip=10.0.0.1\"]",
             "cluster.kubelet_args[0]",
             "kiln-cluster sets node-ip",
@@ -474,6 +479,10 @@ fn cluster_fields_are_checked() {
         "a".repeat(64)
     );
     assert!(cluster_err(&long).contains("1-63"));
+    // v1beta4 passes a list, so a repeated name is fine there (as the agent reads it).
+    let repeats =
+        format!("{MINIMAL}\n[cluster]\nkind = \"kubeadm\"\nkubelet_args = [\"v=2\", \"v=3\"]\n");
+    assert!(parse(&repeats).is_ok());
 }
 
 #[test]
@@ -484,7 +493,7 @@ fn cluster_is_written_into_agent_toml_with_defaults_spelled_out() {
     .unwrap();
     let c = p.agent.cluster.clone().unwrap();
     assert_eq!(c.kind(), ClusterKind::K3s);
-    assert_eq!(c.role, ClusterRole::Any);
+    assert_eq!(c.role, ImageRole::Any);
     assert_eq!(
         c.flavor,
         ClusterFlavor::K3s {
@@ -549,7 +558,7 @@ fn k3s_profile_validates_with_one_k3s_per_arch() {
     );
     let c = p.agent.cluster.unwrap();
     assert_eq!(c.kind(), ClusterKind::K3s);
-    assert_eq!(c.role, ClusterRole::Any);
+    assert_eq!(c.role, ImageRole::Any);
     assert_eq!(
         c.flavor,
         ClusterFlavor::K3s {
@@ -560,4 +569,118 @@ fn k3s_profile_validates_with_one_k3s_per_arch() {
     assert!(names.contains(&"k3s"), "{names:?}");
     assert!(p.systemd.enable.iter().any(|u| u == "kiln-cluster.service"));
     assert!(p.disk.size >= 1 << 30);
+}
+
+/// agent.toml as kiln wrote it with `format!` before the contract owned the schema: the
+/// reference the serialized file must parse equal to.
+fn agent_toml_as_formatted_before(agent: &Agent) -> String {
+    let s = |v: &str| toml::Value::String(v.to_string()).to_string();
+    let list: Vec<String> = agent.channels.iter().map(|c| s(c.name())).collect();
+    let mut text = format!("schema = 1\nchannels = [{}]\n", list.join(", "));
+    if let Some(c) = &agent.cluster {
+        let labels: Vec<String> = c
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{} = {}", s(k), s(v)))
+            .collect();
+        let args: Vec<String> = c.kubelet_args.iter().map(|a| s(a)).collect();
+        text.push_str(&format!(
+            "[cluster]\nkind = {}\nrole = {}\nlabels = {{ {} }}\nkubelet_args = [{}]\n",
+            s(c.kind().name()),
+            s(c.role.name()),
+            labels.join(", "),
+            args.join(", ")
+        ));
+        match c.flavor {
+            ClusterFlavor::K3s { containerd } => {
+                text.push_str(&format!("containerd = {}\n", s(containerd.name())));
+            }
+            ClusterFlavor::Kubeadm { api } => {
+                text.push_str(&format!("kubeadm_api = {}\n", s(api.name())));
+            }
+        }
+    }
+    text
+}
+
+fn shipped_profiles() -> Vec<Profile> {
+    ["qemu", "homelab", "cloud", "k3s"]
+        .iter()
+        .map(|name| {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../profiles/{name}.toml"));
+            Profile::load(&path).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn agent_toml_of_every_shipped_profile_reads_as_before() {
+    let read = |text: &str| toml::from_str::<SettingsFile>(text).unwrap();
+    for p in shipped_profiles() {
+        let text = p.agent.to_toml();
+        assert!(text.starts_with("# Written by kiln"), "{text}");
+        assert_eq!(
+            read(&text),
+            read(&agent_toml_as_formatted_before(&p.agent)),
+            "{}:\n{text}",
+            p.name
+        );
+    }
+    // Spelled out for k3s, the one with a [cluster].
+    let k3s = shipped_profiles().pop().unwrap();
+    assert_eq!(
+        read(&k3s.agent.to_toml()),
+        SettingsFile {
+            schema: Some(1),
+            channels: Some(vec![
+                Channel::Cmdline,
+                Channel::Esp,
+                Channel::Cidata,
+                Channel::FwCfg
+            ]),
+            cluster: Some(agent_config::ClusterTable {
+                kind: ClusterKind::K3s,
+                role: Some(ImageRole::Any),
+                labels: Some(BTreeMap::new()),
+                kubelet_args: Some(Vec::new()),
+                containerd: Some(Containerd::K3s),
+                kubeadm_api: None,
+            }),
+        }
+    );
+}
+
+#[test]
+fn kernel_words_of_every_shipped_profile_are_as_before() {
+    let hash: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+    let mut disks = Vec::new();
+    for p in shipped_profiles() {
+        disks.push(p.disk);
+    }
+    // And the values no shipped profile uses.
+    disks.push(Disk {
+        verity_check: VerityCheck::OnRead,
+        var_fallback: VarFallback::Tmpfs,
+        var_min_size: 1536 << 20,
+        ..disks[0]
+    });
+    for disk in disks {
+        let mut before = vec![format!("kiln.roothash={}", hex::encode(hash))];
+        if disk.verity_check == VerityCheck::OnRead {
+            before.push("kiln.verity_check=on-read".into());
+        }
+        before.push(format!("kiln.var_min={}", disk.var_min_size));
+        if disk.var_fallback == VarFallback::Tmpfs {
+            before.push("kiln.var_fallback=tmpfs".into());
+        }
+        let now = kiln_contract::cmdline::InitArgs {
+            root_hash: Some(hash),
+            verity_check: disk.verity_check,
+            var_min: disk.var_min_size,
+            var_fallback: disk.var_fallback,
+        }
+        .to_words();
+        assert_eq!(now, before, "{disk:?}");
+    }
 }

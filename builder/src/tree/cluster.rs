@@ -114,12 +114,12 @@ pub fn apply(tree: &mut FileTree, cluster: &Cluster, profile: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{ClusterFlavor, ClusterRole, Containerd, KubeadmApi};
+    use crate::profile::{ClusterFlavor, Containerd, ImageRole, KubeadmApi};
 
     fn cluster(flavor: ClusterFlavor) -> Cluster {
         Cluster {
             flavor,
-            role: ClusterRole::Any,
+            role: ImageRole::Any,
             labels: Default::default(),
             kubelet_args: vec![],
         }

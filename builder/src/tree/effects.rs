@@ -11,11 +11,22 @@ pub struct EffectsReport {
     pub ca_certificates: usize,
 }
 
+/// The top-level merged-/usr symlinks (`bin → usr/bin`, ...), for the dirs that exist.
+pub fn merged_usr_links(tree: &mut FileTree) -> Result<(), TreeError> {
+    for d in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let target = format!("usr/{d}");
+        if tree.get(&target).is_some_and(|n| n.kind == Kind::Dir) {
+            tree.insert(d, Node::symlink(target, tree.epoch(), "kiln:merged-usr"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Applies the fix-ups. Idempotent.
 pub fn apply(tree: &mut FileTree) -> Result<EffectsReport, TreeError> {
     let epoch = tree.epoch();
     let origin = "kiln:effects";
-    crate::unpack::merged_usr_links(tree)?;
+    merged_usr_links(tree)?;
     // Mount points the init and systemd use.
     for (dir, mode) in [
         ("proc", 0o555),

@@ -17,6 +17,8 @@ pub mod units;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::image_path::BadPath;
+
 /// What a node is, with the content that kind carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -177,19 +179,7 @@ pub enum TreeError {
 /// Normalises a path to the tree's form: no leading `/`, no `.`, no empty
 /// components, `..` resolved. Fails if it climbs above the root.
 pub fn normalize(path: &str) -> Result<String, TreeError> {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return Err(TreeError::BadPath(path.to_string()));
-                }
-            }
-            c => parts.push(c),
-        }
-    }
-    Ok(parts.join("/"))
+    crate::image_path::normalize(path).map_err(|BadPath(p)| TreeError::BadPath(p))
 }
 
 /// The parent of a normalised path (`""` for top-level entries).

@@ -2,7 +2,12 @@
 //! than from an overlay: the agent's settings and the debug shell.
 
 use super::{FileTree, Node, TreeError};
-use crate::profile::{Agent, AGENT_TOML_PATH};
+use crate::profile::Agent;
+
+/// Where the agent's settings go, as the tree names paths (no leading `/`).
+pub fn agent_toml_path() -> &'static str {
+    kiln_contract::agent_config::PATH.trim_start_matches('/')
+}
 
 /// The getty drop-ins of the debug shell. Empty `ExecStart=` clears the
 /// packaged command first (systemd appends otherwise); agetty's
@@ -29,7 +34,7 @@ pub const DEBUG_SHELL_DROPINS: [(&str, &str); 2] = [
 pub fn apply(tree: &mut FileTree, agent: &Agent, debug_shell: bool) -> Result<(), TreeError> {
     let epoch = tree.epoch();
     tree.insert(
-        AGENT_TOML_PATH,
+        agent_toml_path(),
         Node::file(agent.to_toml().into_bytes(), 0o644, epoch, "kiln:agent"),
     )?;
     if debug_shell {
@@ -46,18 +51,20 @@ pub fn apply(tree: &mut FileTree, agent: &Agent, debug_shell: bool) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profile::Channel;
 
     #[test]
     fn agent_settings_always_debug_shell_only_when_asked() {
         let agent = Agent {
-            channels: vec!["esp".into(), "cmdline".into()],
+            channels: vec![Channel::Esp, Channel::Cmdline],
             cluster: None,
         };
         let mut t = FileTree::new(7);
         apply(&mut t, &agent, false).unwrap();
-        let text = String::from_utf8(t.read(AGENT_TOML_PATH).unwrap().to_vec()).unwrap();
+        assert_eq!(agent_toml_path(), "usr/lib/kiln/agent.toml");
+        let text = String::from_utf8(t.read(agent_toml_path()).unwrap().to_vec()).unwrap();
         assert!(text.contains("channels = [\"esp\", \"cmdline\"]"), "{text}");
-        assert_eq!(t.get(AGENT_TOML_PATH).unwrap().mode, 0o644);
+        assert_eq!(t.get(agent_toml_path()).unwrap().mode, 0o644);
         assert!(!t.contains(DEBUG_SHELL_DROPINS[0].0));
         apply(&mut t, &agent, true).unwrap();
         for (path, _) in DEBUG_SHELL_DROPINS {

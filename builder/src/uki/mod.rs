@@ -7,11 +7,17 @@
 //! [`write_uki`] streams the result, so the 33 MB arm64 kernel is never copied
 //! into a second buffer. [`inspect`] and [`section_data`] read a UKI back
 //! (tests, `kiln inspect`) through the `object` crate, an independent parser.
+//! Where the pieces come from is in [`parts`] (kernel and stub) and
+//! [`initramfs`].
+
+pub mod initramfs;
+pub mod parts;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use kiln_contract::le;
 use object::pe;
 use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile64};
 use object::LittleEndian as LE;
@@ -218,24 +224,18 @@ fn machine(arch: Arch) -> u16 {
     }
 }
 
+// The stub is untrusted input, so reads check the length first and fail
+// with an error instead of the contract helpers' panic.
 fn rd16(b: &[u8], at: usize) -> Result<u16, UkiError> {
     b.get(at..at + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .map(|s| le::u16_at(s, 0))
         .ok_or_else(|| UkiError::BadStub(format!("truncated at byte {at:#x}")))
 }
 
 fn rd32(b: &[u8], at: usize) -> Result<u32, UkiError> {
     b.get(at..at + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .map(|s| le::u32_at(s, 0))
         .ok_or_else(|| UkiError::BadStub(format!("truncated at byte {at:#x}")))
-}
-
-fn wr16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-fn wr32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 /// Rounds up to a multiple of `align` (a power of two), or `None` on overflow.
@@ -428,32 +428,32 @@ pub fn plan(stub: &[u8], parts: &UkiParts<'_>) -> Result<UkiPlan, UkiError> {
     let mut head = stub[..stub_end].to_vec();
     let count = u16::try_from(total)
         .map_err(|_| UkiError::BadStub(format!("{total} sections are too many")))?;
-    wr16(&mut head, coff + 2, count);
-    wr32(&mut head, coff + 8, 0); // PointerToSymbolTable: table stripped
-    wr32(&mut head, coff + 12, 0); // NumberOfSymbols
+    le::put_u16(&mut head, coff + 2, count);
+    le::put_u32(&mut head, coff + 8, 0); // PointerToSymbolTable: table stripped
+    le::put_u32(&mut head, coff + 12, 0); // NumberOfSymbols
     let init = u64::from(rd32(&head, opt + OPT_SIZE_OF_INITIALIZED_DATA)?) + added_init;
-    wr32(
+    le::put_u32(
         &mut head,
         opt + OPT_SIZE_OF_INITIALIZED_DATA,
         to_u32(init, "SizeOfInitializedData")?,
     );
-    wr32(&mut head, opt + OPT_SIZE_OF_IMAGE, size_of_image);
-    wr32(&mut head, opt + OPT_CHECKSUM, 0);
+    le::put_u32(&mut head, opt + OPT_SIZE_OF_IMAGE, size_of_image);
+    le::put_u32(&mut head, opt + OPT_CHECKSUM, 0);
     if ndirs > DIR_SECURITY {
         let at = opt + OPT_DATA_DIRECTORIES + DIR_SECURITY * 8;
-        wr32(&mut head, at, 0);
-        wr32(&mut head, at + 4, 0);
+        le::put_u32(&mut head, at, 0);
+        le::put_u32(&mut head, at + 4, 0);
     }
     for (i, s) in planned.iter().enumerate() {
         let at = table_end + i * SECTION_HEADER_SIZE;
         let hdr = &mut head[at..at + SECTION_HEADER_SIZE];
         hdr.fill(0);
         hdr[..s.name.len()].copy_from_slice(s.name.as_bytes());
-        wr32(hdr, 8, s.virtual_size);
-        wr32(hdr, 12, s.virtual_address);
-        wr32(hdr, 16, s.raw_size);
-        wr32(hdr, 20, s.file_offset);
-        wr32(hdr, 36, UKI_SECTION_FLAGS);
+        le::put_u32(hdr, 8, s.virtual_size);
+        le::put_u32(hdr, 12, s.virtual_address);
+        le::put_u32(hdr, 16, s.raw_size);
+        le::put_u32(hdr, 20, s.file_offset);
+        le::put_u32(hdr, 36, UKI_SECTION_FLAGS);
     }
 
     // PE checksum over the whole file as it will be written: every part
@@ -464,7 +464,7 @@ pub fn plan(stub: &[u8], parts: &UkiParts<'_>) -> Result<UkiPlan, UkiError> {
         sum += word_sum(data);
     }
     let checksum = fold(sum).wrapping_add(file_size as u32);
-    wr32(&mut head, opt + OPT_CHECKSUM, checksum);
+    le::put_u32(&mut head, opt + OPT_CHECKSUM, checksum);
 
     Ok(UkiPlan {
         head,
@@ -479,10 +479,7 @@ pub fn plan(stub: &[u8], parts: &UkiParts<'_>) -> Result<UkiPlan, UkiError> {
 /// with zero), not yet folded.
 fn word_sum(data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(2);
-    let mut sum: u64 = chunks
-        .by_ref()
-        .map(|w| u64::from(u16::from_le_bytes([w[0], w[1]])))
-        .sum();
+    let mut sum: u64 = chunks.by_ref().map(|w| u64::from(le::u16_at(w, 0))).sum();
     if let [last] = chunks.remainder() {
         sum += u64::from(*last);
     }

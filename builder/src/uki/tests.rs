@@ -13,7 +13,7 @@ const TEXT: &[u8] = b"\x55\x48\x89\xe5 pretend this is systemd-stub code \xc3";
 fn synthetic_stub(machine: u16, size_of_headers: u32) -> Vec<u8> {
     let mut b = vec![0u8; size_of_headers as usize];
     b[0..2].copy_from_slice(b"MZ");
-    b[0x3c..0x40].copy_from_slice(&0x40u32.to_le_bytes());
+    le::put_u32(&mut b, 0x3c, 0x40);
     b[0x40..0x44].copy_from_slice(b"PE\0\0");
     let coff = 0x44;
     let opt = coff + 20;
@@ -22,35 +22,32 @@ fn synthetic_stub(machine: u16, size_of_headers: u32) -> Vec<u8> {
     let text_raw = size_of_headers;
     let text_raw_size = FA;
     let symtab = text_raw + text_raw_size;
-    let w16 = |b: &mut Vec<u8>, at: usize, v: u16| b[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let w32 = |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    let w64 = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    w16(&mut b, coff, machine);
-    w16(&mut b, coff + 2, 1);
-    w32(&mut b, coff + 8, symtab);
-    w32(&mut b, coff + 12, 2);
-    w16(&mut b, coff + 16, opt_size as u16);
-    w16(&mut b, coff + 18, 0x0206); // executable, line numbers and debug stripped
-    w16(&mut b, opt, 0x20b);
-    w32(&mut b, opt + 4, text_raw_size); // SizeOfCode
-    w32(&mut b, opt + 8, 0x400); // SizeOfInitializedData
-    w32(&mut b, opt + 16, SA); // AddressOfEntryPoint
-    w32(&mut b, opt + 20, SA); // BaseOfCode
-    w64(&mut b, opt + 24, 0);
-    w32(&mut b, opt + 32, SA);
-    w32(&mut b, opt + 36, FA);
-    w32(&mut b, opt + 56, 2 * SA); // SizeOfImage
-    w32(&mut b, opt + 60, size_of_headers);
-    w32(&mut b, opt + 64, 0x1234); // a stale CheckSum
-    w16(&mut b, opt + 68, 10); // EFI application
-    w32(&mut b, opt + 108, 16);
+    le::put_u16(&mut b, coff, machine);
+    le::put_u16(&mut b, coff + 2, 1);
+    le::put_u32(&mut b, coff + 8, symtab);
+    le::put_u32(&mut b, coff + 12, 2);
+    le::put_u16(&mut b, coff + 16, opt_size as u16);
+    le::put_u16(&mut b, coff + 18, 0x0206); // executable, line numbers and debug stripped
+    le::put_u16(&mut b, opt, 0x20b);
+    le::put_u32(&mut b, opt + 4, text_raw_size); // SizeOfCode
+    le::put_u32(&mut b, opt + 8, 0x400); // SizeOfInitializedData
+    le::put_u32(&mut b, opt + 16, SA); // AddressOfEntryPoint
+    le::put_u32(&mut b, opt + 20, SA); // BaseOfCode
+    le::put_u64(&mut b, opt + 24, 0);
+    le::put_u32(&mut b, opt + 32, SA);
+    le::put_u32(&mut b, opt + 36, FA);
+    le::put_u32(&mut b, opt + 56, 2 * SA); // SizeOfImage
+    le::put_u32(&mut b, opt + 60, size_of_headers);
+    le::put_u32(&mut b, opt + 64, 0x1234); // a stale CheckSum
+    le::put_u16(&mut b, opt + 68, 10); // EFI application
+    le::put_u32(&mut b, opt + 108, 16);
     let s = table;
     b[s..s + 8].copy_from_slice(b".text\0\0\0");
-    w32(&mut b, s + 8, TEXT.len() as u32);
-    w32(&mut b, s + 12, SA);
-    w32(&mut b, s + 16, text_raw_size);
-    w32(&mut b, s + 20, text_raw);
-    w32(&mut b, s + 36, 0x6000_0020);
+    le::put_u32(&mut b, s + 8, TEXT.len() as u32);
+    le::put_u32(&mut b, s + 12, SA);
+    le::put_u32(&mut b, s + 16, text_raw_size);
+    le::put_u32(&mut b, s + 20, text_raw);
+    le::put_u32(&mut b, s + 36, 0x6000_0020);
     b.resize((text_raw + text_raw_size) as usize, 0);
     b[text_raw as usize..text_raw as usize + TEXT.len()].copy_from_slice(TEXT);
     // Two 18-byte symbols, then the string table (its u32 size counts itself).
@@ -345,10 +342,10 @@ fn checksum_matches_a_hand_computed_value() {
     b[0..2].copy_from_slice(b"MZ");
     b[0x3c] = 0x40;
     b[0x40..0x44].copy_from_slice(b"PE\0\0");
-    b[0x44..0x46].copy_from_slice(&0x8664u16.to_le_bytes());
+    le::put_u16(&mut b, 0x44, 0x8664);
     // The CheckSum field (optional header + 64) is ignored whatever it holds.
     let ck = 0x40 + 4 + 20 + 64;
-    b[ck..ck + 4].copy_from_slice(&0xffff_ffffu32.to_le_bytes());
+    le::put_u32(&mut b, ck, 0xffff_ffff);
     let words: u32 = 0x5a4d + 0x40 + 0x4550 + 0x8664; // = 0x14001 → folds to 0x4002
     let folded = (words & 0xffff) + (words >> 16);
     assert_eq!(pe_checksum(&b).unwrap(), folded + b.len() as u32);

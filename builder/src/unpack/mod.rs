@@ -75,17 +75,6 @@ pub fn merge_usr(path: &str) -> String {
     }
 }
 
-/// The top-level merged-/usr symlinks (`bin → usr/bin`, ...), for the dirs that exist.
-pub fn merged_usr_links(tree: &mut FileTree) -> Result<(), TreeError> {
-    for d in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-        let target = format!("usr/{d}");
-        if tree.get(&target).is_some_and(|n| n.kind == Kind::Dir) {
-            tree.insert(d, Node::symlink(target, tree.epoch(), "kiln:merged-usr"))?;
-        }
-    }
-    Ok(())
-}
-
 /// Reads a .deb completely: control fields and every data entry.
 pub fn read_deb(path: &Path, package: &str) -> Result<Deb, UnpackError> {
     let corrupt = |message: String| UnpackError::Corrupt {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::tree::effects::merged_usr_links;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 

@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::disk::MAP_BLOCK_SIZE;
-use crate::output::manifest::{sha256_file, FileDigest};
+use crate::output::digest::sha256_file;
+use crate::output::manifest::FileDigest;
 use crate::profile::Format;
 use crate::runner::{RunError, Runner};
 

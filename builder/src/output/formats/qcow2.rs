@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use super::{io_at, FormatError};
-use crate::output::manifest::{sha256_file, FileDigest};
+use crate::output::digest::sha256_file;
+use crate::output::manifest::FileDigest;
 use crate::profile::Format;
 use crate::runner::{Cmd, Runner};
 

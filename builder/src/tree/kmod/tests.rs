@@ -4,7 +4,11 @@
 //! depmod reads (.modinfo, .symtab, .strtab, __versions), so the host's
 //! `depmod` and `modprobe` can referee kiln's index files.
 
+use super::index::{Index, NODE_CHILDS, NODE_PREFIX, NODE_VALUES};
+use super::names::{glob_match, modname_from_path, normalize_alias};
 use super::*;
+use crate::tree::{FileTree, Kind, Node};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 

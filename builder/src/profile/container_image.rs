@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::profile::dto::ContainerImageFile;
+use super::dto::ContainerImageFile;
 
 /// The `PATH` an image gets unless its `env` sets one: the usual Debian
 /// search path, so a `cmd` like `["busybox", "echo"]` finds merged-/usr binaries.

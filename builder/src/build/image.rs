@@ -1,0 +1,174 @@
+//! The disk stages: plan the disk around the root, write the root's ext4
+//! ("ext4"), its hash tree ("verity"), then the ESP holding the UKI and the
+//! final GPT ("esp+gpt").
+
+use std::io::BufReader;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::boot::Uki;
+use super::error::io_err;
+use super::inputs::Inputs;
+use super::recipe::Job;
+use super::tree::RootTree;
+use super::BuildError;
+use crate::disk::ImageFile;
+use crate::fs::ext4::{self, Ext4Summary};
+use crate::fs::fat;
+use crate::fs::verity::{self, VerityGeometry, VerityParams, VerityTree};
+use crate::plan::{DiskPlan, ImageSeed, PartitionRole, PlanInput};
+
+/// The disk plan and the root size it was made for.
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    /// Bytes planned for the root filesystem.
+    pub root_size: u64,
+    /// Where everything goes.
+    pub plan: DiskPlan,
+}
+
+/// Stage "ext4": the image file with its root filesystem written.
+#[derive(Debug)]
+pub(super) struct RootFs {
+    /// The open image.
+    pub image: ImageFile,
+    /// The root filesystem.
+    pub summary: Ext4Summary,
+}
+
+/// Stage "verity": the root's hash tree, on disk and in the GPT.
+#[derive(Debug)]
+pub(super) struct RootVerity {
+    /// The tree, with the root hash.
+    pub tree: VerityTree,
+    /// Its salt and UUID.
+    pub params: VerityParams,
+}
+
+/// Stage "esp+gpt": the finished raw disk, closed.
+#[derive(Debug)]
+pub(super) struct Disk {
+    /// The raw image in the staging folder.
+    pub path: PathBuf,
+    /// Its final plan (root GUIDs from the root hash).
+    pub plan: DiskPlan,
+    /// Its written blocks, for the sparse output formats.
+    pub mapped: Vec<Range<u64>>,
+    /// The image file's size.
+    pub file_size: u64,
+    /// The root filesystem.
+    pub root: Ext4Summary,
+}
+
+/// The image's seed: every identifier on the disk is derived from it.
+pub(super) fn seed(job: &Job<'_>, inputs: &Inputs) -> ImageSeed {
+    ImageSeed::derive(
+        &inputs.profile_bytes,
+        &job.profile.extras,
+        job.lock,
+        job.arch,
+    )
+}
+
+/// Plans the disk for the root's estimated size.
+pub(super) fn plan(job: &Job<'_>, seed: &ImageSeed, root: &RootTree) -> Result<Layout, BuildError> {
+    plan_for(job, seed, ext4::estimate_size(&root.tree))
+}
+
+/// Plans the disk for a root filesystem of `root_size` bytes.
+fn plan_for(job: &Job<'_>, seed: &ImageSeed, root_size: u64) -> Result<Layout, BuildError> {
+    let plan = crate::plan::plan_disk(&PlanInput {
+        arch: job.arch,
+        disk_size: job.profile.disk.size,
+        esp_size: job.profile.disk.esp_size,
+        root_size,
+        root_verity_size: VerityGeometry::new(root_size)?.hash_bytes(),
+        seed: seed.bytes(),
+        reserve_ab: false,
+    })?;
+    Ok(Layout { root_size, plan })
+}
+
+/// Stage "ext4": creates the image at `path` and writes the root into it.
+/// An estimate that proves too small grows by a tenth and the disk is
+/// planned again, up to the whole disk.
+pub(super) fn write_root(
+    job: &Job<'_>,
+    seed: &ImageSeed,
+    mut layout: Layout,
+    root: &RootTree,
+    path: &Path,
+) -> Result<RootFs, BuildError> {
+    let opts = ext4::Ext4Options {
+        uuid: seed.root_fs_uuid(),
+        label: format!("root-{}", job.arch),
+        epoch: root.tree.epoch(),
+    };
+    loop {
+        let image = crate::disk::create_image(path, &layout.plan)?;
+        let mut window = image.window(PartitionRole::Root)?;
+        let root_size = layout.root_size;
+        match ext4::write(&root.tree, root_size, &opts, &mut window) {
+            Ok(summary) => return Ok(RootFs { image, summary }),
+            Err(e) if ext4::is_out_of_space(&e) && root_size < job.profile.disk.size => {
+                tracing::debug!(root_size, "root estimate too small; growing");
+                let grown = (root_size + root_size / 10).next_multiple_of(1 << 20);
+                layout = plan_for(job, seed, grown)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Stage "verity": hashes the root as it is on disk, writes the hash tree
+/// and sets the root partitions' GUIDs from the root hash.
+pub(super) fn hash_root(root_fs: &mut RootFs, seed: &ImageSeed) -> Result<RootVerity, BuildError> {
+    let params = VerityParams {
+        salt: seed.verity_salt(),
+        uuid: seed.verity_uuid(),
+    };
+    let size = root_fs.summary.size;
+    let tree = {
+        let window = root_fs.image.window(PartitionRole::Root)?;
+        let mut reader = BufReader::with_capacity(1 << 20, window.reader(size));
+        verity::build(&mut reader, size, &params)?
+    };
+    root_fs
+        .image
+        .window(PartitionRole::RootVerity)?
+        .write_at(0, &tree.hash_device)?;
+    root_fs.image.apply_root_hash(&tree.root_hash)?;
+    Ok(RootVerity { tree, params })
+}
+
+/// Stage "esp+gpt": the ESP with the UKI as the removable-media boot file,
+/// then the image is flushed and closed.
+pub(super) fn write_esp(
+    job: &Job<'_>,
+    seed: &ImageSeed,
+    root_fs: RootFs,
+    uki: &Uki,
+    epoch: i64,
+) -> Result<Disk, BuildError> {
+    let RootFs { image, summary } = root_fs;
+    let uki_path = format!("EFI/BOOT/{}", job.arch.efi_boot_file());
+    let files = [fat::EspFile::new(&uki_path, &uki.image)];
+    {
+        let mut opts = fat::FatOptions::new("KILN-ESP", seed.esp_serial(), epoch);
+        let mut window = image.window(PartitionRole::Esp)?;
+        opts.hidden_sectors = u32::try_from(window.partition().first_lba).unwrap_or(0);
+        fat::build_fat(&files, window.len(), &opts, &mut window)?;
+    }
+    let plan = image.plan().clone();
+    let mapped = image.mapped_blocks();
+    let path = image.path().to_path_buf();
+    image.finish()?;
+    let file_size = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+    Ok(Disk {
+        path,
+        plan,
+        mapped,
+        file_size,
+        root: summary,
+    })
+}
