@@ -117,7 +117,25 @@ impl Sources {
     }
 
     /// The source of `suite`, or an error naming the suite and the files read.
+    ///
+    /// A suite the sources do not list comes from the archive that serves the listed
+    /// suites of its kind: Debian's archives serve every release, the security archive
+    /// the `-security` suites and the main archive the others (`trixie`,
+    /// `trixie-updates`, `trixie-backports`). So a host that lists bookworm builds
+    /// trixie images, from the mirror it already uses and with the keyring it names.
     pub fn get(&self, suite: &str) -> Result<&SourceEntry, SourcesError> {
+        if let Some(entry) = self.suites.get(suite) {
+            return Ok(entry);
+        }
+        let security = is_security_suite(suite);
+        if let Some((sibling, entry)) = self
+            .suites
+            .iter()
+            .find(|(s, _)| is_security_suite(s) == security)
+        {
+            tracing::debug!(suite, sibling, uri = %entry.uri, "suite served by its sibling's archive");
+            return Ok(entry);
+        }
         self.suites
             .get(suite)
             .ok_or_else(|| SourcesError::MissingSuite {
@@ -306,6 +324,11 @@ pub(crate) fn deb822_stanzas(text: &str, path: &Path) -> Result<Vec<Stanza>, Sou
     Ok(out)
 }
 
+/// Whether a suite is served by Debian's security archive (`<release>-security`).
+fn is_security_suite(suite: &str) -> bool {
+    suite.ends_with("-security")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,6 +388,22 @@ Enabled: no
     }
 
     #[test]
+    fn other_releases_come_from_the_archive_serving_their_kind() {
+        let mut s = Sources::default();
+        s.parse_deb822(DEB822, Path::new("x.sources")).unwrap();
+        for suite in ["trixie", "trixie-updates", "trixie-backports", "forky"] {
+            assert_eq!(
+                s.get(suite).unwrap().uri,
+                "http://mirror.example/debian",
+                "{suite}"
+            );
+        }
+        let sec = s.get("trixie-security").unwrap();
+        assert_eq!(sec.uri, "http://security.example/debian-security");
+        assert!(sec.signed_by.as_deref().unwrap().contains("AAAA"));
+    }
+
+    #[test]
     fn one_line_format_and_first_entry_wins() {
         let mut s = Sources::default();
         s.parse_one_line(
@@ -396,8 +435,19 @@ Enabled: no
         .unwrap();
         let s = Sources::from_etc_apt(dir.path()).unwrap();
         assert!(s.get("bookworm-backports").is_ok());
-        let err = s.get("trixie").unwrap_err().to_string();
-        assert!(err.contains("\"trixie\""), "{err}");
+        // Every suite has a sibling of its kind here; a host without a security suite
+        // cannot serve one.
+        assert!(s.get("trixie-security").is_ok());
+        let mut plain = Sources::default();
+        plain
+            .parse_one_line(
+                "deb http://x.example/debian bookworm main\n",
+                Path::new("sources.list"),
+            )
+            .unwrap();
+        plain.files = s.files.clone();
+        let err = plain.get("trixie-security").unwrap_err().to_string();
+        assert!(err.contains("\"trixie-security\""), "{err}");
         assert!(
             err.contains("debian.sources") && err.contains("sources.list"),
             "{err}"

@@ -2,10 +2,11 @@
 //! node, and the boot modules with the order the init loads them in. It is
 //! built from the finished root, so its modules are the root's own files.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::fs::cpio::{self, CpioError};
-use crate::tree::kmod::ModuleSelection;
+use crate::tree::kmod::{module_bytes, plain_module_path, KmodError, ModuleSelection};
 use crate::tree::{FileTree, Kind, Node, TreeError};
 
 /// Errors while building the initramfs.
@@ -17,6 +18,9 @@ pub enum InitramfsError {
     /// The archive could not be written.
     #[error(transparent)]
     Cpio(#[from] CpioError),
+    /// A compressed boot module could not be decompressed.
+    #[error(transparent)]
+    Module(#[from] KmodError),
 }
 
 /// The initramfs, as the newc cpio archive the kernel unpacks.
@@ -45,7 +49,7 @@ fn initramfs_tree(
     agent: &Arc<[u8]>,
     modules: &ModuleSelection,
     epoch: i64,
-) -> Result<FileTree, TreeError> {
+) -> Result<FileTree, InitramfsError> {
     let mut t = FileTree::new(epoch);
     let o = "kiln:initramfs";
     for d in ["dev", "proc", "sys", "sysroot", "run", "tmp", "etc/kiln"] {
@@ -62,9 +66,16 @@ fn initramfs_tree(
     let mut load = String::from("# Kernel modules the init loads, in dependency order.\n");
     for m in &modules.boot {
         // Root paths are usr/lib/modules/...; the initramfs has no /usr merge to care about.
+        // The init loads modules with finit_module as they are: a compressed module of
+        // the root goes in plain.
         let src = &m.path;
-        let dst = src.strip_prefix("usr/").unwrap_or(src).to_string();
-        let data = root.read(src)?;
+        let plain = plain_module_path(src);
+        let dst = plain.strip_prefix("usr/").unwrap_or(plain).to_string();
+        let file = root.read(src)?;
+        let data: Arc<[u8]> = match module_bytes(src, &file)? {
+            Cow::Borrowed(_) => file.clone(),
+            Cow::Owned(elf) => Arc::from(elf),
+        };
         t.insert(&dst, Node::file(data, 0o644, epoch, o))?;
         load.push_str(&dst);
         load.push('\n');

@@ -58,9 +58,23 @@ pub struct Deb {
     pub entries: Vec<(String, Node)>,
 }
 
+/// The top-level folders that merged /usr turns into links to `usr/<name>`.
+const MERGED: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Whether a package entry is one of merged /usr's own top-level links (`bin` →
+/// `usr/bin`), which packages of Debian 13 and later ship themselves (base-files). The
+/// tree makes those links for every root (`tree::effects::merged_usr_links`), so the
+/// package's copy is dropped rather than mapped onto `usr/bin`, where the folder is.
+pub fn is_merged_usr_link(path: &str, kind: &Kind) -> bool {
+    let Kind::Symlink(target) = kind else {
+        return false;
+    };
+    let target = target.trim_start_matches('/').trim_end_matches('/');
+    MERGED.contains(&path) && target.strip_prefix("usr/") == Some(path)
+}
+
 /// Maps a path of a non-merged package onto merged /usr (`bin/x` → `usr/bin/x`).
 pub fn merge_usr(path: &str) -> String {
-    const MERGED: [&str; 6] = ["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
     let (first, rest) = match path.split_once('/') {
         Some((f, r)) => (f, Some(r)),
         None => (path, None),
@@ -174,9 +188,9 @@ fn read_data(r: impl Read, package: &str) -> io::Result<Vec<(String, Node)>> {
     for e in ar.entries()? {
         let mut e = e?;
         let raw_path = e.path()?.to_string_lossy().into_owned();
-        let path = match normalize(&raw_path) {
+        let plain = match normalize(&raw_path) {
             Ok(p) if p.is_empty() => continue,
-            Ok(p) => merge_usr(&p),
+            Ok(p) => p,
             Err(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -233,6 +247,10 @@ fn read_data(r: impl Read, package: &str) -> io::Result<Vec<(String, Node)>> {
                 ))
             }
         };
+        if is_merged_usr_link(&plain, &kind) {
+            continue;
+        }
+        let path = merge_usr(&plain);
         let node = Node {
             kind,
             mode,

@@ -86,6 +86,57 @@ fn reads_files_links_modes_and_merges_usr() {
     assert_eq!(&*tree.read("bin/tool").unwrap(), b"#!/bin/sh\n");
 }
 
+/// Debian 13's base-files ships merged /usr's top-level links itself (`bin` → `usr/bin`)
+/// beside the `usr/bin` folder: the links are dropped (the tree makes its own), other
+/// top-level links are kept as they are.
+#[test]
+fn a_package_s_own_merged_usr_links_are_dropped() {
+    let d = tempfile::tempdir().unwrap();
+    let deb = build_deb(
+        d.path(),
+        "base-files",
+        &[
+            ("usr/bin/.keep", b"", 0o644),
+            ("usr/lib/os-release", b"ID=debian\n", 0o644),
+        ],
+        &[
+            ("bin", "usr/bin"),
+            ("lib", "/usr/lib/"),
+            ("sbin", "usr/bin"),
+            ("opt", "usr/bin"),
+        ],
+        &[],
+    );
+    let parsed = read_deb(&deb, "base-files").unwrap();
+    let links: Vec<&str> = parsed
+        .entries
+        .iter()
+        .filter(|(_, n)| matches!(n.kind, Kind::Symlink(_)))
+        .map(|(p, _)| p.as_str())
+        .collect();
+    // bin -> usr/bin and lib -> /usr/lib/ are dropped; sbin -> usr/bin is not merged
+    // /usr's link for sbin, so it is kept (mapped, as before), and so is opt.
+    assert_eq!(links, ["opt", "usr/sbin"]);
+    let mut tree = FileTree::new(2_000_000_000);
+    insert_deb(&mut tree, parsed, &InsertRules::default()).unwrap();
+    assert_eq!(tree.get("usr/bin").unwrap().kind, Kind::Dir);
+    merged_usr_links(&mut tree).unwrap();
+    assert_eq!(
+        tree.get("bin").unwrap().kind,
+        Kind::Symlink("usr/bin".into())
+    );
+    assert_eq!(&*tree.read("lib/os-release").unwrap(), b"ID=debian\n");
+    assert!(is_merged_usr_link(
+        "lib64",
+        &Kind::Symlink("usr/lib64".into())
+    ));
+    assert!(!is_merged_usr_link("lib64", &Kind::Dir));
+    assert!(!is_merged_usr_link(
+        "usr/bin",
+        &Kind::Symlink("usr/bin".into())
+    ));
+}
+
 #[test]
 fn truncated_package_names_file_and_package() {
     let d = tempfile::tempdir().unwrap();

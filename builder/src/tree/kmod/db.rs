@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::elf::{elf_machine, read_elf, ElfModule, ModInfo};
 use super::names::{glob_match, modname_from_path, normalize_alias, normalize_name};
-use super::KmodError;
+use super::{is_module_path, module_bytes, KmodError};
 use crate::arch::Arch;
 use crate::tree::{FileTree, Kind, TreeError};
 
@@ -74,17 +74,7 @@ impl ModuleDb {
         let prefix = format!("{dir}/");
         let mut modules = BTreeMap::new();
         for (path, node) in tree.descendants(&dir) {
-            if [".ko.xz", ".ko.zst", ".ko.gz"]
-                .iter()
-                .any(|x| path.ends_with(x))
-            {
-                return Err(KmodError::BadModule {
-                    path: path.clone(),
-                    message: "compressed modules are not supported (Debian bookworm's kernels ship plain .ko)"
-                        .into(),
-                });
-            }
-            if !path.ends_with(".ko") || !matches!(node.kind, Kind::File(_) | Kind::Hardlink(_)) {
+            if !is_module_path(path) || !matches!(node.kind, Kind::File(_) | Kind::Hardlink(_)) {
                 continue;
             }
             let relpath = path.strip_prefix(&prefix).unwrap_or(path).to_string();
@@ -93,7 +83,7 @@ impl ModuleDb {
                 continue;
             }
             let data = tree.read(path)?;
-            let elf = read_elf(path, &data, symbols)?;
+            let elf = read_elf(path, &module_bytes(path, &data)?, symbols)?;
             if let Some(a) = arch {
                 if elf.machine != elf_machine(a) {
                     return Err(KmodError::WrongArch {

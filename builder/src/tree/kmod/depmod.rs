@@ -8,7 +8,7 @@ use super::elf::modinfo_pairs;
 use super::index::Index;
 use super::names::{modname_from_path, normalize_alias};
 use super::select::ModuleSelection;
-use super::KmodError;
+use super::{plain_module_path, KmodError};
 use crate::tree::{parent, FileTree, Node, TreeError};
 
 /// Origin recorded on the index files kiln writes.
@@ -85,8 +85,10 @@ fn depmod_files(
     let lines: HashMap<&str, usize> = order.lines().enumerate().map(|(i, l)| (l, i)).collect();
     let mut mods: Vec<&ModFile> = db.modules.values().collect();
     mods.sort_by(|a, b| {
-        let ka = lines.get(a.relpath.as_str()).copied().unwrap_or(usize::MAX);
-        let kb = lines.get(b.relpath.as_str()).copied().unwrap_or(usize::MAX);
+        // modules.order names modules uncompressed, as kmod matches them.
+        let line = |m: &ModFile| lines.get(plain_module_path(&m.relpath)).copied();
+        let ka = line(a).unwrap_or(usize::MAX);
+        let kb = line(b).unwrap_or(usize::MAX);
         ka.cmp(&kb).then_with(|| a.relpath.cmp(&b.relpath))
     });
     let mut dm: Vec<DepMod> = mods

@@ -18,6 +18,7 @@
 mod db;
 mod depmod;
 mod elf;
+mod file;
 mod index;
 mod names;
 mod prune;
@@ -26,6 +27,7 @@ mod sets;
 
 pub use depmod::write_index;
 pub use elf::ModInfo;
+pub(crate) use file::{is_module_path, module_bytes, plain_module_path};
 pub use names::normalize_name;
 pub use prune::{prune, Pruned};
 pub use select::{select, Module, ModuleSelection};

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::select::ModuleSelection;
-use super::KmodError;
+use super::{is_module_path, KmodError};
 use crate::tree::{parent, FileTree, Kind};
 
 /// What [`prune`] removed.
@@ -15,14 +15,14 @@ pub struct Pruned {
     pub bytes: u64,
 }
 
-/// Removes every `.ko` under `lib/modules/<kver>` that is not selected, and
+/// Removes every module file (`.ko`, compressed or not) under `lib/modules/<kver>` that is not selected, and
 /// the directories that become empty.
 pub fn prune(tree: &mut FileTree, selection: &ModuleSelection) -> Result<Pruned, KmodError> {
     let keep: BTreeSet<&str> = selection.all.iter().map(|m| m.path.as_str()).collect();
     let mut removed = Pruned::default();
     let drop: Vec<(String, u64)> = tree
         .descendants(&selection.dir)
-        .filter(|(p, _)| p.ends_with(".ko") && !keep.contains(p.as_str()))
+        .filter(|(p, _)| is_module_path(p) && !keep.contains(p.as_str()))
         .map(|(p, n)| {
             let size = match &n.kind {
                 Kind::File(d) => d.len() as u64,

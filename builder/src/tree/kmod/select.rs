@@ -77,13 +77,28 @@ pub fn select(
                 known,
             });
         };
-        for n in names {
-            let found = db.lookup(&n).ok_or_else(|| KmodError::UnknownModule {
-                module: n.clone(),
-                set: set.clone(),
-                arch,
-                kver: db.kver.clone(),
-            })?;
+        for written in names {
+            // `name?`: the module where the kernel has it (names move between kernel
+            // versions, e.g. nft_objref became part of nf_tables), nothing where not.
+            let (n, optional) = match written.strip_suffix('?') {
+                Some(name) => (name.to_string(), true),
+                None => (written, false),
+            };
+            let found = match db.lookup(&n) {
+                Some(found) => found,
+                None if optional => {
+                    tracing::debug!(module = %n, set = %set, kver = %db.kver, "optional module not in this kernel");
+                    continue;
+                }
+                None => {
+                    return Err(KmodError::UnknownModule {
+                        module: n.clone(),
+                        set: set.clone(),
+                        arch,
+                        kver: db.kver.clone(),
+                    })
+                }
+            };
             if found.is_empty() {
                 builtin.insert(normalize_name(&n));
             }

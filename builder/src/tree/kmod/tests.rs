@@ -518,6 +518,10 @@ fn unknown_sets_and_modules_are_errors_naming_them() {
         e.contains("\"overlay\"") && e.contains("x86_64") && e.contains(KVER),
         "{e}"
     );
+    // `name?` is taken where the kernel has it and skipped where it does not.
+    let sets = custom(&[("opt", &["overlay?", "loop?"])]);
+    let sel = select(&t, &["opt".into()], &sets, Arch::X86_64).unwrap();
+    assert_eq!(names(&sel.all), ["loop"]);
     // A module for the other arch is caught.
     let e = select(&t, &["ext4".into()], &BTreeMap::new(), Arch::Arm64)
         .unwrap_err()
@@ -724,6 +728,92 @@ fn pruned_index_matches_depmod_and_modprobe_resolves_it() {
     // Built-in modules and their aliases (modules.builtin.bin, modules.builtin.alias.bin).
     assert_eq!(show("zlib_inflate").trim(), "builtin zlib_inflate");
     assert_eq!(show("crypto-sha256").trim(), "builtin sha256_generic");
+}
+
+/// `data` compressed by the program `tool` (xz, zstd or gzip: the independent encoders).
+fn compress(tool: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(tool)
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool} must be installed: {e}"));
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    out.stdout
+}
+
+/// The test kernel as Debian 13 ships its modules: each compressed whole (xz, some zstd),
+/// modules.order still naming them `.ko`.
+fn compressed_tree() -> FileTree {
+    let plain = amd64_tree();
+    let mut t = FileTree::new(1_700_000_000);
+    for (i, (path, node)) in plain.descendants(DIR).enumerate() {
+        let Kind::File(data) = &node.kind else {
+            continue;
+        };
+        let (path, data) = match path.ends_with(".ko") {
+            true if i % 4 == 0 => (format!("{path}.zst"), compress("zstd", data)),
+            true => (format!("{path}.xz"), compress("xz", data)),
+            false => (path.clone(), data.to_vec()),
+        };
+        t.insert(&path, Node::file(data, 0o644, 0, "pkg:linux-image"))
+            .unwrap();
+    }
+    t.insert("lib", Node::symlink("usr/lib", 0, "kiln:merged-usr"))
+        .unwrap();
+    t
+}
+
+#[test]
+fn compressed_modules_are_selected_indexed_and_pruned_like_plain_ones() {
+    let mut t = compressed_tree();
+    let sel = select(
+        &t,
+        &["ext4".into(), "x".into()],
+        &custom(&[("x", &["virtio_blk", "loop"])]),
+        Arch::X86_64,
+    )
+    .unwrap();
+    let plain = select(
+        &amd64_tree(),
+        &["ext4".into(), "x".into()],
+        &custom(&[("x", &["virtio_blk", "loop"])]),
+        Arch::X86_64,
+    )
+    .unwrap();
+    assert_eq!(
+        names(&sel.all),
+        names(&plain.all),
+        "same selection, same order"
+    );
+    assert!(sel
+        .all
+        .iter()
+        .all(|m| m.path.ends_with(".xz") || m.path.ends_with(".zst")));
+    let pruned = prune(&mut t, &sel).unwrap();
+    assert!(pruned.files > 0);
+    assert!(t
+        .descendants(DIR)
+        .all(|(p, _)| !is_module_path(p) || sel.all.iter().any(|m| &m.path == p)));
+    write_index(&mut t, &sel).unwrap();
+    // The host's depmod (kmod 30, built with xz and zstd) reads the same files.
+    compare_with_depmod(&t);
+    let dep = String::from_utf8(t.read(&format!("{DIR}/modules.dep")).unwrap().to_vec()).unwrap();
+    assert!(dep.contains("kernel/fs/ext4/ext4.ko.xz: "), "{dep}");
+    // What the initramfs takes: the plain ELF under the plain name.
+    for m in &sel.all {
+        let file = t.read(&m.path).unwrap();
+        let elf = module_bytes(&m.path, &file).unwrap();
+        assert_eq!(&elf[..4], b"\x7fELF", "{}", m.path);
+        assert!(plain_module_path(&m.path).ends_with(".ko"));
+    }
+    let bad = module_bytes("x/bad.ko.xz", b"not xz")
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("/x/bad.ko.xz") && bad.contains("xz"), "{bad}");
 }
 
 #[test]
