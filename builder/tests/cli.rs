@@ -155,6 +155,9 @@ fn unknown_package_is_named_by_lock_and_no_lock_is_written() {
         !d.path().join("profiles/qemu.lock").exists(),
         "a lock was written despite the error"
     );
+    // The log went to a pipe, as it would to a file: plain text, no colour codes.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("INFO") && !log.contains('\x1b'), "{log:?}");
 }
 
 #[test]
