@@ -142,9 +142,23 @@ impl AptArchive {
         let t = Instant::now();
         let out = runner
             .run(&self.apt_cmd("apt-get").args(["-q", "update"]))
-            .map_err(|source| LockError::Apt {
-                arch: self.arch,
-                source,
+            .map_err(|source| {
+                // apt says `E: The repository 'URI SUITE Release' does not have a
+                // Release file.` for a suite the archive lacks: name the suite.
+                let text = source.to_string();
+                let missing = text.lines().find_map(|l| {
+                    let (_, rest) = l.split_once("The repository '")?;
+                    let (repo, _) = rest.split_once(" Release' does not have a Release file")?;
+                    let (uri, suite) = repo.rsplit_once(' ')?;
+                    Some((uri.to_string(), suite.to_string()))
+                });
+                match missing {
+                    Some((uri, suite)) => LockError::NoSuchSuite { suite, uri },
+                    None => LockError::Apt {
+                        arch: self.arch,
+                        source,
+                    },
+                }
             })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         // apt reports unreachable mirrors and bad signatures as warnings with

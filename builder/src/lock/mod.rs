@@ -138,6 +138,14 @@ pub enum LockError {
         /// The failed command.
         source: RunError,
     },
+    /// The archive has no such suite (apt found no Release file for it).
+    #[error("suite {suite:?} is not in the archive at {uri} (apt-get update found no Release file for it); check [debian] suites in the profile: a release name (trixie), or one with -updates, -security or -backports")]
+    NoSuchSuite {
+        /// The suite as the profile names it.
+        suite: String,
+        /// The archive asked.
+        uri: String,
+    },
     /// `apt-get update` reported download or signature problems.
     #[error("apt-get update for {arch} failed:\n{messages}\ncheck that the archive is reachable and retry")]
     AptWarnings {

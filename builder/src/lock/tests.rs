@@ -357,17 +357,20 @@ fn archive_integration_qemu_profile_both_arches() {
 }
 
 #[test]
-fn unknown_suite_is_named_with_the_sources_files() {
+fn unknown_suite_is_named_with_the_archive_and_the_fix() {
+    // The suite comes from the archive serving its siblings, which does not have it.
     let cache = tempfile::tempdir().unwrap();
     let sources = Sources::from_host().unwrap();
     let mut d = debian();
     d.suites.push("bookworm-nonexistent".into());
-    let err = AptArchive::prepare(cache.path(), Arch::Arm64, &d, &sources)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("\"bookworm-nonexistent\""), "{err}");
+    let apt = AptArchive::prepare(cache.path(), Arch::Arm64, &d, &sources).unwrap();
+    let err = apt.update(&HostRunner).unwrap_err().to_string();
     assert!(
-        err.contains(&sources.files[0].display().to_string()),
+        err.starts_with("suite \"bookworm-nonexistent\" is not in the archive at "),
+        "{err}"
+    );
+    assert!(
+        err.contains("[debian] suites") && !err.contains("W:"),
         "{err}"
     );
 }
