@@ -13,7 +13,6 @@ KILN_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
 CARGO_TARGET_DIR ?= $(KILN_CACHE)/cargo-target
 export KILN_CACHE CARGO_TARGET_DIR
 KILN := $(CARGO_TARGET_DIR)/release/kiln
-AGENT_TARGETS := x86_64-unknown-linux-musl aarch64-unknown-linux-musl
 
 .PHONY: all deps agent kiln enroll lock image run test docs check fmt bench repro clean
 
@@ -23,10 +22,12 @@ all: image
 deps:
 	@bash scripts/deps.sh
 
-## agent: the static in-image binary, for both arches
-## (one cargo run for both targets: their single-threaded LTO links run side by side)
+## agent: the static in-image binary, for both arches (one cargo run for both targets:
+## their single-threaded LTO links run side by side), with the build paths remapped so
+## its bytes do not depend on who builds it where; `make test` builds it with the same
+## script (scripts/agent.sh)
 agent:
-	$(CARGO) build --locked -q -p kiln-agent --profile agent $(addprefix --target ,$(AGENT_TARGETS))
+	CARGO=$(CARGO) bash scripts/agent.sh -q
 
 ## kiln: the builder CLI
 kiln:
@@ -71,7 +72,9 @@ fmt:
 bench: deps agent kiln enroll
 	bash scripts/bench.sh
 
-## repro: build twice (other cache, out, TMPDIR, umask, time) and compare sha256s
+## repro: build the agent twice (other checkout folder, target folder and cargo home) and
+## compare the binaries, then the images twice (other cache, out, TMPDIR, umask, time)
+## with that agent, and compare sha256s
 repro: deps agent kiln
 	KILN=$(KILN) bash scripts/repro.sh
 

@@ -23,7 +23,7 @@ use crate::lock::{self, Lockfile, Sources};
 use crate::profile::Profile;
 use crate::runner::HostRunner;
 
-pub use agent::AgentSource;
+pub use agent::{toolchain_of, AgentSource, ToolchainError};
 pub use error::BuildError;
 pub use report::BuildReport;
 pub use ui::Ui;

@@ -14,7 +14,7 @@ use kiln::disk::{create_image, MAP_BLOCK_SIZE};
 use kiln::fs::{ext4, fat};
 use kiln::output::formats::{write_outputs, FormatError, Output, OutputJob, Outputs};
 use kiln::plan::{plan_disk, PartitionRole, PlanInput};
-use kiln::profile::Format;
+use kiln::profile::{Format, ZstdLevel};
 use kiln::runner::HostRunner;
 use kiln::tree::{FileTree, Node};
 use mkext4::RegionSink;
@@ -138,6 +138,7 @@ fn job<'a>(
         dir: raw.parent().unwrap(),
         stem,
         formats,
+        zstd_level: ZstdLevel::DEFAULT,
         mapped,
         epoch: EPOCH,
         seed: SEED,
@@ -444,6 +445,65 @@ fn outputs_are_reproducible_whatever_the_holes() {
             &runs[1].0.path().join(&o.digest.file),
         );
     }
+}
+
+/// Writes `raw.zst` of `raw` at `level` into a fresh folder (the image is
+/// copied there), checked with zstd and bmaptool if `check`; returns the
+/// folder and the file.
+fn zst_at(
+    raw: &Path,
+    mapped: &[Range<u64>],
+    level: u8,
+    check: bool,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("z-x86_64.raw");
+    run(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(raw)
+        .arg(&copy));
+    let mut j = job(&copy, &[Format::RawZst], mapped, "z-x86_64");
+    j.zstd_level = ZstdLevel::new(level.into()).unwrap();
+    let outputs = write_outputs(&j).unwrap().files;
+    if check {
+        check_outputs(&copy, &outputs);
+    }
+    let zst = dir.path().join("z-x86_64.raw.zst");
+    (dir, zst)
+}
+
+#[test]
+fn raw_zst_at_each_level_decodes_to_the_image_and_repeats() {
+    // 24 MiB of text and noise in one mapped range, zeros around it.
+    let d = tempfile::tempdir().unwrap();
+    let raw = d.path().join("big-x86_64.raw");
+    let size = 64 * MIB;
+    let text: Vec<u8> = (0..1_600_000u32)
+        .flat_map(|i| format!("{:x} ", i.wrapping_mul(2_654_435_761) % 65_536).into_bytes())
+        .collect();
+    let mut data = text.clone();
+    data.extend(noise(2 << 20, 11));
+    while data.len() < 24 << 20 {
+        data.extend_from_slice(&text[..text.len().min((24 << 20) - data.len())]);
+    }
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&data, 8 * MIB).unwrap();
+    let blocks = 8 * MIB / MAP_BLOCK_SIZE..32 * MIB / MAP_BLOCK_SIZE;
+    let mapped = std::slice::from_ref(&blocks);
+    let default = ZstdLevel::DEFAULT.get() as u8;
+    let mut sizes = Vec::new();
+    for level in [1, default, 9] {
+        let (_a, first) = zst_at(&raw, mapped, level, true);
+        let (_b, second) = zst_at(&raw, mapped, level, false);
+        same_bytes(&first, &second);
+        let list = run(Command::new("zstd").arg("-lv").arg(&first));
+        // Zero run, data, zero run: one frame each.
+        assert!(list.contains("# Zstandard Frames: 3"), "{list}");
+        sizes.push(std::fs::metadata(&first).unwrap().len());
+    }
+    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
 }
 
 #[test]

@@ -205,7 +205,7 @@ fn programs(target: &Path) -> docs::Programs {
         kiln: target.join("suite").join("kiln"),
         enroll: target.join("suite").join("kiln-enroll"),
         agent: target
-            .join(AGENT_TARGETS[0])
+            .join(HOST_AGENT_TARGET)
             .join("agent")
             .join("kiln-agent"),
     }
@@ -358,7 +358,11 @@ fn from_cargo_run(name: &str) -> bool {
 
 /// `cargo` without the variables of [`from_cargo_run`].
 fn cargo_command() -> Command {
-    let mut c = Command::new(cargo());
+    without_cargo_run_env(Command::new(cargo()))
+}
+
+/// `c` without the variables of [`from_cargo_run`] (it runs cargo, or a script that does).
+fn without_cargo_run_env(mut c: Command) -> Command {
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(from_cargo_run) {
             c.env_remove(&name);
@@ -367,32 +371,29 @@ fn cargo_command() -> Command {
     c
 }
 
-/// The in-image agent for both arches (the images the QEMU tests build carry it), as
-/// `make agent` builds it.
+/// The in-image agent for both arches (the images the QEMU tests build carry it), built
+/// by the script `make agent` runs (`scripts/agent.sh`, from the mirror): the same
+/// compiler flags, so the suite's agent has the bytes `make agent`'s has, and the two
+/// do not rebuild each other's (they share the target folder and cargo's home).
 fn agent(src: &Path, target: &Path) -> anyhow::Result<()> {
-    let status = cargo_command()
-        .args([
-            "build",
-            "--locked",
-            "-q",
-            "-p",
-            "kiln-agent",
-            "--profile",
-            "agent",
-        ])
-        .args(AGENT_TARGETS.iter().flat_map(|t| ["--target", t]))
+    let script = src.join("scripts").join("agent.sh");
+    let status = without_cargo_run_env(Command::new("bash"))
+        .arg(&script)
+        .arg("-q")
+        .env("CARGO", cargo())
         .env("CARGO_TARGET_DIR", target)
         .current_dir(src)
         .status()
-        .context("running cargo build -p kiln-agent")?;
+        .with_context(|| format!("running {}", script.display()))?;
     if !status.success() {
         bail!("building the agent failed ({status})");
     }
     Ok(())
 }
 
-/// The agent's targets (the Makefile's AGENT_TARGETS).
-const AGENT_TARGETS: [&str; 2] = ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"];
+/// The agent target whose static binary runs on the host (for its --help); scripts/agent.sh
+/// builds it with the arm64 one.
+const HOST_AGENT_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// `cargo test --no-run` for the workspace: the test binaries.
 fn compile(src: &Path, target: &Path) -> anyhow::Result<Vec<TestBinary>> {

@@ -80,6 +80,14 @@ pub enum BuildError {
     /// `[cluster]` needs something the root lacks.
     #[error(transparent)]
     Cluster(#[from] tree::cluster::ClusterError),
+    /// The agent binary does not say which compiler built it.
+    #[error("{path}: {source}")]
+    AgentToolchain {
+        /// The agent binary.
+        path: PathBuf,
+        /// What was wrong with it.
+        source: super::agent::ToolchainError,
+    },
     /// Something the packages should have provided is missing.
     #[error("{0}")]
     Missing(String),

@@ -12,6 +12,7 @@ use crate::arch::Arch;
 use crate::fetch::artifact::{fetch_artifacts, FetchedArtifact};
 use crate::fetch::{Cache, FetchContext, Fetched, HttpDownloader};
 use crate::lock::{LockedPackage, Lockfile, Role};
+use crate::output::manifest::Toolchain;
 use crate::profile::Profile;
 use crate::tree::FileTree;
 use crate::uki::parts::{self, KernelImage};
@@ -22,6 +23,8 @@ use crate::unpack::{self, Glob, InsertRules};
 pub(super) struct Inputs {
     /// The agent binary.
     pub agent: Arc<[u8]>,
+    /// The compilers that built it (for the manifest).
+    pub toolchain: Toolchain,
     /// The profile file's bytes (the image's seed and the manifest hash them).
     pub profile_bytes: Vec<u8>,
     /// The lock file's bytes (for the manifest).
@@ -54,12 +57,12 @@ pub(super) struct BootParts {
 
 /// Stage "fetch".
 pub(super) fn fetch(job: &Job<'_>) -> Result<Inputs, BuildError> {
-    let agent_path = job.opts.agent.locate(job.arch)?;
-    let agent = read_file(&agent_path)?.into();
+    let agent = job.opts.agent.read(job.arch)?;
     let packages = fetch_packages(job.profile, job.lock, job.arch, job.cache, job.ui)?;
     let artifacts = fetch_profile_artifacts(job.profile, job.arch, job.cache, job.ui)?;
     Ok(Inputs {
-        agent,
+        agent: agent.bytes,
+        toolchain: agent.toolchain,
         profile_bytes: read_file(&job.profile.path)?,
         lock_bytes: read_file(&job.lock.path)?,
         packages,

@@ -259,6 +259,13 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
         debug_shell: false,
         schema: manifest::SCHEMA,
         kiln_version: "0.1.0".into(),
+        toolchain: Some(manifest::Toolchain {
+            rustc: "1.95.0 (59807616e 2026-04-14)".into(),
+            comment: vec![
+                "Linker: LLD 22.1.2".into(),
+                "rustc version 1.95.0 (59807616e 2026-04-14)".into(),
+            ],
+        }),
         name: "test".into(),
         arch: arch.name().into(),
         epoch: EPOCH,

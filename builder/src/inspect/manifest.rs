@@ -56,6 +56,7 @@ pub(super) fn summarize(path: &Path, m: &Manifest) -> ManifestSummary {
     ManifestSummary {
         path: path.to_path_buf(),
         kiln_version: m.kiln_version.clone(),
+        rustc: m.toolchain.as_ref().map(|t| t.rustc.clone()),
         name: m.name.clone(),
         arch: m.arch.clone(),
         profile: m.profile.file.clone(),

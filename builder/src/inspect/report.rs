@@ -152,6 +152,9 @@ pub struct ManifestSummary {
     pub path: PathBuf,
     /// kiln version that built the image.
     pub kiln_version: String,
+    /// The Rust compiler that built the agent (`None`: a manifest of an older kiln,
+    /// which did not record it).
+    pub rustc: Option<String>,
     /// Image (profile) name.
     pub name: String,
     /// Arch.

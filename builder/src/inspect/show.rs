@@ -207,6 +207,13 @@ impl fmt::Display for Shown<'_> {
                     "  built by    kiln {} from profile {} (image `{}`, {})",
                     m.kiln_version, m.profile, m.name, m.arch
                 )?;
+                writeln!(
+                    f,
+                    "  agent       built by rustc {}",
+                    m.rustc
+                        .as_deref()
+                        .unwrap_or("? (not recorded: a manifest of an older kiln)")
+                )?;
                 writeln!(f, "  epoch       {} ({})", m.epoch, utc(m.epoch))?;
                 writeln!(
                     f,

@@ -246,6 +246,7 @@ fn a_clean_image_is_reported_fully_and_passes_every_check() {
             "label \"root-",
             "2023-11-14 22:13:20 UTC",
             "packages    3 (",
+            "agent       built by rustc 1.95.0 (59807616e 2026-04-14)",
             "result: ",
             "0 failed",
         ] {
@@ -553,6 +554,31 @@ fn manifests_beside_given_missing_and_broken() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("gone.json"), "{e}");
+}
+
+#[test]
+fn a_schema_2_manifest_from_before_the_toolchain_field_is_still_read() {
+    let d = tempfile::tempdir().unwrap();
+    let f = build(d.path(), Arch::X86_64);
+    let r = verify(&f.image);
+    assert_eq!(
+        r.manifest.as_ref().unwrap().rustc.as_deref(),
+        Some("1.95.0 (59807616e 2026-04-14)")
+    );
+    // An older kiln wrote the same schema without `toolchain`: nothing else changes.
+    edit_manifest(&f, |m| m.toolchain = None);
+    let text = std::fs::read_to_string(&f.manifest_path).unwrap();
+    assert!(!text.contains("toolchain"), "{text}");
+    let r = verify(&f.image);
+    assert!(r.ok(), "{r}");
+    assert_eq!(r.manifest.as_ref().unwrap().rustc, None);
+    let shown = r.to_string();
+    assert!(
+        shown.contains("agent       built by rustc ? (not recorded"),
+        "{shown}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    assert!(json["manifest"]["rustc"].is_null());
 }
 
 #[test]

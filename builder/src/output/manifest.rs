@@ -32,6 +32,12 @@ pub struct Manifest {
     pub schema: u32,
     /// The kiln version that built the image.
     pub kiln_version: String,
+    /// The compilers that built the image's only code compiled from this repository,
+    /// the agent (`usr/bin/kiln-agent`, also the initramfs' `/init`). Added to schema 2
+    /// without a new schema number: older manifests lack it (`None` when read), and
+    /// older readers skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<Toolchain>,
     /// Image name (profile `name`).
     pub name: String,
     /// Target arch.
@@ -62,6 +68,17 @@ pub struct Manifest {
     /// without a password): such an image is for debugging, never for production.
     #[serde(default)]
     pub debug_shell: bool,
+}
+
+/// The compilers that built the agent, as its ELF `.comment` section names them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Toolchain {
+    /// The Rust compiler, as `rustc --version` prints it without the `rustc ` word:
+    /// `1.95.0 (59807616e 2026-04-14)`.
+    pub rustc: String,
+    /// Every line of the section: rustc's, the C compiler's (the TLS library has C and
+    /// assembly) and the linker's, in the file's order.
+    pub comment: Vec<String>,
 }
 
 /// An input file, named without host paths.
@@ -249,6 +266,8 @@ pub struct ImageFacts<'a> {
     pub artifacts: &'a [(String, FileDigest)],
     /// The agent binary.
     pub agent: &'a [u8],
+    /// The compilers that built it.
+    pub toolchain: &'a Toolchain,
     /// The initramfs.
     pub initramfs: &'a Initramfs,
     /// The UKI.
@@ -276,6 +295,7 @@ impl Manifest {
             debug_shell: profile.extras.debug_shell,
             schema: SCHEMA,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            toolchain: Some(f.toolchain.clone()),
             name: profile.name.clone(),
             arch: f.arch.name().to_string(),
             epoch: f.epoch,

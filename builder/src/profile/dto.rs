@@ -222,6 +222,9 @@ pub struct OutputFile {
     /// Format names.
     #[serde(default)]
     pub formats: Vec<String>,
+    /// zstd level of `raw.zst` (1 to 19). Read as any TOML value so that a
+    /// wrong one gets kiln's message with the range, not a bare type error.
+    pub zstd_level: Option<toml::Value>,
 }
 
 /// `[agent]`: settings of the in-image agent.

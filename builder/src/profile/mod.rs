@@ -10,6 +10,7 @@ mod cluster;
 pub mod container_image;
 pub mod dto;
 pub mod module_sets;
+mod output;
 mod size;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,7 @@ use kiln_contract::agent_config::{self, SettingsFile, ALL_CHANNELS};
 use kiln_contract::cmdline::DEFAULT_VAR_MIN;
 // The values are the command line's words, so the enums are the contract's.
 pub use kiln_contract::cmdline::{VarFallback, VerityCheck};
+pub use output::{Format, ZstdLevel};
 pub use size::{format_size, parse_size};
 
 /// The profile schema version this kiln reads.
@@ -222,59 +224,6 @@ pub struct Disk {
     pub verity_check: VerityCheck,
 }
 
-/// An output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Format {
-    /// Raw disk image (`.raw`).
-    Raw,
-    /// zstd-compressed raw image plus a bmaptool block map (`.raw.zst`, `.bmap`).
-    RawZst,
-    /// qcow2 (`.qcow2`), written by `qemu-img convert`.
-    Qcow2,
-    /// Fixed VHD for Azure (`.vhd`): the raw disk plus a 512-byte footer.
-    Vhd,
-    /// Google Compute Engine import tarball (`.gce.tar.gz` holding `disk.raw`).
-    Gce,
-}
-
-impl Format {
-    /// Every format, in the order outputs are written.
-    pub const ALL: [Format; 5] = [
-        Format::Raw,
-        Format::RawZst,
-        Format::Qcow2,
-        Format::Vhd,
-        Format::Gce,
-    ];
-
-    /// Parses a format name as written in profiles and on the command line.
-    pub fn parse(s: &str) -> Option<Format> {
-        Format::ALL.into_iter().find(|f| f.name() == s)
-    }
-
-    /// The name used in profiles, `--format` and the manifest.
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Raw => "raw",
-            Format::RawZst => "raw.zst",
-            Format::Qcow2 => "qcow2",
-            Format::Vhd => "vhd",
-            Format::Gce => "gce",
-        }
-    }
-
-    /// The supported names, for messages.
-    pub fn names() -> String {
-        Format::ALL.map(Format::name).join(", ")
-    }
-}
-
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// A validated profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
@@ -304,6 +253,8 @@ pub struct Profile {
     pub disk: Disk,
     /// Output formats.
     pub formats: Vec<Format>,
+    /// The zstd level of the `raw.zst` output.
+    pub zstd_level: ZstdLevel,
     /// The in-image agent's settings.
     pub agent: Agent,
     /// OCI images built from locked packages and shipped in the root.
@@ -710,23 +661,7 @@ fn validate(
     let container_images = container_image::validate_images(&raw.container_image)
         .map_err(|e| invalid(&e.field, e.message))?;
 
-    let mut formats = Vec::new();
-    let fmt_names = if raw.output.formats.is_empty() {
-        vec!["raw".to_string()]
-    } else {
-        raw.output.formats
-    };
-    for (i, f) in fmt_names.iter().enumerate() {
-        let fmt = Format::parse(f).ok_or_else(|| {
-            invalid(
-                &format!("output.formats[{i}]"),
-                format!("unknown format {f:?}; supported: {}", Format::names()),
-            )
-        })?;
-        if !formats.contains(&fmt) {
-            formats.push(fmt);
-        }
-    }
+    let output = output::validate(path, raw.output)?;
 
     Ok(Profile {
         path: path.to_path_buf(),
@@ -773,7 +708,8 @@ fn validate(
             var_fallback,
             verity_check,
         },
-        formats,
+        formats: output.formats,
+        zstd_level: output.zstd_level,
         agent,
         container_images,
         artifacts,

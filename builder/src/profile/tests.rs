@@ -110,6 +110,24 @@ fn bad_sizes_and_formats_are_named() {
 }
 
 #[test]
+fn zstd_level_defaults_and_is_checked_against_its_range() {
+    assert_eq!(parse(MINIMAL).unwrap().zstd_level, ZstdLevel::DEFAULT);
+    let p = parse(&format!("{MINIMAL}[output]\nzstd_level = 19\n")).unwrap();
+    assert_eq!(p.zstd_level.get(), 19);
+    for bad in ["0", "20", "-3", "4294967297", "\"max\"", "6.5"] {
+        let e = parse(&format!("{MINIMAL}[output]\nzstd_level = {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("test.toml: field `output.zstd_level`: ")
+                && e.contains(bad)
+                && e.contains("use 1 (fastest) to 19 (smallest file)"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn bad_package_and_overlay_names_are_refused() {
     let e = parse(&MINIMAL.replace("[debian]", "[packages]\ninclude = [\"Bad Name\"]\n[debian]"))
         .unwrap_err()

@@ -5,7 +5,7 @@
 //! against `wg setconf`, and QEMU start to the first overlay ping against the
 //! same boot's shell.
 //!
-//! `KILN_BENCH_ONLY=build,enroll,apply,ping` (any of them) runs only those parts
+//! `KILN_BENCH_ONLY=build,zst,enroll,apply,ping` (any of them) runs only those parts
 //! and prints their sections without writing BENCHMARKS.md.
 
 use std::fmt::Write as _;
@@ -22,6 +22,8 @@ use kiln_qemu_tests::{check_tool, extract_range, repo_root, RunningVm};
 mod bench_enroll;
 #[path = "../bench_overlay.rs"]
 mod bench_overlay;
+#[path = "../bench_zst.rs"]
+mod bench_zst;
 
 /// Simulated nodes of the enrollment bench and peers of the apply bench.
 const NODES: usize = 1000;
@@ -440,6 +442,9 @@ fn mib(b: u64) -> String {
 /// The heading of BENCHMARKS.md's section that `make test` runs fill in.
 const SUITE_SECTION: &str = "## Test suite (`make test`)";
 
+/// The heading of BENCHMARKS.md's section that `make repro` runs fill in.
+const REPRO_SECTION: &str = "## Reproducibility";
+
 /// The section of `md` that starts with the line `heading`, up to the next `## ` heading,
 /// or nothing.
 fn kept_section(md: &str, heading: &str) -> String {
@@ -460,7 +465,7 @@ fn wanted(only: &Option<String>, part: &str) -> bool {
 fn main() -> anyhow::Result<()> {
     let only = std::env::var("KILN_BENCH_ONLY").ok();
     if let Some(o) = &only {
-        let known = ["build", "enroll", "apply", "ping"];
+        let known = ["build", "zst", "enroll", "apply", "ping"];
         if let Some(bad) = o.split(',').find(|p| !known.contains(&p.trim())) {
             anyhow::bail!("KILN_BENCH_ONLY={o:?}: {bad:?} is not one of {known:?}");
         }
@@ -471,6 +476,12 @@ fn main() -> anyhow::Result<()> {
     writeln!(md, "Machine: {}\n", machine())?;
     if wanted(&only, "build") {
         build_sections(&mut md)?;
+    }
+    if wanted(&only, "zst") {
+        let from = md.len();
+        zst_section(&mut md)?;
+        // Shown at once: a later part that fails must not lose these figures.
+        eprint!("{}", &md[from..]);
     }
     if wanted(&only, "enroll") {
         let from = md.len();
@@ -496,9 +507,10 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let path = repo_root().join("BENCHMARKS.md");
-    // The test suite's figures come from timed `make test` runs, not from this bench:
-    // their section is carried over as it is.
+    // The reproducibility figures (`make repro`) and the test suite's (timed `make test`
+    // runs) do not come from this bench: their sections are carried over as they are.
     let old = std::fs::read_to_string(&path).unwrap_or_default();
+    md.push_str(&kept_section(&old, REPRO_SECTION));
     md.push_str(&kept_section(&old, SUITE_SECTION));
     std::fs::write(&path, &md).with_context(|| path.display().to_string())?;
     print!("{md}");
@@ -678,6 +690,19 @@ fn build_sections(md: &mut String) -> anyhow::Result<()> {
         )?;
     }
     writeln!(md, "\nThe whole-root check (`verity_check = \"full\"`) hashes every block in the emulated CPU; on hardware with SHA extensions it takes a fraction of a second. `verity_check = \"on-read\"` skips it.")?;
+    Ok(())
+}
+
+/// The raw.zst encoder: kiln at several levels and the choices behind it
+/// (bench_zst.rs), on warm x86_64 builds from the usual package cache.
+fn zst_section(md: &mut String) -> anyhow::Result<()> {
+    let profile = kiln::profile::Profile::load(&repo_root().join("profiles/qemu.toml"))?;
+    let cache = kiln::fetch::cache_root_from(|k| std::env::var_os(k))
+        .context("no package cache folder: set KILN_CACHE or HOME")?;
+    let figs = bench_zst::measure(&profile, &|p, out, formats| {
+        Ok(build(p, Arch::X86_64, &cache, out, Some(formats))?.1)
+    })?;
+    bench_zst::section(md, &figs, &machine())?;
     Ok(())
 }
 

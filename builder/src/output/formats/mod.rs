@@ -5,7 +5,8 @@
 //! Every writer reads the raw image from the staging folder and writes its
 //! file next to it; nothing is written elsewhere and nothing is printed
 //! (progress goes through [`OutputJob::progress`]). Memory stays fixed:
-//! images are streamed in [`CHUNK`]-sized pieces, never loaded whole.
+//! images are streamed in pieces of a fixed size ([`CHUNK`], or a 128 MiB
+//! frame for `raw.zst`), never loaded whole.
 //!
 //! The writers know which blocks hold data from the list of blocks the disk
 //! writer recorded ([`crate::disk::ImageFile::mapped_blocks`]), not from the
@@ -36,12 +37,13 @@ use sha2::{Digest, Sha256};
 use crate::disk::MAP_BLOCK_SIZE;
 use crate::output::digest::sha256_file;
 use crate::output::manifest::FileDigest;
-use crate::profile::Format;
+use crate::profile::{Format, ZstdLevel};
 use crate::runner::{RunError, Runner};
 
 pub use vhd::{chs_geometry, vhd_footer, VHD_ALIGN};
 
-/// Bytes read and compressed as one independent piece.
+/// Bytes read and compressed as one independent piece (unless the encoder
+/// says otherwise: [`Encoder::piece_size`]).
 pub const CHUNK: usize = 4 << 20;
 /// Gaps between mapped ranges shorter than this are compressed with the data
 /// around them instead of being encoded as a separate zero run.
@@ -126,6 +128,8 @@ pub struct OutputJob<'a> {
     pub stem: &'a str,
     /// Formats wanted; duplicates are ignored and the order does not matter.
     pub formats: &'a [Format],
+    /// The zstd level of `raw.zst`.
+    pub zstd_level: ZstdLevel,
     /// Blocks of [`MAP_BLOCK_SIZE`] bytes that were written, as sorted,
     /// disjoint, half-open block ranges ([`crate::disk::ImageFile::mapped_blocks`]).
     pub mapped: &'a [Range<u64>],
@@ -148,6 +152,7 @@ impl std::fmt::Debug for OutputJob<'_> {
             .field("dir", &self.dir)
             .field("stem", &self.stem)
             .field("formats", &self.formats)
+            .field("zstd_level", &self.zstd_level)
             .field("mapped", &self.mapped.len())
             .field("epoch", &self.epoch)
             .finish_non_exhaustive()
@@ -260,7 +265,7 @@ pub fn write_outputs(job: &OutputJob<'_>) -> Result<Outputs, FormatError> {
             Format::RawZst => {
                 let zst_path = job.dir.join(&names[0].1);
                 let bmap_path = job.dir.join(&names[1].1);
-                let (zst, bmap) = zst::write(&src, &zst_path, &bmap_path, &report)?;
+                let (zst, bmap) = zst::write(&src, job.zstd_level, &zst_path, &bmap_path, &report)?;
                 digests.push(zst);
                 digests.push(bmap);
             }
@@ -429,6 +434,19 @@ pub(crate) fn is_zero(buf: &[u8]) -> bool {
 
 /// A compressor that works on independent pieces.
 pub(crate) trait Encoder: Sync {
+    /// Bytes of the image in one piece; a fixed number, so that pieces start
+    /// at the same offsets on every machine.
+    fn piece_size(&self) -> usize {
+        CHUNK
+    }
+    /// Pieces compressed at once: one per core, at most [`MAX_WORKERS`]. The
+    /// output must not depend on it (tests pin it to show that).
+    fn workers(&self) -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, MAX_WORKERS)
+    }
     /// Compresses one piece of data as an independent unit (runs on a worker).
     fn data(&self, bytes: &[u8]) -> io::Result<Vec<u8>>;
     /// Writes `len` zero bytes in compressed form (runs in order).
@@ -452,10 +470,10 @@ enum Item {
     Zeros(u64),
 }
 
-/// Streams `segments` through `enc` into `out`: reads [`CHUNK`]-sized
-/// pieces, compresses as many as there are workers at once, writes the
-/// results in order. `observe` sees every uncompressed byte in order (for
-/// checksums); `report` gets the uncompressed bytes done so far.
+/// Streams `segments` through `enc` into `out`: reads pieces of
+/// [`Encoder::piece_size`], compresses [`Encoder::workers`] of them at once,
+/// writes the results in order. `observe` sees every uncompressed byte in
+/// order (for checksums); `report` gets the uncompressed bytes done so far.
 pub(crate) fn run_pipeline(
     src: &Source<'_>,
     segments: Vec<Segment>,
@@ -465,10 +483,8 @@ pub(crate) fn run_pipeline(
     observe: &mut dyn FnMut(Seen<'_>),
     report: &dyn Fn(u64),
 ) -> Result<(), FormatError> {
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, MAX_WORKERS);
+    let workers = enc.workers().max(1);
+    let piece = enc.piece_size();
     let write_err = io_at(out_path, "writing");
     let mut batch: Vec<Item> = Vec::new();
     let mut data_in_batch = 0;
@@ -532,11 +548,11 @@ pub(crate) fn run_pipeline(
             Segment::Zeros(0) => {}
             Segment::Zeros(n) => batch.push(Item::Zeros(n)),
             Segment::Mem(bytes) => {
-                for piece in bytes.chunks(CHUNK) {
+                for p in bytes.chunks(piece) {
                     batch.push(Item::Data {
                         file_offset: None,
-                        zero: is_zero(piece),
-                        bytes: piece.to_vec(),
+                        zero: is_zero(p),
+                        bytes: p.to_vec(),
                     });
                     data_in_batch += 1;
                 }
@@ -544,7 +560,7 @@ pub(crate) fn run_pipeline(
             Segment::File(range) => {
                 let mut pos = range.start;
                 while pos < range.end {
-                    let n = (range.end - pos).min(CHUNK as u64) as usize;
+                    let n = (range.end - pos).min(piece as u64) as usize;
                     let mut bytes = vec![0u8; n];
                     src.read_at(&mut bytes, pos)?;
                     batch.push(Item::Data {
