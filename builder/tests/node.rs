@@ -454,11 +454,15 @@ fn containerd_reads_the_config_with_the_kubernetes_settings() {
     let x = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(x.path()));
     let containerd = x.path().join("usr/bin/containerd");
+    // It is the version the lock pins (upstream part: without the Debian revision).
     let version = run(Command::new(&containerd).arg("--version"));
+    let upstream = pkg.version.rsplit_once('-').map_or(pkg.version.as_str(), |(u, _)| u);
+    let upstream = upstream.split_once(':').map_or(upstream, |(_, u)| u);
     assert!(
-        String::from_utf8_lossy(&version.stdout).contains("1.6."),
-        "{}",
-        String::from_utf8_lossy(&version.stdout)
+        String::from_utf8_lossy(&version.stdout).contains(&format!(" {upstream} ")),
+        "{} (locked: {})",
+        String::from_utf8_lossy(&version.stdout),
+        pkg.version
     );
     let config = repo().join("overlays/base/root/etc/containerd/config.toml");
     let dump = run(Command::new(&containerd)
