@@ -19,7 +19,7 @@ use kiln::tree::{FileTree, Kind};
 use kiln::unpack::{self, Glob, InsertRules};
 
 const EPOCH: i64 = 1_700_000_000;
-const REF: &str = "localhost/kiln/busybox:1.37";
+const REF: &str = "localhost/kiln/busybox:1.35";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
