@@ -456,7 +456,10 @@ fn containerd_reads_the_config_with_the_kubernetes_settings() {
     let containerd = x.path().join("usr/bin/containerd");
     // It is the version the lock pins (upstream part: without the Debian revision).
     let version = run(Command::new(&containerd).arg("--version"));
-    let upstream = pkg.version.rsplit_once('-').map_or(pkg.version.as_str(), |(u, _)| u);
+    let upstream = pkg
+        .version
+        .rsplit_once('-')
+        .map_or(pkg.version.as_str(), |(u, _)| u);
     let upstream = upstream.split_once(':').map_or(upstream, |(_, u)| u);
     assert!(
         String::from_utf8_lossy(&version.stdout).contains(&format!(" {upstream} ")),
