@@ -92,6 +92,23 @@ macro_rules! names {
     };
 }
 
+/// Reads a `[cluster]` value by its name (serde's `try_from`): an unknown one is a
+/// [`NameError::Value`] naming the key and the accepted names.
+macro_rules! value_names {
+    ($ty:ident, $key:literal, $expected:literal) => {
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(value: String) -> Result<$ty, NameError> {
+                $ty::from_name(&value).ok_or(NameError::Value {
+                    key: $key,
+                    value,
+                    expected: $expected,
+                })
+            }
+        }
+    };
+}
+
 /// A configuration channel: where the node finds its config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "&'static str")]
@@ -148,16 +165,7 @@ names!(ClusterKind {
     Kubeadm => "kubeadm",
 });
 
-impl TryFrom<String> for ClusterKind {
-    type Error = NameError;
-    fn try_from(value: String) -> Result<ClusterKind, NameError> {
-        ClusterKind::from_name(&value).ok_or(NameError::Value {
-            key: "cluster.kind",
-            value,
-            expected: "\"k3s\" or \"kubeadm\"",
-        })
-    }
-}
+value_names!(ClusterKind, "cluster.kind", "\"k3s\" or \"kubeadm\"");
 
 /// What nodes of the image may become in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -177,16 +185,11 @@ names!(ImageRole {
     Server => "server",
 });
 
-impl TryFrom<String> for ImageRole {
-    type Error = NameError;
-    fn try_from(value: String) -> Result<ImageRole, NameError> {
-        ImageRole::from_name(&value).ok_or(NameError::Value {
-            key: "cluster.role",
-            value,
-            expected: "\"any\" (the token decides), \"worker\" or \"server\"",
-        })
-    }
-}
+value_names!(
+    ImageRole,
+    "cluster.role",
+    "\"any\" (the token decides), \"worker\" or \"server\""
+);
 
 /// Which containerd k3s talks to (kubeadm always uses the image's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -203,16 +206,11 @@ names!(Containerd {
     K3s => "k3s",
 });
 
-impl TryFrom<String> for Containerd {
-    type Error = NameError;
-    fn try_from(value: String) -> Result<Containerd, NameError> {
-        Containerd::from_name(&value).ok_or(NameError::Value {
-            key: "cluster.containerd",
-            value,
-            expected: "\"image\" (the image's containerd) or \"k3s\" (k3s's own)",
-        })
-    }
-}
+value_names!(
+    Containerd,
+    "cluster.containerd",
+    "\"image\" (the image's containerd) or \"k3s\" (k3s's own)"
+);
 
 /// The kubeadm configuration API version the join file is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -229,16 +227,11 @@ names!(KubeadmApi {
     V1beta4 => "v1beta4",
 });
 
-impl TryFrom<String> for KubeadmApi {
-    type Error = NameError;
-    fn try_from(value: String) -> Result<KubeadmApi, NameError> {
-        KubeadmApi::from_name(&value).ok_or(NameError::Value {
-            key: "cluster.kubeadm_api",
-            value,
-            expected: "\"v1beta3\" (kubeadm before 1.31) or \"v1beta4\"",
-        })
-    }
-}
+value_names!(
+    KubeadmApi,
+    "cluster.kubeadm_api",
+    "\"v1beta3\" (kubeadm before 1.31) or \"v1beta4\""
+);
 
 /// agent.toml as written: every key the file may have, nothing more.
 ///
