@@ -59,7 +59,7 @@ pub fn lock(profile: &Profile, cache: &Cache, update: bool, ui: &Ui) -> Result<S
         .iter()
         .map(|a| format!("{} packages for {a}", lock.packages_for(*a, None).count()))
         .collect();
-    Ok(match action {
+    let line = match action {
         lock::LockAction::Kept => format!(
             "{}: up to date ({}); use --update to re-resolve",
             lock.path.display(),
@@ -70,7 +70,10 @@ pub fn lock(profile: &Profile, cache: &Cache, update: bool, ui: &Ui) -> Result<S
             lock.path.display(),
             counts.join(", ")
         ),
-    })
+    };
+    // Which packages came from a suite other than the first base suite.
+    let suites = lock::suite_summary(&lock, &profile.debian);
+    Ok(format!("{line}\n{suites}").trim_end().to_string())
 }
 
 fn read_lock(profile: &Profile) -> Result<Lockfile, BuildError> {

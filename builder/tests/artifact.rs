@@ -13,36 +13,8 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        let ft = e.file_type().unwrap();
-        if ft.is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), dst).unwrap();
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod support;
+use support::{copy_dir, repo, root_offset, Root};
 
 /// A stand-in for the k3s binary: a script followed by bytes that make it
 /// big enough for extents (not inline data) and unlike any package file.
@@ -82,6 +54,7 @@ mode = \"0755\"
 
 [cluster]
 kind = \"k3s\"
+kubernetes = \"1.33\"
 labels = {{ \"kiln.dev/pool\" = \"edge\" }}
 kubelet_args = [\"max-pods=110\"]
 "
@@ -113,29 +86,6 @@ fn build(profile: &Path, out: &Path) -> Output {
     o
 }
 
-/// debugfs on the image's root partition.
-struct Root {
-    dev: String,
-}
-
-impl Root {
-    fn debugfs(&self, request: &str) -> String {
-        let out = run(Command::new("debugfs").args(["-R", request, &self.dev]));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn stat(&self, path: &str) -> String {
-        let s = self.debugfs(&format!("stat {path}"));
-        assert!(!s.is_empty(), "{path} is not in the image");
-        s
-    }
-
-    fn dump(&self, path: &str, to: &Path) -> Vec<u8> {
-        self.debugfs(&format!("dump -p {path} {}", to.display()));
-        std::fs::read(to).unwrap_or_else(|e| panic!("{path} not dumped: {e}"))
-    }
-}
-
 #[test]
 fn k3s_artifact_and_cluster_reach_the_image_and_a_wrong_pin_leaves_nothing() {
     let data = fake_k3s();
@@ -153,24 +103,12 @@ fn k3s_artifact_and_cluster_reach_the_image_and_a_wrong_pin_leaves_nothing() {
         &std::fs::read_to_string(out.join("k3stest-x86_64.manifest.json")).unwrap(),
     )
     .unwrap();
-    let offset = manifest["disk"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["role"] == "root")
-        .unwrap()["offset"]
-        .as_u64()
-        .unwrap();
+    let offset = root_offset(&manifest);
     let epoch = manifest["epoch"].as_i64().unwrap();
     let c = &manifest["components"]["artifact:k3s"];
     assert_eq!(c["sha256"].as_str(), Some(sha.as_str()), "{c}");
     assert_eq!(c["size"].as_u64(), Some(data.len() as u64));
-    let root = Root {
-        dev: format!(
-            "{}?offset={offset}",
-            out.join("k3stest-x86_64.raw").display()
-        ),
-    };
+    let root = Root::at(&out.join("k3stest-x86_64.raw"), offset);
 
     let fsck = Command::new("e2fsck")
         .args(["-fn", &root.dev])
@@ -220,20 +158,13 @@ fn k3s_artifact_and_cluster_reach_the_image_and_a_wrong_pin_leaves_nothing() {
         Some("max-pods=110")
     );
 
-    // The units, byte for byte the overlay's, verified by systemd itself
-    // with the image's units, k3s and modprobe in place.
-    let s = stage.path().join("root");
-    for dir in ["usr/lib", "usr/bin", "usr/sbin", "etc"] {
-        std::fs::create_dir_all(s.join(dir)).unwrap();
-    }
-    for l in ["lib", "bin", "sbin"] {
-        std::os::unix::fs::symlink(format!("usr/{l}"), s.join(l)).unwrap();
-    }
-    root.debugfs(&format!(
-        "rdump /usr/lib/systemd {}",
-        s.join("usr/lib").display()
-    ));
-    root.debugfs(&format!("rdump /etc/systemd {}", s.join("etc").display()));
+    // The units, byte for byte the overlay's, verified by the image's own
+    // systemd over the image's whole root (k3s and modprobe in place).
+    let s = support::dump_root(
+        &out.join("k3stest-x86_64.raw"),
+        offset,
+        &stage.path().join("root"),
+    );
     for unit in ["k3s-agent.service", "k3s-server.service"] {
         let path = format!("usr/lib/systemd/system/{unit}");
         assert_eq!(
@@ -242,24 +173,7 @@ fn k3s_artifact_and_cluster_reach_the_image_and_a_wrong_pin_leaves_nothing() {
             "{unit}"
         );
     }
-    root.dump("/usr/bin/k3s", &s.join("usr/bin/k3s"));
-    root.dump("/usr/bin/kmod", &s.join("usr/bin/kmod"));
-    std::os::unix::fs::symlink("../bin/kmod", s.join("usr/sbin/modprobe")).unwrap();
-    let verify = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(format!("--root={}", s.display()))
-        .args(["k3s-agent.service", "k3s-server.service"])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verify.stdout),
-        String::from_utf8_lossy(&verify.stderr)
-    );
-    assert!(
-        verify.status.success() && text.trim().is_empty(),
-        "systemd-analyze verify:\n{text}"
-    );
+    support::verify_units(&s, &s, &["k3s-agent.service", "k3s-server.service"]);
 
     // The same build with a wrong pin: the message, and nothing at the
     // output path.

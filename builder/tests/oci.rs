@@ -19,7 +19,9 @@ use kiln::tree::{FileTree, Kind};
 use kiln::unpack::{self, Glob, InsertRules};
 
 const EPOCH: i64 = 1_700_000_000;
-const REF: &str = "localhost/kiln/busybox:1.35";
+/// The tag follows the busybox version of the lock (it only names the image).
+const REF: &str = "localhost/kiln/busybox:1.37";
+const TAG: &str = "1.37";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -123,7 +125,7 @@ fn busybox_archive_passes_tar_sha256sum_skopeo_and_umoci() {
     let (root, a) = build(Arch::X86_64);
 
     // In the root: the archive and the list the unit reads.
-    let name = "localhost_kiln_busybox_1.35.oci.tar";
+    let name = format!("localhost_kiln_busybox_{TAG}.oci.tar");
     let in_root = root.read(&format!("{}/{name}", oci::IMAGES_DIR)).unwrap();
     assert_eq!(&*in_root, &a.bytes[..]);
     assert_eq!(
@@ -137,7 +139,7 @@ fn busybox_archive_passes_tar_sha256sum_skopeo_and_umoci() {
     // Same inputs, same bytes.
     assert_eq!(build(Arch::X86_64).1.bytes, a.bytes, "rebuild differs");
 
-    let file = tmp.path().join(name);
+    let file = tmp.path().join(&name);
     std::fs::write(&file, &a.bytes).unwrap();
 
     // tar lists the layout with fixed owners and times.
@@ -227,7 +229,7 @@ fn busybox_archive_passes_tar_sha256sum_skopeo_and_umoci() {
     let bundle = tmp.path().join("bundle");
     run(Command::new("umoci")
         .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:1.35", layout.display()))
+        .arg(format!("{}:{TAG}", layout.display()))
         .arg(&bundle));
     let rt: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
@@ -341,7 +343,10 @@ fn bad_entries_in_a_profile_name_the_field() {
     assert_eq!(p.container_images.len(), 1);
     assert_eq!(p.container_images[0].reference.to_string(), REF);
     for (bad, field) in [
-        (good.replace(REF, "busybox:1.35"), "container_image[0].ref"),
+        (
+            good.replace(REF, &format!("busybox:{TAG}")),
+            "container_image[0].ref",
+        ),
         (
             good.replace(REF, "localhost/kiln/busybox"),
             "container_image[0].ref",
@@ -456,7 +461,7 @@ fn images_unit_verifies_and_imports_every_listed_archive() {
     );
     assert_eq!(
         lines.last(),
-        Some(&"kiln-images: imported localhost/kiln/busybox:1.35"),
+        Some(&format!("kiln-images: imported {REF}").as_str()),
         "{stdout}"
     );
     let listed = run(ctrd
@@ -465,18 +470,29 @@ fn images_unit_verifies_and_imports_every_listed_archive() {
     assert!(listed.lines().any(|l| l == REF), "{listed}");
     let marker = run(ctrd
         .command("ctr")
-        .args(["-n", "k8s.io", "run", "--rm", REF, "t1"])
+        .args(["-n", "k8s.io", "run", "--rm"])
+        .args(ctrd.fifo_dir())
+        .args([REF, "t1"])
         .args(["/bin/busybox", "sh", "-c", "echo marker-$(uname -m)"]));
     assert_eq!(marker, "marker-x86_64\n");
     // The image's own Cmd.
     let ok = run(ctrd
         .command("ctr")
-        .args(["-n", "k8s.io", "run", "--rm", REF, "t2"]));
+        .args(["-n", "k8s.io", "run", "--rm"])
+        .args(ctrd.fifo_dir())
+        .args([REF, "t2"]));
     assert_eq!(ok, "ok\n");
 }
 
 /// A containerd from the default lock's containerd and runc packages
 /// (unpacked with dpkg-deb), with its state in a temp folder; stopped on drop.
+///
+/// containerd, its shim and runc run in a chroot of those packages and the
+/// C library they link (in a private mount namespace with /proc, /sys, /dev
+/// and the temp folder bound in): the image's runc can need a newer C
+/// library than the build host's, and it re-executes itself for `runc
+/// init`, so the dynamic-loader trick the other tests use does not work for
+/// it. ctr runs on the host and talks to the socket in the temp folder.
 struct Containerd {
     child: std::process::Child,
     path: String,
@@ -485,10 +501,28 @@ struct Containerd {
 
 impl Containerd {
     fn start(dir: &Path) -> Containerd {
-        let pkgs = dir.join("pkgs");
-        for f in locked(Arch::X86_64, &["containerd", "runc"]) {
-            run(Command::new("dpkg-deb").arg("-x").arg(&f.path).arg(&pkgs));
+        let sysroot = dir.join("sysroot");
+        for f in locked(
+            Arch::X86_64,
+            &["containerd", "runc", "libc6", "libseccomp2"],
+        ) {
+            run(Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&f.path)
+                .arg(&sysroot));
         }
+        let inside = sysroot.join(dir.strip_prefix("/").unwrap());
+        for d in ["proc", "sys", "dev", "run", "tmp"] {
+            std::fs::create_dir_all(sysroot.join(d)).unwrap();
+        }
+        // Merged /usr's top-level links (base-files makes them in an image):
+        // the loader programs name is /lib64/ld-linux-x86-64.so.2.
+        for l in ["bin", "sbin", "lib", "lib64"] {
+            if !sysroot.join(l).exists() {
+                std::os::unix::fs::symlink(format!("usr/{l}"), sysroot.join(l)).unwrap();
+            }
+        }
+        std::fs::create_dir_all(&inside).unwrap();
         let socket = dir.join("c.sock");
         let config = dir.join("containerd.toml");
         std::fs::write(
@@ -502,14 +536,27 @@ impl Containerd {
         .unwrap();
         let path = format!(
             "{0}/usr/bin:{0}/usr/sbin:{1}",
-            pkgs.display(),
+            sysroot.display(),
             std::env::var("PATH").unwrap_or_default()
         );
+        let script = format!(
+            "set -e; mount --bind '{r}' '{r}'; \
+             for d in proc sys dev; do mount --rbind /$d '{r}/'$d; done; \
+             mount --bind '{d}' '{i}'; \
+             exec chroot '{r}' /usr/bin/containerd --config '{c}'",
+            r = sysroot.display(),
+            d = dir.display(),
+            i = inside.display(),
+            c = config.display(),
+        );
         let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
-        let child = Command::new(pkgs.join("usr/bin/containerd"))
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", &path)
+        // The sysroot is bound onto itself so that its / is a mount point,
+        // which runc needs to set the container's mount propagation.
+        // unshare execs (no --fork), so the child is containerd itself.
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(&script)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -530,7 +577,16 @@ impl Containerd {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         let log = std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default();
-        panic!("containerd did not answer within 20 s (it needs root and overlayfs):\n{log}");
+        panic!(
+            "containerd did not answer within 20 s (it needs root, mount namespaces and overlayfs):\n{log}"
+        );
+    }
+
+    /// `ctr run`'s option for its stdio fifos: in the temp folder, the same
+    /// path for ctr on the host and the shim in the chroot.
+    fn fifo_dir(&self) -> [String; 2] {
+        let dir = self.socket.with_file_name("fifo");
+        ["--fifo-dir".into(), dir.display().to_string()]
     }
 
     /// A command that finds ctr and runc and talks to this containerd.

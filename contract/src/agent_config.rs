@@ -11,6 +11,7 @@
 //! kubelet_args = ["max-pods=110"]
 //! containerd = "image"          # k3s only: "image" | "k3s"
 //! kubeadm_api = "v1beta4"       # kubeadm only: "v1beta3" | "v1beta4"
+//! kubernetes = "1.36.4"         # the cluster's version (preflight checks containerd by it)
 //!
 //! [cluster.labels]
 //! "kiln.dev/pool" = "edge"
@@ -26,6 +27,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::kubernetes::KubeVersion;
 
 /// The schema version the builder writes and the agent reads. An `i64`, TOML's integer,
 /// so any version a file holds reaches the reader's version check as a number.
@@ -272,6 +275,24 @@ pub struct ClusterTable {
     /// kubeadm only: its configuration API version (unset: v1beta4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeadm_api: Option<KubeadmApi>,
+    /// The cluster's Kubernetes version, from the pinned artifacts or the profile; unset in
+    /// files written before kiln knew it (then preflight checks no runtime version).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "kubernetes_field"
+    )]
+    pub kubernetes: Option<KubeVersion>,
+}
+
+/// Reads `cluster.kubernetes` and names the key when the value is not a version.
+fn kubernetes_field<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<KubeVersion>, D::Error> {
+    let text = String::deserialize(d)?;
+    KubeVersion::parse(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("cluster.kubernetes = {e}")))
 }
 
 /// kubelet flags kiln-cluster sets on the node itself, so an image may not.
@@ -381,6 +402,7 @@ mod tests {
                 kubelet_args: Some(vec!["max-pods=110".into(), "v=2".into()]),
                 containerd: Some(Containerd::Image),
                 kubeadm_api: Some(KubeadmApi::V1beta3),
+                kubernetes: Some(KubeVersion::parse("1.34.2").unwrap()),
             }),
         }
     }
@@ -394,6 +416,28 @@ mod tests {
         }
         // Unset keys are left out rather than written empty.
         assert_eq!(toml::to_string(&SettingsFile::default()).unwrap(), "");
+    }
+
+    #[test]
+    fn the_kubernetes_version_is_optional_and_checked() {
+        // agent.toml from before the field: still read, no version.
+        let old = "schema = 1\n[cluster]\nkind = \"k3s\"\ncontainerd = \"k3s\"\n";
+        let file: SettingsFile = toml::from_str(old).unwrap();
+        assert_eq!(file.cluster.unwrap().kubernetes, None);
+        let file: SettingsFile =
+            toml::from_str("[cluster]\nkind = \"k3s\"\nkubernetes = \"1.36.4\"\n").unwrap();
+        let v = file.cluster.as_ref().and_then(|c| c.kubernetes).unwrap();
+        assert_eq!(v.to_string(), "1.36.4");
+        assert!(toml::to_string(&file)
+            .unwrap()
+            .contains("kubernetes = \"1.36.4\"\n"));
+        let e = toml::from_str::<SettingsFile>("[cluster]\nkind = \"k3s\"\nkubernetes = \"1.x\"\n")
+            .unwrap_err();
+        assert!(
+            e.message()
+                .starts_with("cluster.kubernetes = \"1.x\" is not a Kubernetes version"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //!   names, kubelet argument checks).
 //! - [`cmdline`]: the kernel command line's `kiln.*` keys, its word splitting and the
 //!   values the builder puts there for init.
+//! - [`kubernetes`]: the cluster's Kubernetes version (the builder derives it, agent.toml
+//!   carries it) and containerd's support matrix that `kiln-agent preflight` checks the
+//!   runtime against.
 
 pub mod agent_config;
 pub mod base64;
@@ -30,6 +33,7 @@ pub mod civil;
 pub mod cmdline;
 pub mod crc32;
 pub mod gpt;
+pub mod kubernetes;
 pub mod le;
 pub mod names;
 pub mod verity;

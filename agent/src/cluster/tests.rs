@@ -46,6 +46,7 @@ fn settings(kind: ClusterKind) -> ClusterSettings {
         kubelet_args: vec![("max-pods".to_string(), "110".to_string())],
         containerd: Containerd::Image,
         kubeadm_api: KubeadmApi::V1beta4,
+        kubernetes: Some("1.34.2".parse().unwrap()),
     }
 }
 

@@ -14,7 +14,7 @@ use kiln_contract::agent_config::{
 // The rest of the agent names these through this module, as it did when they were
 // defined here.
 pub use kiln_contract::agent_config::{
-    Channel, ClusterKind, Containerd, ImageRole, KubeadmApi, ALL_CHANNELS,
+    Channel, ClusterKind, Containerd, ImageRole, KubeVersion, KubeadmApi, ALL_CHANNELS,
 };
 
 /// Where the builder puts the settings.
@@ -53,6 +53,16 @@ pub struct ClusterSettings {
     pub containerd: Containerd,
     /// kubeadm's configuration API version (unused for k3s).
     pub kubeadm_api: KubeadmApi,
+    /// The cluster's Kubernetes version (None in images built before kiln wrote it:
+    /// preflight then checks no runtime version).
+    pub kubernetes: Option<KubeVersion>,
+}
+
+impl ClusterSettings {
+    /// Whether the kubelet runs on k3s's embedded containerd rather than the image's.
+    pub fn k3s_containerd(&self) -> bool {
+        self.kind == ClusterKind::K3s && self.containerd == Containerd::K3s
+    }
 }
 
 fn parse_cluster(table: ClusterTable) -> Result<ClusterSettings, String> {
@@ -99,6 +109,7 @@ fn parse_cluster(table: ClusterTable) -> Result<ClusterSettings, String> {
         kubelet_args,
         containerd,
         kubeadm_api,
+        kubernetes: table.kubernetes,
     })
 }
 

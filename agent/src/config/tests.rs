@@ -534,6 +534,7 @@ fn settings_read_the_text_the_builder_writes() {
                role = \"any\"\n\
                kubelet_args = []\n\
                containerd = \"k3s\"\n\
+               kubernetes = \"1.36.4\"\n\
                \n\
                [cluster.labels]\n";
     assert_eq!(
@@ -552,6 +553,7 @@ fn settings_read_the_text_the_builder_writes() {
                 kubelet_args: Vec::new(),
                 containerd: Containerd::K3s,
                 kubeadm_api: KubeadmApi::V1beta4,
+                kubernetes: Some("1.36.4".parse().unwrap()),
             }),
         }
     );
@@ -578,6 +580,8 @@ fn settings_read_the_text_the_builder_writes() {
     );
     assert_eq!(c.labels["kiln.dev/pool"], "edge");
     assert_eq!(c.kubelet_args, [("max-pods".into(), "110".into())]);
+    // Written before kiln knew the cluster's version: none, and preflight checks none.
+    assert_eq!(c.kubernetes, None);
     // The old writer's inline spelling reads the same.
     let old = "schema = 1\n\
                channels = [\"esp\"]\n\

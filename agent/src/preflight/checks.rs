@@ -5,7 +5,6 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use super::grpc::{self, CallError};
 use super::{CommandResult, Outcome, PreflightSys};
 use crate::report::mountinfo::{parse_mountinfo, Mount};
 use crate::sys::Cmd;
@@ -33,19 +32,13 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(10);
 /// cgroup v2 controllers kubelet needs.
 pub const CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "io", "memory", "pids"];
 
-/// containerd's configuration.
-pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
-
-/// containerd's gRPC socket (CRI included).
-pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
-
 /// systemd-timesyncd creates this on its first successful synchronization.
 pub const TIMESYNC_FLAG: &str = "/run/systemd/timesync/synchronized";
 
 /// kubelet's API port.
 pub const KUBELET_PORT: u16 = 10250;
 
-fn read_text(sys: &mut dyn PreflightSys, path: &str) -> Result<String, io::Error> {
+pub(super) fn read_text(sys: &mut dyn PreflightSys, path: &str) -> Result<String, io::Error> {
     sys.read_file(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
@@ -213,170 +206,6 @@ pub fn cgroup(sys: &mut dyn PreflightSys) -> Outcome {
             missing.join(", "),
             have.join(" ")
         ))
-    }
-}
-
-fn lookup<'a>(table: &'a toml::Table, keys: &[&str]) -> Option<&'a toml::Value> {
-    let (first, rest) = keys.split_first()?;
-    let mut v = table.get(*first)?;
-    for k in rest {
-        v = v.as_table()?.get(*k)?;
-    }
-    Some(v)
-}
-
-fn toml_path(keys: &[&str]) -> String {
-    keys.iter()
-        .map(|k| {
-            if k.contains('.') {
-                format!("{k:?}")
-            } else {
-                (*k).to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// containerd's config uses systemd cgroups for runc and the overlayfs snapshotter, and
-/// does not disable the CRI plugin.
-pub fn containerd_config(sys: &mut dyn PreflightSys) -> Outcome {
-    let text = match read_text(sys, CONTAINERD_CONFIG) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Outcome::Fail(format!(
-                "no {CONTAINERD_CONFIG}: containerd's defaults use cgroupfs, not the \
-                 systemd cgroup driver kubelet is set up for"
-            ))
-        }
-        Err(e) => return Outcome::Fail(format!("{CONTAINERD_CONFIG}: {e}")),
-    };
-    let table: toml::Table = match text.parse() {
-        Ok(t) => t,
-        Err(e) => {
-            let msg = e.message().trim().replace('\n', " ");
-            let line = e
-                .span()
-                .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
-                .unwrap_or_default();
-            return Outcome::Fail(format!(
-                "{CONTAINERD_CONFIG} is not valid TOML{line}: {msg}"
-            ));
-        }
-    };
-    let version = table
-        .get("version")
-        .and_then(toml::Value::as_integer)
-        .unwrap_or(1);
-    // Where the runc options and the snapshotter live, by config schema version.
-    let (cri, runc_opts, snapshotter): (&str, Vec<&str>, Vec<&str>) = match version {
-        1 | 2 => {
-            let cri = if version == 1 {
-                "cri"
-            } else {
-                "io.containerd.grpc.v1.cri"
-            };
-            (
-                cri,
-                vec!["plugins", cri, "containerd", "runtimes", "runc", "options"],
-                vec!["plugins", cri, "containerd", "snapshotter"],
-            )
-        }
-        3 => (
-            "io.containerd.cri.v1.runtime",
-            vec![
-                "plugins",
-                "io.containerd.cri.v1.runtime",
-                "containerd",
-                "runtimes",
-                "runc",
-                "options",
-            ],
-            vec!["plugins", "io.containerd.cri.v1.images", "snapshotter"],
-        ),
-        v => {
-            return Outcome::Fail(format!(
-                "{CONTAINERD_CONFIG}: unknown config version {v} (1, 2 or 3)"
-            ))
-        }
-    };
-    let mut problems = Vec::new();
-    let disabled = table
-        .get("disabled_plugins")
-        .and_then(toml::Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(toml::Value::as_str)
-                .any(|p| p == "cri" || p == cri || p == "io.containerd.grpc.v1.cri")
-        })
-        .unwrap_or(false);
-    if disabled {
-        problems.push("disabled_plugins turns the CRI plugin off".to_string());
-    }
-    let mut cgroup_keys = runc_opts.clone();
-    cgroup_keys.push("SystemdCgroup");
-    match lookup(&table, &cgroup_keys).and_then(toml::Value::as_bool) {
-        Some(true) => {}
-        other => problems.push(format!(
-            "SystemdCgroup is {} for the runc runtime, needs true ([{}])",
-            other.map_or("not set".to_string(), |b| b.to_string()),
-            toml_path(&runc_opts)
-        )),
-    }
-    let snap = match lookup(&table, &snapshotter) {
-        None => "overlayfs",
-        Some(v) => v.as_str().unwrap_or("(not a string)"),
-    };
-    if snap != "overlayfs" {
-        problems.push(format!(
-            "snapshotter is {snap:?}, needs \"overlayfs\" ({})",
-            toml_path(&snapshotter)
-        ));
-    }
-    if problems.is_empty() {
-        Outcome::Pass(format!(
-            "SystemdCgroup = true, snapshotter overlayfs (config version {version})"
-        ))
-    } else {
-        Outcome::Fail(format!("{CONTAINERD_CONFIG}: {}", problems.join("; ")))
-    }
-}
-
-/// containerd answers the CRI `RuntimeService/Version` call on its socket.
-pub fn containerd_cri(sys: &mut dyn PreflightSys) -> Outcome {
-    let mut conn = match sys.connect(CONTAINERD_SOCKET) {
-        Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Outcome::Fail(format!(
-                "no socket {CONTAINERD_SOCKET} (containerd not running?)"
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return Outcome::Fail(format!(
-                "{CONTAINERD_SOCKET}: connection refused (containerd not listening)"
-            ))
-        }
-        Err(e) => return Outcome::Fail(format!("connecting to {CONTAINERD_SOCKET}: {e}")),
-    };
-    match grpc::cri_version(&mut conn) {
-        Ok(v) => Outcome::Pass(format!(
-            "{} {} (CRI {})",
-            v.runtime_name, v.runtime_version, v.runtime_api_version
-        )),
-        Err(CallError::Io(_, e))
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Outcome::Fail(format!(
-                "CRI Version call on {CONTAINERD_SOCKET}: no answer in time"
-            ))
-        }
-        Err(e @ CallError::Grpc { code: 12, .. }) => Outcome::Fail(format!(
-            "CRI Version call on {CONTAINERD_SOCKET}: {e} (is the CRI plugin disabled?)"
-        )),
-        Err(e) => Outcome::Fail(format!("CRI Version call on {CONTAINERD_SOCKET}: {e}")),
     }
 }
 

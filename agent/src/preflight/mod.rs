@@ -9,7 +9,9 @@
 //! kiln-preflight: FAILED (1 of 12 checks)
 //! ```
 //!
-//! WARN is for what kubeadm only warns about: it does not fail the run. With `--wait N` the
+//! WARN is for what kubeadm only warns about: it does not fail the run. SKIP is for a check
+//! that has nothing to look at yet by design (k3s's embedded containerd before kiln-cluster
+//! starts k3s): it does not fail the run either, and says when it applies. With `--wait N` the
 //! failing checks are retried until they pass or N seconds have passed, because at boot
 //! containerd, the network and the clock come up while preflight already runs.
 
@@ -17,6 +19,7 @@ pub mod checks;
 pub mod grpc;
 pub mod hpack;
 pub mod real;
+pub mod runtime;
 #[cfg(test)]
 mod tests;
 
@@ -48,6 +51,8 @@ pub enum Outcome {
     Fail(String),
     /// Works, but worth knowing.
     Warn(String),
+    /// Not applicable now; the reason says why and when it is.
+    Skip(String),
 }
 
 impl Outcome {
@@ -90,11 +95,11 @@ pub const CHECKS: &[Check] = &[
     },
     Check {
         name: "containerd-config",
-        run: checks::containerd_config,
+        run: runtime::containerd_config,
     },
     Check {
         name: "containerd",
-        run: checks::containerd_cri,
+        run: runtime::containerd_cri,
     },
     Check {
         name: "clock",
@@ -129,12 +134,13 @@ pub fn line(name: &str, outcome: &Outcome) -> String {
         Outcome::Pass(t) => ("PASS", t),
         Outcome::Fail(t) => ("FAIL", t),
         Outcome::Warn(t) => ("WARN", t),
+        Outcome::Skip(t) => ("SKIP", t),
     };
     format!("kiln-preflight: [{tag}] {name}: {text}")
 }
 
 /// Runs `checks`, retrying the failing ones for up to `wait`, prints the report through
-/// `sys.say` and returns whether every check passed (WARN counts as passed).
+/// `sys.say` and returns whether every check passed (WARN and SKIP count as passed).
 pub fn run(sys: &mut dyn PreflightSys, checks: &[Check], wait: Duration) -> bool {
     let start = sys.elapsed();
     let mut results: Vec<Outcome> = checks.iter().map(|c| (c.run)(sys)).collect();
@@ -168,7 +174,16 @@ pub fn run(sys: &mut dyn PreflightSys, checks: &[Check], wait: Duration) -> bool
         sys.say(&line(check.name, result));
     }
     let failed = results.iter().filter(|r| r.failed()).count();
-    if failed == 0 {
+    let skipped = results
+        .iter()
+        .filter(|r| matches!(r, Outcome::Skip(_)))
+        .count();
+    if failed == 0 && skipped > 0 {
+        sys.say(&format!(
+            "kiln-preflight: passed ({} checks, {skipped} skipped)",
+            results.len()
+        ));
+    } else if failed == 0 {
         sys.say(&format!(
             "kiln-preflight: passed ({} checks)",
             results.len()

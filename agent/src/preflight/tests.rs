@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::grpc::tests::{accept_call, hex, ok_response, UNIMPLEMENTED};
+use super::grpc::tests::{accept_call, hex, ok_response, respond_with, UNIMPLEMENTED};
 use super::grpc::{encode_frame, flag, frame_type};
 use super::*;
 use crate::sys::fake::{fake_base, FakeSys};
@@ -16,6 +16,8 @@ use crate::sys::{forward, Clock};
 enum Socket {
     Refuse(io::ErrorKind),
     Serve(fn(&mut UnixStream)),
+    /// Answers Version as (runtime name, runtime version).
+    Version(&'static str, &'static str),
 }
 
 /// A change the fake applies once its clock reaches a time.
@@ -27,6 +29,8 @@ struct Fake {
     base: FakeSys,
     socket: Socket,
     hooks: Vec<Hook>,
+    /// The sockets connected to, in order.
+    connected: Vec<String>,
 }
 
 forward!(Fake => base: Files, Console, Exec);
@@ -51,17 +55,22 @@ impl Clock for Fake {
 }
 
 impl PreflightSys for Fake {
-    fn connect(&mut self, _path: &str) -> io::Result<Box<dyn Stream>> {
+    fn connect(&mut self, path: &str) -> io::Result<Box<dyn Stream>> {
+        self.connected.push(path.to_string());
+        let serve = |respond: Box<dyn FnOnce(&mut UnixStream) + Send>| {
+            let (client, mut server) = UnixStream::pair()?;
+            client.set_read_timeout(Some(Duration::from_secs(10)))?;
+            std::thread::spawn(move || {
+                accept_call(&mut server);
+                respond(&mut server);
+            });
+            Ok(Box::new(client) as Box<dyn Stream>)
+        };
         match self.socket {
             Socket::Refuse(kind) => Err(io::Error::from(kind)),
-            Socket::Serve(respond) => {
-                let (client, mut server) = UnixStream::pair()?;
-                client.set_read_timeout(Some(Duration::from_secs(10)))?;
-                std::thread::spawn(move || {
-                    accept_call(&mut server);
-                    respond(&mut server);
-                });
-                Ok(Box::new(client))
+            Socket::Serve(respond) => serve(Box::new(respond)),
+            Socket::Version(name, version) => {
+                serve(Box::new(move |s| respond_with(s, name, version)))
             }
         }
     }
@@ -124,7 +133,7 @@ fn healthy() -> Fake {
         "/sys/fs/cgroup/cgroup.controllers",
         "cpuset cpu io memory hugetlb pids rdma misc\n",
     );
-    put(checks::CONTAINERD_CONFIG, CONTAINERD_TOML);
+    put(runtime::CONTAINERD_CONFIG, CONTAINERD_TOML);
     put(
         "/proc/net/route",
         &format!(
@@ -159,6 +168,7 @@ fn healthy() -> Fake {
         },
         socket: Socket::Serve(ok_response),
         hooks: Vec::new(),
+        connected: Vec::new(),
     }
 }
 
@@ -324,7 +334,7 @@ fn cgroup_v1_and_missing_controllers_fail() {
 fn containerd_config_problems_are_named() {
     let mut f = healthy();
     f.put(
-        checks::CONTAINERD_CONFIG,
+        runtime::CONTAINERD_CONFIG,
         &CONTAINERD_TOML
             .replace("SystemdCgroup = true", "SystemdCgroup = false")
             .replace("\"overlayfs\"", "\"native\""),
@@ -341,7 +351,7 @@ fn containerd_config_problems_are_named() {
     // An unset snapshotter is containerd's default, overlayfs; an unset SystemdCgroup is
     // false; a disabled CRI plugin is named.
     f.put(
-        checks::CONTAINERD_CONFIG,
+        runtime::CONTAINERD_CONFIG,
         "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
     );
     assert_eq!(
@@ -352,17 +362,17 @@ fn containerd_config_problems_are_named() {
              ([plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options])"
         )
     );
-    f.put(checks::CONTAINERD_CONFIG, "version = 2\n[plugins\n");
+    f.put(runtime::CONTAINERD_CONFIG, "version = 2\n[plugins\n");
     assert!(
         matches!(f.check("containerd-config"), Outcome::Fail(m) if m.starts_with("/etc/containerd/config.toml is not valid TOML (line 2): "))
     );
-    f.files.remove(checks::CONTAINERD_CONFIG);
+    f.files.remove(runtime::CONTAINERD_CONFIG);
     assert!(
         matches!(f.check("containerd-config"), Outcome::Fail(m) if m.starts_with("no /etc/containerd/config.toml: "))
     );
     // containerd 2's version 3 layout.
     f.put(
-        checks::CONTAINERD_CONFIG,
+        runtime::CONTAINERD_CONFIG,
         "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
          SystemdCgroup = true\n",
     );
@@ -614,4 +624,177 @@ fn arguments() {
     assert!(a(&["--wait"]).is_err());
     assert!(a(&["--wait", "x"]).is_err());
     assert_eq!(a(&["-v"]), Err("unknown argument \"-v\"".into()));
+}
+
+/// The image's agent.toml with a `[cluster]` of `table`'s lines.
+fn with_cluster(table: &str) -> Fake {
+    let mut f = healthy();
+    f.put(
+        crate::config::settings::SETTINGS_PATH,
+        &format!("schema = 1\n[cluster]\n{table}\n"),
+    );
+    f
+}
+
+const KUBEADM_1_34: &str = "kind = \"kubeadm\"\nkubernetes = \"1.34.2\"";
+
+#[test]
+fn containerd_is_checked_against_the_clusters_kubernetes_version() {
+    let mut f = with_cluster(KUBEADM_1_34);
+    f.socket = Socket::Version("containerd", "2.1.9+ds1");
+    assert_eq!(
+        f.check("containerd"),
+        Outcome::Pass("containerd 2.1.9+ds1 (CRI v1), supports Kubernetes 1.34.2".into())
+    );
+    assert_eq!(f.connected, [runtime::CONTAINERD_SOCKET]);
+    // trixie's containerd is too old for 1.34: the ranges, their source and what to change.
+    f.socket = Socket::Version("containerd", "1.7.24~ds1");
+    assert_eq!(
+        f.check("containerd"),
+        fail(&format!(
+            "containerd 1.7.24~ds1 (CRI v1): containerd 1.7.24 does not support Kubernetes \
+             1.34.2: {} lists 2.1.3+, 2.0.6+, 1.7.28+, 1.6.39+ for Kubernetes 1.34; use a \
+             containerd in one of those ranges, or a Kubernetes version containerd 1.7.24 \
+             supports: 1.30, 1.31, 1.32, 1.33 (the image's containerd comes from the \
+             profile's packages: take a supported one from another suite with \
+             [packages.from] (e.g. containerd 2.x from forky), or build the image for a \
+             Kubernetes version this containerd supports)",
+            kiln_contract::kubernetes::SOURCE
+        ))
+    );
+    // A line newer than the matrix lists for 1.34: a warning, not a failure.
+    f.socket = Socket::Version("containerd", "v2.4.0");
+    assert!(
+        matches!(f.check("containerd"), Outcome::Warn(m) if m.starts_with("containerd v2.4.0 (CRI v1) for Kubernetes 1.34.2: a newer containerd line than") && m.ends_with("upstream has not tested the pair"))
+    );
+    // A Kubernetes minor newer than the table: kiln must be updated.
+    let mut f = with_cluster("kind = \"kubeadm\"\nkubernetes = \"1.37.0\"");
+    f.socket = Socket::Version("containerd", "2.3.0");
+    assert!(
+        matches!(f.check("containerd"), Outcome::Fail(m) if m.contains("Kubernetes 1.37.0 is newer than kiln's copy") && m.contains("update kiln"))
+    );
+    // Not containerd, or a version kiln cannot read: said, not failed.
+    f.socket = Socket::Version("cri-o", "1.34.0");
+    assert!(
+        matches!(f.check("containerd"), Outcome::Warn(m) if m.starts_with("cri-o 1.34.0 (CRI v1): not containerd"))
+    );
+    f.socket = Socket::Version("containerd", "main");
+    assert!(
+        matches!(f.check("containerd"), Outcome::Warn(m) if m.contains("\"main\" is not a containerd version"))
+    );
+}
+
+#[test]
+fn without_a_version_nothing_is_checked_and_a_broken_agent_toml_is_named() {
+    // No [cluster] (the healthy node) and an agent.toml from before the version: as before.
+    for mut f in [healthy(), with_cluster("kind = \"kubeadm\"")] {
+        f.socket = Socket::Version("containerd", "1.6.20~ds1");
+        assert_eq!(
+            f.check("containerd"),
+            Outcome::Pass("containerd 1.6.20~ds1 (CRI v1)".into())
+        );
+    }
+    let mut f = with_cluster("kind = \"kubeadm\"\nkubernetes = \"one\"");
+    assert!(
+        matches!(f.check("containerd"), Outcome::Warn(m) if m.starts_with("containerd 1.6.20~ds1 (CRI v1); not checked against the cluster's Kubernetes version: /usr/lib/kiln/agent.toml: cluster.kubernetes = \"one\""))
+    );
+    // The config check falls back to the image's containerd.
+    assert!(!f.check("containerd-config").failed());
+}
+
+#[test]
+fn k3s_embedded_containerd_is_checked_on_its_socket_once_k3s_runs() {
+    let mut f = with_cluster("kind = \"k3s\"\ncontainerd = \"k3s\"\nkubernetes = \"1.36.4\"");
+    // Before kiln-cluster started k3s: SKIP, and the run passes.
+    f.socket = Socket::Refuse(io::ErrorKind::NotFound);
+    assert!(run(&mut f, CHECKS, Duration::from_secs(240)));
+    assert_eq!(f.elapsed, Duration::ZERO, "a SKIP is not waited for");
+    let skips: Vec<&String> = f.lines.iter().filter(|l| l.contains("[SKIP]")).collect();
+    assert_eq!(
+        skips,
+        [
+            "kiln-preflight: [SKIP] containerd-config: k3s's embedded containerd: k3s writes \
+             its config (/var/lib/rancher/k3s/agent/etc/containerd/config.toml) itself",
+            "kiln-preflight: [SKIP] containerd: k3s's embedded containerd is not running yet \
+             (no socket /run/k3s/containerd/containerd.sock): kiln-cluster starts k3s once the \
+             node has enrolled; run `kiln-agent preflight` again then",
+        ]
+    );
+    assert_eq!(
+        f.lines.last().unwrap(),
+        "kiln-preflight: passed (12 checks, 2 skipped)"
+    );
+    assert!(f
+        .connected
+        .iter()
+        .all(|p| p == runtime::K3S_CONTAINERD_SOCKET));
+    // /etc/containerd/config.toml is not read for it: a broken one does not matter.
+    f.put(runtime::CONTAINERD_CONFIG, "[plugins\n");
+    assert!(matches!(f.check("containerd-config"), Outcome::Skip(_)));
+    f.socket = Socket::Refuse(io::ErrorKind::ConnectionRefused);
+    assert!(matches!(f.check("containerd"), Outcome::Skip(m) if m.contains("connection refused")));
+    // k3s running: its containerd is checked like the image's.
+    f.socket = Socket::Version("containerd", "v2.2.1-k3s1");
+    assert_eq!(
+        f.check("containerd"),
+        Outcome::Pass("containerd v2.2.1-k3s1 (CRI v1), supports Kubernetes 1.36.4".into())
+    );
+    f.socket = Socket::Version("containerd", "v2.1.5-k3s1");
+    assert!(
+        matches!(f.check("containerd"), Outcome::Fail(m) if m.contains("lists 2.3.0+, 2.2.0+ for Kubernetes 1.36") && m.ends_with("(k3s brings its own containerd: build the image with a k3s release of a Kubernetes version that containerd supports, or set [cluster] containerd = \"image\")"))
+    );
+    // Other socket errors still fail.
+    f.socket = Socket::Refuse(io::ErrorKind::PermissionDenied);
+    assert!(f.check("containerd").failed());
+    // k3s on the image's containerd: the image's socket and config.
+    let mut f = with_cluster("kind = \"k3s\"\ncontainerd = \"image\"\nkubernetes = \"1.33\"");
+    f.socket = Socket::Version("containerd", "1.7.24~ds1");
+    assert_eq!(
+        f.check("containerd"),
+        Outcome::Pass("containerd 1.7.24~ds1 (CRI v1), supports Kubernetes 1.33".into())
+    );
+    assert_eq!(f.connected, [runtime::CONTAINERD_SOCKET]);
+    assert!(matches!(f.check("containerd-config"), Outcome::Pass(_)));
+}
+
+#[test]
+fn containerd_2_config_version_3_is_read_and_version_2_still_is() {
+    let mut f = healthy();
+    let v3 = "version = 3\n\
+              [plugins.'io.containerd.cri.v1.images']\n\
+              snapshotter = \"overlayfs\"\n\
+              [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n\
+              SystemdCgroup = true\n";
+    f.put(runtime::CONTAINERD_CONFIG, v3);
+    assert_eq!(
+        f.check("containerd-config"),
+        Outcome::Pass("SystemdCgroup = true, snapshotter overlayfs (config version 3)".into())
+    );
+    f.put(
+        runtime::CONTAINERD_CONFIG,
+        &format!("disabled_plugins = [\"io.containerd.cri.v1.images\"]\n{v3}"),
+    );
+    assert_eq!(
+        f.check("containerd-config"),
+        fail("/etc/containerd/config.toml: disabled_plugins turns the CRI plugin off")
+    );
+    f.put(
+        runtime::CONTAINERD_CONFIG,
+        &v3.replace("SystemdCgroup = true", "SystemdCgroup = false")
+            .replace("\"overlayfs\"", "\"native\""),
+    );
+    assert_eq!(
+        f.check("containerd-config"),
+        fail(
+            "/etc/containerd/config.toml: SystemdCgroup is false for the runc runtime, needs \
+             true ([plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.runc.options]); \
+             snapshotter is \"native\", needs \"overlayfs\" \
+             (plugins.\"io.containerd.cri.v1.images\".snapshotter)"
+        )
+    );
+    // The base overlay's version 2 file (containerd 2 migrates it when it starts).
+    f.put(runtime::CONTAINERD_CONFIG, CONTAINERD_TOML);
+    assert!(
+        matches!(f.check("containerd-config"), Outcome::Pass(m) if m.ends_with("(config version 2)"))
+    );
 }

@@ -50,6 +50,12 @@ pub(super) fn finish(
     let artifacts = place_artifacts(&mut root, inputs)?;
     tree::node::apply(&mut root, &profile.agent, profile.extras.debug_shell)?;
     if let Some(cluster) = &profile.agent.cluster {
+        let containerd = inputs
+            .packages
+            .iter()
+            .find(|f| f.package.name == "containerd")
+            .map(|f| f.package.version.as_str());
+        tree::cluster::check_runtime(cluster, containerd, &profile.path, &job.lock.path)?;
         tree::cluster::apply(&mut root, cluster, &profile.path)?;
     }
     let epoch = root.epoch();

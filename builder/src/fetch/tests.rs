@@ -345,6 +345,7 @@ fn archive_integration_real_download_is_a_valid_deb_and_404_is_vanished() {
         suites: vec!["bookworm".into(), "bookworm-security".into()],
         components: vec!["main".into()],
         essential: false,
+        extra_suites: Vec::new(),
     };
     let apt = AptArchive::prepare(dir.path(), Arch::Arm64, &debian, &sources).unwrap();
     apt.update(&HostRunner).unwrap_or_else(|e| {
@@ -360,6 +361,7 @@ fn archive_integration_real_download_is_a_valid_deb_and_404_is_vanished() {
             essential: false,
             kernel: None,
             boot: None,
+            pins: &[],
         },
     )
     .unwrap();

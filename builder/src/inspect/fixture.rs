@@ -291,6 +291,8 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
                 version: format!("1.{i}-1"),
                 arch: arch.deb_arch().into(),
                 role: "root".into(),
+                // One package from an extra suite, as a [packages.from] pin gives.
+                suite: if *n == "zlib1g" { "forky" } else { "bookworm" }.into(),
                 sha256: sha256_hex(n.as_bytes()),
             })
             .collect(),

@@ -1,9 +1,10 @@
 //! The manifest published next to the image: where it is, reading and
 //! checking it, and what the report shows of it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{InspectError, ManifestSummary, PackageLine};
+use super::{InspectError, ManifestSummary, PackageLine, SuiteCount};
 use crate::output::manifest::{self, Manifest};
 
 /// The manifest's path for an image: `qemu-x86_64.raw` (or `.raw.zst`,
@@ -72,7 +73,31 @@ pub(super) fn summarize(path: &Path, m: &Manifest) -> ManifestSummary {
                 version: p.version.clone(),
                 arch: p.arch.clone(),
                 role: p.role.clone(),
+                suite: p.suite.clone(),
             })
             .collect(),
+        suites: suite_counts(m),
     }
+}
+
+/// Packages per suite, most first: the base suite the image is built on
+/// leads, and a suite that gave few (an extra suite's pins) stands out.
+fn suite_counts(m: &Manifest) -> Vec<SuiteCount> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in m.packages.iter().filter(|p| !p.suite.is_empty()) {
+        *counts.entry(&p.suite).or_default() += 1;
+    }
+    let mut out: Vec<SuiteCount> = counts
+        .into_iter()
+        .map(|(suite, packages)| SuiteCount {
+            suite: suite.to_string(),
+            packages,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.packages
+            .cmp(&a.packages)
+            .then_with(|| a.suite.cmp(&b.suite))
+    });
+    out
 }

@@ -48,8 +48,8 @@ pub use fat::{FatEntry, FatKind};
 pub use gpt::{GptReport, Kind, PartitionInfo};
 pub use manifest::{manifest_beside, read_manifest};
 pub use report::{
-    EspReport, Ext4Superblock, ManifestSummary, PackageLine, Report, SectionInfo, UkiReport,
-    VeritySuperblock, VhdFooter,
+    EspReport, Ext4Superblock, ManifestSummary, PackageLine, Report, SectionInfo, SuiteCount,
+    UkiReport, VeritySuperblock, VhdFooter,
 };
 pub use superblock::{parse_ext4_superblock, parse_verity_superblock};
 pub use verify::{Check, Labelled, Outcome, Verification};

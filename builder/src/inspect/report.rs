@@ -143,6 +143,8 @@ pub struct PackageLine {
     pub arch: String,
     /// `root`, `kernel` or `boot`.
     pub role: String,
+    /// The suite it came from (empty in manifests of older kilns).
+    pub suite: String,
 }
 
 /// What the manifest says about how the image was made.
@@ -171,6 +173,18 @@ pub struct ManifestSummary {
     pub kernel_release: String,
     /// Every package.
     pub packages: Vec<PackageLine>,
+    /// How many packages each suite gave, most first (then by name); empty
+    /// when the manifest does not record suites.
+    pub suites: Vec<SuiteCount>,
+}
+
+/// How many of the image's packages one Debian suite gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SuiteCount {
+    /// The suite.
+    pub suite: String,
+    /// Its packages (root, kernel and boot).
+    pub packages: usize,
 }
 
 /// Everything `kiln inspect` found.

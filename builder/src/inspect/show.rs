@@ -220,19 +220,36 @@ impl fmt::Display for Shown<'_> {
                     "  kernel      {} {} ({})",
                     m.kernel_package, m.kernel_version, m.kernel_release
                 )?;
+                let by_suite: Vec<String> = m
+                    .suites
+                    .iter()
+                    .map(|c| format!("{} from {}", c.packages, c.suite))
+                    .collect();
+                let by_suite = by_suite.join(", ");
                 if self.packages {
-                    writeln!(f, "  packages    {}", m.packages.len())?;
+                    if by_suite.is_empty() {
+                        writeln!(f, "  packages    {}", m.packages.len())?;
+                    } else {
+                        writeln!(f, "  packages    {} ({by_suite})", m.packages.len())?;
+                    }
                     for p in &m.packages {
+                        // The suite only where the manifest records it.
+                        let suite = if p.suite.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {}", p.suite)
+                        };
                         writeln!(
                             f,
-                            "    {:<36} {} ({}, {})",
+                            "    {:<36} {} ({}, {}{suite})",
                             p.name, p.version, p.arch, p.role
                         )?;
                     }
                 } else {
+                    let sep = if by_suite.is_empty() { "" } else { "; " };
                     writeln!(
                         f,
-                        "  packages    {} (`kiln inspect --packages` lists them)",
+                        "  packages    {} ({by_suite}{sep}`kiln inspect --packages` lists them)",
                         m.packages.len()
                     )?;
                 }

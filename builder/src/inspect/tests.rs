@@ -257,12 +257,25 @@ fn a_clean_image_is_reported_fully_and_passes_every_check() {
             "packages listed without --packages"
         );
         assert!(r.with_packages().to_string().contains("zlib1g"));
+        // The suite each package came from: counted in the summary, named per package.
+        assert!(
+            text.contains("packages    3 (2 from bookworm, 1 from forky; `kiln inspect"),
+            "{text}"
+        );
+        let listed = r.with_packages().to_string();
+        assert!(
+            listed.contains("packages    3 (2 from bookworm, 1 from forky)\n"),
+            "{listed}"
+        );
+        let zlib = listed.lines().find(|l| l.contains("zlib1g")).unwrap();
+        assert!(zlib.ends_with(", root, forky)"), "{zlib}");
 
         // JSON carries the same data.
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["format"], "raw");
         assert_eq!(json["uki"]["roothash"], f.root_hash.as_str());
         assert_eq!(json["verification"]["checks"][0]["status"], "ok");
+        assert_eq!(json["manifest"]["suites"][1]["suite"], "forky");
         assert_eq!(json["gpt"]["partitions"][1]["kind"]["root"], arch.name());
     }
 }
@@ -579,6 +592,23 @@ fn a_schema_2_manifest_from_before_the_toolchain_field_is_still_read() {
     );
     let json = serde_json::to_value(&r).unwrap();
     assert!(json["manifest"]["rustc"].is_null());
+}
+
+#[test]
+fn a_schema_2_manifest_from_before_the_suite_field_is_still_read() {
+    let d = tempfile::tempdir().unwrap();
+    let f = build(d.path(), Arch::X86_64);
+    let text = std::fs::read_to_string(&f.manifest_path).unwrap();
+    let old: String = text.lines().filter(|l| !l.contains("\"suite\"")).collect();
+    std::fs::write(&f.manifest_path, old).unwrap();
+    let r = verify(&f.image);
+    assert!(
+        r.ok() && r.manifest.as_ref().unwrap().suites.is_empty(),
+        "{r}"
+    );
+    let listed = r.with_packages().to_string();
+    assert!(listed.contains("packages    3\n"), "{listed}");
+    assert!(listed.contains(", root)\n"), "{listed}");
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub struct AptArchive {
     arch: Arch,
     root: PathBuf,
     suites: Vec<String>,
+    /// `[debian] extra_suites`: fetched like `suites`, indexed apart.
+    extra_suites: Vec<String>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LockError + '_ {
@@ -43,8 +45,8 @@ fn quoted(path: &Path) -> Result<String, LockError> {
 impl AptArchive {
     /// Creates (or refreshes) the private apt tree for `arch` under
     /// `<cache_root>/apt/<arch>/`: the apt.conf, an empty dpkg status, and a
-    /// sources file listing the profile's suites and components with the
-    /// URI and keyring the host uses for each suite.
+    /// sources file listing the profile's suites (base, then extra) and
+    /// components with the URI and keyring the host uses for each suite.
     pub fn prepare(
         cache_root: &Path,
         arch: Arch,
@@ -70,7 +72,7 @@ impl AptArchive {
         let mut list = String::from(
             "# Written by kiln for its private apt state; regenerated on every `kiln lock`.\n",
         );
-        for suite in &debian.suites {
+        for suite in debian.suites.iter().chain(&debian.extra_suites) {
             let src = sources.get(suite)?;
             list.push_str(&format!(
                 "\nTypes: deb\nURIs: {}\nSuites: {suite}\nComponents: {}\nArchitectures: {}\n",
@@ -97,7 +99,7 @@ impl AptArchive {
 
         // Dir::Etc::Parts and Dir::Etc::Main point away from the host's
         // /etc/apt so its hooks and extra index targets never run here.
-        let conf = format!(
+        let mut conf = format!(
             "Dir::State {};\nDir::State::status {};\nDir::Cache {};\nDir::Etc::SourceList \"/dev/null\";\nDir::Etc::SourceParts {};\n\
              Dir::Etc::Preferences \"/dev/null\";\nDir::Etc::PreferencesParts \"/dev/null\";\nDir::Etc::Parts {};\nDir::Etc::Main \"/dev/null\";\n\
              APT::Architecture \"{deb}\";\nAPT::Architectures {{ \"{deb}\"; }};\nAcquire::Languages \"none\";\nAcquire::GzipIndexes \"true\";\n",
@@ -108,12 +110,17 @@ impl AptArchive {
             quoted(&conf_parts)?,
             deb = arch.deb_arch(),
         );
+        if sources.allow_expired_release {
+            // The host's apt accepts its mirrors' stale Release files; so must this one.
+            conf.push_str("Acquire::Check-Valid-Until \"false\";\n");
+        }
         let conf_path = root.join("apt.conf");
         std::fs::write(&conf_path, conf).map_err(io_err(&conf_path))?;
         Ok(AptArchive {
             arch,
             root,
             suites: debian.suites.clone(),
+            extra_suites: debian.extra_suites.clone(),
         })
     }
 
@@ -152,8 +159,36 @@ impl AptArchive {
                     let (uri, suite) = repo.rsplit_once(' ')?;
                     Some((uri.to_string(), suite.to_string()))
                 });
+                // `E: Release file for URI/dists/SUITE/InRelease is expired (invalid since ...)`.
+                let expired = text.lines().find_map(|l| {
+                    let (_, rest) = l.split_once("Release file for ")?;
+                    let (url, rest) = rest.split_once(" is expired")?;
+                    let (uri, path) = url.split_once("/dists/")?;
+                    let suite = path.split('/').next()?;
+                    let since = rest.split_once('(').and_then(|(_, r)| r.split_once(')'));
+                    Some((
+                        uri.to_string(),
+                        suite.to_string(),
+                        since.map(|(s, _)| s.to_string()),
+                    ))
+                });
+                if let Some((uri, suite, since)) = expired {
+                    return LockError::ExpiredRelease {
+                        suite,
+                        uri,
+                        since: since.unwrap_or_else(|| "expired".into()),
+                    };
+                }
                 match missing {
-                    Some((uri, suite)) => LockError::NoSuchSuite { suite, uri },
+                    Some((uri, suite)) => LockError::NoSuchSuite {
+                        field: if self.extra_suites.contains(&suite) {
+                            "extra_suites"
+                        } else {
+                            "suites"
+                        },
+                        suite,
+                        uri,
+                    },
                     None => LockError::Apt {
                         arch: self.arch,
                         source,
@@ -228,7 +263,7 @@ impl AptArchive {
             })?;
             files.push((path, suite.to_string()));
         }
-        for suite in &self.suites {
+        for suite in self.suites.iter().chain(&self.extra_suites) {
             if !files.iter().any(|(_, s)| s == suite) {
                 return Err(LockError::MissingIndex {
                     arch: self.arch,
@@ -249,12 +284,14 @@ impl AptArchive {
         Ok(all)
     }
 
-    /// Reads the indexes into a resolver [`Index`] for this arch.
+    /// Reads the indexes into a resolver [`Index`] for this arch, each
+    /// extra suite's apart ([`Index::with_extra_suites`]).
     pub fn index(&self, runner: &dyn Runner) -> Result<Index, LockError> {
         let t = Instant::now();
-        let idx = Index::new(
+        let idx = Index::with_extra_suites(
             self.arch.deb_arch(),
             &self.suites,
+            &self.extra_suites,
             self.read_indexes(runner)?,
         );
         tracing::info!(arch = %self.arch, packages = idx.len(), secs = t.elapsed().as_secs_f64(), "indexes parsed");

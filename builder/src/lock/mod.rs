@@ -6,6 +6,7 @@
 //!   verifies the archive signatures, and reads the `Packages` indexes.
 //! - [`index`] parses the indexes; [`version`] compares Debian versions.
 //! - [`mod@resolve`] is the pure resolver from indexes to lock entries.
+//! - [`report`] says which suites the locked packages came from.
 //!
 //! The lockfile (`profiles/qemu.toml` → `profiles/qemu.lock`) records a
 //! digest of the profile's resolution inputs; [`check_current`] tells a
@@ -13,11 +14,13 @@
 
 pub mod apt;
 pub mod index;
+pub mod report;
 pub mod resolve;
 pub mod sources;
 pub mod version;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,6 +31,7 @@ use crate::arch::Arch;
 use crate::profile::Profile;
 use crate::runner::{RunError, Runner};
 pub use apt::AptArchive;
+pub use report::suite_summary;
 pub use resolve::{resolve, Index, Request, ResolveError};
 pub use sources::{SourceEntry, Sources, SourcesError};
 
@@ -139,12 +143,24 @@ pub enum LockError {
         source: RunError,
     },
     /// The archive has no such suite (apt found no Release file for it).
-    #[error("suite {suite:?} is not in the archive at {uri} (apt-get update found no Release file for it); check [debian] suites in the profile: a release name (trixie), or one with -updates, -security or -backports")]
+    #[error("suite {suite:?} is not in the archive at {uri} (apt-get update found no Release file for it); check [debian] {field} in the profile: a release name (trixie), or one with -updates, -security or -backports")]
     NoSuchSuite {
+        /// The `[debian]` key that lists it: `suites` or `extra_suites`.
+        field: &'static str,
         /// The suite as the profile names it.
         suite: String,
         /// The archive asked.
         uri: String,
+    },
+    /// The archive's Release file for a suite is past its `Valid-Until`.
+    #[error("the Release file of suite {suite:?} at {uri} has expired ({since}): the mirror serves a stale copy. Use a current mirror; or, if it is a cache or snapshot you trust, set `Acquire::Check-Valid-Until \"false\";` in the host's apt configuration (/etc/apt/apt.conf.d/), which kiln follows; signatures are still checked")]
+    ExpiredRelease {
+        /// The suite.
+        suite: String,
+        /// The archive.
+        uri: String,
+        /// apt's words, e.g. `invalid since 31d 4h 17min 12s`.
+        since: String,
     },
     /// `apt-get update` reported download or signature problems.
     #[error("apt-get update for {arch} failed:\n{messages}\ncheck that the archive is reachable and retry")]
@@ -331,6 +347,10 @@ impl Lockfile {
                 source,
             })?;
         std::io::Write::write_all(&mut tmp, self.to_toml()?.as_bytes()).map_err(io)?;
+        // The temp file is private (0600); a lock is a source file like the profile.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
@@ -369,6 +389,17 @@ pub fn check_current(lock: &Lockfile, profile: &Profile) -> Result<(), LockError
                 missing.join(", ")
             ));
         }
+        for (name, suite) in profile.pins_for(arch) {
+            if let Some(p) = lock
+                .packages_for(arch, Some(Role::Root))
+                .find(|p| p.name == name && p.suite != suite)
+            {
+                details.push(format!(
+                    "{name} for {arch} is from {} in the lock, [packages.from] takes it from {suite}",
+                    p.suite
+                ));
+            }
+        }
         if let Some(k) = profile.kernel.package.get(&arch) {
             if !have(Role::Kernel).contains(k.as_str()) {
                 details.push(format!("kernel package {k} for {arch} not in the lock"));
@@ -393,7 +424,7 @@ pub fn check_current(lock: &Lockfile, profile: &Profile) -> Result<(), LockError
         ));
     }
     if details.is_empty() {
-        details.push("the profile's suites, components, essential flag or package lists changed since the lock was made".into());
+        details.push("the profile's suites, components, essential flag, package lists or [packages.from] changed since the lock was made".into());
     }
     Err(LockError::Stale {
         lock: lock.path.clone(),
@@ -417,12 +448,14 @@ pub fn resolve_profile(
         apt.update(runner)?;
         let index = apt.index(runner)?;
         let packages = profile.packages_for(arch);
+        let pins = profile.pins_for(arch);
         let req = Request {
             arch,
             packages: &packages,
             essential: profile.debian.essential,
             kernel: profile.kernel.package.get(&arch).map(String::as_str),
             boot: Some(profile.boot.stub_package.as_str()),
+            pins: &pins,
         };
         let locked = resolve(&index, &req)?;
         tracing::info!(%arch, packages = locked.len(), secs = t.elapsed().as_secs_f64(), "resolved");

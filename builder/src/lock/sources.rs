@@ -59,16 +59,25 @@ pub struct Sources {
     pub suites: BTreeMap<String, SourceEntry>,
     /// The files read, in order (for messages).
     pub files: Vec<PathBuf>,
+    /// The host's apt accepts Release files past their `Valid-Until`
+    /// (`Acquire::Check-Valid-Until "false"`), as a caching proxy or a
+    /// snapshot mirror needs; kiln's private apt then does too, since it
+    /// uses the same mirrors. Signatures are checked either way.
+    pub allow_expired_release: bool,
 }
 
 impl Sources {
     /// Reads `$KILN_APT_SOURCES` (one deb822 file) if set, else the host's
     /// `/etc/apt/sources.list.d/*.sources`, `*.list` and `/etc/apt/sources.list`.
+    /// Also takes over the host's `Acquire::Check-Valid-Until` setting
+    /// ([`Sources::allow_expired_release`]).
     pub fn from_host() -> Result<Sources, SourcesError> {
-        match std::env::var_os(SOURCES_ENV) {
-            Some(p) if !p.is_empty() => Sources::from_deb822_file(Path::new(&p)),
-            _ => Sources::from_etc_apt(Path::new("/etc/apt")),
-        }
+        let mut s = match std::env::var_os(SOURCES_ENV) {
+            Some(p) if !p.is_empty() => Sources::from_deb822_file(Path::new(&p))?,
+            _ => Sources::from_etc_apt(Path::new("/etc/apt"))?,
+        };
+        s.allow_expired_release = host_allows_expired_release();
+        Ok(s)
     }
 
     /// Reads the sources under an apt configuration directory (normally `/etc/apt`).
@@ -324,6 +333,33 @@ pub(crate) fn deb822_stanzas(text: &str, path: &Path) -> Result<Vec<Stanza>, Sou
     Ok(out)
 }
 
+/// Whether the host's apt configuration turns `Acquire::Check-Valid-Until`
+/// off. apt itself reads its configuration (`apt-config`), so every file and
+/// syntax it accepts counts; no apt, or no such setting, means apt's default
+/// (check).
+fn host_allows_expired_release() -> bool {
+    let out = std::process::Command::new("apt-config")
+        .args(["shell", "V", "Acquire::Check-Valid-Until"])
+        .env_remove("APT_CONFIG")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => apt_false(&String::from_utf8_lossy(&o.stdout)),
+        _ => false,
+    }
+}
+
+/// Whether `apt-config shell V KEY` output (`V='false'`) sets a false boolean.
+fn apt_false(shell: &str) -> bool {
+    let value = shell
+        .trim()
+        .strip_prefix("V=")
+        .unwrap_or_default()
+        .trim_matches('\'');
+    ["false", "no", "off", "0", "without", "disable"]
+        .iter()
+        .any(|f| value.eq_ignore_ascii_case(f))
+}
+
 /// Whether a suite is served by Debian's security archive (`<release>-security`).
 fn is_security_suite(suite: &str) -> bool {
     suite.ends_with("-security")
@@ -453,6 +489,21 @@ Enabled: no
             "{err}"
         );
         assert!(!err.contains("disabled"), "{err}");
+    }
+
+    #[test]
+    fn the_hosts_check_valid_until_setting_is_read_as_apt_reads_booleans() {
+        for (out, off) in [
+            ("V='false'\n", true),
+            ("V='no'", true),
+            ("V='0'", true),
+            ("V='true'\n", false),
+            ("V='yes'", false),
+            ("", false),
+        ] {
+            assert_eq!(apt_false(out), off, "{out:?}");
+        }
+        assert!(!Sources::default().allow_expired_release);
     }
 
     #[test]

@@ -108,8 +108,12 @@ fn lockfile_round_trips_sorted_with_header() {
         lock.packages.len()
     );
     assert_eq!(generic["package"][0]["for_arch"].as_str(), Some("x86_64"));
-    // No temp files left behind.
+    // No temp files left behind, and the lock is readable like any source file.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&lock.path).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
 }
 
 #[test]
@@ -186,6 +190,30 @@ fn check_current_accepts_a_matching_lock_and_names_what_changed() {
     );
 }
 
+#[test]
+fn check_current_names_a_package_the_lock_has_from_another_suite_than_its_pin() {
+    let unpinned = profile(
+        &FORKY_PINS
+            .replace("extra_suites = [\"forky\"]\n", "")
+            .replace(
+                "[packages.from]\ncontainerd = \"forky\"\nrunc = \"forky\"\n",
+                "",
+            ),
+    );
+    let pinned = profile(FORKY_PINS);
+    assert_ne!(inputs_digest(&unpinned), inputs_digest(&pinned));
+    let lock = lock_for(&unpinned);
+    check_current(&lock, &unpinned).unwrap();
+    let err = check_current(&lock, &pinned).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "containerd for x86_64 is from bookworm in the lock, [packages.from] takes it from forky"
+        ) && err.contains("runc for x86_64 is from bookworm")
+            && err.ends_with("run `kiln lock --update profiles/t.toml`"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Integration tests against the real Debian archive (network). They fail,
 // never skip, when the archive cannot be reached.
@@ -199,6 +227,7 @@ fn debian() -> Debian {
         ],
         components: vec!["main".into()],
         essential: false,
+        extra_suites: Vec::new(),
     }
 }
 
@@ -246,6 +275,7 @@ fn archive_integration_arm64_bash_closure_matches_apt() {
         essential: false,
         kernel: None,
         boot: None,
+        pins: &[],
     };
     let locked = resolve(&index, &req).unwrap();
 
@@ -390,6 +420,7 @@ fn apt_update_failure_is_an_error_not_a_warning() {
         suites: vec!["bookworm".into()],
         components: vec!["main".into()],
         essential: false,
+        extra_suites: Vec::new(),
     };
     let apt = AptArchive::prepare(dir.path(), Arch::X86_64, &d, &sources).unwrap();
     let conf = std::fs::read_to_string(apt.config_path()).unwrap();
@@ -408,6 +439,67 @@ fn apt_update_failure_is_an_error_not_a_warning() {
     assert!(err.contains("retry"), "{err}");
 }
 
+/// A runner whose every command fails as apt does on a stale mirror.
+struct ExpiredMirror;
+
+impl crate::runner::Runner for ExpiredMirror {
+    fn run(
+        &self,
+        cmd: &crate::runner::Cmd,
+    ) -> Result<crate::runner::Output, crate::runner::RunError> {
+        Err(crate::runner::RunError::Failed {
+            cmd: format!("{cmd:?}"),
+            status: "exit status: 100".into(),
+            stderr: "E: Release file for http://deb.example/debian/dists/forky/InRelease is \
+                     expired (invalid since 31d 4h 17min 12s). Updates for this repository will \
+                     not be applied."
+                .into(),
+        })
+    }
+}
+
+#[test]
+fn a_stale_mirror_is_named_and_the_hosts_valid_until_setting_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("t.sources");
+    std::fs::write(
+        &src,
+        "Types: deb\nURIs: http://deb.example/debian\nSuites: trixie\nComponents: main\n",
+    )
+    .unwrap();
+    let mut sources = Sources::from_deb822_file(&src).unwrap();
+    let d = Debian {
+        suites: vec!["trixie".into()],
+        components: vec!["main".into()],
+        essential: false,
+        extra_suites: vec!["forky".into()],
+    };
+    let apt = AptArchive::prepare(dir.path(), Arch::X86_64, &d, &sources).unwrap();
+    let conf = std::fs::read_to_string(apt.config_path()).unwrap();
+    assert!(!conf.contains("Check-Valid-Until"), "{conf}");
+    let list = std::fs::read_to_string(apt.root().join("sources.list.d/kiln.sources")).unwrap();
+    assert!(
+        list.contains("Suites: trixie\n") && list.contains("Suites: forky\n"),
+        "{list}"
+    );
+    let err = apt.update(&ExpiredMirror).unwrap_err().to_string();
+    assert!(
+        err.starts_with(
+            "the Release file of suite \"forky\" at http://deb.example/debian has expired \
+             (invalid since 31d 4h 17min 12s)"
+        ) && err.contains("Acquire::Check-Valid-Until"),
+        "{err}"
+    );
+    // A host whose apt accepts its mirror's stale Release files: kiln's apt does too.
+    sources.allow_expired_release = true;
+    let apt = AptArchive::prepare(dir.path(), Arch::X86_64, &d, &sources).unwrap();
+    let conf = std::fs::read_to_string(apt.config_path()).unwrap();
+    assert!(
+        conf.contains("Acquire::Check-Valid-Until \"false\";"),
+        "{conf}"
+    );
+}
+
 #[test]
 fn archive_integration_signatures_are_checked() {
     // The real archive, but a keyring that cannot verify it: apt must refuse.
@@ -422,6 +514,7 @@ fn archive_integration_signatures_are_checked() {
         suites: vec!["bookworm-updates".into()],
         components: vec!["main".into()],
         essential: false,
+        extra_suites: Vec::new(),
     };
     let apt = AptArchive::prepare(cache.path(), Arch::Arm64, &d, &sources).unwrap();
     let err = apt.update(&HostRunner).unwrap_err().to_string();
@@ -433,4 +526,92 @@ fn archive_integration_signatures_are_checked() {
         apt.index_files(&HostRunner).is_err(),
         "no index may be used from an unverified suite"
     );
+}
+
+/// A trixie profile that takes containerd and runc from forky.
+const FORKY_PINS: &str = r#"
+schema = 1
+name = "t"
+arches = ["x86_64"]
+[debian]
+suites = ["trixie", "trixie-updates", "trixie-security"]
+extra_suites = ["forky"]
+[packages]
+include = ["base-files", "bash", "containerd", "runc", "systemd"]
+[packages.from]
+containerd = "forky"
+runc = "forky"
+[kernel]
+modules = ["virtio"]
+[kernel.package]
+x86_64 = "linux-image-amd64"
+[disk]
+size = "1GiB"
+"#;
+
+#[test]
+fn archive_integration_trixie_with_containerd_and_runc_from_forky() {
+    let work = tempfile::tempdir().unwrap();
+    let mut p = profile(FORKY_PINS);
+    p.path = work.path().join("t.toml");
+    let sources = Sources::from_host().unwrap();
+    let t = std::time::Instant::now();
+    let (lock, _) = reachable(lock_profile(&p, work.path(), &sources, &HostRunner, false));
+    let secs = t.elapsed().as_secs_f64();
+    check_current(&lock, &p).unwrap();
+    let roots: BTreeMap<&str, &LockedPackage> = lock
+        .packages_for(Arch::X86_64, Some(Role::Root))
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let containerd = roots["containerd"];
+    assert!(
+        containerd.version.starts_with("2.") && containerd.suite == "forky",
+        "{containerd:?}"
+    );
+    assert_eq!(roots["runc"].suite, "forky");
+    // Everything else that forky gave is a dependency only forky satisfies:
+    // a few at most; the rest of the closure is trixie's.
+    let forky: Vec<String> = roots
+        .values()
+        .filter(|e| e.suite == "forky")
+        .map(|e| format!("{} {}", e.name, e.version))
+        .collect();
+    let trixie = roots
+        .values()
+        .filter(|e| e.suite.starts_with("trixie"))
+        .count();
+    assert!(
+        forky.len() <= 6 && trixie > 3 * forky.len(),
+        "{forky:?} vs {trixie} from trixie"
+    );
+    for name in ["bash", "systemd", "libc6", "base-files"] {
+        assert!(roots[name].suite.starts_with("trixie"), "{:?}", roots[name]);
+    }
+    // The kernel and the stub stay on trixie too (forky has newer ones).
+    for e in lock.packages.iter().filter(|e| e.role != Role::Root) {
+        assert!(e.suite.starts_with("trixie"), "{e:?}");
+    }
+    println!("forky: {forky:?}; {trixie} packages from trixie");
+    println!(
+        "{}",
+        crate::lock::suite_summary(&lock, &p.debian).trim_end()
+    );
+    println!("apt-get update (trixie + forky) + resolve, x86_64: {secs:.1} s");
+}
+
+#[test]
+fn an_extra_suite_the_archive_lacks_is_named_and_nothing_is_written() {
+    let work = tempfile::tempdir().unwrap();
+    let mut p = profile(&FORKY_PINS.replace("\"forky\"", "\"forky-nonexistent\""));
+    p.path = work.path().join("t.toml");
+    let sources = Sources::from_host().unwrap();
+    let err = lock_profile(&p, work.path(), &sources, &HostRunner, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("suite \"forky-nonexistent\" is not in the archive at ")
+            && err.contains("check [debian] extra_suites"),
+        "{err}"
+    );
+    assert!(!lock_path(&p.path).exists(), "a lock was written");
 }

@@ -10,8 +10,10 @@
 //!
 //! The archives go to [`IMAGES_DIR`] in the root, listed in [`LIST_FILE`]
 //! (`<file> <ref>` per line) for `kiln-images.service`, which imports them
-//! into containerd's `k8s.io` namespace at boot.
+//! into containerd's `k8s.io` namespace at boot. On a node that runs k3s on its
+//! embedded containerd, k3s imports them instead ([`k3s`]).
 
+pub mod k3s;
 mod tarball;
 
 use std::collections::BTreeMap;
@@ -380,7 +382,9 @@ pub struct PackageSource<'a> {
 }
 
 /// Builds every image of `images` for `arch` and puts the archives and
-/// [`LIST_FILE`] into `root`. Does nothing when `images` is empty.
+/// [`LIST_FILE`] into `root`, and [`k3s::K3S_LINKS_FILE`] when the root's agent.toml
+/// (written earlier in the tree stage) says k3s imports them. Does nothing when
+/// `images` is empty.
 pub fn add_to_root(
     root: &mut FileTree,
     images: &[ImageSpec],
@@ -442,6 +446,7 @@ pub fn add_to_root(
         reference: LIST_FILE.to_string(),
         source: Box::new(source),
     })?;
+    k3s::hand_to_k3s(root, &built, epoch)?;
     Ok(built)
 }
 

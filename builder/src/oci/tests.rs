@@ -344,3 +344,109 @@ fn missing_package_names_package_lock_and_fix() {
     }
     assert!(root.is_empty() || root.get(IMAGES_DIR).is_none());
 }
+
+/// A root whose agent.toml has the profile's `[cluster]` (`None`: no cluster).
+fn root_with_cluster(cluster: Option<&str>) -> FileTree {
+    let mut text = String::from(
+        "schema = 1\nname = \"t\"\narches = [\"x86_64\"]\n[debian]\nsuites = [\"trixie\"]\n\
+         [kernel]\nmodules = [\"virtio\"]\n[kernel.package]\nx86_64 = \"linux-image-amd64\"\n\
+         [disk]\nsize = \"1GiB\"\n[packages]\ninclude = [\"containerd\"]\n\
+         [systemd]\nenable = [\"containerd.service\"]\n",
+    );
+    if let Some(c) = cluster {
+        text.push_str(&format!("[cluster]\nkubernetes = \"1.36\"\n{c}\n"));
+    }
+    let overlays = Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays");
+    let profile = crate::profile::Profile::parse(Path::new("t.toml"), &text, &overlays).unwrap();
+    let mut root = FileTree::new(EPOCH);
+    crate::tree::node::apply(&mut root, &profile.agent, false).unwrap();
+    root
+}
+
+#[test]
+fn k3s_imports_only_for_k3s_on_its_embedded_containerd() {
+    // The runtime check refuses Debian's containerd next to k3s's: build the root by hand.
+    let mut root = FileTree::new(EPOCH);
+    let agent = crate::profile::Agent {
+        channels: kiln_contract::agent_config::ALL_CHANNELS.to_vec(),
+        cluster: Some(crate::profile::Cluster {
+            flavor: crate::profile::ClusterFlavor::K3s {
+                containerd: crate::profile::Containerd::K3s,
+            },
+            role: crate::profile::ImageRole::Any,
+            labels: BTreeMap::new(),
+            kubelet_args: vec![],
+            kubernetes: "1.36.4".parse().unwrap(),
+        }),
+    };
+    crate::tree::node::apply(&mut root, &agent, false).unwrap();
+    assert!(k3s::k3s_imports(&root));
+    for cluster in [
+        None,
+        Some("kind = \"k3s\""),
+        Some("kind = \"k3s\"\ncontainerd = \"image\""),
+        Some("kind = \"kubeadm\""),
+    ] {
+        assert!(
+            !k3s::k3s_imports(&root_with_cluster(cluster)),
+            "{cluster:?}"
+        );
+    }
+    assert!(!k3s::k3s_imports(&FileTree::new(EPOCH)));
+
+    // Images are linked into k3s's airgap folder; without images nothing is written.
+    let layer = layer_tree(vec![demo_deb()], &rules(), EPOCH).unwrap();
+    let built: Vec<OciArchive> = ["localhost/kiln/b:1", "localhost/kiln/a:2"]
+        .iter()
+        .map(|r| build_archive(&spec(r), &layer, Arch::X86_64, EPOCH).unwrap())
+        .collect();
+    assert!(!k3s::hand_to_k3s(&mut root, &[], EPOCH).unwrap());
+    assert!(root.get(k3s::K3S_LINKS_FILE).is_none());
+    assert!(k3s::hand_to_k3s(&mut root, &built, EPOCH).unwrap());
+    let text = String::from_utf8(root.read(k3s::K3S_LINKS_FILE).unwrap().to_vec()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        lines,
+        [
+            "d /var/lib/rancher/k3s/agent/images 0755 root root -",
+            "L+ /var/lib/rancher/k3s/agent/images/localhost_kiln_a_2.oci.tar - - - - \
+             /usr/share/kiln/images/localhost_kiln_a_2.oci.tar",
+            "L+ /var/lib/rancher/k3s/agent/images/localhost_kiln_b_1.oci.tar - - - - \
+             /usr/share/kiln/images/localhost_kiln_b_1.oci.tar",
+        ]
+    );
+    let node = root.get(k3s::K3S_LINKS_FILE).unwrap();
+    assert_eq!((node.mode, node.mtime), (0o644, EPOCH));
+    let mut other = root_with_cluster(Some("kind = \"k3s\""));
+    assert!(!k3s::hand_to_k3s(&mut other, &built, EPOCH).unwrap());
+}
+
+/// systemd's own tmpfiles reads the file and makes the links k3s reads.
+#[test]
+fn systemd_tmpfiles_makes_the_links_k3s_imports_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("kiln-k3s-images.conf");
+    std::fs::write(
+        &conf,
+        k3s::k3s_links(&["localhost_kiln_a_2.oci.tar".into()]),
+    )
+    .unwrap();
+    let root = tmp.path().join("root");
+    std::fs::create_dir_all(root.join(IMAGES_DIR)).unwrap();
+    let out = std::process::Command::new("systemd-tmpfiles")
+        .arg("--create")
+        .arg(format!("--root={}", root.display()))
+        .arg(&conf)
+        .output()
+        .expect("systemd-tmpfiles (package systemd) runs");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = root.join("var/lib/rancher/k3s/agent/images/localhost_kiln_a_2.oci.tar");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("/usr/share/kiln/images/localhost_kiln_a_2.oci.tar")
+    );
+}

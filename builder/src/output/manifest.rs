@@ -114,6 +114,11 @@ pub struct Package {
     pub arch: String,
     /// `root`, `kernel` or `boot`.
     pub role: String,
+    /// The Debian suite the lock took it from (`trixie`, `trixie-security`,
+    /// an extra suite such as `forky`). Added to schema 2 without a new
+    /// schema number: older manifests lack it (empty when read).
+    #[serde(default)]
+    pub suite: String,
     /// SHA-256 of the .deb.
     pub sha256: String,
 }
@@ -315,6 +320,7 @@ impl Manifest {
                     version: p.package.version.clone(),
                     arch: p.package.arch.clone(),
                     role: p.package.role.name().to_string(),
+                    suite: p.package.suite.clone(),
                     sha256: p.package.sha256.clone(),
                 })
                 .collect(),
@@ -385,9 +391,10 @@ impl Input {
     }
 }
 
-/// A module's name from its tree path (`.../virtio_blk.ko` → `virtio_blk`).
+/// A module's name from its tree path (`.../virtio_blk.ko` or, compressed as
+/// trixie ships them, `.../virtio_blk.ko.xz` → `virtio_blk`).
 fn module_name(path: &str) -> String {
-    crate::tree::file_name(path)
+    crate::tree::kmod::plain_module_path(crate::tree::file_name(path))
         .trim_end_matches(".ko")
         .to_string()
 }
@@ -425,4 +432,21 @@ fn components(f: &ImageFacts<'_>) -> BTreeMap<String, FileDigest> {
             .map(|(name, d)| (format!("artifact:{name}"), d.clone())),
     )
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_name;
+
+    #[test]
+    fn module_names_drop_the_suffix_plain_or_compressed() {
+        for path in [
+            "usr/lib/modules/6.1.0-40-amd64/kernel/fs/overlayfs/overlay.ko",
+            "usr/lib/modules/6.12.118+deb13-amd64/kernel/fs/overlayfs/overlay.ko.xz",
+            "usr/lib/modules/7.2.0-1-amd64/kernel/fs/overlayfs/overlay.ko.zst",
+        ] {
+            assert_eq!(module_name(path), "overlay", "{path}");
+        }
+        assert_eq!(module_name("kernel/x/crc32c-intel.ko.xz"), "crc32c-intel");
+    }
 }

@@ -94,6 +94,9 @@ pub struct ClusterFile {
     pub containerd: Option<String>,
     /// kubeadm only: "v1beta3" or "v1beta4".
     pub kubeadm_api: Option<String>,
+    /// The cluster's Kubernetes version, "1.36" or "1.36.4"; needed when no k3s, kubelet
+    /// or kubeadm artifact comes from a release URL it can be read from.
+    pub kubernetes: Option<String>,
 }
 
 /// `[[container_image]]`
@@ -131,6 +134,10 @@ pub struct DebianFile {
     /// Include every Essential package.
     #[serde(default)]
     pub essential: bool,
+    /// Suites that serve only the packages `[packages.from]` names (and what
+    /// those need that `suites` cannot satisfy).
+    #[serde(default)]
+    pub extra_suites: Vec<String>,
 }
 
 /// `[packages]`
@@ -149,6 +156,9 @@ pub struct PackagesFile {
     /// Globs of paths left out.
     #[serde(default)]
     pub exclude_paths: Vec<String>,
+    /// `[packages.from]`: package → the extra suite it is taken from.
+    #[serde(default)]
+    pub from: BTreeMap<String, String>,
 }
 
 /// `[packages.arch.<arch>]`

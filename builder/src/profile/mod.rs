@@ -11,6 +11,7 @@ pub mod container_image;
 pub mod dto;
 pub mod module_sets;
 mod output;
+mod pins;
 mod size;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +19,10 @@ use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
 pub use artifact::{Artifact, ArtifactSource};
-pub use cluster::{Cluster, ClusterFlavor, ClusterKind, Containerd, ImageRole, KubeadmApi};
+pub use cluster::{
+    release_in_url, Cluster, ClusterFlavor, ClusterKind, Containerd, ImageRole, KubeVersion,
+    KubeadmApi,
+};
 pub use kiln_contract::agent_config::Channel;
 use kiln_contract::agent_config::{self, SettingsFile, ALL_CHANNELS};
 use kiln_contract::cmdline::DEFAULT_VAR_MIN;
@@ -154,6 +158,9 @@ pub struct Debian {
     pub components: Vec<String>,
     /// Whether every `Essential: yes` package joins the closure.
     pub essential: bool,
+    /// Suites that serve only the packages `[packages.from]` names, and what
+    /// those need that `suites` cannot satisfy (e.g. `forky`).
+    pub extra_suites: Vec<String>,
 }
 
 /// Which packages make the root.
@@ -167,6 +174,8 @@ pub struct Packages {
     pub prefer: BTreeMap<String, String>,
     /// Glob patterns (normalised, no leading `/`) of package files left out of the image.
     pub exclude_paths: Vec<String>,
+    /// `[packages.from]`: package → the extra suite it is taken from (see [`Profile::pins_for`]).
+    pub from: BTreeMap<String, String>,
 }
 
 /// The kernel and its modules.
@@ -374,6 +383,7 @@ impl Profile {
             ));
         }
         s.push_str(&format!("stub={}\n", self.boot.stub_package));
+        s.push_str(&pins::resolution_inputs(self));
         s
     }
 }
@@ -481,6 +491,15 @@ fn validate(
         }
         arch_include.insert(arch, list.include);
     }
+    let (extra_suites, from) = pins::validate(
+        path,
+        &raw.debian.suites,
+        raw.debian.extra_suites,
+        raw.packages.from,
+        &raw.packages.include,
+        &arch_include,
+        &check_pkg,
+    )?;
     let mut prefer = BTreeMap::new();
     for (p, pkg) in raw.packages.prefer {
         let norm = crate::image_path::normalize(&p)
@@ -651,12 +670,23 @@ fn validate(
             }
         }
     };
+    let artifacts = artifact::validate(path, &raw.artifact, &arches)?;
+    // After the artifacts: their release URLs give the cluster's Kubernetes version.
     agent.cluster = raw
         .cluster
         .as_ref()
-        .map(|c| cluster::validate(path, c))
+        .map(|c| cluster::validate(path, c, &artifacts))
         .transpose()?;
-    let artifacts = artifact::validate(path, &raw.artifact, &arches)?;
+    cluster::check_runtime(
+        path,
+        agent.cluster.as_ref(),
+        &cluster::Installs {
+            include: &raw.packages.include,
+            arch_include: &arch_include,
+            arches: &arches,
+        },
+        &raw.systemd.enable,
+    )?;
 
     let container_images = container_image::validate_images(&raw.container_image)
         .map_err(|e| invalid(&e.field, e.message))?;
@@ -672,12 +702,14 @@ fn validate(
             suites: raw.debian.suites,
             components,
             essential: raw.debian.essential,
+            extra_suites,
         },
         packages: Packages {
             include: raw.packages.include,
             arch_include,
             prefer,
             exclude_paths,
+            from,
         },
         kernel: Kernel {
             package,

@@ -1,5 +1,8 @@
 use super::*;
 
+/// `[debian] extra_suites` and `[packages.from]`.
+mod pins;
+
 fn overlays_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays")
 }
@@ -408,6 +411,10 @@ fn two_artifacts_at_one_dest_for_one_arch_are_refused() {
     assert!(e.contains("artifact[1] (k3s)"), "{e}");
 }
 
+/// What a cluster on the image's containerd needs next to MINIMAL.
+const RUNTIME: &str =
+    "[packages]\ninclude = [\"containerd\"]\n[systemd]\nenable = [\"containerd.service\"]\n";
+
 fn cluster_err(table: &str) -> String {
     parse(&format!("{MINIMAL}\n[cluster]\n{table}\n"))
         .unwrap_err()
@@ -498,15 +505,16 @@ fn cluster_fields_are_checked() {
     );
     assert!(cluster_err(&long).contains("1-63"));
     // v1beta4 passes a list, so a repeated name is fine there (as the agent reads it).
-    let repeats =
-        format!("{MINIMAL}\n[cluster]\nkind = \"kubeadm\"\nkubelet_args = [\"v=2\", \"v=3\"]\n");
+    let repeats = format!(
+        "{MINIMAL}{RUNTIME}\n[cluster]\nkind = \"kubeadm\"\nkubernetes = \"1.34\"\nkubelet_args = [\"v=2\", \"v=3\"]\n"
+    );
     assert!(parse(&repeats).is_ok());
 }
 
 #[test]
 fn cluster_is_written_into_agent_toml_with_defaults_spelled_out() {
     let p = parse(&format!(
-        "{MINIMAL}\n[cluster]\nkind = \"k3s\"\nlabels = {{ \"kiln.dev/pool\" = \"edge\", zone = \"\" }}\nkubelet_args = [\"max-pods=110\", \"eviction-hard=memory.available<5%\"]\n"
+        "{MINIMAL}{RUNTIME}\n[cluster]\nkind = \"k3s\"\nkubernetes = \"1.36\"\nlabels = {{ \"kiln.dev/pool\" = \"edge\", zone = \"\" }}\nkubelet_args = [\"max-pods=110\", \"eviction-hard=memory.available<5%\"]\n"
     ))
     .unwrap();
     let c = p.agent.cluster.clone().unwrap();
@@ -523,6 +531,7 @@ fn cluster_is_written_into_agent_toml_with_defaults_spelled_out() {
     assert_eq!(t["kind"].as_str(), Some("k3s"));
     assert_eq!(t["role"].as_str(), Some("any"));
     assert_eq!(t["containerd"].as_str(), Some("image"));
+    assert_eq!(t["kubernetes"].as_str(), Some("1.36"));
     assert!(t.get("kubeadm_api").is_none());
     assert_eq!(t["labels"]["kiln.dev/pool"].as_str(), Some("edge"));
     assert_eq!(t["labels"]["zone"].as_str(), Some(""));
@@ -535,7 +544,7 @@ fn cluster_is_written_into_agent_toml_with_defaults_spelled_out() {
     assert_eq!(v["channels"].as_array().unwrap().len(), 5);
 
     let p = parse(&format!(
-        "{MINIMAL}\n[cluster]\nkind = \"kubeadm\"\nrole = \"worker\"\n"
+        "{MINIMAL}{RUNTIME}\n[cluster]\nkind = \"kubeadm\"\nrole = \"worker\"\nkubernetes = \"1.34.2\"\n"
     ))
     .unwrap();
     let v: toml::Value = toml::from_str(&p.agent.to_toml()).unwrap();
@@ -617,6 +626,7 @@ fn agent_toml_as_formatted_before(agent: &Agent) -> String {
                 text.push_str(&format!("kubeadm_api = {}\n", s(api.name())));
             }
         }
+        text.push_str(&format!("kubernetes = {}\n", s(&c.kubernetes.to_string())));
     }
     text
 }
@@ -664,6 +674,7 @@ fn agent_toml_of_every_shipped_profile_reads_as_before() {
                 kubelet_args: Some(Vec::new()),
                 containerd: Some(Containerd::K3s),
                 kubeadm_api: None,
+                kubernetes: Some("1.36.4".parse().unwrap()),
             }),
         }
     );

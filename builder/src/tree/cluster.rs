@@ -47,9 +47,64 @@ pub enum ClusterError {
         /// Who shipped that file.
         origin: String,
     },
+    /// The image's containerd does not support the cluster's Kubernetes version: the
+    /// node would pass the build and fail its preflight.
+    #[error(
+        "{profile}: [cluster] runs the image's containerd {version} (from {lock}): {source}; \
+         take a containerd that does from another suite ([debian] extra_suites and \
+         [packages.from], see profiles/kubeadm.toml), or pin an older Kubernetes release"
+    )]
+    Runtime {
+        /// The profile.
+        profile: PathBuf,
+        /// The lock the containerd package comes from.
+        lock: PathBuf,
+        /// The locked package version.
+        version: String,
+        /// What containerd's matrix says.
+        source: kiln_contract::kubernetes::Unsupported,
+    },
+    /// The locked containerd's version cannot be read.
+    #[error("{lock}: containerd {version}: {source}")]
+    RuntimeVersion {
+        /// The lock.
+        lock: PathBuf,
+        /// The locked package version.
+        version: String,
+        /// Why it does not parse.
+        source: kiln_contract::kubernetes::VersionError,
+    },
     /// A tree operation failed.
     #[error(transparent)]
     Tree(#[from] TreeError),
+}
+
+/// Checks, before anything is built, that the containerd `version` the lock pins (when
+/// the cluster runs the image's containerd) supports the cluster's Kubernetes version,
+/// by containerd's matrix: the check `kiln-agent preflight` repeats on the node.
+pub fn check_runtime(
+    cluster: &Cluster,
+    version: Option<&str>,
+    profile: &Path,
+    lock: &Path,
+) -> Result<(), ClusterError> {
+    use kiln_contract::kubernetes::{check, ContainerdVersion};
+    let Some(version) = version.filter(|_| cluster.uses_image_containerd()) else {
+        return Ok(());
+    };
+    let parsed =
+        ContainerdVersion::parse(version).map_err(|source| ClusterError::RuntimeVersion {
+            lock: lock.to_path_buf(),
+            version: version.to_string(),
+            source,
+        })?;
+    check(cluster.kubernetes, parsed).map_err(|source| ClusterError::Runtime {
+        profile: profile.to_path_buf(),
+        lock: lock.to_path_buf(),
+        version: version.to_string(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Makes the /etc link of `cluster`'s kind and checks that its units and
@@ -122,6 +177,7 @@ mod tests {
             role: ImageRole::Any,
             labels: Default::default(),
             kubelet_args: vec![],
+            kubernetes: "1.36".parse().unwrap(),
         }
     }
 
@@ -134,6 +190,41 @@ mod tests {
     fn file(t: &mut FileTree, p: &str) {
         t.insert(p, Node::file(b"x".to_vec(), 0o755, 1, "overlay:k3s"))
             .unwrap();
+    }
+
+    #[test]
+    fn the_locked_containerd_must_support_the_clusters_kubernetes() {
+        let (p, l) = (Path::new("p.toml"), Path::new("p.lock"));
+        let kubeadm = |v: &str| {
+            let mut c = cluster(ClusterFlavor::Kubeadm {
+                api: KubeadmApi::V1beta4,
+            });
+            c.kubernetes = v.parse().unwrap();
+            c
+        };
+        // trixie's 1.7.24 is listed for 1.33, not for 1.34 (1.7.28+).
+        check_runtime(&kubeadm("1.33.5"), Some("1.7.24~ds1-10"), p, l).unwrap();
+        let err = check_runtime(&kubeadm("1.34.2"), Some("1.7.24~ds1-10"), p, l)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("p.toml: [cluster] runs the image's containerd 1.7.24~ds1-10 (from p.lock): containerd 1.7.24 does not support Kubernetes 1.34.2"), "{err}");
+        assert!(
+            err.contains("1.7.28") && err.contains("[packages.from]"),
+            "{err}"
+        );
+        // forky's 2.1.9 is.
+        check_runtime(&kubeadm("1.34.2"), Some("2.1.9+ds1-5"), p, l).unwrap();
+        // k3s with its own containerd, or no containerd at all: nothing to check here.
+        let own = cluster(ClusterFlavor::K3s {
+            containerd: Containerd::K3s,
+        });
+        check_runtime(&own, Some("1.6.20~ds1-1"), p, l).unwrap();
+        check_runtime(&kubeadm("1.34.2"), None, p, l).unwrap();
+        let bad = check_runtime(&kubeadm("1.34.2"), Some("banana"), p, l).unwrap_err();
+        assert!(
+            bad.to_string().starts_with("p.lock: containerd banana: "),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -29,13 +29,13 @@ pub(crate) const UNIMPLEMENTED: &str =
 
 /// A VersionResponse as containerd 1.6.20 in bookworm fills it.
 fn version_response() -> Vec<u8> {
+    version_response_of("containerd", "1.6.20~ds1")
+}
+
+/// A VersionResponse naming `runtime` at `version`.
+fn version_response_of(runtime: &str, version: &str) -> Vec<u8> {
     let mut m = Vec::new();
-    for (field, value) in [
-        (1u8, "0.1.0"),
-        (2, "containerd"),
-        (3, "1.6.20~ds1"),
-        (4, "v1"),
-    ] {
+    for (field, value) in [(1u8, "0.1.0"), (2, runtime), (3, version), (4, "v1")] {
         m.push(field << 3 | 2);
         m.push(value.len() as u8);
         m.extend_from_slice(value.as_bytes());
@@ -129,13 +129,23 @@ fn call(respond: impl FnOnce(&mut UnixStream) + Send + 'static) -> Result<CriVer
 }
 
 pub(crate) fn ok_response(s: &mut UnixStream) {
+    respond_with(s, "containerd", "1.6.20~ds1");
+}
+
+/// A successful Version answer from `runtime` at `version`.
+pub(crate) fn respond_with(s: &mut UnixStream, runtime: &str, version: &str) {
     let mut out = frame(
         frame_type::HEADERS,
         flag::END_HEADERS,
         1,
         &hex(RESPONSE_HEADERS),
     );
-    out.extend(frame(frame_type::DATA, 0, 1, &version_response()));
+    out.extend(frame(
+        frame_type::DATA,
+        0,
+        1,
+        &version_response_of(runtime, version),
+    ));
     out.extend(frame(
         frame_type::HEADERS,
         flag::END_HEADERS | flag::END_STREAM,

@@ -8,6 +8,10 @@
 //! Provides. There is no backtracking: once a package name is chosen, later
 //! constraints must accept that version (Debian's archive is consistent, so
 //! this holds in practice, and when it does not the error names the chain).
+//!
+//! Packages the profile pins to an extra suite (`[packages.from]`) come from
+//! that suite's own index, and only their dependencies may fall back to it;
+//! see [`mod@pins`].
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,6 +20,9 @@ use super::index::{Alternatives, IndexPackage, Relation};
 use super::version::compare;
 use super::{LockedPackage, Role};
 use crate::arch::Arch;
+
+mod pins;
+pub use pins::PinUnsatisfiable;
 
 /// Why a closure cannot be resolved.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +66,34 @@ pub enum ResolveError {
         /// What was found instead.
         reasons: Vec<String>,
     },
+    /// A package `[packages.from]` pins is not in the suite it names.
+    #[error("package `{name}` is not in suite {suite} for {arch}, which [packages.from] takes it from ({name} = {suite:?}); check the name, take it from another suite, or remove it from [packages.from] to take it from the base suites ({base}){}",
+        .suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    PinNotFound {
+        /// The pinned package.
+        name: String,
+        /// The suite the profile takes it from.
+        suite: String,
+        /// The kiln arch.
+        arch: Arch,
+        /// The base suites, comma separated.
+        base: String,
+        /// A similar name the suite has.
+        suggestion: Option<String>,
+    },
+    /// A pin names a suite the index was not built with (a caller's mistake:
+    /// `kiln lock` indexes every extra suite of the profile).
+    #[error("suite {suite} (named in [packages.from]) was not indexed for {arch}; list it in [debian] extra_suites and run `kiln lock --update <profile>`")]
+    ExtraSuiteNotIndexed {
+        /// The suite.
+        suite: String,
+        /// The kiln arch.
+        arch: Arch,
+    },
+    /// A dependency of a pinned package that neither the base suites nor the
+    /// pinned package's suite can satisfy.
+    #[error(transparent)]
+    PinUnsatisfiable(Box<PinUnsatisfiable>),
 }
 
 /// What to resolve for one arch.
@@ -75,6 +110,10 @@ pub struct Request<'a> {
     pub kernel: Option<&'a str>,
     /// The boot stub package (role `boot`), without its dependencies.
     pub boot: Option<&'a str>,
+    /// `[packages.from]` for this arch: (package, extra suite). Each must be
+    /// one of `packages`; it and the dependencies no base suite satisfies
+    /// come from that suite's index ([`Index::with_extra_suites`]).
+    pub pins: &'a [(String, String)],
 }
 
 /// Parsed indexes of one arch, with lookups by name and by provided name.
@@ -87,6 +126,9 @@ pub struct Index {
     by_name: BTreeMap<String, Vec<usize>>,
     /// Provided name → indices of providers.
     providers: BTreeMap<String, Vec<usize>>,
+    /// Extra suites (`[debian] extra_suites`) by name, each indexed on its
+    /// own so that nothing but a pinned closure can reach it.
+    extra: BTreeMap<String, Index>,
 }
 
 fn priority_rank(p: &str) -> u8 {
@@ -153,7 +195,44 @@ impl Index {
             packages: pkgs,
             by_name,
             providers,
+            extra: BTreeMap::new(),
         }
+    }
+
+    /// Like [`Index::new`], but the stanzas of `extra_suites` go into an index
+    /// of their own per suite, which only `[packages.from]` pins (and their
+    /// dependencies) reach. Stanzas of the other suites make the base index.
+    pub fn with_extra_suites(
+        deb_arch: &str,
+        suites: &[String],
+        extra_suites: &[String],
+        packages: impl IntoIterator<Item = IndexPackage>,
+    ) -> Index {
+        let mut base = Vec::new();
+        let mut extra: BTreeMap<String, Vec<IndexPackage>> = extra_suites
+            .iter()
+            .map(|s| (s.clone(), Vec::new()))
+            .collect();
+        for p in packages {
+            match extra.get_mut(&p.suite) {
+                Some(list) => list.push(p),
+                None => base.push(p),
+            }
+        }
+        let mut index = Index::new(deb_arch, suites, base);
+        index.extra = extra
+            .into_iter()
+            .map(|(suite, list)| {
+                let one = Index::new(deb_arch, std::slice::from_ref(&suite), list);
+                (suite, one)
+            })
+            .collect();
+        index
+    }
+
+    /// The index of an extra suite.
+    pub fn extra_suite(&self, suite: &str) -> Option<&Index> {
+        self.extra.get(suite)
     }
 
     /// Number of stanzas kept.
@@ -313,80 +392,114 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Where a chosen stanza is: its pool ([`BASE`], or an extra suite a pin
+/// uses) and its position in that pool's index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct At {
+    pool: usize,
+    idx: usize,
+}
+
+/// The pool of the base suites; extra suites follow it.
+const BASE: usize = 0;
+
 /// One chosen package and who pulled it in (for error chains).
 struct Choice {
-    idx: usize,
-    parent: Option<usize>,
+    at: At,
+    parent: Option<At>,
 }
 
 struct Closure<'a> {
-    index: &'a Index,
+    /// The base index, then the index of each extra suite a pin names.
+    pools: Vec<&'a Index>,
     arch: Arch,
     /// Real name → choice.
     chosen: BTreeMap<&'a str, Choice>,
-    queue: VecDeque<usize>,
+    /// Chosen packages of the base suites whose dependencies are still to follow.
+    queue: VecDeque<At>,
+    /// The same for packages of extra suites. They go first, so that a
+    /// dependency only an extra suite satisfies is chosen before the rest of
+    /// the closure settles on the base suites' older version of it. Without
+    /// pins it stays empty and the order is the one it always was.
+    pinned_queue: VecDeque<At>,
 }
 
 impl<'a> Closure<'a> {
+    fn pkg(&self, at: At) -> &'a IndexPackage {
+        &self.pools[at.pool].packages[at.idx]
+    }
+
     fn satisfied(&self, rel: &Relation) -> bool {
-        if !self.index.qualifier_ok(rel) {
+        // The arch qualifier depends only on the arch, which every pool shares.
+        if !self.pools[BASE].qualifier_ok(rel) {
             return false;
         }
         if let Some(c) = self.chosen.get(rel.name.as_str()) {
-            if Index::version_ok(rel, &self.index.packages[c.idx].version) {
+            if Index::version_ok(rel, &self.pkg(c.at).version) {
                 return true;
             }
         }
-        self.index.providers.get(&rel.name).is_some_and(|provs| {
-            provs
-                .iter()
-                .any(|&i| self.is_chosen(i) && self.index.provides_rel(i, rel))
+        self.pools.iter().enumerate().any(|(pool, index)| {
+            index.providers.get(&rel.name).is_some_and(|provs| {
+                provs
+                    .iter()
+                    .any(|&idx| self.is_chosen(At { pool, idx }) && index.provides_rel(idx, rel))
+            })
         })
     }
 
-    fn is_chosen(&self, i: usize) -> bool {
+    fn is_chosen(&self, at: At) -> bool {
         self.chosen
-            .get(self.index.packages[i].name.as_str())
-            .is_some_and(|c| c.idx == i)
+            .get(self.pkg(at).name.as_str())
+            .is_some_and(|c| c.at == at)
     }
 
-    fn choose(&mut self, i: usize, parent: Option<usize>) {
-        let name = self.index.packages[i].name.as_str();
-        self.chosen.insert(name, Choice { idx: i, parent });
-        self.queue.push_back(i);
+    fn choose(&mut self, at: At, parent: Option<At>) {
+        let name = self.pkg(at).name.as_str();
+        self.chosen.insert(name, Choice { at, parent });
+        if at.pool == BASE {
+            self.queue.push_back(at);
+        } else {
+            self.pinned_queue.push_back(at);
+        }
     }
 
-    fn chain(&self, from: usize) -> String {
-        let mut names = vec![self.index.packages[from].name.as_str()];
+    /// The names from the root that pulled `from` in down to `from`.
+    fn chain_names(&self, from: At) -> Vec<&'a str> {
+        let mut names = vec![self.pkg(from).name.as_str()];
         let mut cur = from;
         let mut seen = BTreeSet::new();
         while let Some(p) = self
             .chosen
-            .get(self.index.packages[cur].name.as_str())
+            .get(self.pkg(cur).name.as_str())
             .and_then(|c| c.parent)
         {
             if !seen.insert(p) {
                 break;
             }
-            names.push(self.index.packages[p].name.as_str());
+            names.push(self.pkg(p).name.as_str());
             cur = p;
         }
         names.reverse();
-        names.join(" -> ")
+        names
     }
 
-    /// Picks a candidate for a dependency group that nothing chosen satisfies.
-    fn pick(&self, group: &Alternatives) -> Result<usize, Vec<String>> {
+    fn chain(&self, from: At) -> String {
+        self.chain_names(from).join(" -> ")
+    }
+
+    /// Picks a candidate of `pool` for a dependency group that nothing chosen satisfies.
+    fn pick(&self, group: &Alternatives, pool: usize) -> Result<At, Vec<String>> {
+        let index = self.pools[pool];
         let mut reasons = Vec::new();
         for rel in &group.0 {
-            if !self.index.qualifier_ok(rel) {
-                reasons.push(format!("{rel}: only {} is indexed", self.index.deb_arch));
+            if !index.qualifier_ok(rel) {
+                reasons.push(format!("{rel}: only {} is indexed", index.deb_arch));
                 continue;
             }
-            let cands = self.index.candidates(rel);
+            let cands = index.candidates(rel);
             if cands.is_empty() {
-                let versions: Vec<String> = self
-                    .index
+                let versions: Vec<String> = index
                     .versions(&rel.name)
                     .iter()
                     .map(|p| p.version.clone())
@@ -400,16 +513,24 @@ impl<'a> Closure<'a> {
                 }
                 continue;
             }
-            for i in cands {
-                let p = &self.index.packages[i];
+            for idx in cands {
+                let at = At { pool, idx };
+                let p = self.pkg(at);
                 match self.chosen.get(p.name.as_str()) {
-                    Some(c) if c.idx != i => {
+                    Some(c) if c.at != at => {
+                        let chosen = self.pkg(c.at);
+                        // Say so when a pin's suite is why the version differs.
+                        let from = if c.at.pool == BASE {
+                            String::new()
+                        } else {
+                            format!(" from {} ([packages.from])", chosen.suite)
+                        };
                         reasons.push(format!(
-                            "{} {} is already chosen",
-                            p.name, self.index.packages[c.idx].version
+                            "{} {} is already chosen{from}",
+                            p.name, chosen.version
                         ));
                     }
-                    _ => return Ok(i),
+                    _ => return Ok(at),
                 }
             }
         }
@@ -420,22 +541,30 @@ impl<'a> Closure<'a> {
     }
 
     fn run(&mut self) -> Result<(), ResolveError> {
-        while let Some(i) = self.queue.pop_front() {
-            for group in self.index.relations(i, self.arch)? {
+        while let Some(at) = self
+            .pinned_queue
+            .pop_front()
+            .or_else(|| self.queue.pop_front())
+        {
+            for group in self.pools[at.pool].relations(at.idx, self.arch)? {
                 if group.0.iter().any(|r| self.satisfied(r)) {
                     continue;
                 }
-                match self.pick(&group) {
-                    Ok(c) => self.choose(c, Some(i)),
-                    Err(reasons) => {
+                // The base suites first, for every package: a pinned package's
+                // dependency comes from its extra suite only when they cannot.
+                let picked = match self.pick(&group, BASE) {
+                    Ok(c) => c,
+                    Err(reasons) if at.pool == BASE => {
                         return Err(ResolveError::Unsatisfiable {
                             arch: self.arch,
-                            chain: self.chain(i),
+                            chain: self.chain(at),
                             dependency: group.to_string(),
                             reasons,
                         })
                     }
-                }
+                    Err(base_reasons) => self.pick_in_extra_suite(at, &group, base_reasons)?,
+                };
+                self.choose(picked, Some(at));
             }
         }
         Ok(())
@@ -447,11 +576,15 @@ impl<'a> Closure<'a> {
 pub fn resolve(index: &Index, req: &Request<'_>) -> Result<Vec<LockedPackage>, ResolveError> {
     let arch = req.arch;
     let mut closure = Closure {
-        index,
+        pools: pins::pools(index, req)?,
         arch,
         chosen: BTreeMap::new(),
         queue: VecDeque::new(),
+        pinned_queue: VecDeque::new(),
     };
+    // Pinned packages are chosen first, from their suite, so that no other
+    // root or provider can stand in for them.
+    let pinned = pins::choose_pinned(&mut closure, req)?;
     // Every root is chosen before any dependency, so alternatives prefer a
     // package the profile asked for.
     let mut roots: Vec<(String, &str)> = req
@@ -470,6 +603,9 @@ pub fn resolve(index: &Index, req: &Request<'_>) -> Result<Vec<LockedPackage>, R
         roots.extend(ess.into_iter().map(|n| (n.to_string(), "debian.essential")));
     }
     for (name, what) in &roots {
+        if pinned.contains(name.as_str()) {
+            continue;
+        }
         let rel = Relation {
             name: name.clone(),
             arch_qual: None,
@@ -478,8 +614,8 @@ pub fn resolve(index: &Index, req: &Request<'_>) -> Result<Vec<LockedPackage>, R
         if closure.satisfied(&rel) {
             continue;
         }
-        match closure.pick(&Alternatives(vec![rel])) {
-            Ok(i) => closure.choose(i, None),
+        match closure.pick(&Alternatives(vec![rel]), BASE) {
+            Ok(at) => closure.choose(at, None),
             Err(_) => return Err(index.not_found(name, what, arch)),
         }
     }
@@ -487,7 +623,7 @@ pub fn resolve(index: &Index, req: &Request<'_>) -> Result<Vec<LockedPackage>, R
     let mut out: Vec<LockedPackage> = closure
         .chosen
         .values()
-        .map(|c| index.lock_entry(c.idx, arch, Role::Root))
+        .map(|c| closure.pools[c.at.pool].lock_entry(c.at.idx, arch, Role::Root))
         .collect();
 
     if let Some(kernel) = req.kernel {

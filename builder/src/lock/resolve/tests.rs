@@ -34,6 +34,7 @@ fn req<'a>(pkgs: &'a [String]) -> Request<'a> {
         essential: false,
         kernel: None,
         boot: None,
+        pins: &[],
     }
 }
 
@@ -317,6 +318,7 @@ fn kernel_follows_the_metapackage_only_and_boot_takes_the_stub_alone() {
         essential: false,
         kernel: Some("linux-image-arm64"),
         boot: Some("systemd-boot-efi"),
+        pins: &[],
     };
     let got = resolve(&idx, &r).unwrap();
     let summary: Vec<String> = got
@@ -350,4 +352,382 @@ fn duplicate_versions_keep_the_first_suite() {
     let got = resolve(&idx, &req(&s(&["p"]))).unwrap();
     assert_eq!(got[0].suite, "bookworm");
     assert_eq!(idx.len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// [packages.from]: packages pinned to an extra suite.
+
+/// Base suites `trixie` and `trixie-security`, extra suite `forky`.
+fn with_forky(trixie: &[String], security: &[String], forky: &[String]) -> Index {
+    let mut all = Vec::new();
+    for (suite, stanzas) in [
+        ("trixie", trixie),
+        ("trixie-security", security),
+        ("forky", forky),
+    ] {
+        all.extend(parse_packages(&stanzas.concat(), suite, Path::new("synthetic")).unwrap());
+    }
+    Index::with_extra_suites(
+        "arm64",
+        &s(&["trixie", "trixie-security"]),
+        &s(&["forky"]),
+        all,
+    )
+}
+
+fn pins(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+fn suites(v: &[LockedPackage]) -> Vec<String> {
+    v.iter()
+        .map(|p| format!("{}={} ({})", p.name, p.version, p.suite))
+        .collect()
+}
+
+/// A trixie-like base with containerd 1.7 ...
+fn trixie() -> Vec<String> {
+    vec![
+        stanza(
+            "containerd",
+            "1.7.24",
+            &[("Depends", "libc6 (>= 2.34), runc")],
+        ),
+        stanza("runc", "1.1.15", &[("Depends", "libc6 (>= 2.34)")]),
+        stanza("libc6", "2.41-12", &[]),
+        stanza("libseccomp2", "2.6.0-2", &[]),
+        stanza("bash", "5.2.37", &[("Depends", "libc6 (>= 2.36)")]),
+        stanza("libfoo", "2.0", &[("Depends", "libc6")]),
+    ]
+}
+
+fn trixie_security() -> Vec<String> {
+    vec![stanza("libc6", "2.41-12+deb13u1", &[])]
+}
+
+/// ... and a forky with containerd 2 and newer versions of everything, which
+/// only a pin may reach.
+fn forky() -> Vec<String> {
+    vec![
+        stanza(
+            "containerd",
+            "2.1.9",
+            &[("Depends", "libc6 (>= 2.38), runc (>= 1.2)")],
+        ),
+        stanza(
+            "runc",
+            "1.3.6",
+            &[("Depends", "libc6 (>= 2.38), libseccomp2 (>= 2.5)")],
+        ),
+        stanza("libc6", "2.42-1", &[]),
+        stanza("libseccomp2", "2.6.0-3", &[]),
+        stanza("bash", "5.3", &[("Depends", "libc6 (>= 2.42)")]),
+        stanza("libfoo", "3.0", &[("Depends", "libc6 (>= 2.36), libbar")]),
+        stanza("libbar", "1.0", &[]),
+    ]
+}
+
+fn containerd_archive() -> Index {
+    with_forky(&trixie(), &trixie_security(), &forky())
+}
+
+#[test]
+fn a_pinned_package_comes_from_its_suite_and_its_dependencies_from_the_base_suites() {
+    let idx = containerd_archive();
+    let pkgs = s(&["bash", "containerd", "runc"]);
+    let p = pins(&[("containerd", "forky"), ("runc", "forky")]);
+    let got = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        suites(&got),
+        [
+            "bash=5.2.37 (trixie)",
+            "containerd=2.1.9 (forky)",
+            // Newer in forky, but the base suites satisfy every constraint.
+            "libc6=2.41-12+deb13u1 (trixie-security)",
+            "libseccomp2=2.6.0-2 (trixie)",
+            "runc=1.3.6 (forky)",
+        ]
+    );
+    assert!(got.iter().all(|p| p.role == Role::Root));
+}
+
+#[test]
+fn a_dependency_only_the_extra_suite_satisfies_comes_from_it_with_its_own_closure() {
+    // containerd 2 needs runc 1.3, which needs libfoo 3: only forky has them;
+    // libfoo 3 needs libbar, which only forky has, and libc6, which trixie
+    // satisfies.
+    let idx = with_forky(
+        &[
+            stanza("libc6", "2.41-12", &[]),
+            stanza("libfoo", "2.0", &[]),
+            stanza("runc", "1.1.15", &[]),
+            stanza("app", "1", &[("Depends", "libfoo")]),
+        ],
+        &[],
+        &[
+            stanza("containerd", "2.1.9", &[("Depends", "runc (>= 1.3)")]),
+            stanza("runc", "1.3.6", &[("Depends", "libfoo (>= 3)")]),
+            stanza("libfoo", "3.0", &[("Depends", "libc6 (>= 2.36), libbar")]),
+            stanza("libbar", "1.0", &[]),
+            stanza("libc6", "2.42-1", &[]),
+        ],
+    );
+    // `app` sorts first and its libfoo is nearer the roots, yet the pinned
+    // closure is followed first, so app's unversioned libfoo accepts the 3.0
+    // that runc needs (the other way round, libfoo 2.0 would be chosen first).
+    let pkgs = s(&["app", "containerd"]);
+    let p = pins(&[("containerd", "forky")]);
+    let got = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        suites(&got),
+        [
+            "app=1 (trixie)",
+            "containerd=2.1.9 (forky)",
+            "libbar=1.0 (forky)",
+            "libc6=2.41-12 (trixie)",
+            "libfoo=3.0 (forky)",
+            "runc=1.3.6 (forky)",
+        ]
+    );
+}
+
+#[test]
+fn unpinned_packages_never_come_from_an_extra_suite() {
+    let idx = containerd_archive();
+    let pkgs = s(&["bash", "containerd", "libfoo"]);
+    // Without pins the request resolves exactly as it does without forky.
+    let got = resolve(&idx, &req(&pkgs)).unwrap();
+    assert_eq!(
+        suites(&got),
+        [
+            "bash=5.2.37 (trixie)",
+            "containerd=1.7.24 (trixie)",
+            "libc6=2.41-12+deb13u1 (trixie-security)",
+            "libfoo=2.0 (trixie)",
+            "runc=1.1.15 (trixie)",
+        ]
+    );
+    let base_only = index(&[
+        ("trixie", trixie().concat()),
+        ("trixie-security", trixie_security().concat()),
+    ]);
+    assert_eq!(resolve(&base_only, &req(&pkgs)).unwrap(), got);
+    // A pin on containerd leaves bash, libfoo and libc6 on the base suites.
+    let p = pins(&[("containerd", "forky")]);
+    let got = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        suites(&got),
+        [
+            "bash=5.2.37 (trixie)",
+            "containerd=2.1.9 (forky)",
+            "libc6=2.41-12+deb13u1 (trixie-security)",
+            "libfoo=2.0 (trixie)",
+            "libseccomp2=2.6.0-2 (trixie)",
+            "runc=1.3.6 (forky)",
+        ]
+    );
+    // A base package whose dependency only forky has: an error, not a fallback.
+    let idx = with_forky(
+        &[stanza("app", "1", &[("Depends", "libnew")])],
+        &[],
+        &[stanza("libnew", "1", &[])],
+    );
+    let err = resolve(&idx, &req(&s(&["app"]))).unwrap_err().to_string();
+    assert!(err.contains("app -> libnew : no candidate"), "{err}");
+}
+
+#[test]
+fn kernel_boot_stub_and_essential_packages_stay_on_the_base_suites() {
+    let idx = with_forky(
+        &[
+            stanza("linux-image-arm64", "6.12.57-1", &[]),
+            stanza("systemd-boot-efi", "257.9-1", &[]),
+            stanza("dash", "0.5.12", &[("Essential", "yes")]),
+            stanza("containerd", "1.7.24", &[]),
+        ],
+        &[],
+        &[
+            stanza("linux-image-arm64", "7.2.1-1", &[]),
+            stanza("systemd-boot-efi", "262-1", &[]),
+            stanza("dash", "0.5.13", &[("Essential", "yes")]),
+            stanza("coreutils", "9.7", &[("Essential", "yes")]),
+            stanza("containerd", "2.1.9", &[]),
+        ],
+    );
+    let pkgs = s(&["containerd"]);
+    let p = pins(&[("containerd", "forky")]);
+    let r = Request {
+        essential: true,
+        kernel: Some("linux-image-arm64"),
+        boot: Some("systemd-boot-efi"),
+        pins: &p,
+        ..req(&pkgs)
+    };
+    assert_eq!(
+        suites(&resolve(&idx, &r).unwrap()),
+        [
+            "containerd=2.1.9 (forky)",
+            "dash=0.5.12 (trixie)",
+            "linux-image-arm64=6.12.57-1 (trixie)",
+            "systemd-boot-efi=257.9-1 (trixie)",
+        ]
+    );
+}
+
+#[test]
+fn a_pin_the_suite_lacks_names_the_package_the_suite_and_the_fix() {
+    let idx = with_forky(&trixie(), &[], &[stanza("containerd-shim", "2", &[])]);
+    let pkgs = s(&["containerd"]);
+    let p = pins(&[("containerd", "forky")]);
+    let err = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with(
+            "package `containerd` is not in suite forky for arm64, which [packages.from] \
+             takes it from (containerd = \"forky\"); check the name"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "remove it from [packages.from] to take it from the base suites (trixie, \
+             trixie-security); did you mean `containerd-shim`?"
+        ),
+        "{err}"
+    );
+    // A pin naming a suite the index was not built with.
+    let p = pins(&[("containerd", "sid")]);
+    let err = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("suite sid (named in [packages.from]) was not indexed for arm64")
+            && err.contains("extra_suites"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pinned_dependency_neither_place_satisfies_names_the_chain_and_both_places() {
+    let idx = with_forky(
+        &[stanza("libfoo", "2.0", &[])],
+        &[],
+        &[
+            stanza("containerd", "2.1.9", &[("Depends", "runc (>= 1.2)")]),
+            stanza("runc", "1.3.6", &[("Depends", "libfoo (>= 9)")]),
+            stanza("libfoo", "3.0", &[]),
+        ],
+    );
+    let pkgs = s(&["containerd"]);
+    let p = pins(&[("containerd", "forky")]);
+    let err = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with(
+            "cannot resolve for arm64: containerd -> runc -> libfoo (>= 9) : neither the base \
+             suites (trixie, trixie-security) nor forky can satisfy it"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("base suites: the archive has libfoo 2.0")
+            && err.contains("forky: the archive has libfoo 3.0")
+            && err.contains("[packages.from] takes containerd from forky"),
+        "{err}"
+    );
+    // A base package that needs the pinned package's older version.
+    let idx = with_forky(
+        &[
+            stanza("shim", "1", &[("Depends", "containerd (<< 2)")]),
+            stanza("containerd", "1.7.24", &[]),
+        ],
+        &[],
+        &[stanza("containerd", "2.1.9", &[])],
+    );
+    let pkgs = s(&["containerd", "shim"]);
+    let err = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("shim -> containerd (<< 2) : no candidate")
+            && err.contains("containerd 2.1.9 is already chosen from forky ([packages.from])"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_index_with_extra_suites_keeps_the_base_index_as_it_was() {
+    let plain = index(&[
+        ("trixie", trixie().concat()),
+        ("trixie-security", trixie_security().concat()),
+    ]);
+    let split = containerd_archive();
+    assert_eq!(split.len(), plain.len());
+    assert_eq!(split.extra_suite("forky").unwrap().len(), forky().len());
+    assert!(split.extra_suite("sid").is_none());
+    // One version in a base suite and in forky is kept in both, so a pin
+    // still takes forky's.
+    let same = [stanza("runc", "1.3.6", &[])];
+    let idx = with_forky(&same, &[], &same);
+    assert_eq!((idx.len(), idx.extra_suite("forky").unwrap().len()), (1, 1));
+    let p = pins(&[("runc", "forky")]);
+    let pkgs = s(&["runc"]);
+    let got = resolve(
+        &idx,
+        &Request {
+            pins: &p,
+            ..req(&pkgs)
+        },
+    )
+    .unwrap();
+    assert_eq!(suites(&got), ["runc=1.3.6 (forky)"]);
 }
