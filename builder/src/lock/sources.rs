@@ -338,13 +338,17 @@ pub(crate) fn deb822_stanzas(text: &str, path: &Path) -> Result<Vec<Stanza>, Sou
 /// syntax it accepts counts; no apt, or no such setting, means apt's default
 /// (check).
 fn host_allows_expired_release() -> bool {
-    let out = std::process::Command::new("apt-config")
+    use crate::runner::{Cmd, HostRunner, Runner};
+    // An empty APT_CONFIG is apt's default configuration, as when unset.
+    let cmd = Cmd::new("apt-config")
         .args(["shell", "V", "Acquire::Check-Valid-Until"])
-        .env_remove("APT_CONFIG")
-        .output();
-    match out {
-        Ok(o) if o.status.success() => apt_false(&String::from_utf8_lossy(&o.stdout)),
-        _ => false,
+        .env("APT_CONFIG", "");
+    match HostRunner.run(&cmd) {
+        Ok(o) => apt_false(&String::from_utf8_lossy(&o.stdout)),
+        Err(e) => {
+            tracing::debug!(error = %e, "apt-config: taking apt's default (check Valid-Until)");
+            false
+        }
     }
 }
 
