@@ -13,6 +13,8 @@ mod config;
 mod dm;
 mod flags;
 mod gpt;
+mod grpc;
+mod images;
 mod init;
 mod ioctl;
 mod netlink;
@@ -64,6 +66,22 @@ Usage:
                                 up, then start k3s or run `kubeadm join` on the overlay
                                 address, retrying with backoff until joined; `cluster
                                 --help` for details
+  kiln-agent images import [--list FILE] [--socket PATH] [--root DIR]
+                                import the image archives of the profile's
+                                [[container_image]]s that FILE lists (default
+                                /usr/share/kiln/images/images.list) into containerd's
+                                k8s.io namespace (kiln-images.service runs it at boot):
+                                check every blob's sha256 and size, put the blobs into
+                                containerd's content store under DIR (its root, default
+                                /var/lib/containerd) and register them and the image over
+                                its socket PATH (default /run/containerd/containerd.sock);
+                                one line per image (`kiln-images: imported <ref>` or
+                                `kiln-images: ERROR: <ref>: <reason>`), exit 1 when one
+                                failed; nothing is unpacked: containerd does that when a
+                                container first uses the image
+  kiln-agent images list [--socket PATH]
+                                the images containerd's CRI has, as the kubelet sees them:
+                                `<name> <image id> <size>` per name
   kiln-agent status             the overlay's status, then the cluster's (`overlay
                                 status` and `cluster status`); exit 1 when either has
                                 none (not enrolled, kiln-cluster not run this boot)
@@ -191,6 +209,7 @@ fn main() -> ExitCode {
         Some("preflight") => preflight::main(&rest[1..]),
         Some("overlay") => overlay::main(&rest[1..]),
         Some("cluster") => cluster::main(&rest[1..]),
+        Some("images") => images::main(&rest[1..]),
         Some("status") if rest.len() == 1 => {
             let overlay = overlay::real::run_status();
             let cluster = cluster::real::run_status();

@@ -1,9 +1,11 @@
 //! OCI image archives built from the real busybox-static package of the
 //! default profile's lock, checked by independent tools: `tar -tvf`,
 //! `sha256sum` of every blob, `skopeo inspect oci-archive:` and
-//! `umoci unpack`, whose rootfs then runs busybox on this machine.
-//! The packages come from the kiln cache (downloaded and verified against
-//! the lock if missing).
+//! `umoci unpack`, whose rootfs then runs busybox on this machine; and
+//! imported by the real `kiln-agent images import` into a real containerd
+//! (1.7 from the default lock, 2.1 from the kubeadm profile's), where `ctr`
+//! runs it. The packages come from the kiln cache (downloaded and verified
+//! against the lock if missing).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
@@ -44,8 +46,15 @@ fn run(cmd: &mut Command) -> String {
 /// The default profile's locked packages named `names` for `arch`,
 /// verified in the cache (downloaded if missing).
 fn locked(arch: Arch, names: &[&str]) -> Vec<Fetched> {
-    let profile = repo().join("profiles/qemu.toml");
-    let lock = Lockfile::read(&repo().join("profiles/qemu.lock")).unwrap();
+    locked_in("qemu", arch, names)
+}
+
+/// The packages named `names` for `arch` of profile `profile`'s lock,
+/// verified in the cache (downloaded if missing).
+fn locked_in(profile: &str, arch: Arch, names: &[&str]) -> Vec<Fetched> {
+    let lock_path = repo().join(format!("profiles/{profile}.lock"));
+    let profile = repo().join(format!("profiles/{profile}.toml"));
+    let lock = Lockfile::read(&lock_path).unwrap();
     let cache = Cache::from_env().unwrap();
     let sources = Sources::from_host().unwrap();
     let downloader = HttpDownloader::new();
@@ -68,7 +77,8 @@ fn locked(arch: Arch, names: &[&str]) -> Vec<Fetched> {
     assert_eq!(
         out.len(),
         names.len(),
-        "{names:?} not all in profiles/qemu.lock"
+        "{names:?} not all in {}",
+        lock_path.display()
     );
     out
 }
@@ -384,18 +394,12 @@ fn layer_entries_keep_package_modes() {
     assert_eq!((bb.mode, bb.uid, bb.gid, bb.mtime), (0o755, 0, 0, EPOCH));
 }
 
-/// The unit's `ExecStart=` shell script as systemd hands it to `/bin/sh -c`:
-/// single quotes removed, `$$`, `%%` and C escapes undone.
-fn unit_script(unit: &str) -> String {
-    let line = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("ExecStart=/bin/sh -c '"))
-        .expect("ExecStart=/bin/sh -c '...'");
-    let quoted = line.strip_suffix('\'').expect("closing quote");
-    quoted
-        .replace("$$", "$")
-        .replace("%%", "%")
-        .replace("\\\\", "\\")
+/// The agent the unit runs, the static x86_64 build (`make agent`), which
+/// runs on this machine too.
+fn agent() -> PathBuf {
+    kiln::build::AgentSource::from_env()
+        .locate(Arch::X86_64)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -408,16 +412,23 @@ fn images_unit_verifies_and_imports_every_listed_archive() {
         "Type=oneshot",
         "StandardOutput=journal+console",
         "WantedBy=multi-user.target",
+        "ExecStart=/usr/bin/kiln-agent images import",
         &format!("ConditionPathExists=/{}", oci::LIST_FILE),
     ] {
         assert!(unit.lines().any(|l| l == want), "{want} missing");
     }
 
-    // systemd's own parser accepts the unit.
+    // systemd's own parser accepts the unit (with the agent where this
+    // machine has it: verify wants the program to exist).
     let tmp = tempfile::tempdir().unwrap();
     let units = tmp.path().join("units");
     std::fs::create_dir(&units).unwrap();
-    std::fs::copy(&unit_path, units.join("kiln-images.service")).unwrap();
+    let agent = agent();
+    std::fs::write(
+        units.join("kiln-images.service"),
+        unit.replace("/usr/bin/kiln-agent", agent.to_str().unwrap()),
+    )
+    .unwrap();
     std::fs::write(
         units.join("containerd.service"),
         "[Unit]\nDescription=stand-in\n[Service]\nExecStart=/bin/true\n",
@@ -427,65 +438,177 @@ fn images_unit_verifies_and_imports_every_listed_archive() {
         .args(["verify", "./kiln-images.service"])
         .current_dir(&units));
 
-    // The script with the real ctr against a real containerd (both from
-    // the lock's packages): the busybox archive is imported into k8s.io and
-    // runs; a broken archive is reported by name and fails the unit without
-    // stopping the others.
-    let (root, _) = build(Arch::X86_64);
-    let images = tmp.path().join("images");
+    import_and_run("qemu", tmp.path());
+}
+
+/// The same import into containerd 2.1 (forky's, profiles/kubeadm.toml).
+#[test]
+fn images_import_into_containerd_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    import_and_run("kubeadm", tmp.path());
+}
+
+/// `kiln-agent images import` with the real agent against a real containerd
+/// from `profile`'s lock, in `dir`: the busybox archive is imported into
+/// k8s.io, labelled for containerd's garbage collector (which then keeps it),
+/// listed by containerd's CRI (`kiln-agent images list`, what the QEMU boot
+/// test asks in the image) and runs; a broken archive is reported by name and
+/// fails the import without stopping the others; a second import (the next
+/// boot) succeeds and leaves one image.
+fn import_and_run(profile: &str, dir: &Path) {
+    let (root, a) = build(Arch::X86_64);
+    let images = dir.join("images");
     std::fs::create_dir(&images).unwrap();
     for (path, node) in root.descendants(oci::IMAGES_DIR) {
         if let Kind::File(data) = &node.kind {
             std::fs::write(images.join(kiln::tree::file_name(path)), data).unwrap();
         }
     }
-    let mut list = String::from("broken.oci.tar localhost/kiln/broken:1\n");
-    list.push_str(&std::fs::read_to_string(images.join("images.list")).unwrap());
-    std::fs::write(images.join("images.list"), list).unwrap();
-    std::fs::write(images.join("broken.oci.tar"), b"not a tar file").unwrap();
+    let good = std::fs::read_to_string(images.join("images.list")).unwrap();
+    let list = images.join("images.list");
+    std::fs::write(
+        &list,
+        format!("broken.oci.tar localhost/kiln/broken:1\n{good}"),
+    )
+    .unwrap();
+    let broken = images.join("broken.oci.tar");
+    std::fs::write(&broken, b"not a tar file").unwrap();
 
-    let ctrd = Containerd::start(tmp.path());
-    let script = unit_script(&unit).replace("/usr/share/kiln/images", images.to_str().unwrap());
-    let out = ctrd
-        .command("/bin/sh")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctrd = Containerd::start(profile, dir);
+    let import = || {
+        let out = Command::new(agent())
+            .args(["images", "import", "--list"])
+            .arg(&list)
+            .arg("--socket")
+            .arg(&ctrd.socket)
+            .arg("--root")
+            .arg(dir.join("root"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, stderr) = import();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(lines.len(), 2, "{stdout}{stderr}");
     assert!(
-        lines[0].starts_with("kiln-images: ERROR: localhost/kiln/broken:1: ctr: "),
+        lines[0].starts_with(&format!(
+            "kiln-images: ERROR: localhost/kiln/broken:1: {}: not a valid tar archive",
+            broken.display()
+        )),
         "{stdout}"
     );
+    assert_eq!(lines[1], format!("kiln-images: imported {REF}"), "{stdout}");
+    // The blobs went into containerd's content store folder, read-only as
+    // containerd keeps its own.
+    let blob = dir
+        .join("root/io.containerd.content.v1.content/blobs/sha256")
+        .join(a.layer.digest.trim_start_matches("sha256:"));
+    let meta = std::fs::metadata(&blob).unwrap();
+    assert_eq!(meta.len(), a.layer.size);
     assert_eq!(
-        lines.last(),
-        Some(&format!("kiln-images: imported {REF}").as_str()),
-        "{stdout}"
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o444
     );
-    let listed = run(ctrd
-        .command("ctr")
-        .args(["-n", "k8s.io", "images", "ls", "-q"]));
-    assert!(listed.lines().any(|l| l == REF), "{listed}");
+
+    let ctr = |args: &[&str]| run(ctrd.command("ctr").args(["-n", "k8s.io"]).args(args));
+    // One image; containerd's CRI names it by its ID (the config's digest) too,
+    // as it does every image in k8s.io.
+    let names = || {
+        let listed = ctr(&["images", "ls", "-q"]);
+        let names: Vec<String> = listed
+            .lines()
+            .filter(|l| *l != a.config.digest)
+            .map(String::from)
+            .collect();
+        assert_eq!(names, [REF], "{listed}");
+    };
+    names();
+    // The image is this archive's manifest, as `ctr images import` names it.
+    let long = ctr(&["images", "ls"]);
+    assert!(long.contains(&a.manifest.digest), "{long}");
+    // The manifest holds its config and layer for the garbage collector.
+    let content = ctr(&["content", "ls"]);
+    let manifest_line = content
+        .lines()
+        .find(|l| l.starts_with(&a.manifest.digest))
+        .unwrap_or_else(|| panic!("manifest not in k8s.io:\n{content}"));
+    for label in [
+        format!("containerd.io/gc.ref.content.config={}", a.config.digest),
+        format!("containerd.io/gc.ref.content.l.0={}", a.layer.digest),
+    ] {
+        assert!(manifest_line.contains(&label), "{label}: {manifest_line}");
+    }
+    // The import's lease is gone.
+    let leases = ctr(&["leases", "ls", "-q"]);
+    assert_eq!(leases.trim(), "", "{leases}");
+    // So containerd's garbage collector decides: it keeps what the image refers
+    // to, in the namespace and on disk, and takes a blob nothing refers to
+    // (`images rm --sync` runs a collection and waits for it).
+    run(ctrd
+        .command("sh")
+        .args(["-c", "printf stray | ctr -n k8s.io content ingest stray"]));
+    ctr(&["images", "tag", REF, "localhost/kiln/gc:1"]);
+    ctr(&["images", "rm", "--sync", "localhost/kiln/gc:1"]);
+    let content = ctr(&["content", "ls", "-q"]);
+    let blobs = dir.join("root/io.containerd.content.v1.content/blobs/sha256");
+    for d in [&a.manifest.digest, &a.config.digest, &a.layer.digest] {
+        assert!(content.lines().any(|l| l == d), "{d} collected:\n{content}");
+        assert!(blobs.join(d.trim_start_matches("sha256:")).is_file(), "{d}");
+    }
+    let stray = oci::digest(b"stray");
+    assert!(
+        !content.contains(&stray),
+        "the collector did not run:\n{content}"
+    );
+    assert!(!blobs.join(stray.trim_start_matches("sha256:")).exists());
+
+    // containerd's CRI, what the kubelet asks, has it under its name and ID
+    // (it learns of the image from containerd's events: ask until it lists it).
+    let want = format!("{REF} {} ", a.config.digest);
+    let mut cri = String::new();
+    for _ in 0..50 {
+        cri = run(Command::new(agent())
+            .args(["images", "list", "--socket"])
+            .arg(&ctrd.socket));
+        if cri.lines().any(|l| l.starts_with(&want)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(cri.lines().any(|l| l.starts_with(&want)), "{cri}");
+
+    // It runs: ctr unpacks it first, as the CRI does. (The container names
+    // differ per test: the two tests' containerds share the host's cgroups,
+    // which ctr names after namespace and container.)
     let marker = run(ctrd
         .command("ctr")
         .args(["-n", "k8s.io", "run", "--rm"])
         .args(ctrd.fifo_dir())
-        .args([REF, "t1"])
+        .args([REF, &format!("{profile}-t1")])
         .args(["/bin/busybox", "sh", "-c", "echo marker-$(uname -m)"]));
     assert_eq!(marker, "marker-x86_64\n");
+
+    // The next boot imports the same archive again.
+    std::fs::write(&list, &good).unwrap();
+    let (code, stdout, stderr) = import();
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, format!("kiln-images: imported {REF}\n"), "{stderr}");
+    names();
     // The image's own Cmd.
     let ok = run(ctrd
         .command("ctr")
         .args(["-n", "k8s.io", "run", "--rm"])
         .args(ctrd.fifo_dir())
-        .args([REF, "t2"]));
+        .args([REF, &format!("{profile}-t2")]));
     assert_eq!(ok, "ok\n");
 }
 
-/// A containerd from the default lock's containerd and runc packages
-/// (unpacked with dpkg-deb), with its state in a temp folder; stopped on drop.
+/// A containerd from a profile's locked containerd and runc packages
+/// (unpacked with dpkg-deb), with its state in a temp folder (its root
+/// `<dir>/root`, its socket `<dir>/c.sock`); stopped on drop.
 ///
 /// containerd, its shim and runc run in a chroot of those packages and the
 /// C library they link (in a private mount namespace with /proc, /sys, /dev
@@ -500,9 +623,10 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(dir: &Path) -> Containerd {
+    fn start(profile: &str, dir: &Path) -> Containerd {
         let sysroot = dir.join("sysroot");
-        for f in locked(
+        for f in locked_in(
+            profile,
             Arch::X86_64,
             &["containerd", "runc", "libc6", "libseccomp2"],
         ) {

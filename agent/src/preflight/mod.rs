@@ -16,8 +16,6 @@
 //! containerd, the network and the clock come up while preflight already runs.
 
 pub mod checks;
-pub mod grpc;
-pub mod hpack;
 pub mod real;
 pub mod runtime;
 #[cfg(test)]

@@ -14,9 +14,10 @@ use std::io;
 use kiln_contract::kubernetes::{self, ContainerdVersion, KubeVersion, Support, SOURCE};
 
 use super::checks::read_text;
-use super::grpc::{self, CallError, CriVersion};
 use super::{Outcome, PreflightSys};
 use crate::config::settings::{parse_settings, ClusterSettings, SETTINGS_PATH};
+use crate::grpc::cri::{self, CriVersion};
+use crate::grpc::CallError;
 
 /// The image's containerd configuration.
 pub const CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
@@ -224,7 +225,7 @@ pub fn containerd_cri(sys: &mut dyn PreflightSys) -> Outcome {
         }
         Err(e) => return Outcome::Fail(format!("connecting to {socket}: {e}")),
     };
-    match grpc::cri_version(&mut conn) {
+    match cri::cri_version(&mut conn) {
         Ok(v) => supports(&v, settings, k3s),
         Err(CallError::Io(_, e))
             if matches!(

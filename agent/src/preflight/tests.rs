@@ -5,9 +5,9 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use super::grpc::tests::{accept_call, hex, ok_response, respond_with, UNIMPLEMENTED};
-use super::grpc::{encode_frame, flag, frame_type};
 use super::*;
+use crate::grpc::tests::{accept_call, hex, ok_response, respond_with, UNIMPLEMENTED};
+use crate::grpc::{encode_frame, flag, frame_type};
 use crate::sys::fake::{fake_base, FakeSys};
 use crate::sys::{forward, Clock};
 

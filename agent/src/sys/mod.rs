@@ -24,6 +24,8 @@
 //!   write probe.
 //! - `preflight` ([`crate::preflight::PreflightSys`]): Files, Clock, Console, Exec;
 //!   containerd's socket.
+//! - `images` ([`crate::images::ImagesSys`]): Files, Clock, Console; gRPC calls on
+//!   containerd's socket.
 //! - `overlay` ([`crate::overlay::OverlaySys`]): Files, Clock, Console, Random, Resolve;
 //!   the watch thread's events, interface addresses, the handshake kick.
 //! - `cluster` ([`crate::cluster::ClusterSys`]): Files, Clock, Console, Random, Exec,

@@ -5,13 +5,17 @@
 //! (read by the same .deb unpacker as the root, merged /usr, the profile's
 //! `exclude_paths`) become one layer. The result is an OCI image layout in a
 //! tar file (`oci-layout`, `index.json`, `blobs/sha256/...`) that
-//! `ctr images import` reads. Everything is derived from the packages, the
-//! entry and the build epoch, so the bytes are the same on every build.
+//! `kiln-agent images import` reads (as would `ctr images import`). Everything
+//! is derived from the packages, the entry and the build epoch, so the bytes
+//! are the same on every build.
 //!
 //! The archives go to [`IMAGES_DIR`] in the root, listed in [`LIST_FILE`]
-//! (`<file> <ref>` per line) for `kiln-images.service`, which imports them
-//! into containerd's `k8s.io` namespace at boot. On a node that runs k3s on its
-//! embedded containerd, k3s imports them instead ([`k3s`]).
+//! (`<file> <ref>` per line) for `kiln-images.service`
+//! (overlays/base, `kiln-agent images import`), which imports them into
+//! containerd's `k8s.io` namespace at boot, naming each image by its line's
+//! ref and pointing it at the index entry this module annotates with that
+//! ref. On a node that runs k3s on its embedded containerd, k3s imports them
+//! instead ([`k3s`]).
 
 pub mod k3s;
 mod tarball;

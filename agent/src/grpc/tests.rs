@@ -7,6 +7,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::thread;
 use std::time::Duration;
 
+use super::cri::{cri_version, CriVersion};
+use super::proto::{get_varint, length_delimited_fields, put_varint};
 use super::*;
 
 pub(crate) fn hex(s: &str) -> Vec<u8> {
@@ -46,9 +48,12 @@ fn version_response_of(runtime: &str, version: &str) -> Vec<u8> {
 }
 
 pub(crate) struct Request {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
 }
+
+/// The client's SETTINGS: no push, a [`RECEIVE_WINDOW`] stream window.
+const CLIENT_SETTINGS: [u8; 12] = [0, 2, 0, 0, 0, 0, 0, 4, 0, 0x10, 0, 0];
 
 /// The server side up to the client's complete request and its SETTINGS ACK.
 pub(crate) fn accept_call(s: &mut UnixStream) -> Request {
@@ -65,23 +70,38 @@ pub(crate) fn accept_call(s: &mut UnixStream) -> Request {
     .unwrap();
     let mut decoder = Decoder::default();
     let (mut headers, mut body) = (Vec::new(), Vec::new());
-    let (mut acked, mut ended, mut settings) = (false, false, false);
+    let (mut acked, mut ended, mut settings, mut window) = (false, false, false, false);
     while !(acked && ended) {
         let f = read_frame(s).unwrap().expect("client closed early");
         match f.ty {
             frame_type::SETTINGS if f.flags & flag::ACK != 0 => acked = true,
             frame_type::SETTINGS => {
-                assert_eq!(f.payload, [0, 2, 0, 0, 0, 0], "ENABLE_PUSH=0");
+                assert_eq!(f.payload, CLIENT_SETTINGS, "ENABLE_PUSH=0, window 1 MiB");
                 settings = true;
             }
+            frame_type::WINDOW_UPDATE => {
+                assert_eq!(
+                    (f.stream, settings),
+                    (0, true),
+                    "the connection's, after SETTINGS"
+                );
+                let grow =
+                    u32::from_be_bytes([f.payload[0], f.payload[1], f.payload[2], f.payload[3]]);
+                assert_eq!(grow as usize + INITIAL_WINDOW, RECEIVE_WINDOW);
+                window = true;
+            }
             frame_type::HEADERS => {
-                assert!(settings, "SETTINGS must come first");
+                assert!(
+                    settings && window,
+                    "SETTINGS and WINDOW_UPDATE must come first"
+                );
                 assert_eq!(f.stream, 1);
                 assert_eq!(f.flags, flag::END_HEADERS);
                 headers = decoder.decode(&f.payload).unwrap();
             }
             frame_type::DATA => {
                 assert_eq!(f.stream, 1);
+                assert!(f.payload.len() <= MAX_FRAME);
                 body.extend(f.payload);
                 ended = f.flags & flag::END_STREAM != 0;
             }
@@ -398,4 +418,200 @@ fn protobuf_matches_the_encoding_guide() {
     let v = CriVersion::decode(&hex("2a0178 1a03312e36")).unwrap();
     assert_eq!(v.runtime_version, "1.6");
     assert_eq!(percent_decode("a%20b%zz%"), "a b%zz%");
+}
+
+/// A gRPC response body of `messages`, each length-prefixed.
+pub(crate) fn grpc_body(messages: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        out.push(0);
+        out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+/// A whole successful response: headers, `body` in one DATA frame, OK trailers.
+pub(crate) fn ok_with_body(s: &mut UnixStream, body: &[u8]) {
+    let mut out = frame(
+        frame_type::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &hex(RESPONSE_HEADERS),
+    );
+    out.extend(frame(frame_type::DATA, 0, 1, body));
+    out.extend(frame(
+        frame_type::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &hex(OK_TRAILERS),
+    ));
+    s.write_all(&out).unwrap();
+}
+
+/// Runs `super::call` against a server thread answering with `body`; returns the
+/// request the server saw and the call's result.
+fn stream_call(
+    metadata: &[(&str, &str)],
+    request: &[u8],
+    body: Vec<u8>,
+) -> (Request, Result<Vec<Vec<u8>>, CallError>) {
+    let (mut client, server) = UnixStream::pair().unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let server = thread::spawn(move || {
+        let mut s = server;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let req = accept_call(&mut s);
+        ok_with_body(&mut s, &body);
+        req
+    });
+    let result = super::call(&mut client, "/x.v1.Svc/M", metadata, request);
+    drop(client);
+    (server.join().unwrap(), result)
+}
+
+#[test]
+fn a_call_sends_metadata_and_returns_every_response_message() {
+    let (req, got) = stream_call(
+        &[
+            ("containerd-namespace", "k8s.io"),
+            ("containerd-lease", "l1"),
+        ],
+        b"\x0a\x01x",
+        grpc_body(&[b"\x08\x02", b"", b"\x08\x02"]),
+    );
+    assert_eq!(
+        got.unwrap(),
+        vec![b"\x08\x02".to_vec(), vec![], b"\x08\x02".to_vec()]
+    );
+    let names: Vec<&str> = req.headers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            ":method",
+            ":scheme",
+            ":path",
+            ":authority",
+            "content-type",
+            "te",
+            "containerd-namespace",
+            "containerd-lease"
+        ]
+    );
+    assert_eq!(req.headers[2].1, "/x.v1.Svc/M");
+    assert_eq!(req.headers[6].1, "k8s.io");
+    assert_eq!(req.headers[7].1, "l1");
+    assert_eq!(req.body, grpc_body(&[b"\x0a\x01x"]));
+}
+
+#[test]
+fn a_request_goes_in_frames_of_at_most_max_frame_and_a_huge_one_is_refused() {
+    let big = vec![7u8; 40_000];
+    let (req, got) = stream_call(&[], &big, grpc_body(&[b""]));
+    assert_eq!(got.unwrap(), vec![Vec::<u8>::new()]);
+    assert_eq!(req.body, grpc_body(&[&big]));
+    let frames = request_bytes("/p", &[], &big).unwrap();
+    // Preface, SETTINGS, WINDOW_UPDATE, HEADERS, then three DATA frames.
+    let mut r = &frames[PREFACE.len()..];
+    let mut data = Vec::new();
+    while let Some(f) = read_frame(&mut r).unwrap() {
+        if f.ty == frame_type::DATA {
+            data.push((f.payload.len(), f.flags));
+        }
+    }
+    assert_eq!(
+        data,
+        [
+            (MAX_FRAME, 0),
+            (MAX_FRAME, 0),
+            (40_005 - 2 * MAX_FRAME, flag::END_STREAM)
+        ]
+    );
+    let err = request_bytes("/p", &[], &vec![0; INITIAL_WINDOW]).unwrap_err();
+    assert!(matches!(err, CallError::RequestTooLarge(65_535)), "{err}");
+}
+
+#[test]
+fn a_unary_call_wants_exactly_one_message_and_a_cut_message_is_an_error() {
+    let (mut client, server) = UnixStream::pair().unwrap();
+    let t = thread::spawn(move || {
+        let mut s = server;
+        accept_call(&mut s);
+        ok_with_body(&mut s, &grpc_body(&[b"a", b"b"]));
+    });
+    let err = unary_call(&mut client, "/p", &[], b"").unwrap_err();
+    t.join().unwrap();
+    assert_eq!(err.to_string(), "the call answered 2 messages, not one");
+    let err = split_messages(&[0, 0, 0, 0, 9, 1]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid response message: the prefix says 9 bytes, the body has 1"
+    );
+    assert!(split_messages(&[0, 0]).is_err());
+    assert!(split_messages(&[1, 0, 0, 0, 0]).is_err());
+}
+
+#[test]
+fn list_images_answers_decode_into_images() {
+    let image = proto::Message::new()
+        .string(1, "sha256:c0ffee")
+        .repeated_string(2, "localhost/kiln/busybox:1.37")
+        .repeated_string(2, "localhost/kiln/busybox:latest")
+        .repeated_string(3, "localhost/kiln/busybox@sha256:abc")
+        .varint(4, 1_234_567);
+    let resp = proto::Message::new()
+        .message(1, &image)
+        .message(1, &proto::Message::new().string(1, "sha256:2"))
+        .into_bytes();
+    let images = cri::decode_list_images(&resp).unwrap();
+    assert_eq!(
+        images,
+        [
+            cri::CriImage {
+                id: "sha256:c0ffee".into(),
+                repo_tags: vec![
+                    "localhost/kiln/busybox:1.37".into(),
+                    "localhost/kiln/busybox:latest".into()
+                ],
+                repo_digests: vec!["localhost/kiln/busybox@sha256:abc".into()],
+                size: 1_234_567,
+            },
+            cri::CriImage {
+                id: "sha256:2".into(),
+                ..Default::default()
+            }
+        ]
+    );
+    assert!(cri::list_images_request().is_empty());
+}
+
+#[test]
+fn messages_written_field_by_field_read_back() {
+    let m = proto::Message::new()
+        .varint(1, 2)
+        .string(2, "ref")
+        .varint(3, 150)
+        .string(4, "")
+        .varint(5, 0)
+        .map(7, [("a", "1"), ("b", "")])
+        .message(8, &proto::Message::new())
+        .into_bytes();
+    let f = proto::fields(&m).unwrap();
+    assert_eq!(proto::varint_field(&f, 1), 2);
+    assert_eq!(proto::string_field(&f, 2), "ref");
+    assert_eq!(proto::varint_field(&f, 3), 150);
+    // proto3 defaults are left out.
+    assert!(f.iter().all(|(n, _)| *n != 4 && *n != 5));
+    assert_eq!(
+        proto::map_field(&f, 7).unwrap(),
+        [
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), String::new())
+        ]
+    );
+    assert_eq!(proto::bytes_field(&f, 8), Some(&[][..]));
+    // The same bytes protoc would write: field 1 varint 2 is 08 02.
+    assert_eq!(&m[..2], [0x08, 0x02]);
 }

@@ -1,12 +1,21 @@
-//! A minimal gRPC client: one unary call over HTTP/2 cleartext with prior knowledge
-//! (RFC 9113 section 3.3), enough to ask containerd's CRI for
-//! `/runtime.v1.RuntimeService/Version` without an HTTP/2 or protobuf library in the
-//! initramfs binary.
+//! A minimal gRPC client: one call per connection over HTTP/2 cleartext with prior
+//! knowledge (RFC 9113 section 3.3), without an HTTP/2 or protobuf library in the
+//! initramfs binary. It is enough for what the agent asks containerd: CRI's `Version`
+//! (preflight) and `ListImages`, and the content, image and lease calls of
+//! `kiln-agent images import`, each of which sends one request message and reads every
+//! response message until the call ends (so a server-streaming or bidirectional method
+//! works too when one request is all the client has to say).
+
+pub mod cri;
+pub mod hpack;
+pub mod proto;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use super::hpack::{self, Decoder, HpackError};
+use hpack::{Decoder, HpackError};
 
 /// The client connection preface (RFC 9113 section 3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -46,14 +55,30 @@ pub mod flag {
 }
 
 /// SETTINGS_MAX_FRAME_SIZE's initial value: we never announce a larger one, so a peer
-/// must not send larger frames.
+/// must not send larger frames (and we send none larger either).
 pub const MAX_FRAME: usize = 16_384;
+
+/// The flow-control window both sides start with (RFC 9113 section 6.9.2): the most a
+/// request may carry, since the client sends it before the server could widen it.
+pub const INITIAL_WINDOW: usize = 65_535;
+
+/// The receive window the client announces for its stream and the connection, which is
+/// also the longest response accepted: the client never reads a response in parts, so it
+/// never sends WINDOW_UPDATE after this one, and a server must not send more than this.
+/// A CRI ListImages answer for a node's images, the largest response the agent asks
+/// for, is tens of kilobytes.
+pub const RECEIVE_WINDOW: usize = 1 << 20;
+
+/// SETTINGS identifiers (RFC 9113 section 6.5.2).
+pub mod setting {
+    /// SETTINGS_ENABLE_PUSH.
+    pub const ENABLE_PUSH: u16 = 0x2;
+    /// SETTINGS_INITIAL_WINDOW_SIZE.
+    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+}
 
 /// The one stream the client opens.
 const STREAM: u32 = 1;
-
-/// Largest response message accepted (a VersionResponse is under 100 bytes).
-const MAX_BODY: usize = 64 * 1024;
 
 /// One HTTP/2 frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +124,10 @@ pub enum CallError {
     },
     /// The response message is not a valid protobuf of the expected type.
     BadMessage(String),
+    /// The request message is longer than the client can send without flow control.
+    RequestTooLarge(usize),
+    /// A unary call's response did not hold exactly one message.
+    MessageCount(usize),
 }
 
 /// RFC 9113 section 7 error code names.
@@ -182,9 +211,19 @@ impl fmt::Display for CallError {
                 Ok(())
             }
             Self::BadMessage(m) => write!(f, "invalid response message: {m}"),
+            Self::RequestTooLarge(n) => write!(
+                f,
+                "a {n}-byte request is longer than the {} bytes one call can send",
+                INITIAL_WINDOW - 5
+            ),
+            Self::MessageCount(n) => {
+                write!(f, "the call answered {n} messages, not one")
+            }
         }
     }
 }
+
+impl std::error::Error for CallError {}
 
 impl From<HpackError> for CallError {
     fn from(e: HpackError) -> Self {
@@ -268,119 +307,6 @@ fn u32_at(p: &[u8], at: usize) -> Option<u32> {
         .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Appends `value` as a protobuf varint.
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-/// Reads a protobuf varint at `*pos`.
-pub fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, CallError> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf
-            .get(*pos)
-            .ok_or_else(|| CallError::BadMessage("truncated varint".into()))?;
-        *pos += 1;
-        value |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(CallError::BadMessage("varint longer than 10 bytes".into()))
-}
-
-/// Decodes a protobuf message into its length-delimited fields (number, bytes), skipping
-/// the other wire types.
-pub fn length_delimited_fields(buf: &[u8]) -> Result<Vec<(u64, &[u8])>, CallError> {
-    let mut fields = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let key = get_varint(buf, &mut pos)?;
-        let skip = match key & 7 {
-            0 => {
-                get_varint(buf, &mut pos)?;
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let len = usize::try_from(get_varint(buf, &mut pos)?)
-                    .map_err(|_| CallError::BadMessage("field length too large".into()))?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|&e| e <= buf.len())
-                    .ok_or_else(|| {
-                        CallError::BadMessage(format!(
-                            "field {} is longer than the message",
-                            key >> 3
-                        ))
-                    })?;
-                fields.push((key >> 3, &buf[pos..end]));
-                pos = end;
-                0
-            }
-            t => {
-                return Err(CallError::BadMessage(format!(
-                    "field {} has unsupported wire type {t}",
-                    key >> 3
-                )))
-            }
-        };
-        pos = pos
-            .checked_add(skip)
-            .filter(|&e| e <= buf.len())
-            .ok_or_else(|| CallError::BadMessage("truncated fixed-size field".into()))?;
-    }
-    Ok(fields)
-}
-
-/// A CRI `VersionResponse`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CriVersion {
-    /// Version of the kubelet runtime API (field 1).
-    pub version: String,
-    /// Name of the container runtime (field 2).
-    pub runtime_name: String,
-    /// Version of the container runtime (field 3).
-    pub runtime_version: String,
-    /// API version of the container runtime (field 4).
-    pub runtime_api_version: String,
-}
-
-impl CriVersion {
-    /// Decodes the protobuf message.
-    pub fn decode(buf: &[u8]) -> Result<Self, CallError> {
-        let mut v = Self::default();
-        for (number, bytes) in length_delimited_fields(buf)? {
-            let slot = match number {
-                1 => &mut v.version,
-                2 => &mut v.runtime_name,
-                3 => &mut v.runtime_version,
-                4 => &mut v.runtime_api_version,
-                _ => continue,
-            };
-            *slot = String::from_utf8_lossy(bytes).into_owned();
-        }
-        Ok(v)
-    }
-}
-
-/// The gRPC method kubelet calls first.
-pub const VERSION_PATH: &str = "/runtime.v1.RuntimeService/Version";
-
-/// Calls CRI `RuntimeService/Version` with `version = "v1"`.
-pub fn cri_version<S: Read + Write>(conn: &mut S) -> Result<CriVersion, CallError> {
-    let mut req = Vec::new();
-    put_varint(&mut req, 1 << 3 | 2);
-    put_varint(&mut req, 2);
-    req.extend_from_slice(b"v1");
-    CriVersion::decode(&unary_call(conn, VERSION_PATH, &req)?)
-}
-
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -410,28 +336,62 @@ fn header<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Makes one unary gRPC call on a fresh connection: sends `request` (a serialised
-/// protobuf message) to `path` and returns the response message.
+/// protobuf message) to `path` with the gRPC metadata `metadata` (lowercase names) and
+/// returns the one response message.
 pub fn unary_call<S: Read + Write>(
     conn: &mut S,
     path: &str,
+    metadata: &[(&str, &str)],
     request: &[u8],
 ) -> Result<Vec<u8>, CallError> {
+    let mut messages = call(conn, path, metadata, request)?;
+    match messages.len() {
+        1 => Ok(messages.remove(0)),
+        n => Err(CallError::MessageCount(n)),
+    }
+}
+
+/// The bytes a client sends for one call: the connection preface, its SETTINGS (no
+/// push, [`RECEIVE_WINDOW`] for the stream), the connection's WINDOW_UPDATE to the same
+/// size, and the stream: HEADERS, then the length-prefixed message in DATA frames of at
+/// most [`MAX_FRAME`] bytes, the last with END_STREAM.
+pub fn request_bytes(
+    path: &str,
+    metadata: &[(&str, &str)],
+    request: &[u8],
+) -> Result<Vec<u8>, CallError> {
+    if request.len() + 5 > INITIAL_WINDOW {
+        return Err(CallError::RequestTooLarge(request.len()));
+    }
     let mut out = PREFACE.to_vec();
-    // SETTINGS_ENABLE_PUSH = 0: we could not handle a pushed stream.
+    let mut settings = Vec::new();
+    for (id, value) in [
+        // We could not handle a pushed stream.
+        (setting::ENABLE_PUSH, 0u32),
+        (setting::INITIAL_WINDOW_SIZE, RECEIVE_WINDOW as u32),
+    ] {
+        settings.extend_from_slice(&id.to_be_bytes());
+        settings.extend_from_slice(&value.to_be_bytes());
+    }
+    out.extend(encode_frame(frame_type::SETTINGS, 0, 0, &settings));
+    // The connection's window is not a setting: it grows by WINDOW_UPDATE only.
+    let grow = (RECEIVE_WINDOW - INITIAL_WINDOW) as u32;
     out.extend(encode_frame(
-        frame_type::SETTINGS,
+        frame_type::WINDOW_UPDATE,
         0,
         0,
-        &[0, 2, 0, 0, 0, 0],
+        &grow.to_be_bytes(),
     ));
-    let block = hpack::encode_literal_block(&[
+    let mut fields = vec![
         (":method", "POST"),
         (":scheme", "http"),
         (":path", path),
         (":authority", "localhost"),
         ("content-type", "application/grpc"),
         ("te", "trailers"),
-    ]);
+    ];
+    fields.extend_from_slice(metadata);
+    let block = hpack::encode_literal_block(&fields);
     out.extend(encode_frame(
         frame_type::HEADERS,
         flag::END_HEADERS,
@@ -442,12 +402,25 @@ pub fn unary_call<S: Read + Write>(
     let mut msg = vec![0u8];
     msg.extend_from_slice(&(request.len() as u32).to_be_bytes());
     msg.extend_from_slice(request);
-    out.extend(encode_frame(
-        frame_type::DATA,
-        flag::END_STREAM,
-        STREAM,
-        &msg,
-    ));
+    let mut chunks = msg.chunks(MAX_FRAME).peekable();
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let flags = if last { flag::END_STREAM } else { 0 };
+        out.extend(encode_frame(frame_type::DATA, flags, STREAM, chunk));
+    }
+    Ok(out)
+}
+
+/// Makes one gRPC call on a fresh connection: sends `request` to `path` with the gRPC
+/// metadata `metadata`, ends the request stream, and returns every response message
+/// (none, one, or a stream's several) once the server ends the call with grpc-status 0.
+pub fn call<S: Read + Write>(
+    conn: &mut S,
+    path: &str,
+    metadata: &[(&str, &str)],
+    request: &[u8],
+) -> Result<Vec<Vec<u8>>, CallError> {
+    let out = request_bytes(path, metadata, request)?;
     conn.write_all(&out)
         .and_then(|()| conn.flush())
         .map_err(|e| CallError::Io("sending the request", e))?;
@@ -519,17 +492,18 @@ pub fn unary_call<S: Read + Write>(
                     ));
                 }
                 body.extend_from_slice(frame_content(&frame)?);
-                if body.len() > MAX_BODY {
+                if body.len() > RECEIVE_WINDOW {
                     return Err(CallError::Protocol(format!(
-                        "response longer than {MAX_BODY} bytes"
+                        "response longer than {RECEIVE_WINDOW} bytes"
                     )));
                 }
                 ended = frame.flags & flag::END_STREAM != 0;
             }
-            // Our request and the response are far below the initial 65535-byte windows.
+            // The request fits the initial windows, so the server's window updates do
+            // not matter.
             frame_type::WINDOW_UPDATE => {}
             // Acknowledgements, priority and frames of other streams do not matter for one
-            // small call.
+            // call.
             _ => {}
         }
     }
@@ -555,23 +529,30 @@ pub fn unary_call<S: Read + Write>(
             message: percent_decode(header(trailers, "grpc-message").unwrap_or("")),
         });
     }
-    let (prefix, message) = body
-        .split_at_checked(5)
-        .ok_or_else(|| CallError::BadMessage(format!("{} bytes, no gRPC message", body.len())))?;
-    if prefix[0] != 0 {
-        return Err(CallError::BadMessage(
-            "compressed, but no compression was offered".into(),
-        ));
-    }
-    let len = u32_at(prefix, 1).unwrap_or(0) as usize;
-    if len != message.len() {
-        return Err(CallError::BadMessage(format!(
-            "the prefix says {len} bytes, the body has {}",
-            message.len()
-        )));
-    }
-    Ok(message.to_vec())
+    split_messages(&body)
 }
 
-#[cfg(test)]
-pub(super) mod tests;
+/// The length-prefixed messages of a response body.
+fn split_messages(mut body: &[u8]) -> Result<Vec<Vec<u8>>, CallError> {
+    let mut messages = Vec::new();
+    while !body.is_empty() {
+        let (prefix, rest) = body.split_at_checked(5).ok_or_else(|| {
+            CallError::BadMessage(format!("{} bytes, no gRPC message", body.len()))
+        })?;
+        if prefix[0] != 0 {
+            return Err(CallError::BadMessage(
+                "compressed, but no compression was offered".into(),
+            ));
+        }
+        let len = u32_at(prefix, 1).unwrap_or(0) as usize;
+        let message = rest.get(..len).ok_or_else(|| {
+            CallError::BadMessage(format!(
+                "the prefix says {len} bytes, the body has {}",
+                rest.len()
+            ))
+        })?;
+        messages.push(message.to_vec());
+        body = &rest[len..];
+    }
+    Ok(messages)
+}
