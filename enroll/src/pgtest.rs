@@ -2,6 +2,9 @@
 //! cluster in a temporary folder, trust authentication, listening on a unix socket in
 //! that folder and on a free 127.0.0.1 port. Stopped and removed on drop.
 //!
+//! [`TempPostgres::start_tls`] also serves TLS with a certificate for `localhost` and
+//! `127.0.0.1` issued by a CA made for that server alone ([`TempPostgres::tls_ca`]).
+//!
 //! Tuned for speed, not durability (`--no-sync`, `fsync=off`): never point it at data
 //! that matters.
 
@@ -27,6 +30,7 @@ pub struct TempPostgres {
     port: u16,
     as_user: bool,
     started_in: std::time::Duration,
+    tls_ca: Option<PathBuf>,
 }
 
 fn run(as_user: bool, program: &Path, args: &[&str]) -> Result<Output, String> {
@@ -82,6 +86,21 @@ impl TempPostgres {
     /// Makes a cluster and starts the server (about 1.5 s); the error says what failed,
     /// with the server's log when it would not start.
     pub fn start() -> Result<TempPostgres, String> {
+        TempPostgres::start_opts(false)
+    }
+
+    /// Like [`TempPostgres::start`], and the server also accepts TLS (`ssl=on`) with a
+    /// certificate whose CA is at [`TempPostgres::tls_ca`].
+    pub fn start_tls() -> Result<TempPostgres, String> {
+        TempPostgres::start_opts(true)
+    }
+
+    /// The PEM file of the CA that issued the server's TLS certificate.
+    pub fn tls_ca(&self) -> Option<&Path> {
+        self.tls_ca.as_deref()
+    }
+
+    fn start_opts(tls: bool) -> Result<TempPostgres, String> {
         let begin = Instant::now();
         let bin = Path::new(BIN_DIR);
         for prog in ["initdb", "pg_ctl", "postgres"] {
@@ -103,6 +122,7 @@ impl TempPostgres {
             port: 0,
             as_user,
             started_in: std::time::Duration::ZERO,
+            tls_ca: None,
         };
         if as_user {
             let out = Command::new("chown")
@@ -138,13 +158,18 @@ impl TempPostgres {
         if !out.status.success() {
             return Err(describe_failure("initdb", &out));
         }
+        let mut ssl_opts = String::new();
+        if tls {
+            ssl_opts = pg.write_tls_files()?;
+        }
         // Another process may take the port between probing and binding: try a few.
         let mut last = String::new();
         for _ in 0..5 {
             pg.port = free_port()?;
             let opts = format!(
                 "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200\
+                 {ssl_opts}",
                 pg.dir.display(),
                 pg.port
             );
@@ -177,6 +202,73 @@ impl TempPostgres {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    /// Makes a CA and a server certificate for localhost and 127.0.0.1, writes the CA
+    /// beside the cluster and the certificate and key into the data folder (the key 0600
+    /// and owned by the server's user, as PostgreSQL demands); returns the server options.
+    fn write_tls_files(&mut self) -> Result<String, String> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| fail("making the test CA key", &e))?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| fail("test CA parameters", &e))?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "kiln pgtest CA");
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .map_err(|e| fail("self-signing the test CA", &e))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| fail("making the server key", &e))?;
+        let mut params = CertificateParams::new(vec!["localhost".to_string()])
+            .map_err(|e| fail("server certificate parameters", &e))?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(|e| fail("signing the server certificate", &e))?;
+        let ca_path = self.dir.join("ca.pem");
+        let data = self.data_dir();
+        let crt = data.join("server.crt");
+        let key_path = data.join("server.key");
+        for (path, text) in [
+            (&ca_path, ca_cert.pem()),
+            (&crt, cert.pem()),
+            (&key_path, key.serialize_pem()),
+        ] {
+            fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        fs::set_permissions(
+            &key_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .map_err(|e| format!("chmod 600 {}: {e}", key_path.display()))?;
+        if self.as_user {
+            for path in [&crt, &key_path] {
+                let out = Command::new("chown")
+                    .arg(format!("{SERVER_USER}:"))
+                    .arg(path)
+                    .output()
+                    .map_err(|e| format!("running chown: {e}"))?;
+                if !out.status.success() {
+                    return Err(describe_failure(
+                        &format!("chown {SERVER_USER}: {}", path.display()),
+                        &out,
+                    ));
+                }
+            }
+        }
+        self.tls_ca = Some(ca_path);
+        Ok(format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            crt.display(),
+            key_path.display()
+        ))
     }
 
     /// URL of the `postgres` database as superuser `postgres` over TCP.

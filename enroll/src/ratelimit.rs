@@ -1,27 +1,33 @@
-//! Failed authentication attempts per source address: after `max` failures within a
-//! minute, the address is refused with 429 until the oldest of them is a minute old.
-//! Only failures count, so working nodes never use up anything.
+//! Failed authentication attempts per [`Source`] (an IPv4 address or an IPv6 /64): after
+//! `max` failures within a minute, the source's failing requests are answered 429 until
+//! the oldest failure is a minute old.
+//!
+//! Only failures count, and the limit never refuses a request whose secret checks out:
+//! the API checks the token or the node credential first and asks the limiter only about
+//! requests that failed. So one broken or hostile client behind a shared NAT slows down
+//! the wrong guesses from that NAT, never the nodes and tokens that are right.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Mutex;
+
+use crate::source::Source;
 
 /// The window failures are counted in.
 pub const WINDOW_SECS: u64 = 60;
 /// Default failures per window (`--max-failures`).
 pub const DEFAULT_MAX_FAILURES: u32 = 20;
-/// Addresses tracked at most; beyond it the stalest entries are dropped, so a flood from
+/// Sources tracked at most; beyond it the stalest entries are dropped, so a flood from
 /// many addresses cannot grow memory without bound.
 const MAX_TRACKED: usize = 100_000;
 
-/// Per-address failure counter.
+/// Per-source failure counter.
 pub struct RateLimiter {
     max: u32,
-    failures: Mutex<BTreeMap<IpAddr, VecDeque<u64>>>,
+    failures: Mutex<BTreeMap<Source, VecDeque<u64>>>,
 }
 
 impl RateLimiter {
-    /// Allows `max` failures per minute per address (0 disables limiting).
+    /// Allows `max` failures per minute per source (0 disables limiting).
     pub fn new(max: u32) -> RateLimiter {
         RateLimiter {
             max,
@@ -29,8 +35,9 @@ impl RateLimiter {
         }
     }
 
-    /// Seconds the address must wait, or None when it may try now.
-    pub fn blocked(&self, ip: IpAddr, now: u64) -> Option<u32> {
+    /// Seconds the source must wait before a failing request is answered as usual again,
+    /// or None when it is not blocked.
+    pub fn blocked(&self, ip: Source, now: u64) -> Option<u32> {
         if self.max == 0 {
             return None;
         }
@@ -46,7 +53,7 @@ impl RateLimiter {
     }
 
     /// Counts a failed attempt.
-    pub fn failed(&self, ip: IpAddr, now: u64) {
+    pub fn failed(&self, ip: Source, now: u64) {
         if self.max == 0 {
             return;
         }
@@ -86,8 +93,8 @@ mod tests {
     #[test]
     fn blocks_after_max_failures_until_the_window_passes() {
         let rl = RateLimiter::new(3);
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = source("192.0.2.1");
+        let b = source("192.0.2.2");
         rl.failed(a, 100);
         rl.failed(a, 110);
         assert_eq!(rl.blocked(a, 110), None);
@@ -100,5 +107,18 @@ mod tests {
         rl.failed(a, 160);
         assert_eq!(rl.blocked(a, 160), Some(10));
         assert_eq!(RateLimiter::new(0).blocked(a, 0), None);
+    }
+
+    fn source(text: &str) -> Source {
+        Source::from(text.parse::<std::net::IpAddr>().unwrap())
+    }
+
+    #[test]
+    fn an_ipv6_client_cannot_escape_by_rotating_its_64() {
+        let rl = RateLimiter::new(2);
+        rl.failed(source("2001:db8:5:6::1"), 100);
+        rl.failed(source("2001:db8:5:6::2"), 100);
+        assert!(rl.blocked(source("2001:db8:5:6:ffff::3"), 100).is_some());
+        assert_eq!(rl.blocked(source("2001:db8:5:7::1"), 100), None);
     }
 }

@@ -3,39 +3,53 @@
 //! replica on the same PostgreSQL, or `kiln-enroll node revoke`) are picked up by one
 //! poller that reads the stored version every second ([`Notifier::poll`]), so a thousand
 //! waiting nodes cost one database read per second, not a thousand.
+//!
+//! A long poll waits as a tokio task ([`Notifier::wait_beyond`]), not a thread: a waiting
+//! node costs a few hundred bytes of memory.
 
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::store::{Store, StoreError};
 
 /// How often the poller re-reads the stored version.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The highest peer-list version seen, with a condition variable for waiters.
-#[derive(Default)]
+/// The highest peer-list version seen; waiters subscribe to it.
 pub struct Notifier {
-    version: Mutex<u64>,
-    cv: Condvar,
+    version: watch::Sender<u64>,
+}
+
+impl Default for Notifier {
+    fn default() -> Notifier {
+        Notifier::new()
+    }
 }
 
 impl Notifier {
     /// A notifier that has seen version 0.
     pub fn new() -> Notifier {
-        Notifier::default()
+        Notifier {
+            version: watch::Sender::new(0),
+        }
     }
 
     /// The peer list is at `version` (or later): wake waiters if that is news.
     pub fn observe(&self, version: u64) {
-        let mut v = self.version.lock().unwrap_or_else(|p| p.into_inner());
-        if version > *v {
-            *v = version;
-            self.cv.notify_all();
-        }
+        self.version.send_if_modified(|seen| {
+            if version > *seen {
+                *seen = version;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Reads the stored version and reports it (the poller's step, and what a local
-    /// write calls after it committed).
+    /// write calls after it committed). Blocks on the store.
     pub fn poll(&self, store: &dyn Store) -> Result<u64, StoreError> {
         let version = store.peers_version()?;
         self.observe(version);
@@ -44,31 +58,17 @@ impl Notifier {
 
     /// The highest version seen.
     pub fn version(&self) -> u64 {
-        *self.version.lock().unwrap_or_else(|p| p.into_inner())
+        *self.version.borrow()
     }
 
     /// Waits until a version above `since` is seen or `deadline` passes; returns the
-    /// highest version seen. Reads the store once first, so a stale notifier never makes
-    /// a node wait for a change that already happened.
-    pub fn wait_beyond(
-        &self,
-        store: &dyn Store,
-        since: u64,
-        deadline: Instant,
-    ) -> Result<u64, StoreError> {
-        self.poll(store)?;
-        let mut v = self.version.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let now = Instant::now();
-            if *v > since || now >= deadline {
-                return Ok(*v);
-            }
-            v = self
-                .cv
-                .wait_timeout(v, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+    /// highest version seen. The caller reads the store once first ([`Notifier::poll`]),
+    /// so a stale notifier never makes a node wait for a change that already happened.
+    pub async fn wait_beyond(&self, since: u64, deadline: Instant) -> u64 {
+        let mut rx = self.version.subscribe();
+        // Either outcome is fine: a change, or the deadline with the version as it is.
+        let _ = tokio::time::timeout_at(deadline, rx.wait_for(|v| *v > since)).await;
+        self.version()
     }
 }
 
@@ -79,25 +79,35 @@ mod tests {
 
     #[test]
     fn observe_wakes_a_waiter_and_old_news_does_not() {
-        let n = Arc::new(Notifier::new());
-        n.observe(5);
-        n.observe(3);
-        assert_eq!(n.version(), 5);
-        let waiter = {
-            let n = n.clone();
-            std::thread::spawn(move || {
-                let start = Instant::now();
-                let mut v = n.version.lock().unwrap();
-                while *v <= 5 {
-                    v = n.cv.wait_timeout(v, Duration::from_secs(10)).unwrap().0;
-                }
-                (*v, start.elapsed())
-            })
-        };
-        std::thread::sleep(Duration::from_millis(100));
-        n.observe(6);
-        let (v, took) = waiter.join().unwrap();
-        assert_eq!(v, 6);
-        assert!(took < Duration::from_secs(5), "{took:?}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let n = Arc::new(Notifier::new());
+            n.observe(5);
+            n.observe(3);
+            assert_eq!(n.version(), 5);
+            let waiter = {
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let v = n
+                        .wait_beyond(5, Instant::now() + Duration::from_secs(10))
+                        .await;
+                    (v, start.elapsed())
+                })
+            };
+            // Old news wakes nobody: the waiter is still waiting after it.
+            n.observe(4);
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished());
+            n.observe(6);
+            let (v, took) = waiter.await.unwrap();
+            assert_eq!(v, 6);
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            // A deadline in the past returns at once with the version seen.
+            assert_eq!(n.wait_beyond(6, Instant::now()).await, 6);
+        });
     }
 }

@@ -844,6 +844,14 @@ fn a_schema_1_database_is_migrated_keeping_nodes_and_tokens() {
                     [&pk, &cred],
                 )
                 .unwrap();
+                drop(c);
+                // As private as kiln-enroll made its files then (it refuses others).
+                use std::os::unix::fs::PermissionsExt;
+                let set = |path: &std::path::Path, mode: u32| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+                };
+                set(p, 0o600);
+                set(p.parent().unwrap(), 0o700);
             }
             None => {
                 let mut c = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();

@@ -128,6 +128,10 @@ impl Server {
                 // slowest handshake of the fan-out.
                 "--max-connections",
                 "4096",
+                // Every simulated node connects from 127.0.0.1, and the fan-out opens
+                // them all at once: real nodes come from their own addresses.
+                "--max-per-source",
+                "4096",
                 "--watch-timeout",
                 "120",
                 "--request-timeout",
@@ -555,7 +559,11 @@ pub fn measure_sqlite(nodes: usize, concurrency: usize) -> anyhow::Result<Enroll
         .prefix("kiln-bench-sqlite")
         .tempdir()
         .context("creating a scratch folder")?;
-    let state = format!("sqlite:{}", dir.path().join("state.db").display());
+    // A folder kiln-enroll makes 0700: it refuses a state folder others can read.
+    let state = format!(
+        "sqlite:{}",
+        dir.path().join("state").join("state.db").display()
+    );
     measure("SQLite", &state, nodes, concurrency)
 }
 

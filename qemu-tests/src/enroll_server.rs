@@ -98,7 +98,11 @@ impl EnrollServer {
             .prefix("kiln-enroll-test")
             .tempdir()
             .context("creating the enroll server's state folder")?;
-        let state = format!("sqlite:{}", dir.path().join("state.db").display());
+        // A folder kiln-enroll makes 0700: it refuses a state folder others can read.
+        let state = format!(
+            "sqlite:{}",
+            dir.path().join("state").join("state.db").display()
+        );
         let serve_args: Vec<String> = serve_args.iter().map(|s| s.to_string()).collect();
         let (child, ready) = spawn(&bin, &state, "127.0.0.1:0", &serve_args, dir.path())?;
         Ok(EnrollServer {

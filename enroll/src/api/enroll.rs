@@ -1,17 +1,22 @@
 //! `POST /v1/enroll`: checks the request's form, then lets the store decide in one
 //! transaction, and answers with the node's addresses, the overlay settings, the peer
 //! list and the cluster join parameters.
+//!
+//! From a source that the failure limit blocks, the token is first checked alone (one
+//! indexed read, no write lock): a token that checks out goes on as from anywhere else, a
+//! wrong one gets 429 without reaching the enrollment transaction.
 
 use kiln_contract::names;
 use kiln_enroll_proto::api::{
     ClusterJoin, EnrollAnswer, EnrollRequest, ErrorCode, Network, NodeInfo, CREDENTIAL_LEN,
 };
 use kiln_enroll_proto::net::IpNet;
-use kiln_enroll_proto::token::{secret_hash, to_hex, Token, ALPHABET};
+use kiln_enroll_proto::token::{digest_eq, secret_hash, to_hex, Token, ALPHABET};
 use kiln_enroll_proto::validate::parse_host_port;
 
-use super::{json_body, token_refusal, Api, Failure, MAX_ENDPOINTS};
+use super::{json_body, limited, token_refusal, Api, Failure, MAX_ENDPOINTS};
 use crate::http::{Request, Response};
+use crate::source::Source;
 use crate::store::{logic, EnrollInput, EnrollOutcome, NodeRecord, StoreError};
 
 /// Architectures kiln builds images for.
@@ -27,10 +32,19 @@ struct Valid {
 pub(super) fn handle(
     api: &Api,
     req: &Request,
+    from: Source,
     node: &mut Option<String>,
 ) -> Result<Response, Failure> {
     let body: EnrollRequest = json_body(req, "enroll request")?;
     let valid = validate(body, &api.settings.ca_hash, api.clock.now())?;
+    if let Some(wait) = api.limiter.blocked(from, api.clock.now()) {
+        if !token_checks_out(api, &valid.token)? {
+            return Err(Failure {
+                body: limited(wait),
+                auth: true,
+            });
+        }
+    }
     let outcome = match api.store.enroll(&valid.input, &api.settings.pools) {
         Ok(o) => o,
         Err(StoreError::Refused(r)) => {
@@ -55,6 +69,17 @@ pub(super) fn handle(
     let answer = answer(api, &record)?;
     api.notifier.observe(answer.peers.version);
     Ok(Response::json(200, &answer))
+}
+
+/// Whether the token's id exists and its secret matches (compared in constant time);
+/// whether it still has uses is for the enrollment to say.
+fn token_checks_out(api: &Api, token: &Token) -> Result<bool, Failure> {
+    let stored = api
+        .store
+        .token(&token.id)
+        .map_err(|e| Failure::store(e, "checking the token"))?;
+    let presented = token.secret_hash();
+    Ok(stored.is_some_and(|t| digest_eq(&presented, &t.secret_hash)))
 }
 
 fn answer(api: &Api, record: &NodeRecord) -> Result<EnrollAnswer, Failure> {

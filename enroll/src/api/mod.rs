@@ -1,4 +1,4 @@
-//! The HTTP API: routes a parsed request to its handler and turns every outcome, refusals
+//! The HTTP API: routes a request to its handler and turns every outcome, refusals
 //! included, into a JSON answer. Handlers work over the [`Store`], a [`Clock`] and the
 //! [`Notifier`] they are given, so tests can drive them without a network.
 //!
@@ -8,8 +8,14 @@
 //! POST /v1/heartbeat  heartbeat.rs   node auth
 //! GET  /v1/cluster    cluster.rs     node auth
 //! ```
+//!
+//! The store blocks (SQLite, the postgres client), so handlers run on tokio's blocking
+//! threads; only the wait of a long poll is async ([`Notifier::wait_beyond`]), so waiting
+//! nodes hold no thread.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use kiln_enroll_proto::api::{ErrorBody, ErrorCode, PATH_ENROLL, PATH_HEARTBEAT, PATH_PEERS};
@@ -18,6 +24,7 @@ use kiln_enroll_proto::client::PATH_CLUSTER;
 use crate::clock::Clock;
 use crate::http::{Request, Response};
 use crate::ratelimit::RateLimiter;
+use crate::source::Source;
 use crate::store::{Pools, Refusal, Store, StoreError};
 use crate::watch::Notifier;
 
@@ -59,6 +66,17 @@ pub struct Api {
     notifier: Arc<Notifier>,
     limiter: RateLimiter,
     settings: Settings,
+}
+
+/// What the network side asks of the API: one answer per request. [`Api`] is the real
+/// one; tests of the HTTP layer give it a stub.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `req`, which came from `from`.
+    fn handle(
+        self: Arc<Self>,
+        req: Request,
+        from: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = Handled> + Send>>;
 }
 
 /// A handled request: the answer, and the node it came from when it authenticated (for
@@ -156,7 +174,8 @@ fn token_refusal(r: Refusal, token_id: &str, pools: &Pools) -> Failure {
 
 impl Api {
     /// Handlers over this store, clock and notifier; `max_failures` failed
-    /// authentications per minute per address before 429.
+    /// authentications per minute per source (an IPv4 address or an IPv6 /64) before
+    /// its failing requests get 429.
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -178,34 +197,76 @@ impl Api {
         &self.settings
     }
 
-    /// Answers one request from `from`.
-    pub fn handle(&self, req: &Request, from: IpAddr) -> Handled {
+    /// Answers one request from `from`: the handler runs on a blocking thread; a long
+    /// poll's wait in between is async.
+    pub async fn answer(self: Arc<Self>, req: Request, from: IpAddr) -> Handled {
+        let req = Arc::new(req);
+        let first = self.clone().blocking(req.clone(), from, Stage::Route).await;
+        match first {
+            Step::Done(handled) => handled,
+            Step::Wait { since, deadline } => {
+                self.notifier.wait_beyond(since, deadline).await;
+                match self.blocking(req, from, Stage::AfterWait).await {
+                    Step::Done(handled) => handled,
+                    // AfterWait never waits again.
+                    Step::Wait { .. } => Handled {
+                        response: internal("the long poll did not finish"),
+                        node: None,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Runs one stage of a request on tokio's blocking threads.
+    async fn blocking(self: Arc<Self>, req: Arc<Request>, from: IpAddr, stage: Stage) -> Step {
+        let run = tokio::task::spawn_blocking(move || self.run(&req, from, stage)).await;
+        match run {
+            Ok(step) => step,
+            Err(e) => {
+                // A panicking handler is a bug: the client gets a 500, the log the reason.
+                tracing::error!("a request handler failed: {e}");
+                Step::Done(Handled {
+                    response: internal("the server failed while answering (see its log)"),
+                    node: None,
+                })
+            }
+        }
+    }
+
+    fn run(&self, req: &Request, from: IpAddr, stage: Stage) -> Step {
+        let source = Source::from(from);
         let mut node = None;
-        let result = self.route(req, from, &mut node);
+        let result = match stage {
+            Stage::Route => self.route(req, source, &mut node),
+            Stage::AfterWait => peers::finish(self, req, &mut node).map(Routed::Answer),
+        };
         let response = match result {
-            Ok(r) => r,
+            Ok(Routed::Answer(r)) => r,
+            Ok(Routed::Wait { since, deadline }) => return Step::Wait { since, deadline },
             Err(f) => {
                 let now = self.clock.now();
                 let mut body = f.body;
                 if f.auth {
-                    if let Some(wait) = self.limiter.blocked(from, now) {
+                    // Only failures count; a blocked source's failures are answered 429
+                    // and keep counting, so a source that keeps failing stays blocked.
+                    if let Some(wait) = self.limiter.blocked(source, now) {
                         body = limited(wait);
-                    } else {
-                        self.limiter.failed(from, now);
                     }
+                    self.limiter.failed(source, now);
                 }
                 Response::from_error(&body)
             }
         };
-        Handled { response, node }
+        Step::Done(Handled { response, node })
     }
 
     fn route(
         &self,
         req: &Request,
-        from: IpAddr,
+        from: Source,
         node: &mut Option<String>,
-    ) -> Result<Response, Failure> {
+    ) -> Result<Routed, Failure> {
         let known = [
             (PATH_ENROLL, "POST"),
             (PATH_PEERS, "GET"),
@@ -229,24 +290,66 @@ impl Api {
             ));
         }
         match *path {
-            PATH_ENROLL => {
-                // Checked before the token, so a blocked address learns nothing more.
-                if let Some(wait) = self.limiter.blocked(from, self.clock.now()) {
-                    return Ok(Response::from_error(&limited(wait)));
-                }
-                enroll::handle(self, req, node)
-            }
-            PATH_PEERS => peers::handle(self, req, node),
-            PATH_CLUSTER => cluster::handle(self, req, node),
-            _ => heartbeat::handle(self, req, node),
+            PATH_ENROLL => enroll::handle(self, req, from, node).map(Routed::Answer),
+            PATH_PEERS => peers::start(self, req, node),
+            PATH_CLUSTER => cluster::handle(self, req, node).map(Routed::Answer),
+            _ => heartbeat::handle(self, req, node).map(Routed::Answer),
         }
     }
+}
+
+impl Handler for Api {
+    fn handle(
+        self: Arc<Self>,
+        req: Request,
+        from: IpAddr,
+    ) -> Pin<Box<dyn Future<Output = Handled> + Send>> {
+        Box::pin(self.answer(req, from))
+    }
+}
+
+/// Which part of a request runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Everything up to the answer, or up to a long poll's wait.
+    Route,
+    /// A long poll after its wait.
+    AfterWait,
+}
+
+/// Where a stage ended.
+enum Step {
+    /// Answered.
+    Done(Handled),
+    /// A long poll waits for a version above `since` until `deadline`.
+    Wait {
+        since: u64,
+        deadline: tokio::time::Instant,
+    },
+}
+
+/// What a handler decided.
+pub(crate) enum Routed {
+    /// The answer.
+    Answer(Response),
+    /// Wait for a version above `since` until `deadline`, then run [`Stage::AfterWait`].
+    Wait {
+        since: u64,
+        deadline: tokio::time::Instant,
+    },
+}
+
+fn internal(message: &str) -> Response {
+    Response::from_error(&ErrorBody::new(ErrorCode::Internal, message))
 }
 
 fn limited(wait: u32) -> ErrorBody {
     let mut body = ErrorBody::new(
         ErrorCode::RateLimited,
-        format!("too many failed attempts from this address: wait {wait} s before trying again"),
+        format!(
+            "too many failed attempts from this address (or its IPv6 /64): wait {wait} s \
+             before trying again (a valid token or node credential is not limited)"
+        ),
     );
     body.retry_after_secs = Some(wait);
     body

@@ -3,10 +3,16 @@
 //! Two backends behave the same because both run the decisions in [`logic`] inside one
 //! database transaction: embedded SQLite (one server) and PostgreSQL (several replicas).
 //! [`open`] picks the backend from the state URL and brings the schema up to date.
+//!
+//! The state holds the CA's private key and the join tokens, so both backends guard the
+//! way to it: a SQLite file (or folder) that group or others can read is refused, and
+//! PostgreSQL on another host is reached over TLS with a verified certificate unless the
+//! operator explicitly allows clear text ([`PgOptions`], [`pgtls`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use kiln_enroll_proto::api::{ErrorCode, Observation, Role};
 use kiln_enroll_proto::key::PublicKey;
@@ -15,8 +21,31 @@ use kiln_enroll_proto::net::IpNet;
 mod codec;
 pub mod logic;
 mod ops;
+pub mod pgtls;
 mod postgres;
 mod sqlite;
+
+/// Debian's bundle of the system's trusted CAs: what a PostgreSQL server certificate is
+/// checked against unless `--postgres-ca` names another file.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How to reach PostgreSQL (SQLite ignores it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgOptions {
+    /// PEM file with the CA certificate(s) a PostgreSQL server certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Allow `sslmode=disable` to a host that is not this machine.
+    pub allow_plaintext: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> PgOptions {
+        PgOptions {
+            ca_file: PathBuf::from(SYSTEM_CA_BUNDLE),
+            allow_plaintext: false,
+        }
+    }
+}
 
 /// The overlay CA as PEM text.
 #[derive(Clone, PartialEq, Eq)]
@@ -333,6 +362,8 @@ pub trait Store: Send + Sync {
     fn ca(&self, generate: &dyn Fn() -> Result<CaPem, String>) -> Result<CaPem, StoreError>;
     /// Stores a new token (an existing id is a Backend error: ids are random).
     fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError>;
+    /// One token by id (one indexed read).
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
     /// Every token, by id.
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
     /// Revokes a token; false when there is no such id.
@@ -386,8 +417,15 @@ pub trait Store: Send + Sync {
     fn claim_first_server(&self, name: &str) -> Result<Option<Cluster>, StoreError>;
 }
 
-/// Opens `sqlite:PATH` or `postgres://...` (`postgresql://...`) and migrates the schema.
+/// Opens `sqlite:PATH` or `postgres://...` (`postgresql://...`) with the default
+/// [`PgOptions`] and migrates the schema.
 pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    open_with(url, &PgOptions::default())
+}
+
+/// Opens `sqlite:PATH` or `postgres://...` (`postgresql://...`) and migrates the schema;
+/// `pg` says how to reach PostgreSQL.
+pub fn open_with(url: &str, pg: &PgOptions) -> Result<Box<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {
@@ -403,7 +441,7 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
         ))?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Box::new(postgres::PgStore::open(url)?));
+        return Ok(Box::new(postgres::PgStore::open(url, pg)?));
     }
     Err(StoreError::Backend {
         what: format!(

@@ -2,7 +2,8 @@
 //! write transaction first takes one transaction-scoped advisory lock, so writes from all
 //! replicas run one at a time (enrollment reads every node to pick an address and a name:
 //! without the lock two replicas could pick the same one). Serialization failures,
-//! deadlocks and lost connections are retried a few times.
+//! deadlocks and lost connections are retried a few times. To a host that is not this
+//! machine the connection is TLS with a verified certificate ([`super::pgtls`]).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,9 +17,10 @@ use super::codec::{
     TOKEN_COLUMNS,
 };
 use super::ops::{self, Tx};
+use super::pgtls::{self, MakeRustls, Transport};
 use super::{
-    CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Store,
-    StoreError, TokenRecord,
+    CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, PgOptions, Pools,
+    Store, StoreError, TokenRecord,
 };
 
 /// Connections one process keeps at most (PostgreSQL allows 100 by default, shared by
@@ -79,6 +81,8 @@ struct Pool {
 /// The PostgreSQL store.
 pub(crate) struct PgStore {
     config: Config,
+    /// The TLS connector, when the connection is TLS.
+    tls: Option<MakeRustls>,
     /// `postgres database USER@HOST:PORT/DB`, for messages (never the password).
     db: String,
     pool: Mutex<Pool>,
@@ -115,10 +119,15 @@ fn backend(db: &str, op: &str, e: &postgres::Error) -> StoreError {
         // No SQL state: the connection failed, closed or timed out.
         None => true,
     };
-    StoreError::Backend {
-        what: format!("{db}: {op}: {e}"),
-        retry,
+    // The postgres error's own text is only its kind ("error performing TLS handshake"):
+    // the reason is in its sources.
+    let mut what = format!("{db}: {op}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        what.push_str(&format!(": {s}"));
+        source = s.source();
     }
+    StoreError::Backend { what, retry }
 }
 
 fn describe(config: &Config) -> String {
@@ -153,8 +162,9 @@ fn describe(config: &Config) -> String {
 }
 
 impl PgStore {
-    /// Parses the URL, connects once (so a wrong URL fails at start) and migrates.
-    pub(crate) fn open(url: &str) -> Result<PgStore, StoreError> {
+    /// Parses the URL, decides on TLS (refusing clear text to another host before any
+    /// connection is tried), connects once (so a wrong URL fails at start) and migrates.
+    pub(crate) fn open(url: &str, pg: &PgOptions) -> Result<PgStore, StoreError> {
         let mut config: Config = url.parse().map_err(|e| StoreError::Backend {
             what: format!(
                 "state URL {}: {e} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DB)",
@@ -165,8 +175,17 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        let db = describe(&config);
+        let refuse = |what: String| StoreError::Backend { what, retry: false };
+        let tls = match pgtls::transport(&mut config, pg.allow_plaintext, &db).map_err(refuse)? {
+            Transport::Plain => None,
+            Transport::Tls => Some(MakeRustls::new(
+                pgtls::client_config(&pg.ca_file).map_err(|e| refuse(format!("{db}: {e}")))?,
+            )),
+        };
         let store = PgStore {
-            db: describe(&config),
+            db,
+            tls,
             config,
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
@@ -205,10 +224,11 @@ impl PgStore {
                     store: self,
                     client: None,
                 };
-                let client = self
-                    .config
-                    .connect(NoTls)
-                    .map_err(|e| backend(&self.db, "connecting", &e))?;
+                let client = match &self.tls {
+                    Some(tls) => self.config.connect(tls.clone()),
+                    None => self.config.connect(NoTls),
+                }
+                .map_err(|e| backend(&self.db, "connecting", &e))?;
                 lease.client = Some(client);
                 return Ok(lease);
             }
@@ -677,6 +697,10 @@ impl Store for PgStore {
 
     fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         self.write("creating a token", &|tx| tx.insert_token(t))
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read("reading a token", &|tx| tx.token(id))
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

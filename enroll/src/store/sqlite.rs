@@ -1,11 +1,15 @@
 //! The embedded backend: one SQLite file (WAL), one connection behind a mutex, write
 //! transactions opened with BEGIN IMMEDIATE so that another process on the same file
 //! (`kiln-enroll token create` next to a running server) waits instead of failing late.
+//!
+//! The file holds the CA's private key and the join tokens: it is made 0600 in a 0700
+//! folder, and an existing file, WAL or shared-memory file, or folder that group or others
+//! may read (or write) is refused with the `chmod` that fixes it.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -95,6 +99,8 @@ impl SqliteStore {
                 .create(dir)
                 .map_err(|e| io(&format!("creating folder {}", dir.display()), e))?;
         }
+        // Before anything is created in a folder others can read.
+        check_private(path)?;
         // Creating the file ourselves is the only way to give it 0600 from the start;
         // SQLite then gives its -wal and -shm files the same mode.
         match OpenOptions::new()
@@ -167,6 +173,61 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         self.run(op, TransactionBehavior::Deferred, f)
     }
+}
+
+/// Refuses a state file, WAL or shared-memory file that group or others have any access
+/// to, or a folder they may read or write, naming the path and the `chmod` that fixes it.
+/// (A folder others may only traverse, mode 0711, is fine: they cannot list or replace
+/// the files.)
+fn check_private(path: &Path) -> Result<(), StoreError> {
+    let refuse = |what: &str, p: &Path, mode: u32, fix: &str| StoreError::Backend {
+        what: format!(
+            "{what} {} is open to group or others (mode {:04o}): it holds kiln-enroll's CA \
+             private key and join tokens; run `{fix} {}` (kiln-enroll makes new files 0600 \
+             and folders 0700; under systemd, set StateDirectoryMode=0700)",
+            p.display(),
+            mode & 0o7777,
+            p.display()
+        ),
+        retry: false,
+    };
+    let mode_of = |p: &Path| -> Result<Option<u32>, StoreError> {
+        match std::fs::metadata(p) {
+            Ok(m) => Ok(Some(m.mode())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Backend {
+                what: format!("reading the permissions of {}: {e}", p.display()),
+                retry: false,
+            }),
+        }
+    };
+    let with_suffix = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let files = [
+        ("the state file", path.to_path_buf()),
+        ("the state's WAL file", with_suffix("-wal")),
+        ("the state's shared-memory file", with_suffix("-shm")),
+    ];
+    for (what, file) in &files {
+        if let Some(mode) = mode_of(file)? {
+            if mode & 0o077 != 0 {
+                return Err(refuse(what, file, mode, "chmod 600"));
+            }
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Some(mode) = mode_of(dir)? {
+        if mode & 0o066 != 0 {
+            return Err(refuse("the state's folder", dir, mode, "chmod 700"));
+        }
+    }
+    Ok(())
 }
 
 fn migrate(tx: &mut SqlTx<'_>) -> Result<(), StoreError> {
@@ -529,6 +590,10 @@ impl Store for SqliteStore {
 
     fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
         self.write("creating a token", |tx| tx.insert_token(t))
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.read("reading a token", |tx| tx.token(id))
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

@@ -42,7 +42,12 @@ impl State {
             .unwrap();
         match backend {
             Backend::Sqlite => State {
-                url: format!("sqlite:{}", dir.path().join("state.db").display()),
+                // In a folder kiln-enroll makes (0700): it refuses a state folder others
+                // can read, and tempfile's folders are 0755.
+                url: format!(
+                    "sqlite:{}",
+                    dir.path().join("state").join("state.db").display()
+                ),
                 dir,
                 pg: None,
             },
@@ -68,7 +73,12 @@ impl State {
             .unwrap();
         match &self.pg {
             None => State {
-                url: format!("sqlite:{}", dir.path().join("state.db").display()),
+                // In a folder kiln-enroll makes (0700): it refuses a state folder others
+                // can read, and tempfile's folders are 0755.
+                url: format!(
+                    "sqlite:{}",
+                    dir.path().join("state").join("state.db").display()
+                ),
                 dir,
                 pg: None,
             },

@@ -2,29 +2,40 @@
 //! command does with the store. The binary's `main` only calls [`run`].
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use kiln_enroll_proto::api::{Role, MAX_WAIT_SECS};
-use kiln_enroll_proto::net::{ula_prefix, IpNet};
-use kiln_enroll_proto::token::{to_hex, Token, ID_LEN, SECRET_LEN};
+use kiln_enroll_proto::net::IpNet;
+use kiln_enroll_proto::token::{to_hex, Token, ALPHABET, ID_LEN, SECRET_LEN};
 use kiln_enroll_proto::validate::MIN_MTU;
 
-use crate::api::{Api, Settings};
 use crate::ca::Ca;
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::{self as cl, parse_ca_cert_hash, parse_endpoint, parse_server_url};
-use crate::server::{Options, Server, DEFAULT_MAX_CONNECTIONS};
-use crate::store::{self, logic, Cluster, K3sCluster, KubeadmCluster, Pools, Store, TokenRecord};
-use crate::watch::Notifier;
-use crate::{labels, listing, random, ratelimit, tls};
+use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_SOURCE};
+use crate::store::{
+    self, logic, Cluster, K3sCluster, KubeadmCluster, PgOptions, Store, TokenRecord,
+};
+use crate::{labels, listing, random, ratelimit};
+
+mod serve;
 
 /// Where the state lives unless `--state` or `KILN_ENROLL_STATE` says otherwise.
 pub const DEFAULT_STATE: &str = "sqlite:/var/lib/kiln-enroll/state.db";
+
+/// Longest `--request-timeout`.
+pub const MAX_REQUEST_TIMEOUT_SECS: u64 = 300;
+/// Longest `--endpoint-ttl` (30 days).
+pub const MAX_ENDPOINT_TTL_SECS: u64 = 30 * 86_400;
+/// Longest token `--ttl` (10 years, the CA's own lifetime).
+pub const MAX_TOKEN_TTL_SECS: u64 = 3650 * 86_400;
+/// Largest count flags (`--max-connections`, `--max-per-source`, `--max-failures`,
+/// `--uses`).
+pub const MAX_COUNT: u32 = 1_000_000;
 
 /// kiln-enroll: join tokens, the node registry, overlay addresses and the peer list.
 #[derive(Debug, Parser)]
@@ -54,6 +65,23 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub state: String,
+
+    /// PEM file of the CA certificate(s) that may sign the PostgreSQL server's
+    /// certificate (TLS is required to a PostgreSQL host that is not this machine).
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ENROLL_POSTGRES_CA",
+        hide_env_values = true,
+        default_value = store::SYSTEM_CA_BUNDLE,
+        value_name = "FILE"
+    )]
+    pub postgres_ca: PathBuf,
+
+    /// Allow a PostgreSQL URL with sslmode=disable to a host that is not this machine:
+    /// the CA key and the join tokens then cross the network in clear text.
+    #[arg(long, global = true)]
+    pub allow_plaintext_postgres: bool,
 
     /// What to do.
     #[command(subcommand)]
@@ -197,24 +225,34 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30", value_parser = parse_heartbeat, value_name = "SECS")]
     pub heartbeat: u32,
     /// A node whose heartbeats stop for this long is shown offline and its endpoints are
-    /// withdrawn (seconds, or 90s, 2m; at least --heartbeat).
-    #[arg(long, default_value = "90", value_parser = parse_secs, value_name = "SECS")]
+    /// withdrawn (seconds, or 90s, 2m; at least --heartbeat, at most 30 days).
+    #[arg(long, default_value = "90", value_parser = parse_endpoint_ttl, value_name = "SECS")]
     pub endpoint_ttl: u64,
     /// Longest time a peer-list long poll is held open (1 to 120 s).
     #[arg(long, default_value = "60", value_parser = parse_watch, value_name = "SECS")]
     pub watch_timeout: u32,
     /// Failed authentication attempts (bad tokens, wrong node credentials) allowed per
-    /// source address per minute before it gets 429 (0: no limit).
-    #[arg(long, default_value_t = ratelimit::DEFAULT_MAX_FAILURES, value_name = "N")]
+    /// source (an IPv4 address or an IPv6 /64) per minute; beyond them the source's
+    /// failing requests get 429, while a valid token or node credential still passes (0:
+    /// no limit; at most 1000000).
+    #[arg(long, default_value_t = ratelimit::DEFAULT_MAX_FAILURES, value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_COUNT)), value_name = "N")]
     pub max_failures: u32,
-    /// Time a client has for the TLS handshake and its whole request (slow clients are
-    /// answered 408 and dropped).
-    #[arg(long, default_value = "10", value_parser = parse_secs, value_name = "SECS")]
+    /// Time a client has for the TLS handshake, its request head and its body, each
+    /// within the same deadline from the accept (slow requests are answered 408 and
+    /// closed); also how long an answer may wait for the client to read it (1 to 300 s).
+    #[arg(long, default_value = "10", value_parser = parse_request_timeout, value_name = "SECS")]
     pub request_timeout: u64,
-    /// Connections served at once (each long-polling node holds one); beyond it new
-    /// connections get 503.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    /// Connections open at once (each long-polling node holds one); beyond it new
+    /// connections are closed at once, before any TLS work (1 to 1000000, and kept
+    /// under the open-file limit).
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=u64::from(MAX_COUNT)), value_name = "N")]
     pub max_connections: usize,
+    /// Connections from one source (an IPv4 address or an IPv6 /64) that may be in the
+    /// TLS handshake or sending their request at once; more are closed at once, before
+    /// any TLS work. Connections whose request has arrived (long polls) do not count
+    /// (1 to 1000000).
+    #[arg(long, default_value_t = DEFAULT_MAX_PER_SOURCE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=u64::from(MAX_COUNT)), value_name = "N")]
+    pub max_per_source: usize,
 }
 
 /// `token` commands.
@@ -234,11 +272,12 @@ pub enum TokenCommand {
 /// `token create` options.
 #[derive(Debug, Args)]
 pub struct TokenCreateArgs {
-    /// How long the token can enroll: 90s, 30m, 1h, 2d (a plain number is seconds).
-    #[arg(long, default_value = "1h", value_parser = parse_secs, value_name = "DURATION")]
+    /// How long the token can enroll: 90s, 30m, 1h, 2d (a plain number is seconds; at
+    /// most 3650d).
+    #[arg(long, default_value = "1h", value_parser = parse_token_ttl, value_name = "DURATION")]
     pub ttl: u64,
-    /// How many nodes it can enroll.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    /// How many nodes it can enroll (1 to 1000000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_COUNT)), value_name = "N")]
     pub uses: u32,
     /// The role nodes enrolled with it get in the cluster.
     #[arg(long, default_value = "worker", value_name = "worker|server")]
@@ -325,6 +364,18 @@ fn parse_watch(text: &str) -> Result<u32, String> {
     secs_in(text, 1, u64::from(MAX_WAIT_SECS)).map(|s| s as u32)
 }
 
+fn parse_request_timeout(text: &str) -> Result<u64, String> {
+    secs_in(text, 1, MAX_REQUEST_TIMEOUT_SECS)
+}
+
+fn parse_endpoint_ttl(text: &str) -> Result<u64, String> {
+    secs_in(text, 1, MAX_ENDPOINT_TTL_SECS)
+}
+
+fn parse_token_ttl(text: &str) -> Result<u64, String> {
+    secs_in(text, 1, MAX_TOKEN_TTL_SECS)
+}
+
 fn parse_pool(text: &str) -> Result<IpNet, String> {
     let net: IpNet = text.parse()?;
     if !net.addr.is_ipv4() || !(8..=30).contains(&net.len) {
@@ -336,13 +387,17 @@ fn parse_pool(text: &str) -> Result<IpNet, String> {
 /// Runs the command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let clock = SystemClock;
+    let pg = PgOptions {
+        ca_file: cli.postgres_ca.clone(),
+        allow_plaintext: cli.allow_plaintext_postgres,
+    };
     let open = || -> anyhow::Result<Arc<dyn Store>> {
-        let s = store::open(&cli.state)
+        let s = store::open_with(&cli.state, &pg)
             .with_context(|| format!("opening the state {}", store::redact_url(&cli.state)))?;
         Ok(Arc::from(s))
     };
     match cli.command {
-        Command::Serve(args) => serve(open()?, args),
+        Command::Serve(args) => serve::serve(open()?, args),
         Command::Ca(CaCommand::Hash) => {
             let ca = Ca::load(open()?.as_ref(), clock.now())?;
             println!("{}", to_hex(&ca.hash()));
@@ -547,8 +602,14 @@ fn token_create(store: &dyn Store, clock: &dyn Clock, args: TokenCreateArgs) -> 
     let labels = labels::parse_all(&args.labels)?;
     let now = clock.now();
     let ca = Ca::load(store, now)?;
-    let random = random::bytes::<{ ID_LEN + SECRET_LEN }>()?;
-    let token = Token::from_random(ca.hash(), &random);
+    // Each character uniformly from a-z0-9 (rejection sampling, not `byte % 36`).
+    let chars = random::string(ID_LEN + SECRET_LEN, ALPHABET)?;
+    let (id, secret) = chars.split_at(ID_LEN);
+    let token = Token {
+        ca_hash: ca.hash(),
+        id: id.to_string(),
+        secret: secret.to_string(),
+    };
     let record = TokenRecord {
         id: token.id.clone(),
         secret_hash: token.secret_hash(),
@@ -572,80 +633,6 @@ fn token_create(store: &dyn Store, clock: &dyn Clock, args: TokenCreateArgs) -> 
         listing::utc(record.expires)
     );
     Ok(())
-}
-
-fn serve(store: Arc<dyn Store>, args: ServeArgs) -> anyhow::Result<()> {
-    if args.endpoint_ttl < u64::from(args.heartbeat) {
-        bail!(
-            "--endpoint-ttl {} is shorter than --heartbeat {}: every node would flap \
-             offline between heartbeats (use about three heartbeats, e.g. --endpoint-ttl {})",
-            args.endpoint_ttl,
-            args.heartbeat,
-            u64::from(args.heartbeat) * 3
-        );
-    }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let now = clock.now();
-    let ca = Ca::load(store.as_ref(), now)?;
-    let leaf = ca.issue_leaf(&args.sans, now)?;
-    let tls = tls::server_config(&ca, leaf)?;
-    let pools = Pools {
-        v4: args.pool_v4,
-        v6: logic::v6_pool(ula_prefix(&ca.hash())),
-    };
-    let settings = Settings {
-        ca_hash: ca.hash(),
-        pools,
-        mtu: args.mtu,
-        keepalive_secs: args.keepalive,
-        heartbeat_secs: args.heartbeat,
-        watch_timeout_secs: args.watch_timeout,
-    };
-    let notifier = Arc::new(Notifier::new());
-    let api = Arc::new(Api::new(
-        store.clone(),
-        clock.clone(),
-        notifier.clone(),
-        settings,
-        args.max_failures,
-    ));
-    let listener =
-        TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .with_context(|| format!("reading the address bound for {}", args.listen))?;
-    tracing::info!(
-        "pools {} and {}, mtu {}, heartbeat {} s, endpoint ttl {} s",
-        pools.v4,
-        pools.v6,
-        args.mtu,
-        args.heartbeat,
-        args.endpoint_ttl
-    );
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "kiln-enroll: listening on https://{addr} ca-hash {}",
-            to_hex(&ca.hash())
-        )
-        .and_then(|()| out.flush())
-        .context("writing the ready line to stdout")?;
-    }
-    let server = Server {
-        listener,
-        tls,
-        api,
-        store,
-        notifier,
-        clock,
-        options: Options {
-            max_connections: args.max_connections.max(1),
-            request_timeout: Duration::from_secs(args.request_timeout),
-            endpoint_ttl: args.endpoint_ttl,
-        },
-    };
-    server.run().with_context(|| format!("serving on {addr}"))
 }
 
 #[cfg(test)]
