@@ -112,7 +112,7 @@ fn run(args: &[String]) -> anyhow::Result<bool> {
 
     let started = Instant::now();
     let target = target_dir();
-    let src = target.join("kiln-suite").join("src");
+    let src = mirror_dir(&target);
     let _held = mirror::lock(&src)?;
     mirrored(&src)?;
     agent(&src, &target)?;
@@ -256,7 +256,7 @@ fn docs_check(target: &Path) -> Ran {
 /// the CLI reference; checks the links either way.
 fn docs_command(check: bool) -> anyhow::Result<bool> {
     let target = target_dir();
-    let src = target.join("kiln-suite").join("src");
+    let src = mirror_dir(&target);
     let held = mirror::lock(&src)?;
     mirrored(&src)?;
     agent(&src, &target)?;
@@ -327,6 +327,33 @@ pub(crate) fn target_dir() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// The suite's mirror of the checkout: beside cargo's target folder, never inside it.
+///
+/// Cargo records the sources a crate was compiled from relative to the target folder
+/// when they are inside it, and relative to the package otherwise; and kiln's crates get
+/// the same output files whichever checkout they are built from. With the mirror inside
+/// the target folder, a build from the checkout (`make agent`, `make image`) compared
+/// the mirror's files, not its own, with the last build and could keep a binary built
+/// from other sources (`make repro` caught an agent a suite run had left). Beside it, a
+/// build checks the files of the checkout it builds. A mirror left inside by an older
+/// kiln is removed, since cargo keeps reading it for every crate it compiled.
+fn mirror_dir(target: &Path) -> PathBuf {
+    let old = target.join("kiln-suite").join("src");
+    if old.exists() {
+        eprintln!(
+            "xtask: removing the old source mirror {} (it now lives beside the target folder)",
+            old.display()
+        );
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            eprintln!("xtask: cannot remove {}: {e}", old.display());
+        }
+    }
+    let name = target
+        .file_name()
+        .map_or_else(|| "target".into(), |n| n.to_string_lossy().into_owned());
+    target.with_file_name(format!("{name}-suite-src"))
 }
 
 fn workspace() -> PathBuf {
