@@ -133,21 +133,8 @@ fn kubeadm_profile_builds_with_stand_ins_and_a_containerd_its_kubernetes_support
         "build failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("kubeadm-x86_64.manifest.json")).unwrap(),
-    )
-    .unwrap();
+    let (root, manifest) = Root::open_checked(&out, "kubeadm-x86_64");
     let offset = root_offset(&manifest);
-    let root = Root::at(&out.join("kubeadm-x86_64.raw"), offset);
-    let fsck = Command::new("e2fsck")
-        .args(["-fn", &root.dev])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
 
     // The x86_64 stand-ins at their dests, executable, and nothing of arm64's.
     let stage = tempfile::tempdir().unwrap();

@@ -60,6 +60,25 @@ impl Root {
         }
     }
 
+    /// The root of `<out>/<stem>.raw`, built with its manifest `<stem>.manifest.json`
+    /// beside it (returned too), after e2fsck found its ext4 clean.
+    pub fn open_checked(out: &Path, stem: &str) -> (Root, serde_json::Value) {
+        let text = std::fs::read_to_string(out.join(format!("{stem}.manifest.json"))).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let root = Root::at(&out.join(format!("{stem}.raw")), root_offset(&manifest));
+        let fsck = Command::new("e2fsck")
+            .args(["-fn", &root.dev])
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "e2fsck {}: {}",
+            root.dev,
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        (root, manifest)
+    }
+
     /// What debugfs prints for `request`.
     pub fn debugfs(&self, request: &str) -> String {
         let out = run(Command::new("debugfs").args(["-R", request, &self.dev]));
