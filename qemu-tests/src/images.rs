@@ -346,6 +346,10 @@ pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
 const RECORD: &str = "entry.json";
 /// Entries not used for this long are removed.
 const UNUSED: Duration = Duration::from_secs(7 * 24 * 3600);
+/// At most this many entries are kept, the most recently used: a CI that runs many
+/// commits a day made a new set per commit and kept 28 GB of them within the week.
+/// A suite run uses about ten, so the ones it needs stay.
+const KEEP: usize = 24;
 
 /// A folder of built images, one sub-folder per key.
 #[derive(Debug, Clone)]
@@ -432,25 +436,32 @@ impl ImageCache {
         }
     }
 
-    /// Removes entries unused for [`UNUSED`] and builds abandoned as long ago.
+    /// Removes entries unused for [`UNUSED`], builds abandoned as long ago, and the
+    /// least recently used entries beyond [`KEEP`].
     fn prune(&self) {
         let Ok(list) = std::fs::read_dir(&self.root) else {
             return;
         };
+        let mut kept = Vec::new();
         for e in list.flatten() {
             let path = e.path();
-            let stamp = if e.file_name().to_string_lossy().starts_with(".building-") {
+            let building = e.file_name().to_string_lossy().starts_with(".building-");
+            let stamp = if building {
                 path.clone()
             } else {
                 path.join(RECORD)
             };
-            let age = std::fs::metadata(&stamp)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok());
+            let used = std::fs::metadata(&stamp).and_then(|m| m.modified()).ok();
+            let age = used.and_then(|t| SystemTime::now().duration_since(t).ok());
             if age.is_some_and(|a| a > UNUSED) {
                 let _ = std::fs::remove_dir_all(&path);
+            } else if let (false, Some(used)) = (building, used) {
+                kept.push((used, path));
             }
+        }
+        kept.sort_by_key(|k| std::cmp::Reverse(k.0));
+        for (_, path) in kept.into_iter().skip(KEEP) {
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }
@@ -546,6 +557,35 @@ mod tests {
         std::fs::write(out.join("n-x86_64.raw"), body)?;
         std::fs::write(out.join("n-x86_64.manifest.json"), b"{}")?;
         Ok(())
+    }
+
+    #[test]
+    fn only_the_most_recently_used_entries_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("c");
+        let now = SystemTime::now();
+        // KEEP + 6 entries, entry i last used i minutes ago; one a week and a day old.
+        for i in 0..KEEP + 6 {
+            let dir = root.join(format!("e{i:02}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let rec = std::fs::File::create(dir.join(RECORD)).unwrap();
+            rec.set_modified(now - Duration::from_secs(60 * i as u64))
+                .unwrap();
+        }
+        let old = root.join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::File::create(old.join(RECORD))
+            .unwrap()
+            .set_modified(now - UNUSED - Duration::from_secs(86_400))
+            .unwrap();
+        ImageCache::new(root.clone()).prune();
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let want: Vec<String> = (0..KEEP).map(|i| format!("e{i:02}")).collect();
+        assert_eq!(left, want);
     }
 
     #[test]
