@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use kiln::arch::Arch;
 use kiln_qemu_tests::enroll_server::EnrollServer;
 use kiln_qemu_tests::net::{enroll_url, HostServices, OwnNat};
-use kiln_qemu_tests::{copy_image, default_image, fw_cfg_config, repo_root, RunningVm};
+use kiln_qemu_tests::{copy_image, default_image, fw_cfg_config, RunningVm};
 
 /// Boots of the debug image, one or two at a time on TCG.
 const BOOT: Duration = Duration::from_secs(1200);
@@ -169,10 +169,7 @@ fn relay_binary() -> anyhow::Result<PathBuf> {
     let beside = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("kiln-tcp-relay")));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("release/kiln-tcp-relay");
+    let target = kiln_qemu_tests::target_dir().join("release/kiln-tcp-relay");
     beside
         .into_iter()
         .chain([target])

@@ -63,13 +63,7 @@ pub fn binary() -> PathBuf {
         let profile_dir = exe.parent()?.parent()?;
         Some(profile_dir.join("kiln-enroll")).filter(|p| p.is_file())
     });
-    beside.unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::repo_root().join("target"))
-            .join("release")
-            .join("kiln-enroll")
-    })
+    beside.unwrap_or_else(|| crate::target_dir().join("release").join("kiln-enroll"))
 }
 
 /// A running (or stopped) `kiln-enroll serve` with its own state.

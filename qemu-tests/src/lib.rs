@@ -32,13 +32,19 @@ pub use images::{
     cmdline_hostname, default_image, image_with_all_formats, k3s_image, profile_image, Built,
 };
 
+/// Cargo's target folder: `CARGO_TARGET_DIR` (the Makefile sets it to a cache outside
+/// the clone), else the checkout's `target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
 /// Scratch space for the tests, under the cargo target folder so a clean
 /// checkout starts empty and `cargo clean` removes it.
 pub fn work_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    target.join("kiln-qemu-tests")
+    target_dir().join("kiln-qemu-tests")
 }
 
 /// Markers of a boot that went wrong: waits end early on them.

@@ -243,7 +243,7 @@ fn verity_boot_secs(console: &str) -> f64 {
 
 /// `kiln inspect --verify` through the real binary: seconds.
 fn verify_secs(image: &Path) -> anyhow::Result<f64> {
-    let kiln = repo_root().join("target/release/kiln");
+    let kiln = kiln_qemu_tests::target_dir().join("release/kiln");
     let t = Instant::now();
     let out = std::process::Command::new(&kiln)
         .args(["-q", "inspect", "--verify"])
