@@ -115,12 +115,15 @@ fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     encode_frame(ty, flags, stream, payload)
 }
 
-/// Runs `respond` as the server on one end of a socket pair and the client on the other.
-fn call(respond: impl FnOnce(&mut UnixStream) + Send + 'static) -> Result<CriVersion, CallError> {
-    let (mut client, server) = UnixStream::pair().unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+/// Runs `client` on one end of a socket pair against a server thread on the other that
+/// reads one call and answers it with `respond`; returns the request the server saw and
+/// the client's result.
+fn with_server<T>(
+    respond: impl FnOnce(&mut UnixStream) + Send + 'static,
+    client: impl FnOnce(&mut UnixStream) -> T,
+) -> (Request, T) {
+    let (mut c, server) = UnixStream::pair().unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let server = thread::spawn(move || {
         let mut s = server;
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -128,9 +131,14 @@ fn call(respond: impl FnOnce(&mut UnixStream) + Send + 'static) -> Result<CriVer
         respond(&mut s);
         req
     });
-    let result = cri_version(&mut client);
-    drop(client);
-    let req = server.join().unwrap();
+    let result = client(&mut c);
+    drop(c);
+    (server.join().unwrap(), result)
+}
+
+/// Runs `respond` as the server on one end of a socket pair and the client on the other.
+fn call(respond: impl FnOnce(&mut UnixStream) + Send + 'static) -> Result<CriVersion, CallError> {
+    let (req, result) = with_server(respond, cri_version);
     let expect: Vec<(String, String)> = [
         (":method", "POST"),
         (":scheme", "http"),
@@ -456,20 +464,10 @@ fn stream_call(
     request: &[u8],
     body: Vec<u8>,
 ) -> (Request, Result<Vec<Vec<u8>>, CallError>) {
-    let (mut client, server) = UnixStream::pair().unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let server = thread::spawn(move || {
-        let mut s = server;
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let req = accept_call(&mut s);
-        ok_with_body(&mut s, &body);
-        req
-    });
-    let result = super::call(&mut client, "/x.v1.Svc/M", metadata, request);
-    drop(client);
-    (server.join().unwrap(), result)
+    with_server(
+        move |s| ok_with_body(s, &body),
+        |c| super::call(c, "/x.v1.Svc/M", metadata, request),
+    )
 }
 
 #[test]
