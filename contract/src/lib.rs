@@ -23,12 +23,17 @@
 //!   names, kubelet argument checks).
 //! - [`cmdline`]: the kernel command line's `kiln.*` keys, its word splitting and the
 //!   values the builder puts there for init.
+//! - [`version`]: image versions (a profile's `version`, os-release's `IMAGE_VERSION`)
+//!   and their order, which is systemd-boot's.
+//! - [`boot`]: the A/B layout: slots and their GPT names, the ESP's boot loader files
+//!   and UKI names with boot counters, the update keys' and state's places.
 //! - [`kubernetes`]: the cluster's Kubernetes version (the builder derives it, agent.toml
 //!   carries it) and containerd's support matrix that `kiln-agent preflight` checks the
 //!   runtime against.
 
 pub mod agent_config;
 pub mod base64;
+pub mod boot;
 pub mod civil;
 pub mod cmdline;
 pub mod crc32;
@@ -37,3 +42,4 @@ pub mod kubernetes;
 pub mod le;
 pub mod names;
 pub mod verity;
+pub mod version;
