@@ -252,7 +252,67 @@ pub struct SettingsFile {
     /// `[cluster]`: how the node joins Kubernetes; without it, it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterTable>,
+    /// `[update]`: the image's A/B update settings; without it, the defaults of
+    /// [`UpdateTable`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateTable>,
 }
+
+/// agent.toml's `[update]` table: how a new version proves itself after an update.
+///
+/// ```toml
+/// [update]
+/// image = "homelab"        # the profile's name: bundles for another image are refused
+/// version = "1.4.0"        # this image's version (also os-release's IMAGE_VERSION)
+/// tries = 3                # boot attempts of a new version before systemd-boot falls back
+/// health_timeout_secs = 600
+/// health = ["preflight", "overlay", "cluster"]
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTable {
+    /// The image's name (the profile's `name`).
+    pub image: String,
+    /// The image's version, [`crate::version::ImageVersion`]'s grammar.
+    pub version: String,
+    /// Boot attempts a newly installed version gets ([`crate::boot::DEFAULT_TRIES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    /// Seconds a new version has to become healthy after boot before it counts as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_secs: Option<u64>,
+    /// What "healthy" means; unset: preflight, plus the overlay when the node has
+    /// `[enroll]` config and the cluster when the image has `[cluster]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Vec<HealthCheck>>,
+}
+
+/// Default seconds a new version has to become healthy (10 minutes: a TCG-emulated
+/// arm64 node takes minutes to join a cluster).
+pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 600;
+
+/// One condition of a healthy boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum HealthCheck {
+    /// `kiln-agent preflight` passes.
+    Preflight,
+    /// The WireGuard overlay is up (enrolled, interface configured).
+    Overlay,
+    /// The node has joined its Kubernetes cluster.
+    Cluster,
+}
+
+names!(HealthCheck {
+    Preflight => "preflight",
+    Overlay => "overlay",
+    Cluster => "cluster",
+});
+value_names!(
+    HealthCheck,
+    "update.health",
+    "\"preflight\", \"overlay\" or \"cluster\""
+);
 
 /// agent.toml's `[cluster]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +463,13 @@ mod tests {
                 containerd: Some(Containerd::Image),
                 kubeadm_api: Some(KubeadmApi::V1beta3),
                 kubernetes: Some(KubeVersion::parse("1.34.2").unwrap()),
+            }),
+            update: Some(UpdateTable {
+                image: "homelab".into(),
+                version: "1.4.0~rc1".into(),
+                tries: Some(2),
+                health_timeout_secs: Some(300),
+                health: Some(vec![HealthCheck::Preflight, HealthCheck::Cluster]),
             }),
         }
     }

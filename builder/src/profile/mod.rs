@@ -127,6 +127,7 @@ impl Agent {
             schema: Some(agent_config::SCHEMA),
             channels: Some(self.channels.clone()),
             cluster: self.cluster.as_ref().map(Cluster::to_table),
+            update: None,
         }
     }
 

@@ -676,6 +676,7 @@ fn agent_toml_of_every_shipped_profile_reads_as_before() {
                 kubeadm_api: None,
                 kubernetes: Some("1.36.4".parse().unwrap()),
             }),
+            update: None,
         }
     );
 }
