@@ -22,6 +22,7 @@ mod overlay;
 mod preflight;
 mod report;
 mod sys;
+mod update;
 #[cfg(test)]
 mod verity_tree;
 
