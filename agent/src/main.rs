@@ -1,7 +1,9 @@
 //! kiln-agent: the one static binary kiln puts into its images.
 //!
 //! As PID 1 (the initramfs's `/init`) or with `init` it brings up the root filesystem and
-//! hands over to systemd; with `report` it prints the booted system's status line.
+//! hands over to systemd; with `report` it prints the booted system's status line; the
+//! other modes (`config`, `preflight`, `overlay`, `cluster`, `images`, `update`) are the
+//! node agent's.
 
 // Tests may unwrap: a panic there is a failed test, not a failed boot.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -83,6 +85,19 @@ Usage:
   kiln-agent images list [--socket PATH]
                                 the images containerd's CRI has, as the kubelet sees them:
                                 `<name> <image id> <size>` per name
+  kiln-agent update apply|check|status|boot
+                                A/B updates: `update apply SOURCE` writes a signed
+                                bundle into the slot that is not running and installs its
+                                UKI on trial; `update check` (kiln-update-check.timer)
+                                follows [update] channel below and applies a newer
+                                version in the window; `update status [--json]` shows
+                                both slots, a pending update, rollbacks and failed
+                                health checks;
+                                `update boot` (kiln-update.service, every boot) mounts
+                                the ESP on /efi, reports a rollback, and on a boot on
+                                trial waits for the health check (exit 1 when it fails:
+                                the unit reboots and systemd-boot counts the try down);
+                                `update --help` for details
   kiln-agent status             the overlay's status, then the cluster's (`overlay
                                 status` and `cluster status`); exit 1 when either has
                                 none (not enrolled, kiln-cluster not run this boot)
@@ -104,6 +119,14 @@ Node config (kiln-agent config), the same TOML in every channel:
     listen_port = 51820         optional WireGuard UDP port (1-65535)
     mtu = 1420                  optional overlay MTU (1280-9000); default: the
                                 server's, lowered to the path MTU minus 80
+  [update]                      following an update channel (kiln.update.<key>= on the
+                                command line):
+    channel = \"https://HOST/homelab-x86_64.channel.json\"
+                                the signed channel document (`kiln channel sign`)
+    check_every = \"6h\"          optional: how often to check (10min to 7d; default 6h)
+    window = \"Sat 02:00-04:00\"  optional maintenance window, UTC (DAY or daily, then
+                                HH:MM-HH:MM); without it an update applies when found
+    auto_reboot = true          optional: reboot into an applied update (default true)
   Unknown keys and wrong types are errors. Per key, the highest channel that sets it
   wins. Channels, highest precedence first (/usr/lib/kiln/agent.toml `channels` may
   drop or reorder them):
@@ -124,7 +147,10 @@ Kernel command line options read by init:
                                 Discoverable Partitions root type)
   kiln.rootwait=SECONDS         how long to wait for the root partition (default 30)
   kiln.on_failure=halt|poweroff|reboot
-                                what to do when the boot cannot continue (default halt)
+                                what to do when the boot cannot continue (default halt);
+                                a boot on trial (a new version systemd-boot is counting
+                                boots of) always reboots after 5 s, so that the node
+                                falls back to the previous version in the end
   kiln.debug                    log every step
   kiln.roothash=HEX             the root's dm-verity root hash (64 hex digits): the root
                                 partition (PARTUUID = its first half) is only mounted
@@ -211,6 +237,7 @@ fn main() -> ExitCode {
         Some("overlay") => overlay::main(&rest[1..]),
         Some("cluster") => cluster::main(&rest[1..]),
         Some("images") => images::main(&rest[1..]),
+        Some("update") => update::main(&rest[1..]),
         Some("status") if rest.len() == 1 => {
             let overlay = overlay::real::run_status();
             let cluster = cluster::real::run_status();

@@ -53,11 +53,27 @@ impl Arch {
         }
     }
 
-    /// Removable-media boot path the firmware looks for on the ESP.
+    /// File name of the removable-media boot path the firmware looks for in
+    /// `EFI/BOOT/` on the ESP: kiln puts systemd-boot there.
     pub fn efi_boot_file(self) -> &'static str {
         match self {
             Arch::X86_64 => "BOOTX64.EFI",
             Arch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+
+    /// Where on the ESP the firmware finds the boot loader without any boot
+    /// entry of its own (`EFI/BOOT/BOOTX64.EFI`): systemd-boot.
+    pub fn efi_boot_path(self) -> String {
+        format!("EFI/BOOT/{}", self.efi_boot_file())
+    }
+
+    /// systemd-boot inside Debian's `systemd-boot-efi` package (the package the
+    /// stub comes from).
+    pub fn systemd_boot_path(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            Arch::Arm64 => "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
         }
     }
 

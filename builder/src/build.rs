@@ -41,6 +41,8 @@ pub struct BuildOptions {
     pub agent: AgentSource,
     /// Output formats instead of the profile's `[output] formats`.
     pub formats: Option<Vec<crate::profile::Format>>,
+    /// The key that signs the `update` format's bundles (`--update-key`).
+    pub update_key: Option<crate::keygen::UpdateKey>,
 }
 
 /// The apt sources (`KILN_APT_SOURCES`, else the host's).
@@ -123,6 +125,8 @@ pub fn build(
     opts: &BuildOptions,
     ui: &Ui,
 ) -> Result<Vec<BuildReport>, BuildError> {
+    // A missing or untrusted signing key fails here, before the first download.
+    publish::check_update_key(profile, opts)?;
     let lock = read_lock(profile)?;
     let mut out = Vec::new();
     for &arch in &opts.arches {

@@ -8,11 +8,13 @@
 
 pub mod arch;
 pub mod build;
+pub mod channel;
 pub mod disk;
 pub mod fetch;
 pub mod fs;
 pub mod image_path;
 pub mod inspect;
+pub mod keygen;
 pub mod lock;
 pub mod oci;
 pub mod output;

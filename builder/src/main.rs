@@ -89,10 +89,16 @@ enum Command {
         source_date_epoch: Option<i64>,
         /// Output format(s) instead of the profile's [output] formats:
         /// raw, raw.zst (with a .bmap for bmaptool), qcow2, vhd (fixed, for
-        /// Azure) or gce (tar.gz for Google Compute Engine). Repeat the flag
-        /// or separate names with commas.
+        /// Azure), gce (tar.gz for Google Compute Engine) or update (the
+        /// signed A/B update bundle <name>-<arch>.update; needs --update-key).
+        /// Repeat the flag or separate names with commas.
         #[arg(long = "format", value_name = "NAME", value_delimiter = ',')]
         formats: Vec<String>,
+        /// The secret key (from `kiln keygen`) that signs the update format's
+        /// bundles. Its public key must be in the profile's [update] keys.
+        /// Read only when the update format is built.
+        #[arg(long, env = "KILN_UPDATE_KEY", value_name = "FILE")]
+        update_key: Option<PathBuf>,
         /// Debug image: root logs in on the serial console (and the virtual
         /// consoles) without a password. Recorded in the manifest. Refused for
         /// profiles whose [agent] channels include "cloud".
@@ -103,6 +109,27 @@ enum Command {
         /// the full command line is recorded in the manifest.
         #[arg(long = "append-cmdline", value_name = "WORDS")]
         append_cmdline: Vec<String>,
+    },
+    /// Make a key for signing update bundles: the secret key in FILE (mode
+    /// 0600) and its public key in FILE.pub (0644).
+    ///
+    /// The profile names FILE.pub in its [update] keys, so the images built
+    /// from it accept bundles signed with FILE; `kiln build --format update
+    /// --update-key FILE` signs them. Keep FILE private and backed up: nodes
+    /// that trust only its key take no update without it.
+    Keygen {
+        /// The secret key file to write (the public key goes to FILE.pub).
+        #[arg(value_name = "FILE")]
+        path: PathBuf,
+        /// Overwrite FILE and FILE.pub if they exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign update channel documents: what nodes that follow a channel
+    /// (node config `[update] channel`) check for a newer version.
+    Channel {
+        #[command(subcommand)]
+        command: ChannelCommand,
     },
     /// Boot an image in QEMU with UEFI firmware (OVMF / AAVMF) under TCG,
     /// with the serial console on this terminal. Quit with Ctrl-A X.
@@ -168,6 +195,45 @@ enum Command {
         /// Print the report as JSON (for scripts) instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCommand {
+    /// Write the signed "latest" document that points a channel's nodes at
+    /// BUNDLE: its image, arch, version and size (read from the bundle's
+    /// header, which must verify with the key's public half), the URL they
+    /// download it from, and an expiry.
+    ///
+    /// Nodes refuse the document once it expires, so an old one cannot be
+    /// replayed and a publisher that stopped signing is noticed: sign it
+    /// again on a schedule shorter than --expires (at most 90 days). Publish
+    /// the document and the bundle on a web server; point nodes at the
+    /// document's URL.
+    Sign {
+        /// The secret key (from `kiln keygen`) that signed the bundle.
+        #[arg(long, env = "KILN_UPDATE_KEY", value_name = "FILE")]
+        update_key: PathBuf,
+        /// The bundle (`kiln build --format update` writes <name>-<arch>.update).
+        #[arg(long, value_name = "PATH")]
+        bundle: PathBuf,
+        /// Where nodes download the bundle: an http(s) URL, or a path
+        /// relative to the document's own URL (e.g. homelab-x86_64.update
+        /// when both lie in the same folder).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// How long the document is valid: a number and s, min, h or d
+        /// (1min to 90d), e.g. 7d.
+        #[arg(long, value_name = "DURATION")]
+        expires: String,
+        /// Where to write the document. Default:
+        /// <name>-<arch>.channel.json beside the bundle.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// When the document is issued (seconds since 1970). Default:
+        /// SOURCE_DATE_EPOCH, else now.
+        #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+        issued: Option<u64>,
     },
 }
 
@@ -274,7 +340,11 @@ fn main() -> ExitCode {
             // One line per cause, most specific last, so the real reason is visible.
             let mut msg = format!("kiln: error: {e}");
             for cause in e.chain().skip(1) {
-                msg.push_str(&format!(": {cause}"));
+                // Many messages already end in their cause (`{path}: {source}`).
+                let cause = cause.to_string();
+                if !msg.ends_with(&cause) {
+                    msg.push_str(&format!(": {cause}"));
+                }
             }
             eprintln!("{msg}");
             ExitCode::FAILURE
@@ -322,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             formats,
             debug_shell,
             append_cmdline,
+            update_key,
         } => {
             let formats = parse_formats(&formats)?;
             let mut profile = kiln::profile::Profile::load(&profile)?;
@@ -330,18 +401,79 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             profile.append_cmdline(&append_cmdline)?;
             let arches = arches_for(arch, &profile)?;
+            // KILN_UPDATE_KEY may be set for every build: read the key only when a
+            // bundle is made, so a build without one never depends on it.
+            let wants_update = formats
+                .as_ref()
+                .unwrap_or(&profile.formats)
+                .contains(&kiln::profile::Format::Update);
+            let update_key = match update_key {
+                Some(path) if wants_update => Some(kiln::keygen::UpdateKey::load(&path)?),
+                _ => None,
+            };
             let opts = kiln::build::BuildOptions {
                 arches,
                 out,
                 epoch: source_date_epoch,
                 agent: kiln::build::AgentSource::from_env(),
                 formats,
+                update_key,
             };
             let results = kiln::build::build(&profile, &cache()?, &opts, &ui)?;
             if !g.quiet {
                 for r in results {
                     println!("{r}");
                 }
+            }
+        }
+        Command::Keygen { path, force } => {
+            let files = kiln::keygen::keygen(&path, force)?;
+            if !g.quiet {
+                println!(
+                    "{}: secret key {} (keep it private; sign with \
+                     `kiln build --format update --update-key {}`)",
+                    files.secret.display(),
+                    files.id,
+                    files.secret.display()
+                );
+                println!("{}: public key {}", files.public.display(), files.id);
+                println!(
+                    "add the public key to the profile, its path relative to the profile's \
+                     folder:\n[update]\nkeys = [\"{}\"]",
+                    files.public.display()
+                );
+            }
+        }
+        Command::Channel {
+            command:
+                ChannelCommand::Sign {
+                    update_key,
+                    bundle,
+                    url,
+                    expires,
+                    out,
+                    issued,
+                },
+        } => {
+            let expires_in = kiln::channel::parse_expires(&expires)?;
+            let key = kiln::keygen::UpdateKey::load(&update_key)?;
+            let issued = match issued {
+                Some(s) => s,
+                None => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .context("the system clock is before 1970")?
+                    .as_secs(),
+            };
+            let signed = kiln::channel::sign(&kiln::channel::SignJob {
+                key: &key,
+                bundle: &bundle,
+                url: &url,
+                expires_in,
+                issued,
+                out: out.as_deref(),
+            })?;
+            if !g.quiet {
+                println!("{signed}");
             }
         }
         Command::Run {

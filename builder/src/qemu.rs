@@ -235,6 +235,9 @@ pub struct Vm {
     pub fw_cfg: Vec<FwCfg>,
     /// Extra arguments appended as they are.
     pub extra: Vec<String>,
+    /// QEMU exits when the guest reboots (`-no-reboot`); off, a reboot resets the
+    /// machine in the same process, as the update tests' reboots need.
+    pub exit_on_reboot: bool,
 }
 
 impl Vm {
@@ -254,6 +257,7 @@ impl Vm {
             drives: Vec::new(),
             fw_cfg: Vec::new(),
             extra: Vec::new(),
+            exit_on_reboot: true,
         }
     }
 
@@ -278,7 +282,11 @@ impl Vm {
             self.cpus.to_string(),
             "-display".into(),
             "none".into(),
-            "-no-reboot".into(),
+        ]);
+        if self.exit_on_reboot {
+            a.push("-no-reboot".into());
+        }
+        a.extend([
             "-drive".into(),
             format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",

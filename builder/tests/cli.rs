@@ -180,11 +180,57 @@ fn missing_template_variable_names_template_and_variable() {
     assert_nothing_written(&out);
 }
 
+/// The profile text with the `size = ...` line of its `[disk]` table replaced.
+fn with_disk_size(text: &str, size: &str) -> String {
+    let disk = text.find("\n[disk]\n").expect("a [disk] table");
+    let at = disk + text[disk..].find("\nsize = ").expect("a disk size");
+    let end = at + 1 + text[at + 1..].find('\n').unwrap();
+    format!("{}\nsize = \"{size}\"{}", &text[..at], &text[end..])
+}
+
+/// The profile text with `line` in its `[update]` table (added if missing).
+fn with_update(text: &str, line: &str) -> String {
+    match text.find("\n[update]\n") {
+        Some(at) => format!("{}\n[update]\n{line}\n{}", &text[..at], &text[at + 10..]),
+        None => format!("{text}\n[update]\n{line}\n"),
+    }
+}
+
 #[test]
 fn disk_too_small_for_the_content_names_the_field() {
-    let (d, p) = fixture(|t| t.replace("size = \"512MiB\"", "size = \"300MiB\""));
+    let (d, p) = fixture(|t| with_disk_size(&t, "600MiB"));
     let out = d.path().join("out");
-    assert_fails(&build(&p, &out, &[]), &["disk.size"]);
+    // The ESP and two root slots do not fit; the message says how much does.
+    let line = assert_fails(
+        &build(&p, &out, &[]),
+        &["disk.size", "2 root slots", "at least"],
+    );
+    assert!(line.contains("disk.var_min_size"), "{line}");
+    assert_nothing_written(&out);
+}
+
+#[test]
+fn slot_and_esp_sizes_too_small_name_their_fields_and_the_size_needed() {
+    let (d, p) = fixture(|t| with_update(&t, "slot_size = \"64MiB\""));
+    let out = d.path().join("out");
+    assert_fails(
+        &build(&p, &out, &[]),
+        &[
+            "`[update] slot_size`",
+            "64 MiB",
+            "the root file system needs",
+            "at least",
+        ],
+    );
+    assert_nothing_written(&out);
+
+    // Room for one UKI but not for the second an update writes beside it.
+    let (d, p) = fixture(|t| t.replace("esp_size = \"128MiB\"", "esp_size = \"40MiB\""));
+    let out = d.path().join("out");
+    assert_fails(
+        &build(&p, &out, &[]),
+        &["`disk.esp_size`", "two UKIs", "plus 10%", "at least"],
+    );
     assert_nothing_written(&out);
 }
 

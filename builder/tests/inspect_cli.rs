@@ -71,8 +71,12 @@ fn a_good_image_inspects_and_verifies() {
     let text = stdout(&o);
     for needle in [
         "format      raw",
-        "#3  root-x86_64-verity",
+        "#3  root-x86_64-a-verity",
+        "#4  _empty",
         "EFI/BOOT/BOOTX64.EFI",
+        "UKI EFI/Linux/kiln-a.efi",
+        "b  partitions #4 + #5 (16 MiB root): empty",
+        "version     1.2.3",
         &format!("roothash    {}", f.root_hash),
         "kernel      6.1.0-99-test",
         "packages    3 (",
@@ -124,7 +128,7 @@ fn verify_reports_each_difference_and_fails() {
         "{text}"
     );
     assert!(
-        text.contains("MISMATCH  partition 2 (root-arm64) sha256"),
+        text.contains("MISMATCH  partition 2 (root-arm64-a) sha256"),
         "{text}"
     );
     assert!(

@@ -102,8 +102,8 @@ impl Image {
     }
 }
 
-/// What every node image must hold, whatever the profile.
-fn check_node_root(img: &Image, channels: &[&str]) {
+/// What every node image must hold, whatever the profile (`name`, version 1.0.0).
+fn check_node_root(img: &Image, name: &str, channels: &[&str]) {
     let fsck = Command::new("e2fsck")
         .args(["-fn", &img.dev()])
         .output()
@@ -124,6 +124,38 @@ fn check_node_root(img: &Image, channels: &[&str]) {
         .map(|c| c.as_str().unwrap())
         .collect();
     assert_eq!(got, channels);
+    // ... and the image's [update] table, with the defaults spelled out.
+    let update = &agent["update"];
+    assert_eq!(update["image"].as_str(), Some(name));
+    assert_eq!(update["version"].as_str(), Some("1.0.0"));
+    assert_eq!(update["tries"].as_integer(), Some(3));
+    assert_eq!(update["health_timeout_secs"].as_integer(), Some(600));
+
+    // The image's name and version in os-release, once each (the UKI's .osrel and
+    // systemd-boot's sorting come from this file).
+    assert_eq!(img.link("/etc/os-release"), "../usr/lib/os-release");
+    let os_release = img.cat("/usr/lib/os-release");
+    for line in [
+        format!("IMAGE_ID={name}"),
+        "IMAGE_VERSION=1.0.0".to_string(),
+    ] {
+        assert_eq!(
+            os_release.lines().filter(|l| *l == line).count(),
+            1,
+            "{line}:\n{os_release}"
+        );
+    }
+    assert!(os_release.lines().any(|l| l == "ID=debian"), "{os_release}");
+    // Where the node mounts its ESP: an empty folder in the read-only root.
+    let efi = img.debugfs("stat /efi");
+    assert!(
+        efi.contains("Type: directory") && efi.contains("Mode:  0755"),
+        "{efi}"
+    );
+    assert!(img.names("/efi").is_empty());
+    // No [update] keys in the shipped profiles: the folder is there, empty.
+    assert!(img.exists("/usr/lib/kiln/update-keys"));
+    assert!(img.names("/usr/lib/kiln/update-keys").is_empty());
 
     // Static Kubernetes prerequisites, byte for byte the overlay's files.
     let base = repo().join("overlays/base/root");
@@ -170,6 +202,7 @@ fn check_node_root(img: &Image, channels: &[&str]) {
         "containerd.service",
         "kiln-config.service",
         "kiln-preflight.service",
+        "kiln-update.service",
         "systemd-networkd.service",
     ] {
         assert!(
@@ -177,6 +210,18 @@ fn check_node_root(img: &Image, channels: &[&str]) {
             "{u} not enabled: {multi_user:?}"
         );
     }
+    // A boot on trial reaches boot-complete.target (and so is blessed) only once
+    // the update health check passed.
+    assert_eq!(
+        img.names("/etc/systemd/system/boot-complete.target.requires"),
+        ["kiln-update.service"]
+    );
+    assert!(
+        img.names("/etc/systemd/system/timers.target.wants")
+            .iter()
+            .any(|n| n == "kiln-update-check.timer"),
+        "kiln-update-check.timer not enabled"
+    );
     let sysinit = img.names("/etc/systemd/system/sysinit.target.wants");
     for u in ["systemd-resolved.service", "systemd-timesyncd.service"] {
         assert!(
@@ -204,6 +249,15 @@ fn check_node_root(img: &Image, channels: &[&str]) {
     let cmdline = img.manifest["kernel"]["cmdline"].as_str().unwrap();
     assert!(
         !cmdline.contains("unified_cgroup_hierarchy") && !cmdline.contains("cgroup_no_v1"),
+        "{cmdline}"
+    );
+    // A kernel panic reboots, so a bad new version uses up its boot tries.
+    assert_eq!(
+        cmdline
+            .split(' ')
+            .filter(|w| w.starts_with("panic="))
+            .collect::<Vec<_>>(),
+        ["panic=10"],
         "{cmdline}"
     );
     assert_eq!(img.manifest["debug_shell"], false);
@@ -275,6 +329,7 @@ const NODE_MODULES: &[&str] = &[
     "isofs",
     "vfat",
     "nls_cp437",
+    "efivarfs",
 ];
 
 #[test]
@@ -283,11 +338,12 @@ fn homelab_images_are_kubernetes_ready_on_both_arches() {
     build("homelab", "all", d.path(), &[]);
     for arch in ["x86_64", "arm64"] {
         let img = Image::open(d.path(), "homelab", arch);
-        check_node_root(&img, &["cmdline", "esp", "cidata", "fw_cfg"]);
+        check_node_root(&img, "homelab", &["cmdline", "esp", "cidata", "fw_cfg"]);
         check_modules(&img, NODE_MODULES);
         check_modules(
             &img,
             &[
+                "i6300esb",
                 "e1000e",
                 "igb",
                 "igc",
@@ -329,6 +385,9 @@ fn homelab_images_are_kubernetes_ready_on_both_arches() {
         &[
             "kiln-config.service",
             "kiln-preflight.service",
+            "kiln-update.service",
+            "kiln-update-check.service",
+            "kiln-update-check.timer",
             "systemd-networkd-wait-online.service",
         ],
     );
@@ -358,7 +417,7 @@ fn bookworm_profile_still_builds_a_node_that_passes_the_image_checks() {
         .as_str()
         .unwrap()
         .starts_with("6.1."));
-    check_node_root(&img, &["cmdline", "esp", "cidata", "fw_cfg"]);
+    check_node_root(&img, "bookworm", &["cmdline", "esp", "cidata", "fw_cfg"]);
     check_modules(&img, NODE_MODULES);
     verify_units(
         &img,
@@ -376,7 +435,11 @@ fn cloud_images_carry_cloud_drivers_on_both_arches() {
     build("cloud", "all", d.path(), &[]);
     for arch in ["x86_64", "arm64"] {
         let img = Image::open(d.path(), "cloud", arch);
-        check_node_root(&img, &["cmdline", "esp", "cidata", "fw_cfg", "cloud"]);
+        check_node_root(
+            &img,
+            "cloud",
+            &["cmdline", "esp", "cidata", "fw_cfg", "cloud"],
+        );
         check_modules(&img, NODE_MODULES);
         check_modules(
             &img,

@@ -122,7 +122,8 @@ impl UkiName {
     pub fn file_name(&self) -> String {
         let counter = match self.tries {
             None => String::new(),
-            Some(Tries { left, done: 0 }) => format!("+{left}"),
+            // `+0` alone would read as "no tries left, none made"; spell that `+0-0`.
+            Some(Tries { left, done: 0 }) if left > 0 => format!("+{left}"),
             Some(Tries { left, done }) => format!("+{left}-{done}"),
         };
         format!("kiln-{}{counter}.efi", self.slot.letter())
@@ -179,6 +180,7 @@ mod tests {
             ("kiln-b+3.efi", Slot::B, Some((3, 0))),
             ("kiln-b+2-1.efi", Slot::B, Some((2, 1))),
             ("kiln-a+0-3.efi", Slot::A, Some((0, 3))),
+            ("kiln-b+0-0.efi", Slot::B, Some((0, 0))),
         ];
         for (name, slot, tries) in cases {
             let parsed = UkiName::parse(name).unwrap();

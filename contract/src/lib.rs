@@ -30,10 +30,18 @@
 //! - [`kubernetes`]: the cluster's Kubernetes version (the builder derives it, agent.toml
 //!   carries it) and containerd's support matrix that `kiln-agent preflight` checks the
 //!   runtime against.
+//! - [`signing`]: the ed25519 keys that sign update bundles, their one-line text forms
+//!   and key ids.
+//! - [`bundle`]: the signed update bundle: its header, manifest and part layout, and
+//!   the checks a node makes before it trusts one.
+//! - [`channel`]: the signed "latest" document of an update channel, which nodes
+//!   following the channel check on a schedule; durations as kiln writes them.
 
 pub mod agent_config;
 pub mod base64;
 pub mod boot;
+pub mod bundle;
+pub mod channel;
 pub mod civil;
 pub mod cmdline;
 pub mod crc32;
@@ -41,5 +49,6 @@ pub mod gpt;
 pub mod kubernetes;
 pub mod le;
 pub mod names;
+pub mod signing;
 pub mod verity;
 pub mod version;

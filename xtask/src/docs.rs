@@ -29,9 +29,16 @@ pub struct Programs {
     pub agent: PathBuf,
 }
 
-/// The agent's help is its own text, not clap's: these are the subcommands with a
-/// `--help` of their own.
-const AGENT_SUBCOMMANDS: [&str; 2] = ["overlay", "cluster"];
+/// The agent's help is its own text, not clap's, so its subcommands cannot be read from
+/// it: these are the ones with a `--help` of their own (each the arguments before
+/// `--help`).
+const AGENT_SUBCOMMANDS: [&[&str]; 5] = [
+    &["overlay"],
+    &["cluster"],
+    &["update"],
+    &["update", "apply"],
+    &["update", "check"],
+];
 
 /// The whole reference page.
 pub fn render(p: &Programs) -> anyhow::Result<String> {
@@ -47,8 +54,8 @@ pub fn render(p: &Programs) -> anyhow::Result<String> {
     for sub in AGENT_SUBCOMMANDS {
         section(
             &mut md,
-            &format!("kiln-agent {sub}"),
-            &help(&p.agent, &[sub])?,
+            &format!("kiln-agent {}", sub.join(" ")),
+            &help(&p.agent, sub)?,
         );
     }
     Ok(md)

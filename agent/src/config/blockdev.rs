@@ -1,9 +1,22 @@
 //! Block devices as sysfs shows them (`/sys/class/block`): which disk the root lives on,
 //! its partitions, and waiting for late devices to appear.
+//!
+//! Shared by the config channels and the updater (the ESP and the root slots are on
+//! the boot disk): both reach the machine through [`BlockSys`].
 
+use std::io;
 use std::time::Duration;
 
-use super::ConfigSys;
+use crate::sys::{Clock, Files};
+
+/// What reading block devices takes: sysfs (files), a clock to wait for late devices,
+/// reading a device's bytes and the root filesystem's device number.
+pub trait BlockSys: Files + Clock {
+    /// Reads `len` bytes at `offset` of the device node `dev` (`/dev/vdb`).
+    fn read_dev(&mut self, dev: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// (major, minor) of the device the root filesystem is on.
+    fn root_dev(&mut self) -> io::Result<(u64, u64)>;
+}
 
 /// Where the kernel lists block devices.
 pub const SYS_BLOCK: &str = "/sys/class/block";
@@ -25,19 +38,19 @@ impl BootDisk {
 }
 
 /// Reads a small sysfs attribute of block device `name`, trimmed.
-pub fn attr(sys: &mut dyn ConfigSys, name: &str, attr: &str) -> Option<String> {
+pub fn attr<S: BlockSys + ?Sized>(sys: &mut S, name: &str, attr: &str) -> Option<String> {
     sys.read_file(&format!("{SYS_BLOCK}/{name}/{attr}"))
         .ok()
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
 }
 
 /// True when `name` is a partition (sysfs gives partitions a `partition` attribute).
-pub fn is_partition(sys: &mut dyn ConfigSys, name: &str) -> bool {
+pub fn is_partition<S: BlockSys + ?Sized>(sys: &mut S, name: &str) -> bool {
     sys.exists(&format!("{SYS_BLOCK}/{name}/partition"))
 }
 
 /// Block device names, sorted.
-pub fn list(sys: &mut dyn ConfigSys) -> Result<Vec<String>, String> {
+pub fn list<S: BlockSys + ?Sized>(sys: &mut S) -> Result<Vec<String>, String> {
     let mut names = sys
         .list_dir(SYS_BLOCK)
         .map_err(|e| format!("listing {SYS_BLOCK}: {e}"))?;
@@ -46,7 +59,7 @@ pub fn list(sys: &mut dyn ConfigSys) -> Result<Vec<String>, String> {
 }
 
 /// Size in bytes (sysfs counts 512-byte sectors whatever the device's block size).
-pub fn size_bytes(sys: &mut dyn ConfigSys, name: &str) -> Option<u64> {
+pub fn size_bytes<S: BlockSys + ?Sized>(sys: &mut S, name: &str) -> Option<u64> {
     attr(sys, name, "size")?
         .parse::<u64>()
         .ok()
@@ -55,7 +68,7 @@ pub fn size_bytes(sys: &mut dyn ConfigSys, name: &str) -> Option<u64> {
 
 /// The whole disk a partition belongs to: sysfs puts a partition's directory inside its
 /// disk's.
-pub fn disk_of(sys: &mut dyn ConfigSys, names: &[String], part: &str) -> Option<String> {
+pub fn disk_of<S: BlockSys + ?Sized>(sys: &mut S, names: &[String], part: &str) -> Option<String> {
     names
         .iter()
         .filter(|d| d.as_str() != part)
@@ -64,7 +77,11 @@ pub fn disk_of(sys: &mut dyn ConfigSys, names: &[String], part: &str) -> Option<
 }
 
 /// The partitions of `disk`, sorted.
-pub fn partitions_of(sys: &mut dyn ConfigSys, names: &[String], disk: &str) -> Vec<String> {
+pub fn partitions_of<S: BlockSys + ?Sized>(
+    sys: &mut S,
+    names: &[String],
+    disk: &str,
+) -> Vec<String> {
     names
         .iter()
         .filter(|p| p.as_str() != disk)
@@ -75,7 +92,7 @@ pub fn partitions_of(sys: &mut dyn ConfigSys, names: &[String], disk: &str) -> V
 
 /// Finds the disk holding `/`: the block device whose number is the root's, followed
 /// through device-mapper (`slaves/`, e.g. dm-0 → vda2) to a partition, then to its disk.
-pub fn boot_disk(sys: &mut dyn ConfigSys) -> Result<BootDisk, String> {
+pub fn boot_disk<S: BlockSys + ?Sized>(sys: &mut S) -> Result<BootDisk, String> {
     let (major, minor) = sys.root_dev().map_err(|e| format!("stat /: {e}"))?;
     let number = format!("{major}:{minor}");
     let names = list(sys)?;
@@ -115,7 +132,7 @@ pub const SETTLE_MAX: Duration = Duration::from_secs(5);
 
 /// Waits until the block device list has not changed for [`SETTLE_QUIET`], at most
 /// [`SETTLE_MAX`], and returns the last list.
-pub fn settle(sys: &mut dyn ConfigSys) -> Result<Vec<String>, String> {
+pub fn settle<S: BlockSys + ?Sized>(sys: &mut S) -> Result<Vec<String>, String> {
     let mut last = list(sys)?;
     let mut quiet = Duration::ZERO;
     let mut waited = Duration::ZERO;

@@ -1,7 +1,7 @@
 //! The kernel command line channel: `kiln.<key>=<value>` (`kiln.hostname=node-1`; dotted
 //! for tables, `kiln.<table>.<key>=<value>`, e.g. `kiln.enroll.server=https://h:8443`).
 //!
-//! Values are strings, except the keys in [`INTEGER_KEYS`]. The kernel's quoting
+//! Values are strings, except the keys in [`INTEGER_KEYS`] and [`BOOL_KEYS`]. The kernel's quoting
 //! (`kiln.hostname="node-1"`) is undone. The init's own options ([`INIT_KEYS`]) are not
 //! config keys and are skipped. A key given twice keeps its last value, as the kernel
 //! does for its own parameters.
@@ -16,6 +16,9 @@ pub const CMDLINE: &str = "/proc/cmdline";
 
 /// Keys whose command line value is a number rather than a string.
 pub const INTEGER_KEYS: &[&str] = &["schema", "enroll.listen_port", "enroll.mtu"];
+
+/// Keys whose command line value is `true` or `false` rather than a string.
+pub const BOOL_KEYS: &[&str] = &["update.auto_reboot"];
 
 /// The config table the command line sets; None when it sets no config key.
 pub fn table(cmdline: &str) -> Result<Option<toml::Table>, Vec<SchemaError>> {
@@ -49,6 +52,13 @@ pub fn table(cmdline: &str) -> Result<Option<toml::Table>, Vec<SchemaError>> {
             value
                 .parse::<i64>()
                 .map_or(toml::Value::String(value), toml::Value::Integer)
+        } else if BOOL_KEYS.contains(&key) {
+            // Anything else stays a string, which the schema refuses by name.
+            match value.as_str() {
+                "true" => toml::Value::Boolean(true),
+                "false" => toml::Value::Boolean(false),
+                _ => toml::Value::String(value),
+            }
         } else {
             toml::Value::String(value)
         };

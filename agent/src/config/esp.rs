@@ -7,9 +7,9 @@
 
 use kiln_contract::gpt::types;
 
-use crate::gpt::read_gpt;
+use crate::gpt::{read_gpt, Gpt};
 
-use super::blockdev::{self, BootDisk};
+use super::blockdev::{self, BlockSys, BootDisk};
 use super::media::read_files;
 use super::{ConfigSys, Finding};
 
@@ -19,21 +19,29 @@ pub const ESP_MOUNT: &str = "/run/kiln/esp";
 /// The file looked for (any case).
 pub const ESP_FILE: &str = "kiln.toml";
 
-/// The kernel name of the ESP on `boot`.
-pub fn find_esp(sys: &mut dyn ConfigSys, boot: &BootDisk) -> Result<String, String> {
-    let disk = &boot.disk;
+/// The partition table of `disk` (a kernel name: `vda`), read through sysfs's sector
+/// size and the device node. Shared with the updater, which needs the root slots too.
+pub fn read_disk_gpt<S: BlockSys + ?Sized>(sys: &mut S, disk: &str) -> Result<Gpt, String> {
     let dev = format!("/dev/{disk}");
     let sector: u64 = blockdev::attr(sys, disk, "queue/logical_block_size")
         .and_then(|s| s.parse().ok())
         .filter(|s: &u64| s.is_power_of_two() && *s >= 512)
         .unwrap_or(512);
     let size = blockdev::size_bytes(sys, disk);
-    let gpt = read_gpt(
+    read_gpt(
         &mut |offset, len| sys.read_dev(&dev, offset, len),
         sector,
         size,
     )
-    .map_err(|e| format!("reading the partition table: {e}"))?;
+    .map_err(|e| format!("reading the partition table of {dev}: {e}"))
+}
+
+/// The kernel name of the ESP (`vda1`) in `gpt`, the table of `boot`'s disk.
+pub fn esp_partition<S: BlockSys + ?Sized>(
+    sys: &mut S,
+    boot: &BootDisk,
+    gpt: &Gpt,
+) -> Result<String, String> {
     let entry = gpt
         .entries
         .iter()
@@ -50,6 +58,12 @@ pub fn find_esp(sys: &mut dyn ConfigSys, boot: &BootDisk) -> Result<String, Stri
                  such partition"
             )
         })
+}
+
+/// The kernel name of the ESP on `boot`.
+pub fn find_esp<S: BlockSys + ?Sized>(sys: &mut S, boot: &BootDisk) -> Result<String, String> {
+    let gpt = read_disk_gpt(sys, &boot.disk)?;
+    esp_partition(sys, boot, &gpt)
 }
 
 /// Reads the channel. `boot` is the boot disk, or why it could not be found.

@@ -37,6 +37,7 @@ use std::time::Duration;
 use kiln_contract::names;
 
 use crate::sys::{Clock, Console, Exec, Files};
+use blockdev::BlockSys;
 use schema::{Hostname, NodeConfig, SchemaError};
 use settings::{Channel, Settings, SETTINGS_PATH};
 
@@ -62,13 +63,9 @@ pub struct ChannelFailure {
 
 /// Everything `config` does to the system, so the logic runs against a fake in tests:
 /// files (callers read config documents with [`Files::read_prefix`], at most one byte
-/// over [`schema::MAX_CONFIG_BYTES`]), the clock, the console, programs (`modprobe`), and
-/// the below.
-pub trait ConfigSys: Files + Clock + Console + Exec {
-    /// Reads `len` bytes at `offset` of the device node `dev` (`/dev/vdb`).
-    fn read_dev(&mut self, dev: &str, offset: u64, len: usize) -> io::Result<Vec<u8>>;
-    /// (major, minor) of the device the root filesystem is on.
-    fn root_dev(&mut self) -> io::Result<(u64, u64)>;
+/// over [`schema::MAX_CONFIG_BYTES`]), the clock, the console, programs (`modprobe`),
+/// block devices ([`BlockSys`]), and the below.
+pub trait ConfigSys: Files + Clock + Console + Exec + BlockSys {
     /// Mounts `dev` read-only, nosuid, nodev, noexec at `target` (created if missing).
     fn mount_ro(&mut self, dev: &str, target: &str, fstype: &str) -> Result<(), String>;
     /// Unmounts `target`.
@@ -190,23 +187,59 @@ pub fn merge(findings: &[Finding]) -> Merged {
             m.sources.insert("hostname", f.source.clone());
         }
         merge_enroll(&mut m, &c.enroll, &f.source);
+        merge_update(&mut m, &c.update, &f.source);
     }
     m
 }
 
-fn merge_enroll(m: &mut Merged, e: &schema::EnrollConfig, source: &Source) {
-    fn take<T: Clone>(
-        sources: &mut BTreeMap<&'static str, Source>,
-        key: &'static str,
-        have: &mut Option<T>,
-        offer: &Option<T>,
-        source: &Source,
-    ) {
-        if have.is_none() && offer.is_some() {
-            *have = offer.clone();
-            sources.insert(key, source.clone());
-        }
+fn merge_update(m: &mut Merged, u: &schema::UpdateConfig, source: &Source) {
+    let have = &mut m.config.update;
+    let sources = &mut m.sources;
+    take(
+        sources,
+        "update.channel",
+        &mut have.channel,
+        &u.channel,
+        source,
+    );
+    take(
+        sources,
+        "update.check_every",
+        &mut have.check_every,
+        &u.check_every,
+        source,
+    );
+    take(
+        sources,
+        "update.window",
+        &mut have.window,
+        &u.window,
+        source,
+    );
+    take(
+        sources,
+        "update.auto_reboot",
+        &mut have.auto_reboot,
+        &u.auto_reboot,
+        source,
+    );
+}
+
+/// Sets `have` to `offer` when nothing set it yet, and records where it came from.
+fn take<T: Clone>(
+    sources: &mut BTreeMap<&'static str, Source>,
+    key: &'static str,
+    have: &mut Option<T>,
+    offer: &Option<T>,
+    source: &Source,
+) {
+    if have.is_none() && offer.is_some() {
+        *have = offer.clone();
+        sources.insert(key, source.clone());
     }
+}
+
+fn merge_enroll(m: &mut Merged, e: &schema::EnrollConfig, source: &Source) {
     let have = &mut m.config.enroll;
     let sources = &mut m.sources;
     take(
@@ -289,6 +322,33 @@ pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source, secrets: 
         }
         if let Some(m) = e.mtu {
             line("mtu", m.to_string());
+        }
+    }
+    let u = &merged.config.update;
+    if !u.is_empty() {
+        out.push_str("\n[update]\n");
+        let quoted = |s: String| toml::Value::String(s).to_string();
+        let mut line = |key: &'static str, value: String| {
+            out.push_str(&format!("{key} = {value}"));
+            if let Some(s) = merged.sources.get(format!("update.{key}").as_str()) {
+                out.push_str(&format!(" # from {s}"));
+            }
+            out.push('\n');
+        };
+        if let Some(c) = &u.channel {
+            line("channel", quoted(c.clone()));
+        }
+        if let Some(s) = u.check_every {
+            line(
+                "check_every",
+                quoted(kiln_contract::channel::format_duration(s)),
+            );
+        }
+        if let Some(w) = &u.window {
+            line("window", quoted(w.to_string()));
+        }
+        if let Some(r) = u.auto_reboot {
+            line("auto_reboot", r.to_string());
         }
     }
     out

@@ -1,4 +1,4 @@
-//! The running system behind [`ConfigSys`]: devices, mounts, the hostname and the cloud
+//! The running system behind [`ConfigSys`] and [`BlockSys`]: devices, mounts, the hostname and the cloud
 //! (files, the clock, the console and programs are [`RealSys`]'s own).
 
 use std::fs::{self, File};
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use super::blockdev::BlockSys;
 use super::cloud;
 use super::{ChannelFailure, ConfigSys, CLOUD_BUDGET, KERNEL_HOSTNAME};
 use crate::sys::real::{with_path, RealSys};
@@ -15,7 +16,7 @@ use crate::sys::real::{with_path, RealSys};
 /// Where DMI data is (for cloud detection).
 pub const DMI_DIR: &str = "/sys/class/dmi/id";
 
-impl ConfigSys for RealSys {
+impl BlockSys for RealSys {
     fn read_dev(&mut self, dev: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let file = File::open(dev)?;
         let mut buf = vec![0u8; len];
@@ -27,7 +28,9 @@ impl ConfigSys for RealSys {
         let dev = fs::metadata("/")?.dev();
         Ok((nix::sys::stat::major(dev), nix::sys::stat::minor(dev)))
     }
+}
 
+impl ConfigSys for RealSys {
     fn mount_ro(&mut self, dev: &str, target: &str, fstype: &str) -> Result<(), String> {
         fs::create_dir_all(target).map_err(|e| format!("creating {target}: {e}"))?;
         let flags =

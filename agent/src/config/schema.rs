@@ -10,6 +10,12 @@
 //! endpoint = "203.0.113.7:51820"   # optional: where the outside reaches this node
 //! listen_port = 51820              # optional
 //! mtu = 1380                       # optional override of the overlay MTU
+//!
+//! [update]            # following an update channel (kiln-update-check.timer)
+//! channel = "https://updates.example/homelab-x86_64.channel.json"
+//! check_every = "6h"               # optional: 10min to 7d, default 6h
+//! window = "Sat 02:00-04:00"       # optional, UTC; without it: apply at once
+//! auto_reboot = true               # optional, default true
 //! ```
 //!
 //! The token's secret never appears in a message or summary: they show
@@ -22,9 +28,12 @@
 
 use std::fmt;
 
+use kiln_contract::channel::{format_duration, parse_duration};
 use kiln_enroll_proto::token::Token;
 use kiln_enroll_proto::validate::parse_host_port;
 use serde::Deserialize;
+
+use crate::update::check::window::Window;
 
 /// The only schema version this agent understands.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -36,10 +45,19 @@ pub const MAGIC_LINE: &str = "#kiln-config";
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// Every key of the schema, in the order they are documented and written.
-pub const KNOWN_KEYS: &[&str] = &["schema", "hostname", "enroll"];
+pub const KNOWN_KEYS: &[&str] = &["schema", "hostname", "enroll", "update"];
 
 /// Every key of the `[enroll]` table.
 pub const ENROLL_KEYS: &[&str] = &["server", "token", "endpoint", "listen_port", "mtu"];
+
+/// Every key of the `[update]` table.
+pub const UPDATE_KEYS: &[&str] = &["channel", "check_every", "window", "auto_reboot"];
+
+/// Shortest and longest `[update] check_every`, in seconds.
+pub const CHECK_EVERY_RANGE: (u64, u64) = (600, 7 * 86_400);
+
+/// `[update] check_every` when the config sets none.
+pub const DEFAULT_CHECK_EVERY: u64 = 6 * 3600;
 
 /// The port of a server URL that names none.
 pub const DEFAULT_SERVER_PORT: u16 = 8443;
@@ -57,6 +75,99 @@ pub struct NodeConfigDto {
     pub hostname: Option<String>,
     /// The `[enroll]` table.
     pub enroll: Option<EnrollDto>,
+    /// The `[update]` table.
+    pub update: Option<UpdateDto>,
+}
+
+/// The wire form of the `[update]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDto {
+    /// The channel document's http(s) URL.
+    pub channel: Option<String>,
+    /// How often to check (`6h`).
+    pub check_every: Option<String>,
+    /// The maintenance window (`Sat 02:00-04:00`).
+    pub window: Option<String>,
+    /// Whether to reboot into an applied update.
+    pub auto_reboot: Option<bool>,
+}
+
+/// The validated `[update]` table; `None` fields were not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateConfig {
+    /// The channel document's URL (http or https).
+    pub channel: Option<String>,
+    /// Seconds between checks.
+    pub check_every: Option<u64>,
+    /// The maintenance window.
+    pub window: Option<Window>,
+    /// Whether to reboot into an applied update.
+    pub auto_reboot: Option<bool>,
+}
+
+impl UpdateConfig {
+    /// Whether no key is set.
+    pub fn is_empty(&self) -> bool {
+        self == &UpdateConfig::default()
+    }
+
+    /// `check_every`, or its default.
+    pub fn check_every_secs(&self) -> u64 {
+        self.check_every.unwrap_or(DEFAULT_CHECK_EVERY)
+    }
+
+    /// `auto_reboot`, or its default (true).
+    pub fn reboots(&self) -> bool {
+        self.auto_reboot.unwrap_or(true)
+    }
+
+    /// `update.KEY=VALUE` words for the console.
+    pub fn words(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(c) = &self.channel {
+            w.push(format!("update.channel={c}"));
+        }
+        if let Some(s) = self.check_every {
+            w.push(format!("update.check_every={}", format_duration(s)));
+        }
+        if let Some(win) = &self.window {
+            w.push(format!("update.window=\"{win}\""));
+        }
+        if let Some(r) = self.auto_reboot {
+            w.push(format!("update.auto_reboot={r}"));
+        }
+        w
+    }
+}
+
+/// Checks a channel URL: `http://` or `https://`, then the downloader's own parse.
+pub fn check_channel_url(text: &str) -> Result<(), String> {
+    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(
+            "must be the http:// or https:// URL of the channel document \
+                    (<name>-<arch>.channel.json, from `kiln channel sign`)"
+                .to_string(),
+        );
+    }
+    crate::update::fetch::Url::parse(text)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a `check_every` duration; seconds.
+pub fn parse_check_every(text: &str) -> Result<u64, String> {
+    let (lo, hi) = CHECK_EVERY_RANGE;
+    match parse_duration(text) {
+        Some(s) if (lo..=hi).contains(&s) => Ok(s),
+        Some(_) => Err(format!(
+            "must be from {} to {}",
+            format_duration(lo),
+            format_duration(hi)
+        )),
+        None => Err("is not a duration: a number and s, min, h or d, e.g. \"6h\"".to_string()),
+    }
 }
 
 /// The wire form of the `[enroll]` table.
@@ -237,6 +348,8 @@ pub struct NodeConfig {
     pub hostname: Option<Hostname>,
     /// `[enroll]`.
     pub enroll: EnrollConfig,
+    /// `[update]`.
+    pub update: UpdateConfig,
 }
 
 impl NodeConfig {
@@ -249,6 +362,7 @@ impl NodeConfig {
             .map(|h| format!("hostname={h}"))
             .collect();
         words.extend(self.enroll.words());
+        words.extend(self.update.words());
         if words.is_empty() {
             "no settings".to_string()
         } else {
@@ -331,14 +445,23 @@ impl fmt::Display for SchemaError {
                 }
                 write!(f, ": {message}")
             }
-            SchemaError::UnknownKey { key } => match key.strip_prefix("enroll.") {
-                Some(_) => write!(
-                    f,
-                    "unknown key {key:?} (known in [enroll]: {})",
-                    ENROLL_KEYS.join(", ")
-                ),
-                None => write!(f, "unknown key {key:?} (known: {})", KNOWN_KEYS.join(", ")),
-            },
+            SchemaError::UnknownKey { key } => {
+                if key.starts_with("enroll.") {
+                    write!(
+                        f,
+                        "unknown key {key:?} (known in [enroll]: {})",
+                        ENROLL_KEYS.join(", ")
+                    )
+                } else if key.starts_with("update.") {
+                    write!(
+                        f,
+                        "unknown key {key:?} (known in [update]: {})",
+                        UPDATE_KEYS.join(", ")
+                    )
+                } else {
+                    write!(f, "unknown key {key:?} (known: {})", KNOWN_KEYS.join(", "))
+                }
+            }
             SchemaError::WrongType {
                 key,
                 expected,
@@ -443,6 +566,14 @@ pub fn from_table(table: toml::Table) -> Result<NodeConfig, Vec<SchemaError>> {
                 }
                 v => errors.push(wrong_type(key, "a table ([enroll])", v)),
             },
+            "update" => match value {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        check_update(k, v, &mut errors);
+                    }
+                }
+                v => errors.push(wrong_type(key, "a table ([update])", v)),
+            },
             _ => errors.push(SchemaError::UnknownKey { key: key.clone() }),
         }
     }
@@ -498,6 +629,53 @@ fn check_enroll(key: &str, value: &toml::Value, errors: &mut Vec<SchemaError>) {
         ("listen_port" | "mtu", v) => errors.push(wrong_type(&full, "an integer", v)),
         _ => errors.push(SchemaError::UnknownKey { key: full.clone() }),
     }
+}
+
+fn check_update(key: &str, value: &toml::Value, errors: &mut Vec<SchemaError>) {
+    let full = format!("update.{key}");
+    let checked = match (key, value) {
+        ("channel", toml::Value::String(s)) => check_channel_url(s),
+        ("check_every", toml::Value::String(s)) => parse_check_every(s).map(|_| ()),
+        ("window", toml::Value::String(s)) => Window::parse(s).map(|_| ()),
+        ("auto_reboot", toml::Value::Boolean(_)) => Ok(()),
+        ("channel" | "check_every" | "window", v) => {
+            return errors.push(wrong_type(&full, "a string", v));
+        }
+        ("auto_reboot", v) => return errors.push(wrong_type(&full, "a boolean", v)),
+        _ => return errors.push(SchemaError::UnknownKey { key: full }),
+    };
+    if let Err(why) = checked {
+        errors.push(SchemaError::BadValue {
+            key: full,
+            value: value.to_string(),
+            why,
+        });
+    }
+}
+
+fn validate_update(dto: UpdateDto) -> Result<UpdateConfig, SchemaError> {
+    let bad = |key: &str, value: &str, why: String| SchemaError::BadValue {
+        key: format!("update.{key}"),
+        value: toml::Value::String(value.to_string()).to_string(),
+        why,
+    };
+    if let Some(c) = &dto.channel {
+        check_channel_url(c).map_err(|why| bad("channel", c, why))?;
+    }
+    let check_every = match &dto.check_every {
+        Some(s) => Some(parse_check_every(s).map_err(|why| bad("check_every", s, why))?),
+        None => None,
+    };
+    let window = match &dto.window {
+        Some(s) => Some(Window::parse(s).map_err(|why| bad("window", s, why))?),
+        None => None,
+    };
+    Ok(UpdateConfig {
+        channel: dto.channel,
+        check_every,
+        window,
+        auto_reboot: dto.auto_reboot,
+    })
 }
 
 fn check_int(key: &str, n: i64) -> Result<u16, String> {
@@ -570,9 +748,14 @@ pub fn validate(dto: NodeConfigDto) -> Result<NodeConfig, SchemaError> {
         Some(e) => validate_enroll(e)?,
         None => EnrollConfig::default(),
     };
+    let update = match dto.update {
+        Some(u) => validate_update(u)?,
+        None => UpdateConfig::default(),
+    };
     Ok(NodeConfig {
         schema: dto.schema,
         hostname,
         enroll,
+        update,
     })
 }

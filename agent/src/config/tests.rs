@@ -314,7 +314,7 @@ impl Exec for Fake {
     }
 }
 
-impl ConfigSys for Fake {
+impl BlockSys for Fake {
     fn read_dev(&mut self, dev: &str, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let d = self
             .devs
@@ -328,7 +328,9 @@ impl ConfigSys for Fake {
     fn root_dev(&mut self) -> io::Result<(u64, u64)> {
         Ok(self.root)
     }
+}
 
+impl ConfigSys for Fake {
     /// "Mounts" by extracting the volume's files with the real tools, so the channel code
     /// reads what a kernel mount would show.
     fn mount_ro(&mut self, dev: &str, target: &str, fstype: &str) -> Result<(), String> {
@@ -421,7 +423,7 @@ fn schema_accepts_the_documented_form() {
 fn schema_errors_name_key_and_value() {
     assert_eq!(
         errors_of("hostnme = \"x\""),
-        ["unknown key \"hostnme\" (known: schema, hostname, enroll)"]
+        ["unknown key \"hostnme\" (known: schema, hostname, enroll, update)"]
     );
     assert_eq!(
         errors_of("hostname = 5"),
@@ -446,7 +448,7 @@ fn schema_errors_name_key_and_value() {
         errors_of("zone = 1\nhostname = true\n"),
         [
             "hostname: expected a string, got boolean true",
-            "unknown key \"zone\" (known: schema, hostname, enroll)"
+            "unknown key \"zone\" (known: schema, hostname, enroll, update)"
         ]
     );
     let e = errors_of("hostname = \"a\"\nhostname = \"b\"\n");
@@ -625,7 +627,7 @@ fn cmdline_gives_kiln_keys_only() {
     let e = schema::from_table(cmdline::table("kiln.hostnme=a").unwrap().unwrap()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "unknown key \"hostnme\" (known: schema, hostname, enroll)"
+        "unknown key \"hostnme\" (known: schema, hostname, enroll, update)"
     );
     let e = cmdline::table("kiln.a=1 kiln.a.b=2").unwrap_err();
     assert!(e[0].to_string().contains("cannot be set"), "{e:?}");
@@ -784,7 +786,7 @@ fn esp_problems_are_errors_that_say_where() {
     let boot = blockdev::boot_disk(&mut f).unwrap();
     assert_eq!(
         esp::gather(&mut f, Ok(&boot)).unwrap().lines(),
-        ["kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: unknown key \"hostnme\" (known: schema, hostname, enroll)"]
+        ["kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: unknown key \"hostnme\" (known: schema, hostname, enroll, update)"]
     );
     // A mount the kernel refuses, with the ESP mounted nowhere else.
     f.mount_error = Some("mount /dev/vda1 on /run/kiln/esp: EBUSY".into());
@@ -1092,7 +1094,7 @@ fn broken_channels_do_not_stop_the_others() {
     assert_eq!(
         f.lines,
         [
-            "kiln-config: ERROR: cmdline: /proc/cmdline: unknown key \"hostnme\" (known: schema, hostname, enroll)",
+            "kiln-config: ERROR: cmdline: /proc/cmdline: unknown key \"hostnme\" (known: schema, hostname, enroll, update)",
             "kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: hostname: expected a string, got integer 5",
             "kiln-config: cidata: /dev/vdb:kiln.toml: hostname=from-cidata",
             "kiln-config: ERROR: fw_cfg: opt/kiln/config: not UTF-8 text (byte 0xff at offset 0); the config must be a UTF-8 TOML document",
@@ -1453,4 +1455,133 @@ fn dry_run_never_prints_the_token_secret() {
         "{:?}",
         f2.lines
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The [update] table.
+
+#[test]
+fn update_table_accepts_the_documented_form_and_defaults() {
+    let c = parse_text(
+        "[update]\nchannel = \"https://h.example/c/homelab-x86_64.channel.json\"\n\
+         check_every = \"12h\"\nwindow = \"Sat 02:00-04:00\"\nauto_reboot = false\n",
+    )
+    .unwrap();
+    let u = &c.update;
+    assert_eq!(
+        u.channel.as_deref(),
+        Some("https://h.example/c/homelab-x86_64.channel.json")
+    );
+    assert_eq!(u.check_every_secs(), 12 * 3600);
+    assert_eq!(u.window.unwrap().to_string(), "Sat 02:00-04:00");
+    assert!(!u.reboots());
+    assert_eq!(
+        c.summary(),
+        "update.channel=https://h.example/c/homelab-x86_64.channel.json \
+         update.check_every=12h update.window=\"Sat 02:00-04:00\" update.auto_reboot=false"
+    );
+    let c = parse_text("[update]\nchannel = \"http://10.0.2.2:8000/c.json\"\n").unwrap();
+    assert_eq!(c.update.check_every_secs(), schema::DEFAULT_CHECK_EVERY);
+    assert!(c.update.reboots());
+    assert_eq!(c.update.window, None);
+}
+
+#[test]
+fn update_table_errors_name_the_key() {
+    for (text, want) in [
+        (
+            "[update]\nchanel = \"https://h/c.json\"",
+            "unknown key \"update.chanel\" (known in [update]: channel, check_every, window, auto_reboot)",
+        ),
+        (
+            "[update]\nchannel = \"ftp://h/c.json\"",
+            "update.channel: \"ftp://h/c.json\": must be the http:// or https:// URL",
+        ),
+        ("[update]\nchannel = \"https://\"", "update.channel: \"https://\": bad URL"),
+        ("[update]\nchannel = 5", "update.channel: expected a string, got integer 5"),
+        (
+            "[update]\ncheck_every = \"5min\"",
+            "update.check_every: \"5min\": must be from 10min to 7d",
+        ),
+        (
+            "[update]\ncheck_every = \"often\"",
+            "update.check_every: \"often\": is not a duration",
+        ),
+        (
+            "[update]\ncheck_every = 3600",
+            "update.check_every: expected a string, got integer 3600",
+        ),
+        (
+            "[update]\nwindow = \"Caturday 02:00-04:00\"",
+            "update.window: \"Caturday 02:00-04:00\": \"Caturday\" is not a day",
+        ),
+        (
+            "[update]\nwindow = \"daily 02:00-02:30\"",
+            "update.window: \"daily 02:00-02:30\": 02:00-02:30 is 30 minutes",
+        ),
+        (
+            "[update]\nauto_reboot = \"yes\"",
+            "update.auto_reboot: expected a boolean, got string \"yes\"",
+        ),
+        ("update = \"x\"", "update: expected a table ([update]), got string \"x\""),
+    ] {
+        let e = errors_of(text);
+        assert!(e[0].starts_with(want), "{text:?}: {e:?}");
+    }
+}
+
+#[test]
+fn update_keys_come_from_the_command_line_and_merge_per_key() {
+    let t = cmdline::table(
+        "kiln.update.channel=http://10.0.2.2:8000/c.json kiln.update.auto_reboot=false \
+         kiln.update.window=\"daily 03:00-05:00\"",
+    )
+    .unwrap()
+    .unwrap();
+    let c = schema::from_table(t).unwrap();
+    assert_eq!(
+        c.update.channel.as_deref(),
+        Some("http://10.0.2.2:8000/c.json")
+    );
+    assert_eq!(c.update.auto_reboot, Some(false));
+    assert_eq!(c.update.window.unwrap().to_string(), "daily 03:00-05:00");
+    let e = schema::from_table(
+        cmdline::table("kiln.update.auto_reboot=no")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e[0].to_string(),
+        "update.auto_reboot: expected a boolean, got string \"no\""
+    );
+
+    let findings = vec![
+        found("cmdline", "[update]\nchannel = \"https://a/c.json\""),
+        found(
+            "esp",
+            "[update]\nchannel = \"https://b/c.json\"\ncheck_every = \"1d\"",
+        ),
+        found(
+            "fw_cfg",
+            "[update]\nwindow = \"Sun 01:00-03:00\"\nauto_reboot = false",
+        ),
+    ];
+    let m = merge(&findings);
+    assert_eq!(m.config.update.channel.as_deref(), Some("https://a/c.json"));
+    assert_eq!(m.sources["update.channel"].channel, "cmdline");
+    assert_eq!(m.sources["update.check_every"].channel, "esp");
+    assert_eq!(m.sources["update.window"].channel, "fw_cfg");
+    let from = Source {
+        channel: "esp",
+        place: "p".into(),
+    };
+    let file = render(&m, "n1", &from, Secrets::Reveal);
+    assert!(
+        file.contains("[update]\nchannel = \"https://a/c.json\" # from cmdline: cmdline-place\n"),
+        "{file}"
+    );
+    assert!(file.contains("check_every = \"1d\" # from esp"), "{file}");
+    // The written file is valid input and gives the same settings back.
+    assert_eq!(parse_text(&file).unwrap().update, m.config.update);
 }

@@ -1,7 +1,10 @@
 //! `init` mode: the initramfs's PID 1. Mounts the API filesystems, loads the listed
 //! modules, finds the root partition by GPT type, mounts it read-only and hands over to
 //! the system's init. Any failure is printed and the machine is halted, never left in a
-//! silent hang and never with PID 1 exiting (which panics the kernel).
+//! silent hang and never with PID 1 exiting (which panics the kernel). A boot on trial
+//! (a new version whose UKI systemd-boot booted with a boot counter) reboots instead,
+//! after [`TRIAL_REBOOT_DELAY`], so that systemd-boot counts the attempt and falls back
+//! to the previous version once the attempts run out.
 //!
 //! The steps are written against [`InitSys`], so the whole sequence is tested with a fake.
 
@@ -14,12 +17,14 @@ pub mod var;
 pub mod verity;
 
 use std::io;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 
 use crate::cmdline::{self, FailureAction, InitOptions};
 use crate::sys::{Clock, Console, Exec, Files, Random};
+use crate::update::efivars::{self, TrialBoot};
 use modules::{load_all, parse_modules_load, ModuleError, ModuleResults, MODULES_LOAD};
 use root::{describe_type, wait_for_root, RootPartition};
 
@@ -126,6 +131,26 @@ pub fn run(sys: &mut dyn InitSys, init_args: &[String]) {
             Stage::AfterRoot => "the system's init could not be started",
             Stage::Var => "/var could not be set up on the var partition",
         };
+        if let Some(trial) = trial_boot(sys) {
+            let then = if trial.last() {
+                "; it was the last one: systemd-boot falls back to the previous version"
+            } else {
+                ""
+            };
+            say(
+                sys,
+                &format!(
+                    "{why}; this boot is on trial (attempt {} of {}): rebooting in {} s so that \
+                     systemd-boot counts the attempt{then}",
+                    trial.attempt(),
+                    trial.attempts(),
+                    TRIAL_REBOOT_DELAY.as_secs()
+                ),
+            );
+            sys.sleep(TRIAL_REBOOT_DELAY);
+            sys.halt(FailureAction::Reboot);
+            return;
+        }
         say(sys, &format!("halting; {why}"));
         match on_failure {
             FailureAction::Halt => {}
@@ -133,6 +158,31 @@ pub fn run(sys: &mut dyn InitSys, init_args: &[String]) {
             FailureAction::Reboot => say(sys, "rebooting (kiln.on_failure=reboot)"),
         }
         sys.halt(on_failure);
+    }
+}
+
+/// How long a failed boot on trial leaves its message on the console before it reboots.
+pub const TRIAL_REBOOT_DELAY: Duration = Duration::from_secs(5);
+
+/// The booted UKI when this boot is on trial (systemd-boot's `LoaderBootCountPath`), read
+/// through efivarfs, which is mounted for it (under /sys, or /sysroot/sys once /sys has
+/// moved there). Anything unreadable is said and counts as not on trial.
+fn trial_boot<S: InitSys + ?Sized>(sys: &mut S) -> Option<TrialBoot> {
+    let sysfs = ["/sys", "/sysroot/sys"]
+        .into_iter()
+        .find(|s| sys.exists(&format!("{s}/firmware")))?;
+    let mount = |s: &mut S, target: &str| {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        s.mount("efivarfs", target, Some("efivarfs"), flags, None)
+    };
+    match efivars::read(sys, sysfs, mount) {
+        Ok(vars) => vars.trial(),
+        Err(e) => {
+            sys.say(&format!(
+                "kiln-init: cannot tell whether this boot is on trial: {e}"
+            ));
+            None
+        }
     }
 }
 

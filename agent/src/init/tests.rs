@@ -1557,3 +1557,6 @@ fn a_driver_without_its_hardware_is_not_a_failure() {
         sys.lines
     );
 }
+
+/// A failed boot on trial reboots so systemd-boot counts the attempt.
+mod trial;

@@ -55,13 +55,26 @@ pub(super) fn uki(
     Ok(Uki { image, cmdline })
 }
 
-/// The UKI's command line: consoles, the verity root hash and the node's
-/// boot policy from the profile, then the profile's own words.
+/// Seconds after a kernel panic until the kernel reboots ([`PANIC_WORD`]).
+const PANIC_REBOOT_SECS: u32 = 10;
+/// `panic=10`: a panicking kernel (an init that exits, a version that cannot mount
+/// its root) reboots instead of hanging, so a bad new version uses up its boot
+/// tries and systemd-boot falls back to the previous one.
+const PANIC_WORD: &str = "panic=";
+
+/// The UKI's command line: consoles, `panic=10` unless the profile sets its own,
+/// the verity root hash and the node's boot policy from the profile, then the
+/// profile's own words.
 fn kernel_cmdline(profile: &Profile, arch: Arch, root_hash: &[u8; 32]) -> String {
     let mut words: Vec<String> = match arch {
         Arch::X86_64 => vec!["console=tty0".into(), "console=ttyS0,115200".into()],
         Arch::Arm64 => vec!["console=tty0".into(), "console=ttyAMA0,115200".into()],
     };
+    let extra = profile.extra_cmdline();
+    // The kernel takes the last panic= it sees, but one word is clearer to read.
+    if !extra.iter().any(|w| w.starts_with(PANIC_WORD)) {
+        words.push(format!("{PANIC_WORD}{PANIC_REBOOT_SECS}"));
+    }
     // The contract spells init's words, so the agent reads back exactly these values.
     let (verity_check, var_fallback): (VerityCheck, VarFallback) =
         (profile.disk.verity_check, profile.disk.var_fallback);
@@ -72,6 +85,47 @@ fn kernel_cmdline(profile: &Profile, arch: Arch, root_hash: &[u8; 32]) -> String
         var_fallback,
     };
     words.extend(init.to_words());
-    words.extend(profile.extra_cmdline());
+    words.extend(extra);
     words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn profile(cmdline: &str) -> Profile {
+        let text = format!(
+            "schema = 1\nname = \"t\"\narches = [\"x86_64\"]\n[debian]\nsuites = [\"trixie\"]\n\
+             [kernel]\ncmdline = [{cmdline}]\n[kernel.package]\nx86_64 = \"linux-image-amd64\"\n\
+             [disk]\nsize = \"1GiB\"\n"
+        );
+        Profile::parse(Path::new("t.toml"), &text, Path::new("overlays")).unwrap()
+    }
+
+    #[test]
+    fn the_command_line_reboots_on_panic_unless_the_profile_says_otherwise() {
+        let hash = [0xab; 32];
+        let line = kernel_cmdline(&profile("\"quiet\""), Arch::X86_64, &hash);
+        assert_eq!(
+            line,
+            format!(
+                "console=tty0 console=ttyS0,115200 panic=10 kiln.roothash={} \
+                 kiln.var_min={} quiet",
+                hex::encode(hash),
+                kiln_contract::cmdline::DEFAULT_VAR_MIN
+            )
+        );
+        let line = kernel_cmdline(&profile("\"panic=0\""), Arch::Arm64, &hash);
+        assert!(
+            line.starts_with("console=tty0 console=ttyAMA0,115200 kiln.roothash="),
+            "{line}"
+        );
+        assert!(line.ends_with(" panic=0"), "{line}");
+        // --append-cmdline words count as the profile's.
+        let mut p = profile("");
+        p.append_cmdline(&["panic=-1".into()]).unwrap();
+        let line = kernel_cmdline(&p, Arch::X86_64, &hash);
+        assert_eq!(line.matches("panic=").count(), 1, "{line}");
+    }
 }

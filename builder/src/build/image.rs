@@ -1,21 +1,26 @@
-//! The disk stages: plan the disk around the root, write the root's ext4
-//! ("ext4"), its hash tree ("verity"), then the ESP holding the UKI and the
-//! final GPT ("esp+gpt").
+//! The disk stages: plan the disk around the root (the ESP, root slot A that
+//! the build fills and slot B that the first update fills), write the root's
+//! ext4 into slot A ("ext4"), its hash tree ("verity"), then the ESP holding
+//! systemd-boot and slot A's UKI, and the final GPT ("esp+gpt").
 
 use std::io::BufReader;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use kiln_contract::boot::{self, Slot, UkiName};
+
 use super::boot::Uki;
 use super::error::io_err;
-use super::inputs::Inputs;
+use super::inputs::{BootParts, Inputs};
 use super::recipe::Job;
 use super::tree::RootTree;
 use super::BuildError;
 use crate::disk::ImageFile;
 use crate::fs::ext4::{self, Ext4Summary};
 use crate::fs::fat;
-use crate::fs::verity::{self, VerityGeometry, VerityParams, VerityTree};
+use crate::fs::verity::{self, VerityParams, VerityTree};
+use crate::output::manifest::{sha256_hex, FileDigest};
+use crate::plan::esp::{check_esp, EspNeeds};
 use crate::plan::{DiskPlan, ImageSeed, PartitionRole, PlanInput};
 
 /// The disk plan and the root size it was made for.
@@ -58,6 +63,8 @@ pub(super) struct Disk {
     pub file_size: u64,
     /// The root filesystem.
     pub root: Ext4Summary,
+    /// The files kiln put on the ESP, by path, with their digests.
+    pub esp_files: Vec<FileDigest>,
 }
 
 /// The image's seed: every identifier on the disk is derived from it.
@@ -82,14 +89,14 @@ fn plan_for(job: &Job<'_>, seed: &ImageSeed, root_size: u64) -> Result<Layout, B
         disk_size: job.profile.disk.size,
         esp_size: job.profile.disk.esp_size,
         root_size,
-        root_verity_size: VerityGeometry::new(root_size)?.hash_bytes(),
+        slot_size: job.profile.update.slot_size,
+        var_min_size: job.profile.disk.var_min_size,
         seed: seed.bytes(),
-        reserve_ab: false,
     })?;
     Ok(Layout { root_size, plan })
 }
 
-/// Stage "ext4": creates the image at `path` and writes the root into it.
+/// Stage "ext4": creates the image at `path` and writes the root into slot A.
 /// An estimate that proves too small grows by a tenth and the disk is
 /// planned again, up to the whole disk.
 pub(super) fn write_root(
@@ -141,24 +148,59 @@ pub(super) fn hash_root(root_fs: &mut RootFs, seed: &ImageSeed) -> Result<RootVe
     Ok(RootVerity { tree, params })
 }
 
-/// Stage "esp+gpt": the ESP with the UKI as the removable-media boot file,
-/// then the image is flushed and closed.
+/// Where slot A's UKI goes: `EFI/Linux/kiln-a.efi`, without a boot counter
+/// because a fresh image's only version has nothing to fall back to.
+pub(super) fn uki_path() -> String {
+    let name = UkiName {
+        slot: Slot::A,
+        tries: None,
+    };
+    format!("{}/{}", boot::UKI_DIR, name.file_name())
+}
+
+/// Stage "esp+gpt": the ESP with systemd-boot as the removable-media boot
+/// file (so no firmware boot entry is needed), its `loader.conf` and slot A's
+/// UKI, then the image is flushed and closed. The ESP is checked first for
+/// room for a second UKI, which the first update needs.
 pub(super) fn write_esp(
     job: &Job<'_>,
     seed: &ImageSeed,
     root_fs: RootFs,
     uki: &Uki,
+    parts: &BootParts,
     epoch: i64,
 ) -> Result<Disk, BuildError> {
     let RootFs { image, summary } = root_fs;
-    let uki_path = format!("EFI/BOOT/{}", job.arch.efi_boot_file());
-    let files = [fat::EspFile::new(&uki_path, &uki.image)];
+    let boot_path = job.arch.efi_boot_path();
+    let uki_path = uki_path();
+    let loader_conf = boot::LOADER_CONF_TEXT.as_bytes();
+    let files = [
+        fat::EspFile::new(&boot_path, &parts.systemd_boot),
+        fat::EspFile::new(boot::LOADER_CONF, loader_conf),
+        fat::EspFile::new(&uki_path, &uki.image),
+    ];
+    check_esp(
+        job.profile.disk.esp_size,
+        &EspNeeds {
+            systemd_boot: parts.systemd_boot.len() as u64,
+            loader_conf: loader_conf.len() as u64,
+            uki: uki.image.len() as u64,
+        },
+    )?;
     {
         let mut opts = fat::FatOptions::new("KILN-ESP", seed.esp_serial(), epoch);
         let mut window = image.window(PartitionRole::Esp)?;
         opts.hidden_sectors = u32::try_from(window.partition().first_lba).unwrap_or(0);
         fat::build_fat(&files, window.len(), &opts, &mut window)?;
     }
+    let esp_files = files
+        .iter()
+        .map(|f| FileDigest {
+            file: f.path.to_string(),
+            size: f.data.len() as u64,
+            sha256: sha256_hex(f.data),
+        })
+        .collect();
     let plan = image.plan().clone();
     let mapped = image.mapped_blocks();
     let path = image.path().to_path_buf();
@@ -170,5 +212,6 @@ pub(super) fn write_esp(
         mapped,
         file_size,
         root: summary,
+        esp_files,
     })
 }

@@ -1,6 +1,6 @@
 //! Stages "fetch" and "unpack": everything the image is made of, verified in
 //! the cache, then the root's packages unpacked into one tree with the
-//! kernel and the stub taken aside for the UKI.
+//! kernel and the stub taken aside for the UKI, and systemd-boot for the ESP.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,13 +46,15 @@ pub(super) struct Unpacked {
     pub parts: BootParts,
 }
 
-/// The UKI's pieces that come out of packages.
+/// The boot pieces that come out of packages: the UKI's and the ESP's.
 #[derive(Debug)]
 pub(super) struct BootParts {
     /// The kernel, moved out of the root's /boot.
     pub kernel: KernelImage,
     /// systemd-stub from the boot package.
     pub stub: Arc<[u8]>,
+    /// systemd-boot from the same package, for the ESP.
+    pub systemd_boot: Arc<[u8]>,
 }
 
 /// Stage "fetch".
@@ -154,10 +156,15 @@ pub(super) fn unpack(job: &Job<'_>, inputs: &Inputs) -> Result<Unpacked, BuildEr
         })?;
     let stub_deb = unpack::read_deb(&stub_package.path, &stub_package.package.name)?;
     let stub = parts::stub(&stub_deb, arch)?;
+    let systemd_boot = parts::systemd_boot(&stub_deb, arch)?;
     Ok(Unpacked {
         root,
         rules,
-        parts: BootParts { kernel, stub },
+        parts: BootParts {
+            kernel,
+            stub,
+            systemd_boot,
+        },
     })
 }
 

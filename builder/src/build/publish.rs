@@ -1,6 +1,6 @@
 //! Stages "sha256", "formats" and "manifest": the raw disk's digests, every
-//! output format, the manifest, then all of them published together out of
-//! the staging folder.
+//! output format (the update bundle among them), the manifest, then all of
+//! them published together out of the staging folder.
 
 use std::path::PathBuf;
 
@@ -11,11 +11,18 @@ use super::inputs::{BootParts, Inputs};
 use super::recipe::Job;
 use super::tree::RootTree;
 use super::BuildError;
-use crate::output::digest::{digest_disk, DiskDigests};
-use crate::output::formats::{write_outputs, OutputJob, Outputs};
+use kiln_contract::boot::Slot;
+use kiln_contract::bundle::BundleFacts;
+use kiln_contract::cmdline::format_root_hash;
+
+use super::BuildOptions;
+use crate::output::digest::{digest_disk, sha256_hex, DiskDigests};
+use crate::output::formats::update::{self, BundleJob, UpdateError, UpdateSettings};
+use crate::output::formats::{file_names, write_outputs, FormatError, Output, OutputJob, Outputs};
 use crate::output::manifest::{ImageFacts, Manifest};
 use crate::output::Staging;
-use crate::plan::ImageSeed;
+use crate::plan::{ImageSeed, PartitionRole};
+use crate::profile::{Format, Profile};
 use crate::runner::HostRunner;
 use crate::uki::initramfs::Initramfs;
 
@@ -56,6 +63,38 @@ pub(super) fn digests(disk: &Disk) -> Result<DiskDigests, BuildError> {
     digest_disk(&disk.path, &disk.plan).map_err(io_err(&disk.path))
 }
 
+/// The pieces of the build the update bundle is made of, besides the raw disk.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BundleParts<'a> {
+    /// Stage "fetch" (the lock's bytes).
+    pub inputs: &'a Inputs,
+    /// Stage "verity".
+    pub verity: &'a RootVerity,
+    /// Stage "uki".
+    pub uki: &'a Uki,
+}
+
+/// The formats this build writes: `--format`, else the profile's.
+fn wanted_formats(profile: &Profile, opts: &BuildOptions) -> Vec<Format> {
+    opts.formats
+        .clone()
+        .unwrap_or_else(|| profile.formats.clone())
+}
+
+/// Before any work: when the update format is wanted, a signing key is given
+/// and the profile trusts it.
+pub(super) fn check_update_key(profile: &Profile, opts: &BuildOptions) -> Result<(), BuildError> {
+    if !wanted_formats(profile, opts).contains(&Format::Update) {
+        return Ok(());
+    }
+    let key = opts
+        .update_key
+        .as_ref()
+        .map(|k| (k.path.as_path(), &k.secret));
+    update::check_signer(&UpdateSettings::of(profile), key)
+        .map_err(|e| BuildError::Format(e.into()))
+}
+
 /// Stage "formats": every wanted output format, in the staging folder.
 pub(super) fn formats(
     job: &Job<'_>,
@@ -64,12 +103,9 @@ pub(super) fn formats(
     digests: &DiskDigests,
     staging: &Staging,
     epoch: i64,
+    bundle: &BundleParts<'_>,
 ) -> Result<Outputs, BuildError> {
-    let formats = job
-        .opts
-        .formats
-        .clone()
-        .unwrap_or_else(|| job.profile.formats.clone());
+    let formats = wanted_formats(job.profile, job.opts);
     let outputs = write_outputs(&OutputJob {
         raw: &disk.path,
         dir: staging.dir(),
@@ -83,8 +119,59 @@ pub(super) fn formats(
         raw_sha256: Some(&digests.image),
         progress: None,
     })?;
+    let mut outputs = outputs;
+    if formats.contains(&Format::Update) {
+        outputs
+            .files
+            .push(update_bundle(job, disk, staging, bundle)?);
+    }
     tracing::debug!(files = outputs.files.len(), "output formats written");
     Ok(outputs)
+}
+
+/// `<stem>.update`: slot A's root filesystem as written into the raw disk, its
+/// verity partition's bytes and the UKI, signed with `--update-key`.
+fn update_bundle(
+    job: &Job<'_>,
+    disk: &Disk,
+    staging: &Staging,
+    bundle: &BundleParts<'_>,
+) -> Result<Output, BuildError> {
+    // check_update_key refused the build without a key; this is the same check.
+    let key = job
+        .opts
+        .update_key
+        .as_ref()
+        .ok_or(FormatError::Update(UpdateError::NoKey))?;
+    let root = disk
+        .plan
+        .slot_partition(PartitionRole::Root, Slot::A)
+        .ok_or_else(|| BuildError::Missing("the disk plan has no slot A root partition".into()))?;
+    let names = file_names(Format::Update, &job.stem());
+    let out = staging.path(&names[0].1);
+    let digest = update::write(&BundleJob {
+        raw: &disk.path,
+        // The filesystem's bytes: what the verity tree covers, not the whole slot.
+        root: root.offset()..root.offset() + disk.root.size,
+        verity: &bundle.verity.tree.hash_device,
+        uki: &bundle.uki.image,
+        facts: BundleFacts {
+            image: job.profile.name.clone(),
+            arch: job.arch.name().to_string(),
+            version: job.profile.version.to_string(),
+            root_hash: format_root_hash(&bundle.verity.tree.root_hash),
+            kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+            // The manifest's `lock.sha256`: the same lock, the same digest.
+            lock_digest: sha256_hex(&bundle.inputs.lock_bytes),
+        },
+        key: &key.secret,
+        out: &out,
+    })?;
+    Ok(Output {
+        format: Format::Update,
+        key: names[0].0.to_string(),
+        digest,
+    })
 }
 
 /// Stage "manifest": the manifest of everything built.
@@ -106,6 +193,7 @@ pub(super) fn manifest(job: &Job<'_>, built: &Built<'_>) -> Manifest {
         initramfs: built.initramfs,
         uki: &built.uki.image,
         plan: &built.disk.plan,
+        esp_files: &built.disk.esp_files,
         root: &built.disk.root,
         verity: &built.verity.tree,
         verity_params: &built.verity.params,

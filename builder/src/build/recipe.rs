@@ -62,11 +62,17 @@ pub(super) fn build_arch(job: &Job<'_>) -> Result<BuildReport, BuildError> {
     let verity = clock.step("verity", || image::hash_root(&mut root_fs, &seed))?;
     let uki = clock.step("uki", || boot::uki(job, &parts, &root, &initramfs, &verity))?;
     let disk = clock.step("esp+gpt", || {
-        image::write_esp(job, &seed, root_fs, &uki, epoch)
+        image::write_esp(job, &seed, root_fs, &uki, &parts, epoch)
     })?;
     let digests = clock.step("sha256", || publish::digests(&disk))?;
     let outputs = clock.step("formats", || {
-        publish::formats(job, &seed, &disk, &digests, &staging, epoch)
+        // The update bundle is made of these, not of the raw disk.
+        let bundle = publish::BundleParts {
+            inputs: &fetched,
+            verity: &verity,
+            uki: &uki,
+        };
+        publish::formats(job, &seed, &disk, &digests, &staging, epoch, &bundle)
     })?;
     let built = Built {
         inputs: &fetched,

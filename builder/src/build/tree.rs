@@ -48,7 +48,7 @@ pub(super) fn finish(
         Node::file(inputs.agent.clone(), 0o755, root.epoch(), "kiln:agent"),
     )?;
     let artifacts = place_artifacts(&mut root, inputs)?;
-    tree::node::apply(&mut root, &profile.agent, profile.extras.debug_shell)?;
+    tree::node::apply_profile(&mut root, profile)?;
     if let Some(cluster) = &profile.agent.cluster {
         let containerd = inputs
             .packages

@@ -51,12 +51,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan_disk(&PlanInput {
             arch: Arch::X86_64,
-            disk_size: 64 << 20,
+            disk_size: 160 << 20,
             esp_size: 8 << 20,
             root_size: 8 << 20,
-            root_verity_size: 1 << 20,
+            slot_size: None,
+            var_min_size: 0,
             seed: [7; 32],
-            reserve_ab: false,
         })
         .unwrap();
         let image = super::super::create_image(&dir.path().join("d.raw"), &plan).unwrap();

@@ -18,9 +18,10 @@ fn plan(arch: Arch) -> DiskPlan {
         disk_size: 300 * MIB,
         esp_size: 34 * MIB,
         root_size: 100 * MIB + 4096,
-        root_verity_size: MIB + 8192,
+        // Explicit, so both slots fit a small disk.
+        slot_size: Some(110 * MIB),
+        var_min_size: 0,
         seed: [0x5a; 32],
-        reserve_ab: true,
     })
     .unwrap()
 }
@@ -134,6 +135,26 @@ fn sgdisk_agrees_with_the_plan() {
             );
         }
         assert!(attr::has(table.partitions[1].attributes, attr::READ_ONLY));
+        // Slot B: same types as slot A, named empty, read-only and no-auto
+        // (bit 63) as sgdisk reads them.
+        let a = arch.name();
+        let names: Vec<&str> = rows.iter().map(|r| r[6]).collect();
+        assert_eq!(
+            names,
+            [
+                "esp",
+                &format!("root-{a}-a"),
+                &format!("root-{a}-a-verity"),
+                "_empty",
+                "_empty"
+            ]
+        );
+        for (n, slot_a) in [(4u32, 2u32), (5, 3)] {
+            let (b, a) = (sgdisk_info(&img, n), sgdisk_info(&img, slot_a));
+            assert_eq!(b["Partition GUID code"], a["Partition GUID code"]);
+            assert_eq!(b["Attribute flags"], "9000000000000000");
+            assert_eq!(a["Attribute flags"], "1000000000000000");
+        }
     }
 }
 
@@ -228,7 +249,7 @@ fn partitions_are_written_at_their_offsets() {
     let end = window.len();
     window.data(end - 3, b"end").unwrap();
     let err = window.data(end - 2, b"end").unwrap_err().to_string();
-    assert!(err.contains("root-x86_64-verity"), "{err}");
+    assert!(err.contains("root-x86_64-a-verity"), "{err}");
     assert!(window.zeros(end, 1).is_err());
     image.finish().unwrap();
 
@@ -265,7 +286,7 @@ fn too_long_content_is_refused_with_both_sizes() {
         "{msg}"
     );
     assert!(msg.contains(&format!("({size} bytes)")), "{msg}");
-    assert!(msg.contains("root-x86_64-verity"), "{msg}");
+    assert!(msg.contains("root-x86_64-a-verity"), "{msg}");
     // Exactly the partition size is fine.
     let n = image
         .write_partition(PartitionRole::RootVerity, &content[..size as usize])
@@ -311,7 +332,7 @@ fn fat_esp_streams_into_the_image() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
     let files = [
-        EspFile::new("EFI/BOOT/BOOTAA64.EFI", &uki),
+        EspFile::new("EFI/Linux/kiln-a.efi", &uki),
         EspFile::new("kiln.toml", b"k = 1\n"),
     ];
     let esp = plan.partition(PartitionRole::Esp).unwrap();
@@ -328,7 +349,7 @@ fn fat_esp_streams_into_the_image() {
         .arg("-n")
         .arg("-i")
         .arg(format!("{}@@{}", img.display(), esp.offset()))
-        .arg("::/EFI/BOOT/BOOTAA64.EFI")
+        .arg("::/EFI/Linux/kiln-a.efi")
         .arg(&out)
         .status()
         .unwrap();

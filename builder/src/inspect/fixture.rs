@@ -1,7 +1,9 @@
 //! A small but complete kiln image for the `kiln inspect` tests, made with
-//! the library's own writers the way the build makes one: an ext4 root, its
-//! dm-verity tree, PARTUUIDs from the root hash, a UKI (a tiny stub plus
-//! real sections) with `kiln.roothash=` on its command line on a FAT ESP, and a
+//! the library's own writers the way the build makes one: an ext4 root in
+//! slot A, its dm-verity tree, slot A's PARTUUIDs from the root hash, an
+//! empty slot B, a FAT ESP with systemd-boot (a tiny stub standing in),
+//! `loader.conf` and a UKI (the tiny stub plus real sections) with
+//! `kiln.roothash=` on its command line at `EFI/Linux/kiln-a.efi`, and a
 //! schema-2 manifest next to it.
 //!
 //! Shared by the unit tests and `tests/inspect_cli.rs` (which re-exports the
@@ -33,8 +35,13 @@ pub const VERITY_UUID: [u8; 16] = [
 pub const ROOT_UUID: [u8; 16] = [
     0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x49, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2, 0xe1, 0xf0,
 ];
-/// The disk's size: small, because the tests hash it often in debug builds.
-pub const DISK_SIZE: u64 = 24 << 20;
+/// The disk's size: small, because the tests hash it often in debug builds
+/// (the ESP, two slots of 16 MiB and their 1 MiB trees, and 2 MiB after them).
+pub const DISK_SIZE: u64 = 40 << 20;
+/// The image version, in the manifest and the UKI's os-release.
+pub const VERSION: &str = "1.2.3";
+/// Where the UKI is on the ESP.
+pub const UKI_PATH: &str = "EFI/Linux/kiln-a.efi";
 /// The ESP's volume serial.
 pub const ESP_SERIAL: u32 = 0x1234_abcd;
 /// The kernel release in `.uname`.
@@ -96,7 +103,9 @@ pub fn tiny_stub(arch: Arch) -> Vec<u8> {
 /// The root filesystem's content.
 fn root_tree() -> FileTree {
     let mut t = FileTree::new(EPOCH);
-    let osrel = b"PRETTY_NAME=\"Kiln Test Linux 1\"\nID=kilntest\n".to_vec();
+    let osrel =
+        format!("PRETTY_NAME=\"Kiln Test Linux 1\"\nID=kilntest\nIMAGE_VERSION={VERSION}\n")
+            .into_bytes();
     t.insert(
         "usr/lib/os-release",
         Node::file(osrel, 0o644, EPOCH, "test"),
@@ -183,9 +192,10 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
         disk_size: DISK_SIZE,
         esp_size: 3 << 20,
         root_size,
-        root_verity_size: verity::VerityGeometry::new(root_size).unwrap().hash_bytes(),
+        // The smallest slots that hold the root keep the disk small.
+        slot_size: Some(root_size),
+        var_min_size: 0,
         seed: [7; 32],
-        reserve_ab: false,
     })
     .unwrap();
     let mut image = crate::disk::create_image(&image_path, &plan).unwrap();
@@ -235,17 +245,30 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
         },
     )
     .unwrap();
-    let uki_path = format!("EFI/BOOT/{}", arch.efi_boot_file());
     let kiln_toml = b"# node settings\n".to_vec();
+    let systemd_boot = tiny_stub(arch);
+    let boot_path = arch.efi_boot_path();
+    let loader = kiln_contract::boot::LOADER_CONF_TEXT.as_bytes();
+    let files = [
+        fat::EspFile::new(&boot_path, &systemd_boot),
+        fat::EspFile::new(kiln_contract::boot::LOADER_CONF, loader),
+        fat::EspFile::new(UKI_PATH, &uki),
+        fat::EspFile::new("kiln.toml", &kiln_toml),
+    ];
     {
         let mut w = image.window(PartitionRole::Esp).unwrap();
         let opts = fat::FatOptions::new("KILN-ESP", ESP_SERIAL, EPOCH);
-        let files = [
-            fat::EspFile::new(&uki_path, &uki),
-            fat::EspFile::new("kiln.toml", &kiln_toml),
-        ];
         fat::build_fat(&files, w.len(), &opts, &mut w).unwrap();
     }
+    // What the build records: kiln's files, not the user's kiln.toml.
+    let esp_files = files[..3]
+        .iter()
+        .map(|f| manifest::FileDigest {
+            file: f.path.to_string(),
+            size: f.data.len() as u64,
+            sha256: sha256_hex(f.data),
+        })
+        .collect();
     let plan = image.plan().clone();
     image.finish().unwrap();
 
@@ -267,6 +290,7 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
             ],
         }),
         name: "test".into(),
+        version: Some(VERSION.into()),
         arch: arch.name().into(),
         epoch: EPOCH,
         profile: manifest::Input {
@@ -312,6 +336,7 @@ fn build_fresh(dir: &Path, arch: Arch) -> Fixture {
                 .map(|(p, sha256)| manifest::Partition::of(p, sha256))
                 .collect(),
         },
+        esp: esp_files,
         root: manifest::Root {
             fs: "ext4".into(),
             size: summary.size,

@@ -59,6 +59,7 @@ pub(super) fn summarize(path: &Path, m: &Manifest) -> ManifestSummary {
         kiln_version: m.kiln_version.clone(),
         rustc: m.toolchain.as_ref().map(|t| t.rustc.clone()),
         name: m.name.clone(),
+        version: m.version.clone(),
         arch: m.arch.clone(),
         profile: m.profile.file.clone(),
         epoch: m.epoch,

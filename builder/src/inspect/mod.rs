@@ -6,7 +6,8 @@
 //! decompressing to a temporary file), reads the GPT ([`gpt`]), lists the
 //! ESP with kiln's own FAT reader ([`fat`]), reads the UKI's sections, the
 //! verity superblock and the ext4 superblock, and the manifest published
-//! next to the image. The result is a [`Report`]: plain data (serialisable
+//! next to the image, and which root slot the UKI boots ([`slots`]). The
+//! result is a [`Report`]: plain data (serialisable
 //! for `--json`) with a human [`std::fmt::Display`]. [`verify`] adds one
 //! [`Check`] per recomputed fact.
 //!
@@ -16,9 +17,9 @@
 //! table without `--verify`, an unreadable manifest) is an [`InspectError`].
 //!
 //! One job per file: `open` detects the input's format and gives a raw disk
-//! (`disk`), `esp`, `superblock` and `manifest` read their parts of the
-//! report, `report` holds its data, `show` its text form, and [`verify`]
-//! the checks.
+//! (`disk`), `esp`, `slots`, `superblock` and `manifest` read their parts of
+//! the report, `report` holds its data, `show` its text form, and [`verify`]
+//! the checks (`verify_boot` those of the ESP and the slots).
 
 mod disk;
 mod error;
@@ -29,8 +30,10 @@ mod manifest;
 mod open;
 mod report;
 mod show;
+mod slots;
 mod superblock;
 pub mod verify;
+mod verify_boot;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -51,6 +54,7 @@ pub use report::{
     EspReport, Ext4Superblock, ManifestSummary, PackageLine, Report, SectionInfo, SuiteCount,
     UkiReport, VeritySuperblock, VhdFooter,
 };
+pub use slots::{SlotReport, SlotState};
 pub use superblock::{parse_ext4_superblock, parse_verity_superblock};
 pub use verify::{Check, Labelled, Outcome, Verification};
 
@@ -119,14 +123,25 @@ pub fn inspect(
         Kind::Root(a) => Some(a),
         _ => None,
     });
-    let (esp, uki) = match gpt.find(|k| k == Kind::Esp) {
+    let read = match gpt.find(|k| k == Kind::Esp) {
         Some(p) => read_esp(disk, p, arch, &mut problems)?,
         None => {
             problems.push("no EFI System Partition in the GPT".into());
-            (None, None)
+            esp::EspRead {
+                esp: None,
+                ukis: Vec::new(),
+            }
         }
     };
-    let verity = match gpt.find(|k| matches!(k, Kind::RootVerity(_))) {
+    let esp = read.esp;
+    let mut ukis = read.ukis.into_iter();
+    let uki = ukis.next();
+    let other_ukis: Vec<UkiReport> = ukis.collect();
+    let all_ukis: Vec<&UkiReport> = uki.iter().chain(&other_ukis).collect();
+    let slots = slots::read(&gpt, arch, &all_ukis, &mut problems);
+    let active_slot = slots::active(&slots, uki.as_ref());
+    let (root_part, verity_part) = slots::active_partitions(&gpt, &slots, active_slot);
+    let verity = match verity_part {
         Some(p) => {
             let mut sb = vec![0u8; 512.min(p.size as usize)];
             disk.part(p)?
@@ -142,7 +157,7 @@ pub fn inspect(
             None
         }
     };
-    let root_fs = match gpt.find(|k| matches!(k, Kind::Root(_))) {
+    let root_fs = match root_part {
         Some(p) if p.size >= 2048 => {
             let sb = disk.read_vec(p.offset + 1024, 1024)?;
             let parsed = parse_ext4_superblock(p.number, &sb)
@@ -183,6 +198,9 @@ pub fn inspect(
         arch,
         esp,
         uki,
+        other_ukis,
+        slots,
+        active_slot,
         verity,
         root_fs,
         manifest: manifest.as_ref().map(|(p, m)| summarize(p, m)),
@@ -220,3 +238,7 @@ pub(super) fn text(bytes: &[u8]) -> String {
 mod fixture;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_boot;
+#[cfg(test)]
+mod tests_formats;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Serialize, Serializer};
 
-use super::{Check, FatEntry, FatKind, GptReport, Verification};
+use super::{Check, FatEntry, FatKind, GptReport, SlotReport, Verification};
 use crate::arch::Arch;
 use crate::plan::{guid_text, Guid};
 use crate::profile::Format;
@@ -49,6 +49,10 @@ pub struct EspReport {
     pub serial: Option<String>,
     /// Bytes per cluster.
     pub cluster_size: u32,
+    /// Where systemd-boot is (`EFI/BOOT/BOOTX64.EFI`), if it is there.
+    pub systemd_boot: Option<String>,
+    /// The text of `loader/loader.conf`, if it is there.
+    pub loader_conf: Option<String>,
     /// Every file and folder.
     pub files: Vec<FatEntry>,
 }
@@ -77,6 +81,9 @@ pub struct UkiReport {
     pub kernel_release: Option<String>,
     /// `PRETTY_NAME` from `.osrel`.
     pub os: Option<String>,
+    /// `IMAGE_VERSION` from `.osrel`: the image version systemd-boot orders
+    /// its entries by.
+    pub version: Option<String>,
     /// `.cmdline`: the kernel command line.
     pub cmdline: Option<String>,
     /// The root hash on the command line: `kiln.roothash=` (what kiln's
@@ -159,6 +166,8 @@ pub struct ManifestSummary {
     pub rustc: Option<String>,
     /// Image (profile) name.
     pub name: String,
+    /// Image version (`None`: a manifest of a kiln before A/B updates).
+    pub version: Option<String>,
     /// Arch.
     pub arch: String,
     /// Profile file name.
@@ -207,11 +216,22 @@ pub struct Report {
     pub arch: Option<Arch>,
     /// The ESP.
     pub esp: Option<EspReport>,
-    /// The UKI on the ESP.
+    /// The UKI on the ESP that is verified: a fresh image's only one
+    /// (`EFI/Linux/kiln-a.efi`); with several, a good one before a bad one,
+    /// slot A's before slot B's.
     pub uki: Option<UkiReport>,
-    /// The verity superblock.
+    /// Any other UKIs under `EFI/Linux` (a node's disk after an update).
+    pub other_ukis: Vec<UkiReport>,
+    /// The root slots, A first.
+    pub slots: Vec<SlotReport>,
+    /// The slot whose partitions' GUIDs match [`Report::uki`]'s root hash
+    /// (else the first holding a root): the one whose superblocks are shown
+    /// and whose hash tree `--verify` rebuilds.
+    #[serde(serialize_with = "super::slots::letter_opt")]
+    pub active_slot: Option<kiln_contract::boot::Slot>,
+    /// The verity superblock of the active slot.
     pub verity: Option<VeritySuperblock>,
-    /// The root filesystem's superblock.
+    /// The root filesystem's superblock in the active slot.
     pub root_fs: Option<Ext4Superblock>,
     /// The manifest, if one was read.
     pub manifest: Option<ManifestSummary>,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::Report;
+use super::{Report, SlotState};
 use crate::profile::format_size;
 
 impl Report {
@@ -116,6 +116,33 @@ impl fmt::Display for Shown<'_> {
             )?;
         }
 
+        if !r.slots.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "root slots (a UKI's root hash selects its slot)")?;
+            for s in &r.slots {
+                let num = |n: Option<u32>| n.map_or("?".into(), |n| format!("#{n}"));
+                let what = match (s.state, &s.uki) {
+                    (SlotState::Empty, _) => "empty".to_string(),
+                    (_, Some(uki)) => format!("booted by {uki}"),
+                    (SlotState::Filled, None) => "holds a root no UKI boots".to_string(),
+                    (SlotState::Unexpected, None) => "unexpected names (see problems)".into(),
+                };
+                let active = if Some(s.slot) == r.active_slot {
+                    " (shown below)"
+                } else {
+                    ""
+                };
+                writeln!(
+                    f,
+                    "  {}  partitions {} + {} ({} root): {what}{active}",
+                    s.slot,
+                    num(s.root),
+                    num(s.verity),
+                    format_size(s.size)
+                )?;
+            }
+        }
+
         if let Some(e) = &r.esp {
             writeln!(f)?;
             writeln!(
@@ -146,6 +173,7 @@ impl fmt::Display for Shown<'_> {
                 u.kernel_release.as_deref().unwrap_or(none)
             )?;
             writeln!(f, "  os          {}", u.os.as_deref().unwrap_or(none))?;
+            writeln!(f, "  version     {}", u.version.as_deref().unwrap_or(none))?;
             writeln!(f, "  cmdline     {}", u.cmdline.as_deref().unwrap_or(none))?;
             writeln!(f, "  roothash    {}", u.roothash.as_deref().unwrap_or(none))?;
             let sections: Vec<String> = u
@@ -154,6 +182,15 @@ impl fmt::Display for Shown<'_> {
                 .map(|s| format!("{} {}", s.name, format_size(s.size)))
                 .collect();
             writeln!(f, "  sections    {}", sections.join(", "))?;
+            for o in &r.other_ukis {
+                writeln!(
+                    f,
+                    "  also        {} ({}, version {})",
+                    o.path,
+                    o.kernel_release.as_deref().unwrap_or(none),
+                    o.version.as_deref().unwrap_or(none)
+                )?;
+            }
         }
 
         if let Some(v) = &r.verity {
@@ -206,6 +243,13 @@ impl fmt::Display for Shown<'_> {
                     f,
                     "  built by    kiln {} from profile {} (image `{}`, {})",
                     m.kiln_version, m.profile, m.name, m.arch
+                )?;
+                writeln!(
+                    f,
+                    "  version     {}",
+                    m.version
+                        .as_deref()
+                        .unwrap_or("? (not recorded: a manifest of a kiln before A/B updates)")
                 )?;
                 writeln!(
                     f,

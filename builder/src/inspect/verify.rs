@@ -2,20 +2,23 @@
 //! it with what the image and its manifest claim, one [`Check`] per fact.
 //!
 //! What the image proves by itself: both GPT headers and entry arrays
-//! (CRC32), the VHD footer checksum, the dm-verity hash tree (rebuilt from
-//! the root partition with the superblock's salt and UUID and compared byte
-//! for byte with the hash partition), the root hash against `kiln.roothash=` on
-//! the UKI command line, and the root / root-verity PARTUUIDs against the
-//! two halves of the root hash. What needs the manifest: every sha256 (each
-//! partition, the whole raw disk, the file itself), the layout, the kernel
-//! and the verity parameters it records.
+//! (CRC32), the VHD footer checksum, the dm-verity hash tree of the slot the
+//! UKI boots (rebuilt from its root partition with the superblock's salt and
+//! UUID and compared byte for byte with its hash partition), the root hash
+//! against `kiln.roothash=` on the UKI command line, the slot's root /
+//! root-verity PARTUUIDs against the two halves of the root hash, and the
+//! boot path (`verify_boot`: systemd-boot, `loader.conf`, the UKI under
+//! `EFI/Linux`, the empty slot). What needs the manifest: every sha256 (each
+//! partition, the whole raw disk, the file itself, each ESP file), the
+//! layout with its slots, the kernel, the version and the verity parameters
+//! it records.
 
 use std::fmt;
 use std::path::Path;
 
 use serde::Serialize;
 
-use super::{sha256_reader, DiskFile, Kind, PartitionInfo, Report};
+use super::{sha256_reader, DiskFile, PartitionInfo, Report};
 use crate::fs::verity::{self, VerityParams};
 use crate::output::manifest::Manifest;
 use crate::plan::Guid;
@@ -350,8 +353,8 @@ pub(super) fn run(inp: &Inputs<'_>) -> Verification {
     }
     checks.extend(r.gpt.checks.iter().cloned());
 
-    let root = r.gpt.find(|k| matches!(k, Kind::Root(_)));
-    let hash = r.gpt.find(|k| matches!(k, Kind::RootVerity(_)));
+    // The slot the UKI boots; with no slot to go by, the first root and verity.
+    let (root, hash) = r.active_partitions();
     let want_file = inp.manifest.is_some()
         && r.format != crate::profile::Format::Raw
         && inp
@@ -466,6 +469,7 @@ pub(super) fn run(inp: &Inputs<'_>) -> Verification {
             ),
         ));
     }
+    checks.extend(super::verify_boot::boot_checks(r, disk));
 
     // What needs the manifest.
     let manifest_skipped = match inp.manifest {
@@ -548,11 +552,20 @@ fn manifest_checks(
                 hex_lower(uuid)
             )
         };
+        // The slot only where the manifest records one (kilns before A/B did not).
+        let slot = |s: Option<String>| s.map(|s| format!(", slot {s}")).unwrap_or_default();
+        let image_slot = mp.slot.as_ref().and_then(|_| {
+            r.slots
+                .iter()
+                .find(|s| s.root == Some(p.number) || s.verity == Some(p.number))
+                .map(|s| s.slot.to_string())
+        });
         checks.push(Check::compare(
             &what,
             (
                 mf,
-                layout(&mp.label, &mp.type_guid, &mp.uuid, mp.offset, mp.size),
+                layout(&mp.label, &mp.type_guid, &mp.uuid, mp.offset, mp.size)
+                    + &slot(mp.slot.clone()),
             ),
             (
                 "image",
@@ -562,7 +575,7 @@ fn manifest_checks(
                     &p.partuuid.to_string(),
                     p.offset,
                     p.size,
-                ),
+                ) + &slot(image_slot),
             ),
         ));
         let what = format!("partition {} ({}) sha256 vs manifest", p.number, p.name);
@@ -626,6 +639,7 @@ fn manifest_checks(
             "no readable UKI on the ESP".into(),
         )),
     }
+    checks.extend(super::verify_boot::manifest_checks(r, m, disk));
 
     let v = &m.verity;
     match &r.verity {

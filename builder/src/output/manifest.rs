@@ -40,6 +40,11 @@ pub struct Manifest {
     pub toolchain: Option<Toolchain>,
     /// Image name (profile `name`).
     pub name: String,
+    /// Image version (profile `version`, "0" when it has none): os-release's
+    /// `IMAGE_VERSION`, and what updates compare. Added to schema 2 without a
+    /// new schema number: manifests of kilns before A/B updates lack it (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Target arch.
     pub arch: String,
     /// Timestamps in the image are clamped to this (seconds since the epoch).
@@ -56,6 +61,11 @@ pub struct Manifest {
     pub modules: Modules,
     /// The partition table.
     pub disk: Disk,
+    /// The files kiln put on the ESP (systemd-boot, `loader/loader.conf`, the
+    /// UKI), each with its path on the ESP as `file`. Empty in manifests of
+    /// kilns before A/B updates.
+    #[serde(default)]
+    pub esp: Vec<FileDigest>,
     /// The root filesystem.
     pub root: Root,
     /// The dm-verity hash tree over the root filesystem.
@@ -164,6 +174,10 @@ pub struct Partition {
     pub size: u64,
     /// SHA-256 of the partition's bytes.
     pub sha256: String,
+    /// The root slot (`a`, `b`) of a root or root-verity partition; absent for
+    /// the ESP, and in manifests of kilns before A/B updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 impl Partition {
@@ -177,6 +191,7 @@ impl Partition {
             offset: p.offset(),
             size: p.size(),
             sha256,
+            slot: p.slot.map(|s| s.letter().to_string()),
         }
     }
 }
@@ -220,7 +235,8 @@ pub struct Verity {
 /// A file's size and digest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileDigest {
-    /// File name (no folder).
+    /// File name: no folder for output files, the path inside the image for
+    /// what is in it (`EFI/Linux/kiln-a.efi`, `usr/bin/kiln-agent`).
     pub file: String,
     /// Size in bytes.
     pub size: u64,
@@ -279,6 +295,8 @@ pub struct ImageFacts<'a> {
     pub uki: &'a [u8],
     /// The disk's final plan (root GUIDs from the root hash).
     pub plan: &'a DiskPlan,
+    /// The files on the ESP, by path.
+    pub esp_files: &'a [FileDigest],
     /// The root filesystem.
     pub root: &'a Ext4Summary,
     /// The root's hash tree.
@@ -302,6 +320,7 @@ impl Manifest {
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
             toolchain: Some(f.toolchain.clone()),
             name: profile.name.clone(),
+            version: Some(profile.version.to_string()),
             arch: f.arch.name().to_string(),
             epoch: f.epoch,
             profile: Input::of(&profile.path, f.profile_bytes),
@@ -346,6 +365,7 @@ impl Manifest {
                     .map(|(p, sha256)| Partition::of(p, sha256.clone()))
                     .collect(),
             },
+            esp: f.esp_files.to_vec(),
             root: Root {
                 fs: "ext4".into(),
                 size: f.root.size,
@@ -407,11 +427,14 @@ fn components(f: &ImageFacts<'_>) -> BTreeMap<String, FileDigest> {
         size: bytes.len() as u64,
         sha256: sha256_hex(bytes),
     };
+    // The UKI's entry names where it is on the ESP (the digest is of the same bytes).
+    let uki_path = f
+        .esp_files
+        .iter()
+        .find(|e| e.file.starts_with(kiln_contract::boot::UKI_DIR))
+        .map_or_else(|| "UKI".to_string(), |e| e.file.clone());
     [
-        (
-            "uki".to_string(),
-            digest(format!("EFI/BOOT/{}", f.arch.efi_boot_file()), f.uki),
-        ),
+        ("uki".to_string(), digest(uki_path, f.uki)),
         (
             "initramfs".to_string(),
             digest("initrd (.initrd section)".into(), &f.initramfs.cpio),

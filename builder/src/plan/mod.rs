@@ -12,12 +12,23 @@
 //! whole MiB (content may be shorter than its partition), and the backup
 //! entry array and header in the last 33 sectors. Space after the last partition is
 //! left free on purpose: the node grows its `var` partition into it.
+//!
+//! The partitions, in order: the ESP, then two root slots (A and B) of a root
+//! partition and its verity partition each, all four sized for the largest root an
+//! update may bring (`[update] slot_size`). Slot A holds the image's root; slot B
+//! starts empty (GPT name `_empty`, no-auto) and is written by the first update.
+//! Reserving it in the image rather than on first boot keeps the node from ever
+//! repartitioning around its root: only `var`, at the end, is made on the node.
+//! [`esp`] checks that the ESP holds systemd-boot and two UKIs.
 
+pub mod esp;
 pub mod seed;
 
 use std::fmt;
 
+use kiln_contract::boot::{Slot, EMPTY_LABEL};
 use kiln_contract::gpt::{types, NAME_MAX_UNITS};
+use kiln_contract::verity;
 use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
@@ -45,6 +56,9 @@ pub const GPT_ENTRY_ARRAY_SECTORS: u64 =
 pub const FIRST_USABLE_LBA: u64 = PARTITION_ALIGNMENT / SECTOR_SIZE;
 /// Sectors at the end of the disk that hold the backup GPT (entries + header).
 const BACKUP_GPT_SECTORS: u64 = GPT_ENTRY_ARRAY_SECTORS + 1;
+/// Default root slots are rounded up to this (64 MiB), so a root that grows by a
+/// few files between versions keeps the same layout.
+pub const SLOT_ROUNDING: u64 = 64 << 20;
 
 /// Serde for [`Guid`] fields in their text form (`c12a7328-f81f-...`). The
 /// contract crate, which owns [`Guid`], stays free of serde (the static agent
@@ -67,26 +81,55 @@ pub(crate) mod guid_text {
     }
 }
 
+/// Serde for the [`PlannedPartition::slot`] field as its letter (`"a"`, `"b"`),
+/// absent for partitions outside the slots. [`Slot`] lives in the serde-free
+/// contract crate, like [`Guid`].
+pub(crate) mod slot_text {
+    use kiln_contract::boot::Slot;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the slot's letter, or nothing.
+    pub fn serialize<S: Serializer>(slot: &Option<Slot>, s: S) -> Result<S::Ok, S::Error> {
+        match slot {
+            Some(slot) => s.serialize_some(&slot.letter()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads `"a"` or `"b"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Slot>, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref() {
+            None => Ok(None),
+            Some("a") => Ok(Some(Slot::A)),
+            Some("b") => Ok(Some(Slot::B)),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "slot {other:?} is neither \"a\" nor \"b\""
+            ))),
+        }
+    }
+}
+
 /// What a partition is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PartitionRole {
-    /// The EFI System Partition (FAT) holding the UKI and `kiln.toml`.
+    /// The EFI System Partition (FAT) holding systemd-boot, the UKIs and `kiln.toml`.
     Esp,
-    /// The read-only root file system (ext4).
+    /// A root slot's read-only root file system (ext4).
     Root,
-    /// The dm-verity hash tree of the root.
+    /// The dm-verity hash tree of a root slot's root.
     RootVerity,
 }
 
 impl PartitionRole {
-    /// The GPT partition name of this role on `arch` (`esp`, `root-x86_64`,
-    /// `root-x86_64-verity`).
-    pub fn label(self, arch: Arch) -> String {
+    /// The GPT partition name of this role on `arch` when it holds a root of
+    /// `slot` (`esp`, `root-x86_64-a`, `root-x86_64-a-verity`); an empty slot's
+    /// partitions are named [`EMPTY_LABEL`] instead.
+    pub fn label(self, arch: Arch, slot: Slot) -> String {
         match self {
             PartitionRole::Esp => "esp".to_string(),
-            PartitionRole::Root => format!("root-{arch}"),
-            PartitionRole::RootVerity => format!("root-{arch}-verity"),
+            PartitionRole::Root => slot.root_label(arch.name()),
+            PartitionRole::RootVerity => slot.verity_label(arch.name()),
         }
     }
 }
@@ -136,15 +179,16 @@ pub struct PlanInput {
     pub disk_size: u64,
     /// ESP size (`disk.esp_size` in the profile).
     pub esp_size: u64,
-    /// Size of the root file system image.
+    /// Size of the root file system image (what slot A holds).
     pub root_size: u64,
-    /// Size of the root verity hash tree; 0 plans no verity partition.
-    pub root_verity_size: u64,
+    /// Bytes of each root slot (`[update] slot_size`); `None` sizes the slots
+    /// from the root ([`default_slot_size`]).
+    pub slot_size: Option<u64>,
+    /// `disk.var_min_size`: named in the message of a disk too small, since a
+    /// disk of image size needs that much more for `var`.
+    pub var_min_size: u64,
     /// Seed for every GUID, derived by the caller from the profile and lock.
     pub seed: [u8; 32],
-    /// Leave room for a second root (+ verity) pair right after the first,
-    /// so A/B updates can be added without repartitioning.
-    pub reserve_ab: bool,
 }
 
 /// One planned partition.
@@ -166,6 +210,9 @@ pub struct PlannedPartition {
     pub last_lba: u64,
     /// GPT attribute bits (see [`attr`]).
     pub attributes: u64,
+    /// The root slot the partition belongs to; `None` for the ESP.
+    #[serde(default, with = "slot_text", skip_serializing_if = "Option::is_none")]
+    pub slot: Option<Slot>,
 }
 
 impl PlannedPartition {
@@ -210,8 +257,8 @@ pub struct DiskPlan {
     pub entry_size: u32,
     /// Partitions in on-disk order (entry 1 first).
     pub partitions: Vec<PlannedPartition>,
-    /// Space kept free for a second root (+ verity) pair, if asked for.
-    pub ab_reserve: Option<LbaRange>,
+    /// Bytes of each root slot's root partition.
+    pub slot_size: u64,
 }
 
 impl DiskPlan {
@@ -230,19 +277,28 @@ impl DiskPlan {
         self.backup_header_lba() - GPT_ENTRY_ARRAY_SECTORS
     }
 
-    /// The partition with `role`, if planned.
+    /// The partition with `role`, if planned; for the slot roles, slot A's (the
+    /// one the build writes).
     pub fn partition(&self, role: PartitionRole) -> Option<&PlannedPartition> {
-        self.partitions.iter().find(|p| p.role == role)
+        self.partitions
+            .iter()
+            .find(|p| p.role == role && p.slot.is_none_or(|s| s == Slot::A))
     }
 
-    /// The free space after the last partition (and the A/B reserve),
-    /// starting on a 1 MiB boundary: where the node creates `var`.
+    /// The partition with `role` in `slot`.
+    pub fn slot_partition(&self, role: PartitionRole, slot: Slot) -> Option<&PlannedPartition> {
+        self.partitions
+            .iter()
+            .find(|p| p.role == role && p.slot == Some(slot))
+    }
+
+    /// The free space after the last partition, starting on a 1 MiB
+    /// boundary: where the node creates `var`.
     pub fn free_range(&self) -> Option<LbaRange> {
         let used_end = self
             .partitions
             .iter()
             .map(|p| p.last_lba)
-            .chain(self.ab_reserve.map(|r| r.last))
             .max()
             .unwrap_or(self.first_usable_lba);
         let first = align_lba(used_end + 1);
@@ -252,17 +308,22 @@ impl DiskPlan {
         })
     }
 
-    /// Sets the root and root-verity partition GUIDs from the verity root
+    /// Sets slot A's root and root-verity partition GUIDs from the verity root
     /// hash, as the Discoverable Partitions Specification recommends: the
     /// first 128 bits for the root, the last 128 bits for the verity
     /// partition. That lets the initramfs match them to the hash on the
-    /// kernel command line. Does nothing to partitions that are not planned.
+    /// kernel command line, and is how a UKI's hash selects its slot. Slot B,
+    /// empty, keeps its seeded GUIDs.
     pub fn apply_root_hash(&mut self, root_hash: &[u8; 32]) {
         let mut first = [0u8; 16];
         let mut last = [0u8; 16];
         first.copy_from_slice(&root_hash[..16]);
         last.copy_from_slice(&root_hash[16..]);
-        for p in &mut self.partitions {
+        for p in self
+            .partitions
+            .iter_mut()
+            .filter(|p| p.slot == Some(Slot::A))
+        {
             match p.role {
                 PartitionRole::Root => p.unique_guid = Guid::from_bytes(first),
                 PartitionRole::RootVerity => p.unique_guid = Guid::from_bytes(last),
@@ -278,8 +339,11 @@ pub enum PlanError {
     /// The content does not fit the disk.
     #[error(
         "disk too small: the partitions need {needed} bytes ({}: {breakdown}) but `disk.size` \
-         in the profile is {given} bytes ({}); set `disk.size` to at least {} MiB",
-        format_size(*needed), format_size(*given), needed.div_ceil(1 << 20)
+         in the profile is {given} bytes ({}); set `disk.size` to at least {} MiB ({} MiB so \
+         that the image booted on a disk of its own size also has the {} of \
+         `disk.var_min_size` for var)",
+        format_size(*needed), format_size(*given), needed.div_ceil(1 << 20),
+        (needed + var_min).div_ceil(1 << 20), format_size(*var_min)
     )]
     DiskTooSmall {
         /// Bytes the layout needs, GPT structures included.
@@ -288,6 +352,8 @@ pub enum PlanError {
         given: u64,
         /// Human summary of what takes the space.
         breakdown: String,
+        /// `disk.var_min_size`, for the size that also holds var.
+        var_min: u64,
     },
     /// The disk size is not a whole number of sectors.
     #[error(
@@ -306,6 +372,37 @@ pub enum PlanError {
     /// A partition name does not fit GPT's 36 UTF-16 units.
     #[error("partition name {0:?} is longer than GPT's 36 UTF-16 code units")]
     NameTooLong(String),
+    /// The profile's slot size cannot hold the root.
+    #[error(
+        "`[update] slot_size` in the profile is {} ({slot_size} bytes), but the root file \
+         system needs {} ({root_size} bytes); set `[update] slot_size` to at least {} MiB, \
+         or remove it to size the slots from the root",
+        format_size(*slot_size), format_size(*root_size), root_size.div_ceil(1 << 20)
+    )]
+    SlotTooSmall {
+        /// `[update] slot_size`.
+        slot_size: u64,
+        /// Bytes of the root file system.
+        root_size: u64,
+    },
+    /// The ESP cannot hold systemd-boot and two UKIs ([`esp::check_esp`]).
+    #[error(
+        "`disk.esp_size` in the profile is {} ({esp_size} bytes), but the ESP must hold \
+         systemd-boot ({}), loader.conf and two UKIs of {} plus {}% each (the booted one, \
+         and the one an update writes beside it); set `disk.esp_size` to at least {} MiB",
+        format_size(*esp_size), format_size(*systemd_boot), format_size(*uki),
+        esp::UKI_GROWTH_PERCENT, needed.div_ceil(1 << 20)
+    )]
+    EspTooSmall {
+        /// `disk.esp_size`.
+        esp_size: u64,
+        /// The smallest ESP (a whole number of MiB) that holds it all.
+        needed: u64,
+        /// Bytes of systemd-boot.
+        systemd_boot: u64,
+        /// Bytes of the UKI.
+        uki: u64,
+    },
 }
 
 /// Rounds a sector number up to the next partition alignment boundary.
@@ -316,6 +413,82 @@ fn align_lba(lba: u64) -> u64 {
 
 fn sectors_for(bytes: u64) -> u64 {
     bytes.div_ceil(SECTOR_SIZE)
+}
+
+/// The slot size of a profile without `[update] slot_size`: the root with half
+/// again as much room to grow, rounded up to [`SLOT_ROUNDING`].
+pub fn default_slot_size(root_size: u64) -> u64 {
+    (root_size.saturating_mul(3) / 2)
+        .div_ceil(SLOT_ROUNDING)
+        .max(1)
+        .saturating_mul(SLOT_ROUNDING)
+}
+
+/// Bytes of the verity partition of a slot whose root partition is `slot_size`
+/// bytes: the superblock and every level of the tree over a root filling the
+/// whole slot, so any root an update writes there has room for its tree.
+pub fn verity_size_for(slot_size: u64) -> u64 {
+    verity::Geometry::new(slot_size.div_ceil(verity::BLOCK).max(1)).hash_bytes()
+}
+
+/// One partition as [`plan_disk`] lays them out.
+struct Wanted {
+    role: PartitionRole,
+    slot: Option<Slot>,
+    name: String,
+    type_guid: Guid,
+    bytes: u64,
+    attributes: u64,
+    /// Domain of the seeded unique GUID: the filled slot's name, so slot B's
+    /// partitions, both named `_empty`, still get GUIDs of their own.
+    guid_domain: String,
+}
+
+/// The ESP and both slots, in disk order.
+fn wanted(input: &PlanInput, slot_size: u64) -> Vec<Wanted> {
+    let arch = input.arch;
+    let mut out = vec![Wanted {
+        role: PartitionRole::Esp,
+        slot: None,
+        name: "esp".into(),
+        type_guid: types::ESP,
+        bytes: input.esp_size,
+        attributes: 0,
+        guid_domain: "esp".into(),
+    }];
+    let verity_size = verity_size_for(slot_size);
+    for slot in Slot::ALL {
+        // An empty slot must never be picked by a DPS auto-discovery (no-auto),
+        // and nothing may mount it writable (read-only, like the filled one).
+        let (attributes, filled) = match slot {
+            Slot::A => (attr::READ_ONLY, true),
+            Slot::B => (attr::READ_ONLY | attr::NO_AUTO, false),
+        };
+        for (role, type_guid, bytes) in [
+            (PartitionRole::Root, arch.root_type_guid(), slot_size),
+            (
+                PartitionRole::RootVerity,
+                arch.root_verity_type_guid(),
+                verity_size,
+            ),
+        ] {
+            let label = role.label(arch, slot);
+            out.push(Wanted {
+                role,
+                slot: Some(slot),
+                name: if filled {
+                    label.clone()
+                } else {
+                    EMPTY_LABEL.to_string()
+                },
+                type_guid,
+                bytes,
+                attributes,
+                guid_domain: label,
+            });
+        }
+    }
+    out
 }
 
 /// Computes the partition layout and GUIDs of a disk. Pure: no I/O, no clock,
@@ -336,98 +509,69 @@ pub fn plan_disk(input: &PlanInput) -> Result<DiskPlan, PlanError> {
             fix: "the root image must be built before the disk is planned",
         });
     }
-    let arch = input.arch;
-    let root_type = arch.root_type_guid();
-    let verity_type = arch.root_verity_type_guid();
-
-    let mut wanted = vec![
-        (PartitionRole::Esp, types::ESP, input.esp_size, 0),
-        (
-            PartitionRole::Root,
-            root_type,
-            input.root_size,
-            attr::READ_ONLY,
-        ),
-    ];
-    if input.root_verity_size > 0 {
-        wanted.push((
-            PartitionRole::RootVerity,
-            verity_type,
-            input.root_verity_size,
-            attr::READ_ONLY,
-        ));
+    if input.slot_size == Some(0) {
+        return Err(PlanError::EmptyPartition {
+            what: "`[update] slot_size` in the profile",
+            fix: "set it to the largest root the image may be updated to, or remove it",
+        });
     }
+    // Partitions are whole MiB, so an explicit size is too.
+    let slot_size = match input.slot_size {
+        Some(s) => {
+            let s = s.next_multiple_of(PARTITION_ALIGNMENT);
+            if input.root_size > s {
+                return Err(PlanError::SlotTooSmall {
+                    slot_size: s,
+                    root_size: input.root_size,
+                });
+            }
+            s
+        }
+        None => default_slot_size(input.root_size),
+    };
 
-    let mut partitions = Vec::with_capacity(wanted.len());
+    let mut partitions = Vec::new();
     let mut next = FIRST_USABLE_LBA;
-    for (role, type_guid, bytes, attributes) in wanted {
-        let name = role.label(arch);
-        if name.encode_utf16().count() > NAME_MAX_UNITS {
-            return Err(PlanError::NameTooLong(name));
+    for w in wanted(input, slot_size) {
+        if w.name.encode_utf16().count() > NAME_MAX_UNITS {
+            return Err(PlanError::NameTooLong(w.name));
         }
         // Ends are rounded up to the alignment too: the slack is under 1 MiB,
         // and whole-MiB partitions are what partitioning tools expect.
         let first_lba = align_lba(next);
-        let last_lba = align_lba(first_lba + sectors_for(bytes)) - 1;
+        let last_lba = align_lba(first_lba + sectors_for(w.bytes)) - 1;
         next = last_lba + 1;
-        let unique_guid = Guid::derive(&input.seed, &format!("gpt-partition:{name}"));
         partitions.push(PlannedPartition {
-            role,
-            name,
-            type_guid,
-            unique_guid,
+            role: w.role,
+            name: w.name,
+            type_guid: w.type_guid,
+            unique_guid: Guid::derive(&input.seed, &format!("gpt-partition:{}", w.guid_domain)),
             first_lba,
             last_lba,
-            attributes,
+            attributes: w.attributes,
+            slot: w.slot,
         });
     }
-
-    let ab_reserve = if input.reserve_ab {
-        // The pair spans from the root's first sector to the last sector of
-        // the pair; a second copy at an aligned start keeps the same
-        // internal offsets, so it is aligned the same way.
-        let pair_first = partitions
-            .iter()
-            .find(|p| p.role == PartitionRole::Root)
-            .map_or(next, |p| p.first_lba);
-        let span = next - pair_first;
-        let first = align_lba(next);
-        next = first + span;
-        Some(LbaRange {
-            first,
-            last: next - 1,
-        })
-    } else {
-        None
-    };
 
     let total_sectors = input.disk_size / SECTOR_SIZE;
     let needed_sectors = next + BACKUP_GPT_SECTORS;
     if needed_sectors > total_sectors {
-        let mut breakdown = format!(
-            "ESP {}, root {}",
+        let breakdown = format!(
+            "ESP {}, 2 root slots of {}, 2 verity partitions of {}, GPT and 1 MiB alignment",
             format_size(input.esp_size),
-            format_size(input.root_size)
+            format_size(slot_size),
+            format_size(verity_size_for(slot_size)),
         );
-        if input.root_verity_size > 0 {
-            breakdown.push_str(&format!(
-                ", root verity {}",
-                format_size(input.root_verity_size)
-            ));
-        }
-        if let Some(r) = ab_reserve {
-            breakdown.push_str(&format!(", A/B reserve {}", format_size(r.size())));
-        }
-        breakdown.push_str(", GPT and 1 MiB alignment");
         return Err(PlanError::DiskTooSmall {
             needed: needed_sectors * SECTOR_SIZE,
             given: input.disk_size,
             breakdown,
+            var_min: input.var_min_size,
         });
     }
 
     Ok(DiskPlan {
-        arch,
+        arch: input.arch,
         sector_size: SECTOR_SIZE,
         total_size: input.disk_size,
         disk_guid: Guid::derive(&input.seed, "gpt-disk"),
@@ -436,7 +580,7 @@ pub fn plan_disk(input: &PlanInput) -> Result<DiskPlan, PlanError> {
         entry_count: GPT_ENTRY_COUNT,
         entry_size: GPT_ENTRY_SIZE,
         partitions,
-        ab_reserve,
+        slot_size,
     })
 }
 

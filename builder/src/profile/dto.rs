@@ -13,6 +13,9 @@ pub struct ProfileFile {
     pub schema: u32,
     /// Image name.
     pub name: String,
+    /// Image version, e.g. "1.4.0" (absent: "0"). Read as any TOML value so that
+    /// `version = 1.4`, a number to TOML, gets kiln's message asking for quotes.
+    pub version: Option<toml::Value>,
     /// Free text.
     #[serde(default)]
     pub description: String,
@@ -54,6 +57,29 @@ pub struct ProfileFile {
     /// `[cluster]`: how the node joins Kubernetes (absent: it does not).
     #[serde(default)]
     pub cluster: Option<ClusterFile>,
+    /// `[update]`: A/B update settings (absent: the defaults, no trusted keys).
+    #[serde(default)]
+    pub update: UpdateFile,
+}
+
+/// `[update]`: how images built from the profile take A/B updates.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFile {
+    /// Public key files (relative to the profile's folder) that update bundles
+    /// must be signed with.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Size of each root slot, e.g. "1GiB" (absent: sized from the root).
+    pub slot_size: Option<String>,
+    /// Boot attempts of a new version before systemd-boot falls back. Read as any
+    /// TOML value so a wrong one gets kiln's message with the range.
+    pub tries: Option<toml::Value>,
+    /// How long a new version has to become healthy, e.g. "10min" or "90s". Read as
+    /// any TOML value so that a bare number gets kiln's message asking for a unit.
+    pub health_timeout: Option<toml::Value>,
+    /// What "healthy" means: "preflight", "overlay", "cluster".
+    pub health: Option<Vec<String>>,
 }
 
 /// `[[artifact]]`: one file from a URL or a local path, pinned by sha256.

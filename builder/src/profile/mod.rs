@@ -5,6 +5,7 @@
 //! the domain [`Profile`] the rest of the pipeline uses. Every error names
 //! the file and the field.
 
+mod agent;
 mod artifact;
 mod cluster;
 pub mod container_image;
@@ -13,26 +14,34 @@ pub mod module_sets;
 mod output;
 mod pins;
 mod size;
+mod update;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::arch::Arch;
+pub use agent::Agent;
 pub use artifact::{Artifact, ArtifactSource};
 pub use cluster::{
     release_in_url, Cluster, ClusterFlavor, ClusterKind, Containerd, ImageRole, KubeVersion,
     KubeadmApi,
 };
 pub use kiln_contract::agent_config::Channel;
-use kiln_contract::agent_config::{self, SettingsFile, ALL_CHANNELS};
+use kiln_contract::agent_config::ALL_CHANNELS;
 use kiln_contract::cmdline::DEFAULT_VAR_MIN;
+use kiln_contract::version::ImageVersion;
 // The values are the command line's words, so the enums are the contract's.
 pub use kiln_contract::cmdline::{VarFallback, VerityCheck};
 pub use output::{Format, ZstdLevel};
 pub use size::{format_size, parse_size};
+pub use update::{parse_duration, UpdatePolicy};
 
 /// The profile schema version this kiln reads.
 pub const SCHEMA: u32 = 1;
+
+/// The image version of a profile without `version`: older than any version a
+/// profile can set, so the first versioned image is an update to it.
+pub const DEFAULT_VERSION: &str = "0";
 
 /// Errors while reading or validating a profile.
 #[derive(Debug, thiserror::Error)]
@@ -95,50 +104,6 @@ pub enum ProfileError {
         /// What is wrong and what to do.
         message: String,
     },
-}
-
-/// Settings of the in-image agent (`[agent]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Agent {
-    /// Config channels the node reads, highest precedence first.
-    pub channels: Vec<Channel>,
-    /// `[cluster]`: how the node joins Kubernetes (`None`: it does not).
-    pub cluster: Option<Cluster>,
-}
-
-impl Default for Agent {
-    fn default() -> Agent {
-        Agent {
-            channels: ALL_CHANNELS.to_vec(),
-            cluster: None,
-        }
-    }
-}
-
-impl Agent {
-    /// Whether the node reads cloud metadata.
-    pub fn uses_cloud(&self) -> bool {
-        self.channels.contains(&Channel::Cloud)
-    }
-
-    /// `/usr/lib/kiln/agent.toml` as the contract's types, every value spelled out.
-    pub fn to_file(&self) -> SettingsFile {
-        SettingsFile {
-            schema: Some(agent_config::SCHEMA),
-            channels: Some(self.channels.clone()),
-            cluster: self.cluster.as_ref().map(Cluster::to_table),
-            update: None,
-        }
-    }
-
-    /// The text of `/usr/lib/kiln/agent.toml`.
-    pub fn to_toml(&self) -> String {
-        // Strings, lists and string-keyed tables are all TOML has a place for, and they
-        // are all the file holds; a failure here is a bug in the contract's types.
-        let body = toml::to_string(&self.to_file())
-            .expect("agent.toml holds only strings, integers, lists and tables");
-        format!("# Written by kiln from the profile's [agent] and [cluster] sections.\n{body}")
-    }
 }
 
 /// Settings given to one build on the command line rather than in the file.
@@ -241,6 +206,9 @@ pub struct Profile {
     pub path: PathBuf,
     /// Image name (used in output file names).
     pub name: String,
+    /// Image version (`version`, "0" when absent): os-release's `IMAGE_VERSION`, and
+    /// what updates compare to tell newer from older.
+    pub version: ImageVersion,
     /// Free text.
     pub description: String,
     /// Arches this profile builds for.
@@ -267,6 +235,8 @@ pub struct Profile {
     pub zstd_level: ZstdLevel,
     /// The in-image agent's settings.
     pub agent: Agent,
+    /// `[update]`: trusted update keys, slot size, boot tries and health checks.
+    pub update: UpdatePolicy,
     /// OCI images built from locked packages and shipped in the root.
     pub container_images: Vec<container_image::ImageSpec>,
     /// Files pinned by sha256 and placed in the root (`[[artifact]]`).
@@ -436,6 +406,18 @@ fn validate(
             ),
         ));
     }
+    let version = match &raw.version {
+        None => ImageVersion::parse(DEFAULT_VERSION).expect("the default version parses"),
+        Some(toml::Value::String(v)) => {
+            ImageVersion::parse(v).map_err(|e| invalid("version", e.to_string()))?
+        }
+        Some(v) => {
+            return Err(invalid(
+                "version",
+                format!("{v} is not a string; quote it: version = \"{v}\""),
+            ))
+        }
+    };
     let mut arches = Vec::new();
     for (i, a) in raw.arches.iter().enumerate() {
         let arch: Arch = a.parse().map_err(|e: crate::arch::UnknownArch| {
@@ -689,6 +671,8 @@ fn validate(
         &raw.systemd.enable,
     )?;
 
+    let update = update::validate(path, &raw.update, agent.cluster.is_some())?;
+
     let container_images = container_image::validate_images(&raw.container_image)
         .map_err(|e| invalid(&e.field, e.message))?;
 
@@ -697,6 +681,7 @@ fn validate(
     Ok(Profile {
         path: path.to_path_buf(),
         name: raw.name,
+        version,
         description: raw.description,
         arches,
         debian: Debian {
@@ -744,6 +729,7 @@ fn validate(
         formats: output.formats,
         zstd_level: output.zstd_level,
         agent,
+        update,
         container_images,
         artifacts,
         extras: BuildExtras::default(),

@@ -18,11 +18,26 @@ pub enum Format {
     Vhd,
     /// Google Compute Engine import tarball (`.gce.tar.gz` holding `disk.raw`).
     Gce,
+    /// Signed A/B update bundle (`.update`): the root filesystem, its verity
+    /// partition and the UKI behind a signed manifest. Needs the signing key
+    /// (`kiln build --update-key`).
+    Update,
 }
 
 impl Format {
     /// Every format, in the order outputs are written.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
+        Format::Raw,
+        Format::RawZst,
+        Format::Qcow2,
+        Format::Vhd,
+        Format::Gce,
+        Format::Update,
+    ];
+
+    /// The forms of the whole disk image: every format but [`Format::Update`],
+    /// which carries the image's parts and needs a signing key.
+    pub const IMAGES: [Format; 5] = [
         Format::Raw,
         Format::RawZst,
         Format::Qcow2,
@@ -43,6 +58,7 @@ impl Format {
             Format::Qcow2 => "qcow2",
             Format::Vhd => "vhd",
             Format::Gce => "gce",
+            Format::Update => "update",
         }
     }
 

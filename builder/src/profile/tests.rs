@@ -1,7 +1,10 @@
 use super::*;
+use kiln_contract::agent_config::{self, SettingsFile, UpdateTable};
 
 /// `[debian] extra_suites` and `[packages.from]`.
 mod pins;
+/// `version` and `[update]`.
+mod update;
 
 fn overlays_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays")
@@ -642,23 +645,43 @@ fn shipped_profiles() -> Vec<Profile> {
         .collect()
 }
 
+/// The `[update]` table a shipped profile's agent.toml carries: version 1.0.0, no
+/// `[update]` section, so the defaults spelled out.
+fn shipped_update_table(name: &str) -> UpdateTable {
+    UpdateTable {
+        image: name.to_string(),
+        version: "1.0.0".into(),
+        tries: Some(kiln_contract::boot::DEFAULT_TRIES),
+        health_timeout_secs: Some(agent_config::DEFAULT_HEALTH_TIMEOUT_SECS),
+        health: None,
+    }
+}
+
 #[test]
-fn agent_toml_of_every_shipped_profile_reads_as_before() {
+fn agent_toml_of_every_shipped_profile_reads_as_before_plus_its_update_table() {
     let read = |text: &str| toml::from_str::<SettingsFile>(text).unwrap();
     for p in shipped_profiles() {
-        let text = p.agent.to_toml();
+        let text = p.agent_toml();
         assert!(text.starts_with("# Written by kiln"), "{text}");
         assert_eq!(
             read(&text),
-            read(&agent_toml_as_formatted_before(&p.agent)),
+            SettingsFile {
+                update: Some(shipped_update_table(&p.name)),
+                ..read(&agent_toml_as_formatted_before(&p.agent))
+            },
             "{}:\n{text}",
             p.name
+        );
+        // The agent's part alone is the file as before.
+        assert_eq!(
+            read(&p.agent.to_toml()),
+            read(&agent_toml_as_formatted_before(&p.agent))
         );
     }
     // Spelled out for k3s, the one with a [cluster].
     let k3s = shipped_profiles().pop().unwrap();
     assert_eq!(
-        read(&k3s.agent.to_toml()),
+        read(&k3s.agent_toml()),
         SettingsFile {
             schema: Some(1),
             channels: Some(vec![
@@ -676,7 +699,7 @@ fn agent_toml_of_every_shipped_profile_reads_as_before() {
                 kubeadm_api: None,
                 kubernetes: Some("1.36.4".parse().unwrap()),
             }),
-            update: None,
+            update: Some(shipped_update_table("k3s")),
         }
     );
 }

@@ -1,6 +1,8 @@
 //! Where the UKI's kernel and stub come from: the kernel image is moved out
 //! of the unpacked root (it boots from the UKI, not from `/boot`), and
 //! systemd-stub is taken from the boot package, which never enters the root.
+//! systemd-boot, which boots the UKIs from the ESP, comes from the same
+//! package, so the loader and the stub are always of one systemd release.
 
 use std::sync::Arc;
 
@@ -23,8 +25,11 @@ pub enum PartsError {
         /// Origin of the entry (`pkg:NAME`).
         origin: String,
     },
-    /// The boot package has no stub for the arch.
-    #[error("{package} does not ship /{path}")]
+    /// The boot package lacks a file kiln takes from it (the stub, systemd-boot).
+    #[error(
+        "the boot package {package} does not ship /{path}; set `boot.stub_package` in the \
+         profile to a package with systemd-stub and systemd-boot (Debian's systemd-boot-efi)"
+    )]
     NoStub {
         /// The boot package.
         package: String,
@@ -83,16 +88,26 @@ pub fn take_kernel(
 
 /// systemd-stub for `arch` out of the boot package.
 pub fn stub(boot_package: &Deb, arch: Arch) -> Result<Arc<[u8]>, PartsError> {
+    boot_file(boot_package, arch.efi_stub_path())
+}
+
+/// systemd-boot for `arch` out of the boot package.
+pub fn systemd_boot(boot_package: &Deb, arch: Arch) -> Result<Arc<[u8]>, PartsError> {
+    boot_file(boot_package, arch.systemd_boot_path())
+}
+
+/// The regular file at `path` in the boot package.
+fn boot_file(boot_package: &Deb, path: &'static str) -> Result<Arc<[u8]>, PartsError> {
     boot_package
         .entries
         .iter()
-        .find(|(p, _)| p == arch.efi_stub_path())
+        .find(|(p, _)| p == path)
         .and_then(|(_, n)| match &n.kind {
             Kind::File(d) => Some(d.clone()),
             _ => None,
         })
         .ok_or_else(|| PartsError::NoStub {
             package: boot_package.package.clone(),
-            path: arch.efi_stub_path(),
+            path,
         })
 }

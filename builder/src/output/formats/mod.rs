@@ -23,6 +23,7 @@
 mod bmap;
 mod gce;
 mod qcow2;
+pub mod update;
 mod vhd;
 mod zst;
 
@@ -93,6 +94,9 @@ pub enum FormatError {
         /// The first such byte.
         offset: u64,
     },
+    /// The `update` format's key, profile settings or bundle.
+    #[error(transparent)]
+    Update(#[from] update::UpdateError),
     /// The image is too large for the format.
     #[error("{}: {size} bytes is too large for the {format} format (at most {max})", raw.display())]
     TooLarge {
@@ -183,6 +187,7 @@ pub fn file_names(format: Format, stem: &str) -> Vec<(&'static str, String)> {
         Format::Qcow2 => vec![("qcow2", format!("{stem}.qcow2"))],
         Format::Vhd => vec![("vhd", format!("{stem}.vhd"))],
         Format::Gce => vec![("gce", format!("{stem}.gce.tar.gz"))],
+        Format::Update => vec![("update", format!("{stem}.update"))],
     }
 }
 
@@ -199,7 +204,9 @@ pub struct Outputs {
 }
 
 /// Writes every wanted format of the raw image into the staging folder and
-/// returns the files to publish with their digests.
+/// returns the files to publish with their digests. [`Format::Update`] is not
+/// a form of the raw image (it is made from the image's parts, with a key:
+/// [`update::write`]) and is skipped here.
 pub fn write_outputs(job: &OutputJob<'_>) -> Result<Outputs, FormatError> {
     let bad = |what: String| FormatError::BadJob {
         raw: job.raw.to_path_buf(),
@@ -227,7 +234,7 @@ pub fn write_outputs(job: &OutputJob<'_>) -> Result<Outputs, FormatError> {
         return Err(bad("the raw image is empty".into()));
     }
     let mapped = mapped_bytes(job.mapped, size).map_err(bad)?;
-    let wanted: Vec<Format> = Format::ALL
+    let wanted: Vec<Format> = Format::IMAGES
         .into_iter()
         .filter(|f| job.formats.contains(f))
         .collect();
@@ -283,6 +290,8 @@ pub fn write_outputs(job: &OutputJob<'_>) -> Result<Outputs, FormatError> {
                 let out = job.dir.join(&names[0].1);
                 digests.push(gce::write(&src, &out, job.epoch, &report)?);
             }
+            // Not in `wanted`: see this function's documentation.
+            Format::Update => {}
         }
         report(size);
         for ((key, _), digest) in names.iter().zip(digests) {

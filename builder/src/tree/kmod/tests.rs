@@ -344,6 +344,7 @@ fn builtin_sets_parse_and_have_the_required_names() {
         "usb-storage",
         "nics",
         "efi",
+        "watchdog",
         "kubernetes",
         "config-channels",
         "cloud",
@@ -363,6 +364,8 @@ fn builtin_sets_parse_and_have_the_required_names() {
             "ahci",
             "cloud",
             "dm-verity",
+            // init reads systemd-boot's EFI variables (is this boot on trial?).
+            "efi",
             "ext4",
             "homelab",
             "nvme",
