@@ -58,22 +58,121 @@ struct Spec {
     append_cmdline: Vec<String>,
     /// A local file standing in for the profile's artifact of this name.
     artifact: Option<(String, PathBuf)>,
+    /// One of the update tests' versions of profiles/qemu.toml.
+    update: Option<UpdateBuild>,
+}
+
+/// The versions of profiles/qemu.toml the update tests boot and apply. Each trusts the
+/// test key in qemu-tests/fixtures (and only it); every one but [`UpdateBuild::V1`] is
+/// built as a signed bundle (`--format update`) for the running node to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UpdateBuild {
+    /// 1.0.0 with the debug shell: the image the node is flashed with (raw).
+    V1,
+    /// 2.0.0: another motd (an overlay template's output changes).
+    V2,
+    /// 3.0.0: containerd is masked (a release with a broken runtime), so preflight's
+    /// containerd check fails and with it the health check (30 s limit).
+    V3Unhealthy,
+    /// 3.0.1: its module sets lack `virtio`, so init never finds the root disk.
+    V3NoRoot,
+    /// 3.0.2: the kernel cannot run the initramfs's init and panics.
+    V3Panic,
+}
+
+impl UpdateBuild {
+    /// The image version it carries.
+    pub fn version(self) -> &'static str {
+        match self {
+            UpdateBuild::V1 => "1.0.0",
+            UpdateBuild::V2 => "2.0.0",
+            UpdateBuild::V3Unhealthy => "3.0.0",
+            UpdateBuild::V3NoRoot => "3.0.1",
+            UpdateBuild::V3Panic => "3.0.2",
+        }
+    }
+
+    /// The motd line the image shows (`[vars] motd`).
+    pub fn motd(self) -> String {
+        format!("kiln node {}", self.version())
+    }
+
+    fn change(self, profile: &mut kiln::profile::Profile) -> anyhow::Result<()> {
+        profile.version = kiln_contract::version::ImageVersion::parse(self.version())?;
+        let key = std::fs::read_to_string(update_test_key_pub())?;
+        profile.update.keys = vec![kiln_contract::signing::PublicKey::parse_text(&key)?];
+        profile
+            .vars
+            .insert("motd".into(), serde_json::Value::String(self.motd()));
+        match self {
+            UpdateBuild::V1 | UpdateBuild::V2 => {}
+            UpdateBuild::V3Unhealthy => {
+                profile.systemd.enable.retain(|u| u != "containerd.service");
+                profile.systemd.mask.push("containerd.service".into());
+                profile.update.health_timeout_secs = 30;
+            }
+            UpdateBuild::V3NoRoot => {
+                profile.kernel.module_sets.retain(|s| s != "virtio");
+                profile.append_cmdline(&["kiln.rootwait=5".to_string()])?;
+            }
+            UpdateBuild::V3Panic => {
+                profile.append_cmdline(&["rdinit=/kiln-no-such-init".to_string()])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The update tests' signing key (a test key: its secret half is in the repository,
+/// so no real profile may trust it).
+pub fn update_test_key() -> PathBuf {
+    repo_root().join("qemu-tests/fixtures/update-test.key")
+}
+
+/// The public half of [`update_test_key`].
+pub fn update_test_key_pub() -> PathBuf {
+    repo_root().join("qemu-tests/fixtures/update-test.key.pub")
+}
+
+/// profiles/qemu.toml as `which` of the update tests, with the debug shell and
+/// `kiln.hostname=<hostname>`: V1 as a raw image, the others as a signed bundle
+/// ([`Built::output`]`(".update")`).
+pub fn update_image(arch: Arch, which: UpdateBuild) -> anyhow::Result<Built> {
+    build_once(Spec {
+        profile: "profiles/qemu.toml".into(),
+        arch,
+        all_formats: false,
+        debug_shell: true,
+        append_cmdline: vec![format!(
+            "kiln.hostname=update-{}",
+            arch.name().replace('_', "-")
+        )],
+        artifact: None,
+        update: Some(which),
+    })
 }
 
 type Slot = Arc<Mutex<Option<Built>>>;
 static BUILDS: OnceLock<Mutex<BTreeMap<Spec, Slot>>> = OnceLock::new();
 
 /// `profiles/qemu.toml` for `arch` with the debug shell on the serial
-/// console (`kiln build --debug-shell`) and `kiln.hostname=`[`cmdline_hostname`]
-/// on the kernel command line; raw only.
+/// console (`kiln build --debug-shell`), `kiln.hostname=`[`cmdline_hostname`]
+/// and `kiln.var_min=1T` (so /var stays on a tmpfs) on the kernel command line; raw only.
 pub fn default_image(arch: Arch) -> anyhow::Result<Built> {
     build_once(Spec {
         profile: "profiles/qemu.toml".into(),
         arch,
         all_formats: false,
         debug_shell: true,
-        append_cmdline: vec![format!("kiln.hostname={}", cmdline_hostname(arch))],
+        // var_min beyond any disk: the image's free space would hold var, but the boots of
+        // this image keep /var on a tmpfs, so the profile's fallback stays proven (var.rs
+        // boots the plain image, which creates var).
+        append_cmdline: vec![
+            format!("kiln.hostname={}", cmdline_hostname(arch)),
+            "kiln.var_min=1T".to_string(),
+        ],
         artifact: None,
+        update: None,
     })
 }
 
@@ -94,6 +193,7 @@ pub fn image_with_all_formats(arch: Arch) -> anyhow::Result<Built> {
         debug_shell: false,
         append_cmdline: Vec::new(),
         artifact: None,
+        update: None,
     })
 }
 
@@ -107,6 +207,7 @@ pub fn profile_image(profile: &str, arch: Arch) -> anyhow::Result<Built> {
         debug_shell: false,
         append_cmdline: Vec::new(),
         artifact: None,
+        update: None,
     })
 }
 
@@ -121,6 +222,7 @@ pub fn k3s_image(arch: Arch, k3s: &Path, hostname: &str) -> anyhow::Result<Built
         debug_shell: true,
         append_cmdline: vec![format!("kiln.hostname={hostname}")],
         artifact: Some(("k3s".into(), k3s.to_path_buf())),
+        update: None,
     })
 }
 
@@ -173,6 +275,9 @@ fn build(spec: &Spec, out: &Path) -> anyhow::Result<()> {
         profile.enable_debug_shell()?;
     }
     profile.append_cmdline(&spec.append_cmdline)?;
+    if let Some(which) = spec.update {
+        which.change(&mut profile)?;
+    }
     if let Some((name, file)) = &spec.artifact {
         let sha = sha256_file(file)?;
         let mut replaced = 0;
@@ -202,6 +307,10 @@ fn build(spec: &Spec, out: &Path) -> anyhow::Result<()> {
         // Raw only unless every format is wanted: the VMs boot the raw image, whatever
         // the profile publishes (homelab: raw.zst).
         formats: Some(formats(spec)),
+        update_key: match spec.update {
+            Some(UpdateBuild::V1) | None => None,
+            Some(_) => Some(kiln::keygen::UpdateKey::load(&update_test_key())?),
+        },
     };
     let started = Instant::now();
     kiln::build::build(&profile, &cache, &opts, &kiln::build::Ui::new(true))
@@ -216,8 +325,11 @@ fn build(spec: &Spec, out: &Path) -> anyhow::Result<()> {
 }
 
 fn formats(spec: &Spec) -> Vec<kiln::profile::Format> {
-    if spec.all_formats {
-        kiln::profile::Format::ALL.to_vec()
+    if matches!(spec.update, Some(u) if u != UpdateBuild::V1) {
+        // The raw image too: the bundle's parts are checked against it.
+        vec![kiln::profile::Format::Raw, kiln::profile::Format::Update]
+    } else if spec.all_formats {
+        kiln::profile::Format::IMAGES.to_vec()
     } else {
         vec![kiln::profile::Format::Raw]
     }
@@ -244,6 +356,14 @@ fn key_text(spec: &Spec) -> anyhow::Result<String> {
     ));
     if let Some((name, file)) = &spec.artifact {
         k.push_str(&format!("artifact {name} {}\n", sha256_file(file)?));
+    }
+    if let Some(u) = spec.update {
+        // The variants' changes are code in this file: its bytes are part of the key.
+        k.push_str(&format!(
+            "update {u:?} key {} recipe {}\n",
+            sha256_file(&update_test_key())?,
+            sha256_file(&root.join("qemu-tests/src/images.rs"))?
+        ));
     }
     k.push_str(&format!(
         "arch {}\nformats {:?}\ndebug_shell {}\nappend_cmdline {:?}\n",

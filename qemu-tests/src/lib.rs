@@ -16,6 +16,7 @@ use kiln::arch::Arch;
 
 pub mod agent_size;
 pub mod enroll_server;
+pub mod files;
 pub mod images;
 pub mod metadata;
 pub mod net;
@@ -29,7 +30,8 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub use images::{
-    cmdline_hostname, default_image, image_with_all_formats, k3s_image, profile_image, Built,
+    cmdline_hostname, default_image, image_with_all_formats, k3s_image, profile_image,
+    update_image, Built, UpdateBuild,
 };
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` (the Makefile sets it to a cache outside
@@ -59,6 +61,8 @@ pub struct RunningVm {
     started: Instant,
     commands: u32,
     shell_set_up: bool,
+    /// Where the current boot's console text starts (see [`RunningVm::new_boot`]).
+    boot_from: usize,
     _scratch: tempfile::TempDir,
 }
 
@@ -104,6 +108,7 @@ impl RunningVm {
             started: Instant::now(),
             commands: 0,
             shell_set_up: false,
+            boot_from: 0,
             _scratch: scratch,
         };
         running.console_in = Some(running.connect(&socket)?);
@@ -160,7 +165,56 @@ impl RunningVm {
         String::from_utf8_lossy(&bytes).replace('\r', "")
     }
 
-    /// Seconds since QEMU started.
+    /// Starts a new boot of the same machine (for VMs with `exit_on_reboot` off): from
+    /// now on markers, the shell prompt and failure lines count only when printed after
+    /// this point, timeouts count from now, and the debug shell is set up again.
+    pub fn new_boot(&mut self) {
+        self.boot_from = self.console().len();
+        self.started = Instant::now();
+        self.shell_set_up = false;
+    }
+
+    /// Waits for the machine to start its next boot (the kernel's `Linux version` line
+    /// printed after console offset `from`) and starts a new boot there, as
+    /// [`RunningVm::new_boot`] does: what the previous boot printed on its way down (a
+    /// panic's trace, shutdown lines) no longer counts. `from` is the console's length
+    /// before the test caused the reboot, or [`RunningVm::offset_of_last`] of the line
+    /// that ended the previous boot, so a fast reboot cannot be missed. `timeout` counts
+    /// from now.
+    pub fn wait_for_next_boot(&mut self, from: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.started = Instant::now();
+        self.boot_from = from;
+        let text = self.wait_until(timeout, false, "the next boot's kernel", |text| {
+            text.get(from..)
+                .is_some_and(|t| t.contains("Linux version"))
+        })?;
+        let at = text
+            .get(from..)
+            .and_then(|t| t.find("Linux version"))
+            .unwrap_or(0);
+        self.boot_from = from + at;
+        self.shell_set_up = false;
+        Ok(())
+    }
+
+    /// The console offset of the last `marker` in the current boot, else the console's
+    /// length.
+    pub fn offset_of_last(&self, marker: &str) -> usize {
+        let text = self.console();
+        text.get(self.boot_from..)
+            .and_then(|t| t.rfind(marker))
+            .map_or(text.len(), |at| self.boot_from + at)
+    }
+
+    /// The current boot's console text (everything since [`RunningVm::new_boot`]).
+    pub fn boot_console(&self) -> String {
+        self.console()
+            .get(self.boot_from..)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Seconds since QEMU started (or the current boot began, see [`RunningVm::new_boot`]).
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -188,7 +242,9 @@ impl RunningVm {
         timeout: Duration,
         fatal_ends: bool,
     ) -> anyhow::Result<String> {
+        let from = self.boot_from;
         self.wait_until(timeout, fatal_ends, &format!("{markers:?}"), |text| {
+            let text = text.get(from..).unwrap_or_default();
             markers.iter().all(|m| has_whole_line_with(text, m))
         })
     }
@@ -205,7 +261,8 @@ impl RunningVm {
             if done(&text) {
                 return Ok(text);
             }
-            if let Some(f) = FATAL.iter().find(|f| fatal_ends && text.contains(*f)) {
+            let this_boot = text.get(self.boot_from..).unwrap_or_default();
+            if let Some(f) = FATAL.iter().find(|f| fatal_ends && this_boot.contains(*f)) {
                 bail!("boot failed ({f:?} on the console)\n{}", tail(&text, 60));
             }
             if let Some(status) = self.child.try_wait()? {
@@ -246,7 +303,9 @@ impl RunningVm {
         // Under heavy TCG load a node has reached multi-user and still shown no prompt
         // (twice in CI, getty's line not seen either): after a while, Enter on the
         // console every minute makes a waiting getty or shell print its prompt again.
-        let prompt = |text: &str| {
+        let from = self.boot_from;
+        let prompt = move |text: &str| {
+            let text = text.get(from..).unwrap_or_default();
             text.find("(automatic login)")
                 .map(|at| text[at..].contains("# "))
                 .unwrap_or(false)

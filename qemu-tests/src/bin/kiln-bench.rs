@@ -76,6 +76,7 @@ fn build(
         epoch: None,
         agent: kiln::build::AgentSource::from_env(),
         formats,
+        update_key: None,
     };
     let t = Instant::now();
     let r = kiln::build::build(
@@ -147,13 +148,15 @@ fn bare_boot(arch: Arch, image: &Path, m: &Manifest, work: &Path) -> anyhow::Res
     let esp_img = work.join("esp.fat");
     extract_range(image, esp.offset, esp.size, &esp_img)?;
     let uki_path = work.join("uki.efi");
+    // The manifest names where the UKI is on the ESP (`EFI/Linux/kiln-a.efi`).
+    let uki_on_esp = &m.components.get("uki").context("no uki component")?.file;
     check_tool(
         "mcopy",
         &[
             "-n",
             "-i",
             esp_img.to_str().unwrap_or_default(),
-            &format!("::/EFI/BOOT/{}", arch.efi_boot_file()),
+            &format!("::/{uki_on_esp}"),
             uki_path.to_str().unwrap_or_default(),
         ],
     )?;
@@ -348,7 +351,7 @@ fn measure(profile: &kiln::profile::Profile, arch: Arch) -> anyhow::Result<ArchF
         arch,
         &cache,
         &work.path().join("out-all"),
-        Some(kiln::profile::Format::ALL.to_vec()),
+        Some(kiln::profile::Format::IMAGES.to_vec()),
     )?;
     let all_m = Manifest::read(&all.manifest).map_err(anyhow::Error::msg)?;
     let outputs = all_m

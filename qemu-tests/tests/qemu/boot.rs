@@ -84,8 +84,8 @@ fn boots_to_multi_user(arch: Arch) {
         report.contains("root_mode=ro"),
         "{arch}: root is not read-only: {report}"
     );
-    // The root came through dm-verity, and the 512 MiB image has no room for
-    // var: the profile allows a tmpfs, and the init said so.
+    // The root came through dm-verity, and the image's `kiln.var_min=1T` leaves no room
+    // for var: the profile allows a tmpfs, and the init said so.
     assert!(
         report.contains("root=/dev/dm-0") && report.contains("verity=on:dm-0:"),
         "{arch}: root not mounted through dm-verity: {report}"

@@ -79,7 +79,7 @@ fn var_persists(arch: Arch) {
     );
     assert_eq!(
         first.get("var").map(String::as_str),
-        Some("/dev/vda4"),
+        Some("/dev/vda6"),
         "{arch}: {first:?}\n{tail}"
     );
     assert_eq!(
@@ -111,10 +111,10 @@ fn var_persists(arch: Arch) {
         verify.contains("No problems found"),
         "{arch}: sgdisk -v:\n{verify}"
     );
-    let info = check_tool("sgdisk", &["-i", "4", &img]).unwrap();
+    let info = check_tool("sgdisk", &["-i", "6", &img]).unwrap();
     assert!(
         info.contains(VAR_TYPE),
-        "{arch}: partition 4 is not var:\n{info}"
+        "{arch}: partition 6 is not var:\n{info}"
     );
     let last_usable = size / 512 - 34;
     assert!(
@@ -135,7 +135,7 @@ fn var_persists(arch: Arch) {
     );
     assert_eq!(
         second.get("var").map(String::as_str),
-        Some("/dev/vda4"),
+        Some("/dev/vda6"),
         "{arch}: {second:?}\n{tail}"
     );
     assert_eq!(

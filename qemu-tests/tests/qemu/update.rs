@@ -1,0 +1,253 @@
+//! A/B updates with health-checked rollback, on one machine per arch that reboots in
+//! the same QEMU process (its disk writes kept for the whole scenario):
+//!
+//! 1. Boot 1.0.0 (the flashed image). `update status` says slot a runs 1.0.0 and slot b
+//!    is empty. A file under /var and the machine-id are noted.
+//! 2. `update check` reads a signed channel document from the host offering 2.0.0 and
+//!    applies it over HTTP; the server cuts the first download short and the agent
+//!    resumes it with a range request; the check reboots the node by itself. 2.0.0
+//!    passes its health check and is marked good (systemd-bless-boot); /var, the
+//!    machine-id and the hostname are kept; the motd is 2.0.0's.
+//! 3. Apply 3.0.0, whose preflight fails (its image has containerd masked),
+//!    with one try: it boots, fails its health check, reboots, and systemd-boot falls
+//!    back to 2.0.0, which says on the console that it rolled back from 3.0.0 and why.
+//!    Applying 3.0.0 again is refused.
+//! 4. One more failing kind per arch, split to keep the suite short: x86_64 applies a
+//!    3.0.1 whose init finds no root disk (no virtio driver), arm64 a 3.0.2 whose kernel
+//!    panics (no init); both fall back to 2.0.0 by themselves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
+
+use std::time::Duration;
+
+use kiln::arch::Arch;
+use kiln_qemu_tests::files::FileServer;
+use kiln_qemu_tests::{update_image, RunningVm, UpdateBuild};
+
+use crate::{need_sntp, PREFLIGHT_TIMEOUT};
+
+/// An apply downloads and writes ~200 MB under TCG and hashes it twice.
+const APPLY: Duration = Duration::from_secs(900);
+const SHORT: Duration = Duration::from_secs(120);
+
+fn bundle(arch: Arch, which: UpdateBuild, server: &FileServer) -> String {
+    let built = update_image(arch, which).unwrap_or_else(|e| panic!("{e:#}"));
+    let name = format!("{}-{}.update", which.version(), arch.name());
+    server.add(&name, built.output(".update"));
+    server.guest_url(&name)
+}
+
+/// A channel document offering `which`'s bundle (by a URL relative to the document),
+/// signed now with the test key and valid for a day; served as `<version>.channel.json`.
+fn channel(arch: Arch, which: UpdateBuild, server: &FileServer, dir: &std::path::Path) -> String {
+    let built = update_image(arch, which).unwrap_or_else(|e| panic!("{e:#}"));
+    let key = kiln::keygen::UpdateKey::load(&kiln_qemu_tests::images::update_test_key()).unwrap();
+    let out = dir.join(format!("{}.channel.json", which.version()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    kiln::channel::sign(&kiln::channel::SignJob {
+        key: &key,
+        bundle: &built.output(".update"),
+        url: &format!("{}-{}.update", which.version(), arch.name()),
+        expires_in: 86_400,
+        issued: now,
+        out: Some(&out),
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let name = format!("{}-{}.channel.json", which.version(), arch.name());
+    server.add(&name, out);
+    server.guest_url(&name)
+}
+
+fn status(vm: &mut RunningVm) -> serde_json::Value {
+    let out = vm
+        .run("kiln-agent update status --json", SHORT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let json = out.find('{').map(|at| &out[at..]);
+    serde_json::from_str(json.unwrap_or_else(|| panic!("no JSON in {out:?}")))
+        .unwrap_or_else(|e| panic!("update status --json: {e}: {out:?}"))
+}
+
+fn field<'a>(v: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    path.split('.').fold(v, |v, k| &v[k])
+}
+
+/// The first word of 32 hex digits (`/etc/machine-id`) in `out`.
+fn machine_id(out: &str) -> Option<String> {
+    out.split_whitespace()
+        .find(|w| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+/// Reboots into what was just applied and waits until the next boot starts.
+fn reboot(vm: &mut RunningVm) {
+    let from = vm.console().len();
+    vm.send_line("systemctl reboot").unwrap();
+    vm.wait_for_next_boot(from, SHORT * 2)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+/// Waits for the boot that follows the one that printed `last` (a failure).
+fn next_boot_after(vm: &mut RunningVm, last: &str) {
+    let from = vm.offset_of_last(last);
+    vm.wait_for_next_boot(from, SHORT * 2)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+fn updates_and_rolls_back(arch: Arch) {
+    need_sntp();
+    let server = FileServer::start().unwrap();
+    let v1 = update_image(arch, UpdateBuild::V1).unwrap_or_else(|e| panic!("{e:#}"));
+    let docs = tempfile::tempdir().unwrap();
+    bundle(arch, UpdateBuild::V2, &server);
+    let v2_channel = channel(arch, UpdateBuild::V2, &server, docs.path());
+    let v3 = bundle(arch, UpdateBuild::V3Unhealthy, &server);
+    let fourth = match arch {
+        Arch::X86_64 => UpdateBuild::V3NoRoot,
+        Arch::Arm64 => UpdateBuild::V3Panic,
+    };
+    let v4 = bundle(arch, fourth, &server);
+
+    let mut qemu = kiln::qemu::Vm::new(arch, &v1.image);
+    // snapshot=on keeps the guest's writes in QEMU's temporary overlay for the whole
+    // process, so the reboots below see them and the cached image stays untouched.
+    qemu.exit_on_reboot = false;
+    let mut vm = RunningVm::start(qemu).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // 1. The flashed image.
+    vm.wait_for_shell(PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    let s = status(&mut vm);
+    assert_eq!(field(&s, "running.version"), "1.0.0", "{arch}: {s}");
+    assert_eq!(field(&s, "running.slot"), "a", "{arch}: {s}");
+    assert_eq!(field(&s, "other.state"), "empty", "{arch}: {s}");
+    let out = vm
+        .run(
+            "echo kept > /var/lib/update-test-marker; cat /etc/machine-id",
+            SHORT,
+        )
+        .unwrap();
+    let id = machine_id(&out).unwrap_or_else(|| panic!("{arch}: no machine-id in {out:?}"));
+
+    // 2. 2.0.0 from the channel, with the first download of the bundle cut after 50 MB;
+    // the check applies it and reboots by itself.
+    server.cut_next_after(50 << 20);
+    let started = std::time::Instant::now();
+    let from = vm.console().len();
+    vm.send_line(&format!(
+        "kiln-agent update check --now --channel {v2_channel}"
+    ))
+    .unwrap();
+    vm.wait_for(&["kiln-update: applied version 2.0.0"], APPLY)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    eprintln!(
+        "{arch}: apply of 2.0.0 from the channel took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let resumed = server
+        .seen()
+        .iter()
+        .any(|r| r.range.as_deref().is_some_and(|h| h != "bytes=0-") && r.status == 206);
+    assert!(resumed, "{arch}: no resumed download: {:?}", server.seen());
+    vm.wait_for_next_boot(from, SHORT * 2)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    vm.wait_for(&["kiln-update: 2.0.0 is healthy"], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    eprintln!("{arch}: 2.0.0 good {:.1} s after the reboot", vm.elapsed());
+    let s = status(&mut vm);
+    assert_eq!(field(&s, "running.version"), "2.0.0", "{arch}: {s}");
+    assert_eq!(field(&s, "running.slot"), "b", "{arch}: {s}");
+    assert_eq!(field(&s, "other.version"), "1.0.0", "{arch}: {s}");
+    let out = vm
+        .run(
+            &format!("kiln-agent update check --now --channel {v2_channel}"),
+            SHORT,
+        )
+        .unwrap();
+    assert!(out.contains("up to date"), "{arch}: {out}");
+    let out = vm
+        .run(
+            "cat /var/lib/update-test-marker /etc/machine-id /etc/motd; \
+             ls /efi/EFI/Linux",
+            SHORT,
+        )
+        .unwrap();
+    assert!(out.contains("kept"), "{arch}: /var lost: {out}");
+    assert_eq!(
+        machine_id(&out),
+        Some(id),
+        "{arch}: machine-id changed: {out}"
+    );
+    assert!(out.contains(&UpdateBuild::V2.motd()), "{arch}: motd: {out}");
+    // systemd-bless-boot dropped the counter: the entry is good.
+    assert!(out.contains("kiln-b.efi"), "{arch}: not blessed: {out}");
+
+    // 3. 3.0.0 fails its health check and the node falls back by itself.
+    vm.run(&format!("kiln-agent update apply --tries 1 {v3}"), APPLY)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    reboot(&mut vm);
+    let failed = "kiln-update: 3.0.0 FAILED its health check";
+    vm.wait_for(&[failed], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    next_boot_after(&mut vm, failed);
+    vm.wait_for(
+        &["kiln-update: ROLLED BACK from 3.0.0 to 2.0.0"],
+        PREFLIGHT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    eprintln!(
+        "{arch}: back on 2.0.0 {:.1} s after 3.0.0 failed",
+        vm.elapsed()
+    );
+    let s = status(&mut vm);
+    assert_eq!(field(&s, "running.version"), "2.0.0", "{arch}: {s}");
+    let rejected = field(&s, "rejected").to_string();
+    assert!(
+        rejected.contains("3.0.0") && rejected.contains("containerd"),
+        "{arch}: {s}"
+    );
+    let (code, out) = vm
+        .run_status(&format!("kiln-agent update apply {v3}"), APPLY)
+        .unwrap();
+    assert_ne!(
+        code, 0,
+        "{arch}: a rejected version was applied again: {out}"
+    );
+    assert!(out.contains("--force"), "{arch}: {out}");
+
+    // 4. A version that never reaches userspace.
+    vm.run(&format!("kiln-agent update apply --tries 1 {v4}"), APPLY)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    reboot(&mut vm);
+    let failure = match fourth {
+        UpdateBuild::V3NoRoot => "kiln-init: FATAL",
+        _ => "Kernel panic",
+    };
+    vm.wait_for_failure(&[failure], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    next_boot_after(&mut vm, failure);
+    let back = format!(
+        "kiln-update: ROLLED BACK from {} to 2.0.0",
+        fourth.version()
+    );
+    vm.wait_for(&[back.as_str()], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    let s = status(&mut vm);
+    assert_eq!(field(&s, "running.version"), "2.0.0", "{arch}: {s}");
+    assert!(
+        field(&s, "rejected").to_string().contains(fourth.version()),
+        "{arch}: {s}"
+    );
+}
+
+#[test]
+fn x86_64_updates_and_rolls_back() {
+    updates_and_rolls_back(Arch::X86_64);
+}
+
+#[test]
+fn arm64_updates_and_rolls_back() {
+    updates_and_rolls_back(Arch::Arm64);
+}
