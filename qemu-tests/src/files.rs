@@ -33,7 +33,7 @@ pub struct Seen {
 #[derive(Debug, Default)]
 struct State {
     files: BTreeMap<String, PathBuf>,
-    cut_after: Option<u64>,
+    cut_after: Option<(String, u64)>,
     seen: Vec<Seen>,
 }
 
@@ -68,10 +68,10 @@ impl FileServer {
         self.lock().files.insert(format!("/{name}"), file);
     }
 
-    /// The next answer with a body stops after `bytes` bytes of it and closes the
-    /// connection, as a dropped download does.
-    pub fn cut_next_after(&self, bytes: u64) {
-        self.lock().cut_after = Some(bytes);
+    /// The next answer with a body for `/name` stops after `bytes` bytes of it and
+    /// closes the connection, as a dropped download does.
+    pub fn cut_next_after(&self, name: &str, bytes: u64) {
+        self.lock().cut_after = Some((format!("/{name}"), bytes));
     }
 
     /// The URL of `/name` as a guest behind QEMU's user network sees it.
@@ -111,11 +111,14 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             .cloned();
         let answer = answer(&method, file, range.as_deref());
         let cut = if answer.body_len > 0 && method == "GET" {
-            state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .cut_after
-                .take()
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            match st.cut_after.take() {
+                Some((p, bytes)) if p == path => Some(bytes),
+                other => {
+                    st.cut_after = other;
+                    None
+                }
+            }
         } else {
             None
         };
@@ -317,12 +320,18 @@ mod tests {
         assert!(get(s.addr(), "/nothing", None)
             .0
             .starts_with("HTTP/1.1 404"));
-        s.cut_next_after(1234);
+        s.cut_next_after("other", 1);
+        assert_eq!(
+            get(s.addr(), "/b.update", None).1,
+            data,
+            "only /other is cut"
+        );
+        s.cut_next_after("b.update", 1234);
         let (head, body) = get(s.addr(), "/b.update", None);
         assert!(head.contains("Content-Length: 10000"), "{head}");
         assert_eq!(body, &data[..1234], "the cut body stops early");
         let seen = s.seen();
-        assert_eq!(seen.len(), 5);
+        assert_eq!(seen.len(), 6);
         assert_eq!(seen[1].range.as_deref(), Some("bytes=9000-"));
         assert_eq!(
             s.guest_url("b.update"),

@@ -85,12 +85,25 @@ impl UpdateSys for RealSys {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
-        fs::rename(from, to).map_err(|e| with_path(Path::new(from), e))?;
+        rename_durably(from, to)?;
         let dir = Path::new(to).parent().unwrap_or(Path::new("/"));
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| with_path(dir, e))
     }
+}
+
+/// Renames a file on the ESP so the new name survives a power cut with its contents.
+/// vfat gives the renamed file a new directory entry with size 0 and no first cluster,
+/// and fills them in only when the file's inode is written back: after a power cut that
+/// followed an fsync of the directory alone, the QEMU test found `kiln-b+3.efi` empty.
+/// Syncing the file itself writes that entry (the caller still syncs the directory, for
+/// the old name's removal).
+pub fn rename_durably(from: &str, to: &str) -> io::Result<()> {
+    fs::rename(from, to).map_err(|e| with_path(Path::new(from), e))?;
+    File::open(to)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| with_path(Path::new(to), e))
 }
 
 /// The image's update settings: agent.toml's `[update]` (None in an image built without

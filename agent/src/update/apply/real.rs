@@ -158,7 +158,7 @@ impl ApplySys for RealApply {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> io::Result<()> {
-        fs::rename(from, to).map_err(|e| with_path(Path::new(from), e))
+        crate::update::rename_durably(from, to)
     }
 
     fn sync_dir(&mut self, dir: &str) -> io::Result<()> {
