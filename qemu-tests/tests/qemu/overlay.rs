@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use kiln::arch::Arch;
 use kiln_qemu_tests::enroll_server::EnrollServer;
 use kiln_qemu_tests::net::{enroll_url, HostServices, OwnNat, SharedSegment, ENROLL_PORT};
-use kiln_qemu_tests::{copy_image, default_image, fw_cfg_config, RunningVm};
+use kiln_qemu_tests::{
+    copy_image, default_image, fw_cfg_config, update_image, RunningVm, UpdateBuild,
+};
 
 /// Three TCG VMs share two cores: boots take several times as long as alone.
 const BOOT: Duration = Duration::from_secs(1200);
@@ -48,21 +50,15 @@ fn enroll_config(token: &str, endpoint: Option<std::net::SocketAddr>) -> String 
     c
 }
 
-/// A copy of the debug image with room for a persistent `var` (the identity and the
-/// cached peer list live there), in `dir`.
+/// A copy of an image whose boots keep `var` on the disk (the identity and the cached
+/// peer list live there), in `dir`. [`default_image`] keeps /var on a tmpfs, so this is
+/// the update scenario's 1.0.0 image: the same profile with the debug shell, and one build
+/// fewer than an image of its own.
 fn persistent_disk(arch: Arch, dir: &Path, name: &str) -> PathBuf {
-    let built = default_image(arch).unwrap_or_else(|e| panic!("{e:#}"));
+    let built = update_image(arch, UpdateBuild::V1).unwrap_or_else(|e| panic!("{e:#}"));
     let sub = dir.join(name);
     std::fs::create_dir_all(&sub).unwrap();
-    let image = copy_image(&built.image, &sub).unwrap();
-    let size = std::fs::metadata(&image).unwrap().len() + (1 << 30);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&image)
-        .unwrap()
-        .set_len(size)
-        .unwrap();
-    image
+    copy_image(&built.image, &sub).unwrap()
 }
 
 /// A node: its VM and what it said when it enrolled.
@@ -403,6 +399,16 @@ fn lan_pair_meshes_directly_survives_power_loss_and_refuses_clones_and_bad_token
         peers.contains("10.0.2."),
         "member: the owner's endpoint is not on the LAN:\n{peers}"
     );
+
+    // The identity and the peer cache must outlive a power loss: /var is on the disk.
+    for n in [&mut owner, &mut member] {
+        let fs = n.run("findmnt -no FSTYPE /var", CMD);
+        assert!(
+            fs.lines().any(|l| l.trim() == "ext4"),
+            "{}: /var is not on the disk: {fs}",
+            n.label
+        );
+    }
 
     // Power loss while kiln-enroll is down: the mesh comes back from the cache.
     server.stop().unwrap();
