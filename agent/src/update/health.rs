@@ -210,16 +210,35 @@ pub fn find_rollbacks(
         .collect()
 }
 
+/// Where the kernel shows what the first watchdog saw at boot (watchdog(4) flags).
+const WATCHDOG_BOOTSTATUS: &str = "/sys/class/watchdog/watchdog0/bootstatus";
+/// `WDIOF_CARDRESET`: the watchdog's timeout reset the machine last time.
+const WDIOF_CARDRESET: u32 = 0x20;
+
+/// Whether the last reset was the hardware watchdog's (no watchdog, or one that cannot
+/// tell: false).
+pub fn watchdog_reset<S: Files + ?Sized>(sys: &mut S) -> bool {
+    sys.read_prefix(WATCHDOG_BOOTSTATUS, 32)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|flags| flags & WDIOF_CARDRESET != 0)
+}
+
 /// Why a version the node fell back from failed: its last recorded health check
-/// failure, else what is left (it never got far enough to record one).
-pub fn rollback_reason(state: &State, r: &Rollback) -> String {
+/// failure, else what is left (it never got far enough to record one); a watchdog
+/// reset right before this boot says the last try hung.
+pub fn rollback_reason(state: &State, r: &Rollback, watchdog_reset: bool) -> String {
+    let boots = format!("{} boot{}", r.boots, if r.boots == 1 { "" } else { "s" });
     match state.last_health_failure(r.version.as_str()) {
         Some(f) => format!("health check failed: {}", f.reason),
-        None => format!(
-            "did not reach a healthy state in {} boot{} (kernel panic, hang, or no root)",
-            r.boots,
-            if r.boots == 1 { "" } else { "s" }
+        None if watchdog_reset => format!(
+            "did not reach a healthy state in {boots}: the last one hung and the hardware \
+             watchdog reset the machine"
         ),
+        None => {
+            format!("did not reach a healthy state in {boots} (kernel panic, hang, or no root)")
+        }
     }
 }
 
@@ -268,6 +287,9 @@ pub struct BootFacts {
     pub ukis: Vec<Uki>,
     /// Whether the ESP is mounted at /efi.
     pub esp_mounted: bool,
+    /// Whether the hardware watchdog reset the machine before this boot (the
+    /// previous boot hung).
+    pub watchdog_reset: bool,
     /// What could not be found out, one line each.
     pub errors: Vec<String>,
 }
@@ -278,6 +300,7 @@ pub struct BootFacts {
 pub fn gather<S: UpdateSys + ?Sized>(sys: &mut S, settings: &ImageSettings) -> BootFacts {
     let mut facts = BootFacts {
         version: running_version(sys, settings),
+        watchdog_reset: watchdog_reset(sys),
         ..BootFacts::default()
     };
     let efivarfs = |s: &mut S, target: &str| {
@@ -323,7 +346,7 @@ pub fn notice_rollbacks(sys: &mut dyn UpdateSys, facts: &BootFacts, state: &mut 
     let found = find_rollbacks(&facts.ukis, slot, &running, state);
     let now = sys.now();
     for r in &found {
-        let reason = rollback_reason(state, r);
+        let reason = rollback_reason(state, r, facts.watchdog_reset);
         say(
             sys,
             &format!(

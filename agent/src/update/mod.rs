@@ -172,6 +172,28 @@ Usage:
                                 reboots the node and systemd-boot counts the try down)
 ";
 
+/// The start of `update apply` and `update check`: `--help` anywhere prints `usage`
+/// (exit 0); else the arguments parse, or one error line and `usage` (exit 2) name
+/// the subcommand.
+fn parse_or_usage<T>(
+    cmd: &str,
+    usage: &str,
+    args: &[String],
+    parse: impl FnOnce(&[String]) -> Result<T, String>,
+) -> Result<T, ExitCode> {
+    if args
+        .iter()
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
+    {
+        print!("{usage}");
+        return Err(ExitCode::SUCCESS);
+    }
+    parse(args).map_err(|e| {
+        eprint!("kiln-agent update {cmd}: {e}\n\n{usage}");
+        ExitCode::from(2)
+    })
+}
+
 /// `kiln-agent update ...`.
 pub fn main(args: &[String]) -> ExitCode {
     match args.first().map(String::as_str) {

@@ -19,6 +19,9 @@
 //! 4. One more failing kind per arch, split to keep the suite short: x86_64 applies a
 //!    3.0.1 whose init finds no root disk (no virtio driver), arm64 a 3.0.2 whose kernel
 //!    panics (no init); both fall back to 2.0.0 by themselves.
+//! 5. x86_64 (with QEMU's i6300esb watchdog) applies a 3.0.3 whose boot hangs: real-time
+//!    spinners starve userspace, so PID 1 stops feeding the watchdog, which resets the
+//!    machine; 2.0.0 comes back and says the watchdog ended 3.0.3's boot.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
@@ -118,6 +121,7 @@ fn next_boot_after(vm: &mut RunningVm, last: &str) {
 }
 
 fn updates_and_rolls_back(arch: Arch) {
+    let _timed = kiln_qemu_tests::timing::Scenario::start();
     need_sntp();
     let server = FileServer::start().unwrap();
     let v1 = update_image(arch, UpdateBuild::V1).unwrap_or_else(|e| panic!("{e:#}"));
@@ -130,6 +134,7 @@ fn updates_and_rolls_back(arch: Arch) {
         Arch::Arm64 => UpdateBuild::V3Panic,
     };
     let v4 = bundle(arch, fourth, &server);
+    let hang = (arch == Arch::X86_64).then(|| bundle(arch, UpdateBuild::V3Hang, &server));
 
     // A copy the guest writes for real, so the power cuts below (QEMU killed) keep what
     // reached the disk and a new QEMU process boots from it.
@@ -138,6 +143,11 @@ fn updates_and_rolls_back(arch: Arch) {
     let mut qemu = kiln::qemu::Vm::new(arch, &disk);
     qemu.snapshot = false;
     qemu.exit_on_reboot = false;
+    if arch == Arch::X86_64 {
+        // The watchdog a homelab board or a VM host offers; its default action resets.
+        qemu.extra
+            .extend(["-device".to_string(), "i6300esb".to_string()]);
+    }
     let power_on = || RunningVm::start(qemu.clone()).unwrap_or_else(|e| panic!("{e:#}"));
     let mut vm = power_on();
 
@@ -293,6 +303,41 @@ fn updates_and_rolls_back(arch: Arch) {
         field(&s, "rejected").to_string().contains(fourth.version()),
         "{arch}: {s}"
     );
+
+    // 5. (x86_64) A version that hangs: nothing but the hardware watchdog can end
+    // that boot, and the node says it was the watchdog.
+    if let Some(hang) = hang {
+        vm.run(&format!("kiln-agent update apply --tries 1 {hang}"), APPLY)
+            .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        reboot(&mut vm);
+        let hung = "kiln-test: hanging this boot";
+        vm.wait_for_failure(&[hung], PREFLIGHT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        let hung_at = std::time::Instant::now();
+        next_boot_after(&mut vm, hung);
+        eprintln!(
+            "{arch}: the watchdog (20 s) reset the machine {:.1} s after the hang began",
+            hung_at.elapsed().as_secs_f64()
+        );
+        let back = vm
+            .wait_for(
+                &["kiln-update: ROLLED BACK from 3.0.3 to 2.0.0"],
+                PREFLIGHT_TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+        eprintln!(
+            "{arch}: back on 2.0.0 {:.1} s after 3.0.3 hung",
+            hung_at.elapsed().as_secs_f64()
+        );
+        let line = back
+            .lines()
+            .find(|l| l.contains("ROLLED BACK from 3.0.3"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("the hardware watchdog reset the machine"),
+            "{arch}: the rollback does not name the watchdog: {line}"
+        );
+    }
 }
 
 #[test]

@@ -75,19 +75,9 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
 
 /// `update apply`: parses the arguments, applies, prints one line per failure.
 pub fn main(args: &[String]) -> ExitCode {
-    if args
-        .iter()
-        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
-    {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let opts = match parse_args(args) {
+    let opts = match crate::update::parse_or_usage("apply", USAGE, args, parse_args) {
         Ok(o) => o,
-        Err(e) => {
-            eprint!("kiln-agent update apply: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut sys = real::RealApply::new();
     ExitCode::from(run(&mut sys, &Paths::default(), &opts))

@@ -513,19 +513,9 @@ impl CheckSys for RealCheck {
 
 /// `update check`.
 pub fn main(args: &[String]) -> ExitCode {
-    if args
-        .iter()
-        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
-    {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let opts = match parse_args(args) {
+    let opts = match super::parse_or_usage("check", USAGE, args, parse_args) {
         Ok(o) => o,
-        Err(e) => {
-            eprint!("kiln-agent update check: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let mut sys = RealCheck {
         apply: apply::real::RealApply::new(),

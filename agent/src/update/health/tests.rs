@@ -130,6 +130,31 @@ fn a_rollback_without_a_recorded_failure_blames_the_boots() {
 }
 
 #[test]
+fn a_rollback_after_a_watchdog_reset_says_the_last_boot_hung() {
+    // bootstatus is the watchdog(4) flag word in decimal: 32 is WDIOF_CARDRESET, and
+    // other flags beside it (256 is WDIOF_KEEPALIVEPING) change nothing.
+    for (bootstatus, hung) in [
+        ("32\n", true),
+        ("288\n", true),
+        ("0\n", false),
+        ("x", false),
+    ] {
+        let mut f = FakeBoot::node(Slot::A, "1.2.0");
+        f.add_uki("kiln-b+0-1.efi", "1.3.0", Slot::B);
+        f.base.files.insert(
+            "/sys/class/watchdog/watchdog0/bootstatus".into(),
+            bootstatus.as_bytes().to_vec(),
+        );
+        assert_eq!(boot(&mut f, &mut FakeProbe::default()), 0);
+        let said = f.has_line(
+            "ROLLED BACK from 1.3.0 to 1.2.0: did not reach a healthy state in 1 boot: the \
+             last one hung and the hardware watchdog reset the machine",
+        );
+        assert_eq!(said, hung, "{bootstatus:?}: {:?}", f.lines);
+    }
+}
+
+#[test]
 fn no_rollback_is_seen_where_there_was_none() {
     let cases: [(&str, &str, Slot, &str); 5] = [
         ("kiln-b+0-3.efi", "1.1.0", Slot::B, "an older bad version"),
@@ -525,5 +550,8 @@ fn a_failure_reason_outlives_later_failures_of_other_versions() {
         version: ImageVersion::parse("1.3.0").unwrap(),
         boots: 3,
     };
-    assert_eq!(rollback_reason(&s, &r), "health check failed: preflight: a");
+    assert_eq!(
+        rollback_reason(&s, &r, true),
+        "health check failed: preflight: a"
+    );
 }

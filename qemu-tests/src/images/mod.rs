@@ -25,6 +25,9 @@ use kiln::output::manifest::{sha256_file as manifest_sha256_file, sha256_hex};
 
 use crate::repo_root;
 
+mod update;
+pub use update::{update_image, update_test_key, update_test_key_pub, UpdateBuild};
+
 /// A built image and its manifest.
 #[derive(Debug, Clone)]
 pub struct Built {
@@ -49,107 +52,17 @@ impl Built {
 
 /// One image the tests need: which profile, which arch, how it is built.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Spec {
+pub(crate) struct Spec {
     /// Profile path relative to the repository root.
-    profile: String,
-    arch: Arch,
-    all_formats: bool,
-    debug_shell: bool,
-    append_cmdline: Vec<String>,
+    pub(crate) profile: String,
+    pub(crate) arch: Arch,
+    pub(crate) all_formats: bool,
+    pub(crate) debug_shell: bool,
+    pub(crate) append_cmdline: Vec<String>,
     /// A local file standing in for the profile's artifact of this name.
-    artifact: Option<(String, PathBuf)>,
+    pub(crate) artifact: Option<(String, PathBuf)>,
     /// One of the update tests' versions of profiles/qemu.toml.
-    update: Option<UpdateBuild>,
-}
-
-/// The versions of profiles/qemu.toml the update tests boot and apply. Each trusts the
-/// test key in qemu-tests/fixtures (and only it); every one but [`UpdateBuild::V1`] is
-/// built as a signed bundle (`--format update`) for the running node to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum UpdateBuild {
-    /// 1.0.0 with the debug shell: the image the node is flashed with (raw).
-    V1,
-    /// 2.0.0: another motd (an overlay template's output changes).
-    V2,
-    /// 3.0.0: containerd is masked (a release with a broken runtime), so preflight's
-    /// containerd check fails and with it the health check (30 s limit).
-    V3Unhealthy,
-    /// 3.0.1: its module sets lack `virtio`, so init never finds the root disk.
-    V3NoRoot,
-    /// 3.0.2: the kernel cannot run the initramfs's init and panics.
-    V3Panic,
-}
-
-impl UpdateBuild {
-    /// The image version it carries.
-    pub fn version(self) -> &'static str {
-        match self {
-            UpdateBuild::V1 => "1.0.0",
-            UpdateBuild::V2 => "2.0.0",
-            UpdateBuild::V3Unhealthy => "3.0.0",
-            UpdateBuild::V3NoRoot => "3.0.1",
-            UpdateBuild::V3Panic => "3.0.2",
-        }
-    }
-
-    /// The motd line the image shows (`[vars] motd`).
-    pub fn motd(self) -> String {
-        format!("kiln node {}", self.version())
-    }
-
-    fn change(self, profile: &mut kiln::profile::Profile) -> anyhow::Result<()> {
-        profile.version = kiln_contract::version::ImageVersion::parse(self.version())?;
-        let key = std::fs::read_to_string(update_test_key_pub())?;
-        profile.update.keys = vec![kiln_contract::signing::PublicKey::parse_text(&key)?];
-        profile
-            .vars
-            .insert("motd".into(), serde_json::Value::String(self.motd()));
-        match self {
-            UpdateBuild::V1 | UpdateBuild::V2 => {}
-            UpdateBuild::V3Unhealthy => {
-                profile.systemd.enable.retain(|u| u != "containerd.service");
-                profile.systemd.mask.push("containerd.service".into());
-                profile.update.health_timeout_secs = 30;
-            }
-            UpdateBuild::V3NoRoot => {
-                profile.kernel.module_sets.retain(|s| s != "virtio");
-                profile.append_cmdline(&["kiln.rootwait=5".to_string()])?;
-            }
-            UpdateBuild::V3Panic => {
-                profile.append_cmdline(&["rdinit=/kiln-no-such-init".to_string()])?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The update tests' signing key (a test key: its secret half is in the repository,
-/// so no real profile may trust it).
-pub fn update_test_key() -> PathBuf {
-    repo_root().join("qemu-tests/fixtures/update-test.key")
-}
-
-/// The public half of [`update_test_key`].
-pub fn update_test_key_pub() -> PathBuf {
-    repo_root().join("qemu-tests/fixtures/update-test.key.pub")
-}
-
-/// profiles/qemu.toml as `which` of the update tests, with the debug shell and
-/// `kiln.hostname=<hostname>`: V1 as a raw image, the others as a signed bundle
-/// ([`Built::output`]`(".update")`).
-pub fn update_image(arch: Arch, which: UpdateBuild) -> anyhow::Result<Built> {
-    build_once(Spec {
-        profile: "profiles/qemu.toml".into(),
-        arch,
-        all_formats: false,
-        debug_shell: true,
-        append_cmdline: vec![format!(
-            "kiln.hostname=update-{}",
-            arch.name().replace('_', "-")
-        )],
-        artifact: None,
-        update: Some(which),
-    })
+    pub(crate) update: Option<UpdateBuild>,
 }
 
 type Slot = Arc<Mutex<Option<Built>>>;
@@ -226,7 +139,7 @@ pub fn k3s_image(arch: Arch, k3s: &Path, hostname: &str) -> anyhow::Result<Built
     })
 }
 
-fn build_once(spec: Spec) -> anyhow::Result<Built> {
+pub(crate) fn build_once(spec: Spec) -> anyhow::Result<Built> {
     let slot = {
         let map = BUILDS.get_or_init(|| Mutex::new(BTreeMap::new()));
         let mut map = map
@@ -362,7 +275,11 @@ fn key_text(spec: &Spec) -> anyhow::Result<String> {
         k.push_str(&format!(
             "update {u:?} key {} recipe {}\n",
             sha256_file(&update_test_key())?,
-            sha256_file(&root.join("qemu-tests/src/images.rs"))?
+            sha256_file(&root.join("qemu-tests/src/images/update.rs"))?
+        ));
+        k.push_str(&format!(
+            "test overlays {}\n",
+            tree_digest(&root, &[Path::new(update::TEST_OVERLAYS)])?
         ));
     }
     k.push_str(&format!(
