@@ -1,8 +1,9 @@
-//! Wakes long polls when the peer list's version grows. Writes made by this process
-//! report the new version at once ([`Notifier::observe`]); writes made elsewhere (another
-//! replica on the same PostgreSQL, or `kiln-enroll node revoke`) are picked up by one
-//! poller that reads the stored version every second ([`Notifier::poll`]), so a thousand
-//! waiting nodes cost one database read per second, not a thousand.
+//! Wakes long polls when the peer list's version grows. The store's [`crate::store::Feed`]
+//! reports each new version once the list at that version is in place: at once for
+//! writes made by this process, and for writes made elsewhere (another replica on the
+//! same PostgreSQL, or `kiln-enroll node revoke`) when one poller refreshes the feed
+//! every second ([`Notifier::poll`]), so a thousand waiting nodes cost one database read
+//! per second, not a thousand. Woken waiters answer from the feed's shared answers.
 //!
 //! A long poll waits as a tokio task ([`Notifier::wait_beyond`]), not a thread: a waiting
 //! node costs a few hundred bytes of memory.
@@ -48,10 +49,10 @@ impl Notifier {
         });
     }
 
-    /// Reads the stored version and reports it (the poller's step, and what a local
-    /// write calls after it committed). Blocks on the store.
+    /// Brings the store's feed up to the stored version and reports it (the poller's
+    /// step). Blocks on the store.
     pub fn poll(&self, store: &dyn Store) -> Result<u64, StoreError> {
-        let version = store.peers_version()?;
+        let version = store.refresh()?;
         self.observe(version);
         Ok(version)
     }

@@ -313,7 +313,7 @@ fn a_bare_lf_request_gets_a_prompt_400() {
     let mut out = Vec::new();
     let _ = t.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
-    assert!(text.contains("\r\nkiln-enroll-api: 1\r\n"), "{text}");
+    assert!(text.contains("\r\nkiln-enroll-api: 2\r\n"), "{text}");
 }
 
 /// Every numeric flag is bounded: a value out of range is refused by name, never a panic.

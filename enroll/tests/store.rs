@@ -862,7 +862,20 @@ fn a_schema_1_database_is_migrated_keeping_nodes_and_tokens() {
         }
         assert_eq!(schema_version_of(db), "1");
         let s = db.open();
-        assert_eq!(schema_version_of(db), "2", "{}", db.kind);
+        assert_eq!(schema_version_of(db), "3", "{}", db.kind);
+        // Schema 3's rows count as changed at the version of the migration: a node at
+        // that version has nothing new, one at 0 gets them.
+        assert_eq!(s.refresh().unwrap(), 1);
+        let (_, d) = s.feed().changes(1);
+        let d: kiln_enroll_proto::api::PeerDelta = serde_json::from_slice(&d).unwrap();
+        assert!(
+            d.peers.is_empty() && d.since == Some(1),
+            "{}: {d:?}",
+            db.kind
+        );
+        let (_, d) = s.feed().changes(0);
+        let d: kiln_enroll_proto::api::PeerDelta = serde_json::from_slice(&d).unwrap();
+        assert_eq!(d.peers.len(), 1, "{}", db.kind);
         let tokens = s.tokens().unwrap();
         assert_eq!(tokens.len(), 1, "{}", db.kind);
         assert_eq!(

@@ -1,20 +1,23 @@
 //! Enrollment throughput for `make bench`: the release `kiln-enroll` on SQLite or
-//! PostgreSQL on this host's loopback, 1,000 simulated nodes enrolling through the
-//! pinned client at a fixed concurrency, a floor of as many bare TLS handshakes with a
-//! request the server answers 404 (what TLS and HTTP cost alone), and the watch
-//! fan-out: every node long-polling the peer list at once, the time until all of them
-//! saw one new enrollment.
+//! PostgreSQL on this host's loopback, simulated nodes enrolling through the pinned
+//! client at a fixed concurrency in bands of 1,000 (so the figures show how the rate
+//! changes as the registry grows to 10,000), against a floor of bare TLS handshakes with
+//! a request the server answers 404 (what TLS and HTTP cost alone); then what an agent
+//! that predates API revision 2 costs (the whole list in its answer), the heartbeats of
+//! every node at the fleet's rate with the server's CPU time, and the watch fan-out:
+//! every node long-polling for deltas at once, the time until all of them saw one new
+//! enrollment ([`load`]).
 
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use kiln_enroll_proto::api::{EnrollRequest, PeerList, MAX_ANSWER_BODY, PATH_PEERS};
+use kiln_enroll_proto::api::{EnrollRequest, MAX_ANSWER_BODY};
 use kiln_enroll_proto::client::{Client, NodeAuth};
 use kiln_enroll_proto::http::{self, Request};
 use kiln_enroll_proto::key::PublicKey;
@@ -22,6 +25,10 @@ use kiln_enroll_proto::pin::{self, SERVER_NAME};
 use kiln_enroll_proto::token::{secret_hash, Token, ALPHABET};
 
 use kiln_qemu_tests::enroll_server::{binary, parse_ready_line, Ready};
+
+#[path = "bench_enroll_load.rs"]
+mod load;
+pub use load::{FanOut, Heartbeats};
 
 /// Per-call timeout of the bench's clients.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -65,25 +72,6 @@ impl Batch {
     }
 }
 
-/// The watch fan-out.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FanOut {
-    /// Nodes long-polling.
-    pub watchers: usize,
-    /// Seconds until every watcher had its connection open and request sent.
-    pub setup_secs: f64,
-    /// The new enrollment's own latency, milliseconds.
-    pub trigger_ms: f64,
-    /// From sending the new enrollment until the first watcher had the new list, ms.
-    pub first_ms: f64,
-    /// ... until half of them had it, ms.
-    pub p50_ms: f64,
-    /// ... until every watcher had it, ms.
-    pub all_ms: f64,
-    /// Peers in the list each watcher received.
-    pub list_peers: usize,
-}
-
 /// One backend's figures.
 #[derive(Debug, Clone)]
 pub struct EnrollFigures {
@@ -91,11 +79,32 @@ pub struct EnrollFigures {
     pub backend: String,
     /// TLS handshake + GET of an unknown path (404), per connection.
     pub floor: Batch,
-    /// Enrollments.
+    /// The server's CPU time per floor call, ms.
+    pub floor_cpu_ms: f64,
+    /// Enrollments (API revision 2), by band: nodes enrolled before the band, figures.
+    pub bands: Vec<(usize, Batch)>,
+    /// All enrollments together.
     pub enroll: Batch,
+    /// Enrollments of agents that predate revision 2 (the whole list in each answer),
+    /// once every band is enrolled.
+    pub old_agents: Batch,
+    /// Bytes of the whole peer list at the end, and the median ms of fetching it.
+    pub full_list: (usize, f64),
+    /// Every node heartbeating at the fleet's rate.
+    pub heartbeats: Heartbeats,
     /// Long-poll fan-out.
     pub fan_out: FanOut,
 }
+
+/// Seconds between a simulated node's heartbeats.
+pub fn load_heartbeat_secs() -> u64 {
+    load::HEARTBEAT_SECS
+}
+
+/// Nodes per band of the enrollment figures.
+pub const BAND: usize = 1000;
+/// Enrollments of old agents measured at the end.
+const OLD_AGENTS: usize = 100;
 
 /// `kiln-enroll --state STATE serve` on 127.0.0.1:0, killed on drop.
 struct Server {
@@ -104,6 +113,10 @@ struct Server {
     state: String,
     log: PathBuf,
 }
+
+/// Connections the bench's server allows (and per source: every simulated node comes
+/// from 127.0.0.1): every watcher at once, and some room.
+const MAX_CONNECTIONS: &str = "16000";
 
 impl Server {
     fn start(state: &str, dir: &Path) -> anyhow::Result<Server> {
@@ -127,15 +140,19 @@ impl Server {
                 // Room for every watcher at once, and a long poll that outlasts the
                 // slowest handshake of the fan-out.
                 "--max-connections",
-                "4096",
+                MAX_CONNECTIONS,
                 // Every simulated node connects from 127.0.0.1, and the fan-out opens
                 // them all at once: real nodes come from their own addresses.
                 "--max-per-source",
-                "4096",
+                MAX_CONNECTIONS,
                 "--watch-timeout",
                 "120",
                 "--request-timeout",
                 "60",
+                // The bench's nodes stay online through its minutes: an expiry sweep in
+                // the middle would change every list and end the long polls early.
+                "--endpoint-ttl",
+                "86400",
             ])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -215,6 +232,10 @@ impl Server {
             );
         }
         Ok(token)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn log(&self) -> String {
@@ -355,117 +376,8 @@ fn floor_call(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> anyhow::R
     Ok(())
 }
 
-/// Every watcher long-polls `/v1/peers?since=version`; once all requests are sent, one
-/// more node enrolls; returns when every watcher has a list above `version`.
-fn fan_out(
-    server: &Server,
-    pin_hash: [u8; 32],
-    auths: &[NodeAuth],
-    version: u64,
-    trigger: &EnrollRequest,
-) -> anyhow::Result<FanOut> {
-    let addr = server.ready.addr;
-    let config = pin::client_config(pin_hash);
-    let n = auths.len();
-    // Everyone connected and sent: the main thread then waits a moment for the server
-    // to park the requests and triggers.
-    let sent = Arc::new(Barrier::new(n + 1));
-    let (tx, rx) = mpsc::channel::<anyhow::Result<(Instant, usize, u64)>>();
-    let setup_start = Instant::now();
-    let mut handles = Vec::with_capacity(n);
-    for auth in auths {
-        let auth = auth.clone();
-        let config = config.clone();
-        let sent = sent.clone();
-        let tx = tx.clone();
-        let h = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let r = (|| -> anyhow::Result<(Instant, usize, u64)> {
-                    let connected = tls_connect(addr, &config).and_then(|mut tls| {
-                        let bearer = format!("Bearer {}.{}", auth.name, auth.credential);
-                        let path = format!("{PATH_PEERS}?since={version}&wait=120");
-                        let host = addr.to_string();
-                        http::write_request(
-                            &mut tls,
-                            &Request {
-                                method: "GET",
-                                path: &path,
-                                host: &host,
-                                authorization: Some(&bearer),
-                                body: None,
-                            },
-                        )
-                        .context("sending the long poll")?;
-                        Ok(tls)
-                    });
-                    // Reach the barrier even on failure, so the main thread never hangs.
-                    sent.wait();
-                    let mut tls = connected?;
-                    let answer =
-                        http::read_response(&mut BufReader::new(&mut tls), MAX_ANSWER_BODY)
-                            .map_err(|e| anyhow::anyhow!("reading the long poll: {e:?}"))?;
-                    let got = Instant::now();
-                    if answer.status != 200 {
-                        bail!(
-                            "long poll of {} answered {}: {}",
-                            auth.name,
-                            answer.status,
-                            String::from_utf8_lossy(&answer.body)
-                        );
-                    }
-                    let list: PeerList = serde_json::from_slice(&answer.body)
-                        .context("the long poll's answer is not a PeerList")?;
-                    Ok((got, list.peers.len(), list.version))
-                })();
-                let _ = tx.send(r);
-            })
-            .context("starting a watcher thread")?;
-        handles.push(h);
-    }
-    drop(tx);
-    sent.wait();
-    let setup_secs = setup_start.elapsed().as_secs_f64();
-    // Requests are parked within milliseconds of arriving; a second is plenty.
-    std::thread::sleep(Duration::from_secs(1));
-    let client = Client::new(&server.url(), pin_hash)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .with_timeout(CALL_TIMEOUT);
-    let trigger_start = Instant::now();
-    client
-        .enroll(trigger)
-        .map_err(|e| anyhow::anyhow!("the fan-out's new enrollment: {e}"))?;
-    let trigger_ms = trigger_start.elapsed().as_secs_f64() * 1000.0;
-    let mut seen = Vec::with_capacity(n);
-    let mut list_peers = 0;
-    for r in rx {
-        let (got, peers, v) = r?;
-        if v <= version {
-            bail!("a watcher got list version {v}, not above {version}");
-        }
-        list_peers = peers;
-        seen.push(got.saturating_duration_since(trigger_start));
-    }
-    for h in handles {
-        let _ = h.join();
-    }
-    if seen.len() != n {
-        bail!("{} of {n} watchers answered", seen.len());
-    }
-    seen.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    Ok(FanOut {
-        watchers: n,
-        setup_secs,
-        trigger_ms,
-        first_ms: ms(seen[0]),
-        p50_ms: ms(seen[n / 2]),
-        all_ms: ms(seen[n - 1]),
-        list_peers,
-    })
-}
-
-/// The whole measurement against one state URL (`sqlite:PATH`, `postgres://...`).
+/// The whole measurement against one state URL (`sqlite:PATH`, `postgres://...`):
+/// `nodes` enrollments in bands of [`BAND`].
 pub fn measure(
     backend: &str,
     state: &str,
@@ -478,32 +390,60 @@ pub fn measure(
         .context("creating a scratch folder")?;
     let server = Server::start(state, dir.path())?;
     let with_log = |e: anyhow::Error| e.context(format!("{backend}: {}", server.log()));
-    let token = server.token(nodes)?;
+    let token = server.token(nodes + OLD_AGENTS)?;
     let pin_hash = token.ca_hash;
     let config = pin::client_config(pin_hash);
     let addr = server.ready.addr;
 
-    eprintln!("bench: enroll {backend}: floor, {nodes} TLS handshakes + 404");
+    let floor_calls = 2 * BAND;
+    eprintln!("bench: enroll {backend}: floor, {floor_calls} TLS handshakes + 404");
+    let cpu_before = load::cpu_time(server.pid())?;
     let (wall, lat) =
-        hammer(nodes, concurrency, |_| floor_call(addr, &config)).map_err(with_log)?;
+        hammer(floor_calls, concurrency, |_| floor_call(addr, &config)).map_err(with_log)?;
+    let floor_cpu = load::cpu_time(server.pid())?.saturating_sub(cpu_before);
+    let floor_cpu_ms = floor_cpu.as_secs_f64() * 1000.0 / floor_calls as f64;
     let floor = Batch::from_latencies(wall, lat);
 
+    // Made before the clock starts: the keys take an x25519 multiplication each.
+    let requests: Vec<EnrollRequest> = (0..nodes + OLD_AGENTS)
+        .map(|i| enroll_request(&token, i))
+        .collect();
     eprintln!("bench: enroll {backend}: {nodes} enrollments, {concurrency} at once");
     let client = Client::new(&server.url(), pin_hash)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_timeout(CALL_TIMEOUT);
     let names: Vec<Mutex<Option<String>>> = (0..nodes).map(|_| Mutex::new(None)).collect();
-    let (wall, lat) = hammer(nodes, concurrency, |i| {
-        let a = client
-            .enroll(&enroll_request(&token, i))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Ok(mut slot) = names[i].lock() {
-            *slot = Some(a.node.name);
-        }
-        Ok(())
-    })
-    .map_err(with_log)?;
-    let enroll = Batch::from_latencies(wall, lat);
+    let mut bands = Vec::new();
+    let mut all_lat = Vec::with_capacity(nodes);
+    let mut all_wall = Duration::ZERO;
+    let mut base = 0;
+    while base < nodes {
+        let n = BAND.min(nodes - base);
+        let (wall, lat) = hammer(n, concurrency, |i| {
+            let i = base + i;
+            let a = client
+                .enroll_v2(&requests[i])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Ok(mut slot) = names[i].lock() {
+                *slot = Some(a.node.name);
+            }
+            Ok(())
+        })
+        .map_err(with_log)?;
+        all_wall += wall;
+        all_lat.extend_from_slice(&lat);
+        let b = Batch::from_latencies(wall, lat);
+        eprintln!(
+            "bench: enroll {backend}: {base}..{}: {:.0}/s p50 {:.1} p99 {:.1} ms",
+            base + n,
+            b.per_sec,
+            b.p50_ms,
+            b.p99_ms
+        );
+        bands.push((base, b));
+        base += n;
+    }
+    let enroll = Batch::from_latencies(all_wall, all_lat);
 
     let mut auths = Vec::with_capacity(nodes);
     for (i, slot) in names.into_iter().enumerate() {
@@ -525,30 +465,77 @@ pub fn measure(
             distinct.len()
         );
     }
-    let version = client
-        .peers(&auths[0], 0, 0)
-        .map_err(|e| anyhow::anyhow!("reading the peer list: {e}"))?;
-    if version.peers.len() != nodes {
-        bail!(
-            "{backend}: the peer list has {} peers after {nodes} enrollments",
-            version.peers.len()
-        );
+
+    eprintln!("bench: enroll {backend}: {OLD_AGENTS} enrollments of revision-1 agents");
+    let (wall, lat) = hammer(OLD_AGENTS, concurrency, |i| {
+        let a = client
+            .enroll(&requests[nodes + i])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if a.peers.peers.len() < nodes {
+            bail!("an old agent's answer has {} peers", a.peers.peers.len());
+        }
+        Ok(())
+    })
+    .map_err(with_log)?;
+    let old_agents = Batch::from_latencies(wall, lat);
+
+    // The whole list, as a revision-1 agent's long poll gets it.
+    let mut fetches = Vec::new();
+    let mut list_bytes = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let list = client
+            .peers(&auths[0], 0, 0)
+            .map_err(|e| anyhow::anyhow!("reading the peer list: {e}"))?;
+        fetches.push(t.elapsed());
+        if list.peers.len() != nodes + OLD_AGENTS {
+            bail!(
+                "{backend}: the peer list has {} peers after {} enrollments",
+                list.peers.len(),
+                nodes + OLD_AGENTS
+            );
+        }
+        list_bytes = serde_json::to_vec(&list).map(|b| b.len()).unwrap_or(0);
     }
+    fetches.sort();
+    let full_list = (
+        list_bytes,
+        fetches[fetches.len() / 2].as_secs_f64() * 1000.0,
+    );
+    eprintln!("bench: enroll {backend}: {nodes} nodes heartbeating every 30 s");
+    let heartbeats = load::heartbeats(
+        &server.url(),
+        pin_hash,
+        server.pid(),
+        &auths,
+        &requests[..nodes],
+    )
+    .map_err(with_log)?;
 
     eprintln!("bench: enroll {backend}: {nodes} nodes long-polling, one more enrolls");
+    let version = client
+        .peer_changes(&auths[0], 0, 0)
+        .map_err(|e| anyhow::anyhow!("reading the peer list: {e}"))?
+        .version;
     let trigger_token = server.token(1)?;
-    let fan = fan_out(
-        &server,
+    let fan = load::fan_out(
+        addr,
+        &server.url(),
         pin_hash,
         &auths,
-        version.version,
-        &enroll_request(&trigger_token, nodes),
+        version,
+        &enroll_request(&trigger_token, nodes + OLD_AGENTS),
     )
     .map_err(with_log)?;
     Ok(EnrollFigures {
         backend: backend.to_string(),
         floor,
+        floor_cpu_ms,
+        bands,
         enroll,
+        old_agents,
+        full_list,
+        heartbeats,
         fan_out: fan,
     })
 }

@@ -9,6 +9,14 @@
 //! any error                                    -> 4xx/5xx ErrorBody
 //! ```
 //!
+//! Revisions: a client names the revision it understands in the [`API_HEADER`] request
+//! header; without it the server answers revision 1, exactly as deployed agents expect
+//! (their answer types refuse unknown fields). Revision 2 ([`REVISION_DELTAS`]) changes
+//! two answers: `GET /v1/peers` answers a [`PeerDelta`] (the changes since `since`, or
+//! the whole list when the node is too far behind), and `POST /v1/enroll` answers an
+//! [`EnrollAnswerV2`] that carries the list's version instead of the list (the node then
+//! fetches it with `GET /v1/peers?since=0`).
+//!
 //! Node auth is `Authorization: Bearer <node name>.<credential>`: the credential is a
 //! secret the node made itself before enrolling and sent (over the pinned TLS) in its
 //! [`EnrollRequest`]; the server keeps its sha256 only.
@@ -28,6 +36,11 @@ pub const PATH_ENROLL: &str = "/v1/enroll";
 pub const PATH_PEERS: &str = "/v1/peers";
 /// Heartbeats.
 pub const PATH_HEARTBEAT: &str = "/v1/heartbeat";
+/// The header that names the API revision: a client sends the revision it understands,
+/// the server names its own on every answer.
+pub const API_HEADER: &str = "kiln-enroll-api";
+/// The revision that brought peer-list deltas ([`PeerDelta`], [`EnrollAnswerV2`]).
+pub const REVISION_DELTAS: u32 = 2;
 /// Largest request body the server reads.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 /// Largest answer body a node reads (a 1,000-peer list is about 400 KiB).
@@ -108,6 +121,25 @@ pub struct EnrollAnswer {
     pub cluster: ClusterJoin,
 }
 
+/// What an enrolled node gets from revision 2 on: [`EnrollAnswer`] with the peer list's
+/// version instead of the list, which the node fetches next (`GET /v1/peers?since=0`
+/// answers the whole list, then deltas from there). At thousands of nodes the list is
+/// megabytes; sending it with every enrollment would make enrolling as slow as that.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollAnswerV2 {
+    /// The node itself.
+    pub node: NodeInfo,
+    /// The overlay's settings.
+    pub network: Network,
+    /// The peer list's version right after the enrollment (the list includes the node).
+    pub peers_version: u64,
+    /// Seconds between heartbeats.
+    pub heartbeat_secs: u32,
+    /// What the node needs to join the cluster.
+    pub cluster: ClusterJoin,
+}
+
 /// The node as the server recorded it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +175,46 @@ pub struct PeerList {
     pub version: u64,
     /// Every enrolled, unrevoked node, the asking node included (it skips itself).
     pub peers: Vec<Peer>,
+}
+
+/// Revision 2's answer to `GET /v1/peers?since=V`: what changed since version `V`.
+/// Applied to the list a node holds at `since`, it gives the list at `version`; with
+/// `since` None it is the whole list (the node was at version 0, at a version the server
+/// never had, or so far behind that most peers changed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerDelta {
+    /// The list's version after applying.
+    pub version: u64,
+    /// The version this delta starts from; None when `peers` is the whole list.
+    pub since: Option<u64>,
+    /// Peers added or changed since `since` (every peer when `since` is None), by name.
+    pub peers: Vec<Peer>,
+    /// Names of peers to drop (revoked since `since`), by name. A name the node does
+    /// not hold (added and revoked within the delta) is dropped by doing nothing.
+    pub removed: Vec<String>,
+}
+
+impl PeerDelta {
+    /// Applies the delta to `list` (which must be at `since` unless `since` is None):
+    /// the list at `version`, peers by name.
+    pub fn apply_to(self, list: &mut PeerList) {
+        if self.since.is_none() {
+            list.peers.clear();
+        }
+        {
+            let gone: std::collections::BTreeSet<&str> = self
+                .peers
+                .iter()
+                .map(|p| p.name.as_str())
+                .chain(self.removed.iter().map(String::as_str))
+                .collect();
+            list.peers.retain(|p| !gone.contains(p.name.as_str()));
+        }
+        list.peers.extend(self.peers);
+        list.peers.sort_by(|a, b| a.name.cmp(&b.name));
+        list.version = self.version;
+    }
 }
 
 /// One peer.

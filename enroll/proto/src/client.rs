@@ -16,11 +16,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ClusterJoin, EnrollAnswer, EnrollRequest, ErrorBody, HeartbeatAnswer, HeartbeatRequest,
-    PeerList, MAX_ANSWER_BODY, PATH_ENROLL, PATH_HEARTBEAT, PATH_PEERS,
+    ClusterJoin, EnrollAnswer, EnrollAnswerV2, EnrollRequest, ErrorBody, HeartbeatAnswer,
+    HeartbeatRequest, PeerDelta, PeerList, MAX_ANSWER_BODY, PATH_ENROLL, PATH_HEARTBEAT,
+    PATH_PEERS,
 };
 use crate::http::{self, HttpError, Request};
 use crate::pin::{self, PinMismatch, SERVER_NAME};
+
+/// The header naming API revision 2 (peer-list deltas).
+const REVISION_2: &[(&str, &str)] = &[(crate::api::API_HEADER, "2")];
 
 /// The cluster join parameters of the calling node (`GET`, node auth, answers
 /// [`ClusterJoin`]). Kept here next to the only client call that uses it; the server
@@ -347,6 +351,38 @@ impl Client {
         self.call("POST", PATH_ENROLL, None, Some(req), self.timeout)
     }
 
+    /// Asks to join with a token, in API revision 2: the answer carries the peer list's
+    /// version instead of the list; fetch the list with [`Client::peer_changes`] from 0.
+    /// A server that predates revision 2 ignores the header and answers revision 1,
+    /// which does not decode as this (call [`Client::enroll`] then).
+    pub fn enroll_v2(&self, req: &EnrollRequest) -> Result<EnrollAnswerV2, ClientError> {
+        self.call_with(
+            "POST",
+            PATH_ENROLL,
+            None,
+            Some(req),
+            self.timeout,
+            REVISION_2,
+        )
+    }
+
+    /// The changes to the peer list since version `since` (API revision 2), once there
+    /// are any or after `wait_secs` (long poll): a [`PeerDelta`], which is the whole
+    /// list when `since` is 0 or the node is too far behind. Apply it with
+    /// [`PeerDelta::apply_to`].
+    pub fn peer_changes(
+        &self,
+        auth: &NodeAuth,
+        since: u64,
+        wait_secs: u32,
+    ) -> Result<PeerDelta, ClientError> {
+        let path = format!("{PATH_PEERS}?since={since}&wait={wait_secs}");
+        let read_timeout = self
+            .timeout
+            .saturating_add(Duration::from_secs(u64::from(wait_secs)));
+        self.call_with::<(), _>("GET", &path, Some(auth), None, read_timeout, REVISION_2)
+    }
+
     /// The peer list once its version is above `since`, or after `wait_secs` (long poll;
     /// the read timeout grows by `wait_secs`).
     pub fn peers(
@@ -426,6 +462,19 @@ impl Client {
         body: Option<&B>,
         read_timeout: Duration,
     ) -> Result<T, ClientError> {
+        self.call_with(method, path, auth, body, read_timeout, &[])
+    }
+
+    /// [`Client::call`] with extra request headers.
+    fn call_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&NodeAuth>,
+        body: Option<&B>,
+        read_timeout: Duration,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
         let what = format!("{method} {}{path}", self.url.trim_end_matches('/'));
         let body = body.map(serde_json::to_vec).transpose().map_err(|e| {
             ClientError::Http(format!("{what}: cannot encode the request body: {e}"))
@@ -450,7 +499,7 @@ impl Client {
             authorization: authorization.as_deref(),
             body: body.as_deref(),
         };
-        http::write_request(&mut tls, &req)
+        http::write_request_with(&mut tls, &req, headers)
             .map_err(|e| tls_error(e, &format!("{what}: sending the request")))?;
         let answer = http::read_response(&mut BufReader::new(&mut tls), MAX_ANSWER_BODY).map_err(
             |e| match e {

@@ -8,7 +8,8 @@
 
 use kiln_contract::names;
 use kiln_enroll_proto::api::{
-    ClusterJoin, EnrollAnswer, EnrollRequest, ErrorCode, Network, NodeInfo, CREDENTIAL_LEN,
+    ClusterJoin, EnrollAnswerV2, EnrollRequest, ErrorCode, Network, NodeInfo, CREDENTIAL_LEN,
+    REVISION_DELTAS,
 };
 use kiln_enroll_proto::net::IpNet;
 use kiln_enroll_proto::token::{digest_eq, secret_hash, to_hex, Token, ALPHABET};
@@ -17,7 +18,7 @@ use kiln_enroll_proto::validate::parse_host_port;
 use super::{json_body, limited, token_refusal, Api, Failure, MAX_ENDPOINTS};
 use crate::http::{Request, Response};
 use crate::source::Source;
-use crate::store::{logic, EnrollInput, EnrollOutcome, NodeRecord, StoreError};
+use crate::store::{EnrollInput, EnrollOutcome, NodeRecord, StoreError};
 
 /// Architectures kiln builds images for.
 pub const ARCHES: [&str; 2] = ["x86_64", "arm64"];
@@ -66,9 +67,7 @@ pub(super) fn handle(
         EnrollOutcome::Existing(r) => r,
     };
     *node = Some(record.name.clone());
-    let answer = answer(api, &record)?;
-    api.notifier.observe(answer.peers.version);
-    Ok(Response::json(200, &answer))
+    answer(api, req, &record)
 }
 
 /// Whether the token's id exists and its secret matches (compared in constant time);
@@ -82,38 +81,83 @@ fn token_checks_out(api: &Api, token: &Token) -> Result<bool, Failure> {
     Ok(stored.is_some_and(|t| digest_eq(&presented, &t.secret_hash)))
 }
 
-fn answer(api: &Api, record: &NodeRecord) -> Result<EnrollAnswer, Failure> {
+/// The answer: revision 1 carries the whole peer list (spliced in as the feed's shared
+/// bytes, not serialized again), revision 2 only its version.
+fn answer(api: &Api, req: &Request, record: &NodeRecord) -> Result<Response, Failure> {
     let s = &api.settings;
-    let (version, nodes) = api
-        .store
-        .snapshot()
-        .map_err(|e| Failure::store(e, "reading the peer list"))?;
-    Ok(EnrollAnswer {
-        node: NodeInfo {
-            name: record.name.clone(),
-            address_v4: IpNet {
-                addr: record.address_v4,
-                len: s.pools.v4.len,
+    let node = NodeInfo {
+        name: record.name.clone(),
+        address_v4: IpNet {
+            addr: record.address_v4,
+            len: s.pools.v4.len,
+        },
+        address_v6: IpNet {
+            addr: record.address_v6,
+            len: s.pools.v6.len,
+        },
+    };
+    let network = Network {
+        pool_v4: s.pools.v4,
+        pool_v6: s.pools.v6,
+        mtu: s.mtu,
+        keepalive_secs: s.keepalive_secs,
+    };
+    let cluster = ClusterJoin {
+        role: record.role,
+        labels: record.labels.clone(),
+        join: super::cluster::join_of(api, record)?,
+    };
+    let feed = api.store.feed();
+    if !feed.loaded() {
+        // Only before the server's first refresh (it makes one before listening).
+        api.store
+            .refresh()
+            .map_err(|e| Failure::store(e, "reading the peer list"))?;
+    }
+    if req.api_revision() >= REVISION_DELTAS {
+        return Ok(Response::json(
+            200,
+            &EnrollAnswerV2 {
+                node,
+                network,
+                // The commit that recorded the node is in the feed already.
+                peers_version: feed.version(),
+                heartbeat_secs: s.heartbeat_secs,
+                cluster,
             },
-            address_v6: IpNet {
-                addr: record.address_v6,
-                len: s.pools.v6.len,
-            },
-        },
-        network: Network {
-            pool_v4: s.pools.v4,
-            pool_v6: s.pools.v6,
-            mtu: s.mtu,
-            keepalive_secs: s.keepalive_secs,
-        },
-        peers: logic::peer_list(version, &nodes),
-        heartbeat_secs: s.heartbeat_secs,
-        cluster: ClusterJoin {
-            role: record.role,
-            labels: record.labels.clone(),
-            join: super::cluster::join_of(api, record)?,
-        },
-    })
+        ));
+    }
+    let (_, list) = feed.list();
+    v1_body(&node, &network, &list, s.heartbeat_secs, &cluster)
+        .map(Response::raw_json)
+        .map_err(|e| {
+            Failure::new(
+                ErrorCode::Internal,
+                format!("encoding the enrollment answer: {e}"),
+            )
+        })
+}
+
+/// The bytes serde makes of an `EnrollAnswer` (fields in declaration order), with
+/// `peers` given as JSON already.
+fn v1_body(
+    node: &NodeInfo,
+    network: &Network,
+    peers: &[u8],
+    heartbeat_secs: u32,
+    cluster: &ClusterJoin,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(peers.len() + 1024);
+    out.extend_from_slice(b"{\"node\":");
+    serde_json::to_writer(&mut out, node)?;
+    out.extend_from_slice(b",\"network\":");
+    serde_json::to_writer(&mut out, network)?;
+    out.extend_from_slice(b",\"peers\":");
+    out.extend_from_slice(peers);
+    out.extend_from_slice(format!(",\"heartbeat_secs\":{heartbeat_secs},\"cluster\":").as_bytes());
+    serde_json::to_writer(&mut out, cluster)?;
+    out.push(b'}');
+    Ok(out)
 }
 
 /// Checks every field and turns the DTO into the store's input; the first problem is
@@ -220,6 +264,60 @@ mod tests {
     fn refused(r: EnrollRequest) -> (ErrorCode, String) {
         let f = validate(r, &[1; 32], 0).unwrap_err();
         (f.body.error, f.body.message)
+    }
+
+    #[test]
+    fn the_spliced_answer_is_what_serde_makes_of_an_enroll_answer() {
+        use kiln_enroll_proto::api::{EnrollAnswer, Join, K3sJoin, Peer, PeerList, Role};
+        let list = PeerList {
+            version: 9,
+            peers: vec![Peer {
+                name: "a".into(),
+                public_key: PublicKey([1; 32]),
+                allowed_ips: vec!["10.77.0.1/32".parse().unwrap()],
+                endpoints: vec!["192.168.1.1:51820".parse().unwrap()],
+                public_endpoint: None,
+                public: false,
+                online: true,
+            }],
+        };
+        let answer = EnrollAnswer {
+            node: NodeInfo {
+                name: "a".into(),
+                address_v4: "10.77.0.1/16".parse().unwrap(),
+                address_v6: "fd01::1/64".parse().unwrap(),
+            },
+            network: Network {
+                pool_v4: "10.77.0.0/16".parse().unwrap(),
+                pool_v6: "fd01::/64".parse().unwrap(),
+                mtu: 1420,
+                keepalive_secs: 25,
+            },
+            peers: list.clone(),
+            heartbeat_secs: 30,
+            cluster: ClusterJoin {
+                role: Role::Server,
+                labels: [("zone".to_string(), "a\"b".to_string())].into(),
+                join: Some(Join::K3s(K3sJoin {
+                    server_url: None,
+                    init: true,
+                    token: "t".into(),
+                    agent_token: Some("u".into()),
+                })),
+            },
+        };
+        let spliced = v1_body(
+            &answer.node,
+            &answer.network,
+            &serde_json::to_vec(&list).unwrap(),
+            30,
+            &answer.cluster,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(spliced).unwrap(),
+            serde_json::to_string(&answer).unwrap()
+        );
     }
 
     #[test]

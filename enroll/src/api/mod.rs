@@ -204,15 +204,16 @@ impl Api {
         let first = self.clone().blocking(req.clone(), from, Stage::Route).await;
         match first {
             Step::Done(handled) => handled,
-            Step::Wait { since, deadline } => {
-                self.notifier.wait_beyond(since, deadline).await;
-                match self.blocking(req, from, Stage::AfterWait).await {
-                    Step::Done(handled) => handled,
-                    // AfterWait never waits again.
-                    Step::Wait { .. } => Handled {
-                        response: internal("the long poll did not finish"),
-                        node: None,
-                    },
+            Step::Wait { watch, deadline } => {
+                self.notifier.wait_beyond(watch.since, deadline).await;
+                // From memory, on this task: woken waiters need no thread and no row.
+                let response = match peers::after_wait(&self, &watch) {
+                    Ok(r) => r,
+                    Err(f) => Response::from_error(&f.body),
+                };
+                Handled {
+                    response,
+                    node: Some(watch.node),
                 }
             }
         }
@@ -239,11 +240,10 @@ impl Api {
         let mut node = None;
         let result = match stage {
             Stage::Route => self.route(req, source, &mut node),
-            Stage::AfterWait => peers::finish(self, req, &mut node).map(Routed::Answer),
         };
         let response = match result {
             Ok(Routed::Answer(r)) => r,
-            Ok(Routed::Wait { since, deadline }) => return Step::Wait { since, deadline },
+            Ok(Routed::Wait { watch, deadline }) => return Step::Wait { watch, deadline },
             Err(f) => {
                 let now = self.clock.now();
                 let mut body = f.body;
@@ -308,22 +308,21 @@ impl Handler for Api {
     }
 }
 
-/// Which part of a request runs.
+/// Which part of a request runs on a blocking thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Everything up to the answer, or up to a long poll's wait.
+    /// Everything up to the answer, or up to a long poll's wait (after which
+    /// [`peers::after_wait`] answers from memory).
     Route,
-    /// A long poll after its wait.
-    AfterWait,
 }
 
 /// Where a stage ended.
 enum Step {
     /// Answered.
     Done(Handled),
-    /// A long poll waits for a version above `since` until `deadline`.
+    /// A long poll waits for a version above `watch.since` until `deadline`.
     Wait {
-        since: u64,
+        watch: peers::Watch,
         deadline: tokio::time::Instant,
     },
 }
@@ -332,9 +331,10 @@ enum Step {
 pub(crate) enum Routed {
     /// The answer.
     Answer(Response),
-    /// Wait for a version above `since` until `deadline`, then run [`Stage::AfterWait`].
+    /// Wait for a version above `watch.since` until `deadline`, then answer with
+    /// [`peers::after_wait`].
     Wait {
-        since: u64,
+        watch: peers::Watch,
         deadline: tokio::time::Instant,
     },
 }

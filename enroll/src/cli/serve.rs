@@ -16,7 +16,6 @@ use crate::ca::Ca;
 use crate::clock::{Clock, SystemClock};
 use crate::server::{Options, Server};
 use crate::store::{logic, Pools, Store};
-use crate::watch::Notifier;
 use crate::{fdlimit, tls};
 
 /// Serves on the state in `store` with `args` until the process ends.
@@ -56,7 +55,11 @@ pub(super) fn serve(store: Arc<dyn Store>, args: ServeArgs) -> anyhow::Result<()
         heartbeat_secs: args.heartbeat,
         watch_timeout_secs: args.watch_timeout,
     };
-    let notifier = Arc::new(Notifier::new());
+    // The feed serves every peer list; loading it reads every node once, here.
+    store
+        .refresh()
+        .context("loading the peer list from the state")?;
+    let notifier = store.feed().notifier();
     let api = Arc::new(Api::new(
         store.clone(),
         clock.clone(),

@@ -32,13 +32,14 @@ const MAX_TARGET: usize = 2048;
 
 /// The header that carries the API revision: the server names its own on every answer;
 /// a client may send the revision it understands (see [`API_REVISION`]).
-pub const API_HEADER: &str = "kiln-enroll-api";
+pub const API_HEADER: &str = kiln_enroll_proto::api::API_HEADER;
 /// The revision of the `/v1/` API this server speaks. Revision 1 is the API deployed
 /// agents use. A later revision adds fields or endpoints, and the server sends what is
 /// new only to clients whose request carries [`API_HEADER`] with that revision or higher:
 /// the agents' answer types refuse unknown fields, so an old agent must keep getting
-/// exactly the revision-1 answers.
-pub const API_REVISION: u32 = 1;
+/// exactly the revision-1 answers. Revision 2 ([`kiln_enroll_proto::api::REVISION_DELTAS`])
+/// answers `GET /v1/peers` with deltas and `POST /v1/enroll` without the list.
+pub const API_REVISION: u32 = kiln_enroll_proto::api::REVISION_DELTAS;
 
 /// Limits for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +312,15 @@ pub struct Response {
 }
 
 impl Response {
+    /// A 200 answer whose JSON body is already made (a shared peer list).
+    pub fn raw_json(body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            body,
+            retry_after: None,
+        }
+    }
+
     /// A JSON answer.
     pub fn json<T: Serialize>(status: u16, value: &T) -> Response {
         match serde_json::to_vec(value) {

@@ -196,7 +196,7 @@ fn writes_a_closing_json_answer_with_the_api_revision() {
         ("content-type", "application/json"),
         ("connection", "close"),
         ("retry-after", "12"),
-        (API_HEADER, "1"),
+        (API_HEADER, "2"),
         ("cache-control", "no-store"),
     ] {
         assert_eq!(h.headers()[name], value, "{name}");

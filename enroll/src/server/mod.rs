@@ -134,6 +134,9 @@ impl Server {
                     if let Err(e) = notifier.poll(store.as_ref()) {
                         tracing::warn!("reading the peer list version: {e}");
                     }
+                    if let Err(e) = store.housekeeping() {
+                        tracing::warn!("{e}");
+                    }
                 }
             });
         if let Err(e) = spawned {

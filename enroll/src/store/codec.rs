@@ -10,8 +10,18 @@ use kiln_enroll_proto::key::PublicKey;
 use super::{Cluster, K3sCluster, KubeadmCluster, NodeRecord, StoreError, TokenRecord};
 
 /// The schema version this build writes and reads. 1: ca, tokens, nodes, meta.
-/// 2: adds the `cluster` table (one row at most).
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+/// 2: adds the `cluster` table (one row at most). 3: adds `nodes.changed`, the peers
+/// version at which the node's peer-list entry last changed, with an index: peer-list
+/// deltas, and replicas catching up, read only the rows changed since a version.
+pub(crate) const SCHEMA_VERSION: i64 = 3;
+
+/// Version 3's addition, the same text for both databases. Rows that exist already are
+/// marked as changed at the current version: a watcher that is older gets them all.
+pub(crate) const SCHEMA_V3: &str = "
+ALTER TABLE nodes ADD COLUMN changed BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS nodes_changed ON nodes (changed);
+UPDATE nodes SET changed = CAST((SELECT value FROM meta WHERE key = 'peers_version') AS BIGINT);
+";
 
 /// Version 2's addition, the same text for both databases (TEXT columns only).
 pub(crate) const SCHEMA_V2: &str = "
@@ -269,6 +279,16 @@ impl RawNode {
             name: self.name,
         })
     }
+}
+
+/// A version as the databases' signed 64-bit integers.
+pub(crate) fn version_to_db(v: u64) -> i64 {
+    to_db(v)
+}
+
+/// A stored `nodes.changed`; Corrupt names the row.
+pub(crate) fn changed_of(name: &str, v: i64) -> Result<u64, StoreError> {
+    unsigned("nodes", name, "changed", v)
 }
 
 /// Sorts nodes by name in byte order (the databases' collations differ).

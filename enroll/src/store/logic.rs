@@ -74,6 +74,54 @@ pub fn join_for(cluster: &Cluster, node: &NodeRecord, first: Option<&NodeRecord>
     }
 }
 
+/// The lookups an enrollment decision needs: by key, by name, and the lowest free
+/// address. A slice of every node answers them by scanning (the tests); the writer's
+/// registry ([`super::registry`]) by index.
+pub trait NodeIndex {
+    /// The node with this WireGuard key, revoked or not.
+    fn with_key(&self, key: &PublicKey) -> Option<&NodeRecord>;
+    /// Whether a node (revoked or not) has this name.
+    fn has_name(&self, name: &str) -> bool;
+    /// The lowest free address pair, as [`free_address`] defines it.
+    fn free_address(&self, pools: &Pools) -> Option<(IpAddr, IpAddr)>;
+}
+
+impl NodeIndex for [NodeRecord] {
+    fn with_key(&self, key: &PublicKey) -> Option<&NodeRecord> {
+        self.iter().find(|n| n.public_key == *key)
+    }
+    fn has_name(&self, name: &str) -> bool {
+        self.iter().any(|n| n.name == name)
+    }
+    fn free_address(&self, pools: &Pools) -> Option<(IpAddr, IpAddr)> {
+        free_address(pools, self)
+    }
+}
+
+impl NodeIndex for Vec<NodeRecord> {
+    fn with_key(&self, key: &PublicKey) -> Option<&NodeRecord> {
+        self.as_slice().with_key(key)
+    }
+    fn has_name(&self, name: &str) -> bool {
+        self.as_slice().has_name(name)
+    }
+    fn free_address(&self, pools: &Pools) -> Option<(IpAddr, IpAddr)> {
+        free_address(pools, self)
+    }
+}
+
+impl<const N: usize> NodeIndex for [NodeRecord; N] {
+    fn with_key(&self, key: &PublicKey) -> Option<&NodeRecord> {
+        self.as_slice().with_key(key)
+    }
+    fn has_name(&self, name: &str) -> bool {
+        self.as_slice().has_name(name)
+    }
+    fn free_address(&self, pools: &Pools) -> Option<(IpAddr, IpAddr)> {
+        free_address(pools, self)
+    }
+}
+
 /// Decides an enrollment. `token` is the stored token with `input.token_id` (None when
 /// there is none), `nodes` every node, revoked ones too. `New` carries the record to
 /// insert; the caller then takes one use off the token and bumps the peers version.
@@ -81,7 +129,7 @@ pub fn join_for(cluster: &Cluster, node: &NodeRecord, first: Option<&NodeRecord>
 pub fn decide_enroll(
     input: &EnrollInput,
     token: Option<&TokenRecord>,
-    nodes: &[NodeRecord],
+    nodes: &(impl NodeIndex + ?Sized),
     pools: &Pools,
 ) -> Result<EnrollOutcome, Refusal> {
     // Unknown id and wrong secret answer alike so the answer does not tell which ids
@@ -92,7 +140,7 @@ pub fn decide_enroll(
         Some(t) if secret_ok => t,
         _ => return Err(Refusal::TokenInvalid),
     };
-    if let Some(node) = nodes.iter().find(|n| n.public_key == input.public_key) {
+    if let Some(node) = nodes.with_key(&input.public_key) {
         if node.revoked {
             return Err(Refusal::NodeRevoked);
         }
@@ -105,8 +153,8 @@ pub fn decide_enroll(
         };
     }
     check_token_usable(token, input.now)?;
-    let (address_v4, address_v6) = free_address(pools, nodes).ok_or(Refusal::PoolExhausted)?;
-    let name = unique_name(&input.hostname, nodes.iter().map(|n| n.name.as_str()));
+    let (address_v4, address_v6) = nodes.free_address(pools).ok_or(Refusal::PoolExhausted)?;
+    let name = unique_name_with(&input.hostname, &|n| nodes.has_name(n));
     Ok(EnrollOutcome::New(NodeRecord {
         name,
         public_key: input.public_key,
@@ -170,8 +218,13 @@ pub fn free_address(pools: &Pools, nodes: &[NodeRecord]) -> Option<(IpAddr, IpAd
 /// shortened so the whole stays within [`names::MAX_NODE_NAME_LEN`]).
 pub fn unique_name<'a>(hostname: &str, taken: impl IntoIterator<Item = &'a str>) -> String {
     let taken: BTreeSet<&str> = taken.into_iter().collect();
+    unique_name_with(hostname, &|n| taken.contains(n))
+}
+
+/// [`unique_name`] asking `taken` whether a name is in use.
+pub fn unique_name_with(hostname: &str, taken: &dyn Fn(&str) -> bool) -> String {
     let base = names::to_node_name(hostname);
-    if !taken.contains(base.as_str()) {
+    if !taken(base.as_str()) {
         return base;
     }
     let mut n: u64 = 2;
@@ -180,7 +233,7 @@ pub fn unique_name<'a>(hostname: &str, taken: impl IntoIterator<Item = &'a str>)
         let stem = names::shorten_node_name(&base, names::MAX_NODE_NAME_LEN - suffix.len());
         let stem = if stem.is_empty() { "node" } else { stem };
         let name = format!("{stem}{suffix}");
-        if !taken.contains(name.as_str()) {
+        if !taken(name.as_str()) {
             return name;
         }
         n += 1;

@@ -19,11 +19,18 @@ use kiln_enroll_proto::key::PublicKey;
 use kiln_enroll_proto::net::IpNet;
 
 mod codec;
+pub mod feed;
+mod group;
 pub mod logic;
 mod ops;
+mod pg_rows;
 pub mod pgtls;
 mod postgres;
+mod registry;
 mod sqlite;
+mod sqlite_rows;
+
+pub use feed::Feed;
 
 /// Debian's bundle of the system's trusted CAs: what a PostgreSQL server certificate is
 /// checked against unless `--postgres-ca` names another file.
@@ -415,6 +422,38 @@ pub trait Store: Send + Sync {
     /// the cluster as it is afterwards (enrollment does the same inside its own
     /// transaction; this is for servers enrolled before the cluster was set).
     fn claim_first_server(&self, name: &str) -> Result<Option<Cluster>, StoreError>;
+    /// The committed peer list in memory: what this process committed is in it at once,
+    /// what others committed after [`Store::refresh`]. Empty until the first refresh.
+    fn feed(&self) -> &Feed;
+    /// Reads the stored version and brings the feed up to it (the first call loads
+    /// every node; later ones read only the rows changed since the feed's version).
+    /// Returns the stored version.
+    fn refresh(&self) -> Result<u64, StoreError>;
+    /// Background upkeep a serving process does about once a second, off the request
+    /// path (SQLite: a passive WAL checkpoint, so no commit pays for one).
+    fn housekeeping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// [`Store::refresh`] inside a read transaction that found version `v`; the feed was
+/// `loaded` at version `have` before the transaction began (so `v >= have` unless the
+/// database went back to an older state).
+pub(crate) fn refresh_feed(
+    feed: &Feed,
+    tx: &mut dyn ops::Tx,
+    loaded: bool,
+    have: u64,
+    v: u64,
+) -> Result<u64, StoreError> {
+    if !loaded || v < have {
+        let rows = tx.nodes_changed_since(0)?;
+        feed.replace(v, rows);
+    } else if v > have {
+        let rows = tx.nodes_changed_since(have)?;
+        feed.apply(v, rows);
+    }
+    Ok(v)
 }
 
 /// Opens `sqlite:PATH` or `postgres://...` (`postgresql://...`) with the default

@@ -1,9 +1,11 @@
-//! The replicated backend: PostgreSQL through a small pool of blocking clients. Every
+//! The replicated backend: PostgreSQL through a small pool of blocking clients for reads
+//! and one writer connection whose transactions are grouped ([`super::group`]). Every
 //! write transaction first takes one transaction-scoped advisory lock, so writes from all
-//! replicas run one at a time (enrollment reads every node to pick an address and a name:
-//! without the lock two replicas could pick the same one). Serialization failures,
-//! deadlocks and lost connections are retried a few times. To a host that is not this
-//! machine the connection is TLS with a verified certificate ([`super::pgtls`]).
+//! replicas run one at a time (an enrollment picks the lowest free address and a unique
+//! name from the registry it brought up to date under the lock: without the lock two
+//! replicas could pick the same one). Serialization failures, deadlocks and lost
+//! connections are retried a few times. To a host that is not this machine the
+//! connection is TLS with a verified certificate ([`super::pgtls`]).
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,20 +14,20 @@ use postgres::config::Host;
 use postgres::error::SqlState;
 use postgres::{Client, Config, IsolationLevel, NoTls, Transaction};
 
-use super::codec::{
-    self, RawCluster, RawNode, RawToken, CLUSTER_COLUMNS, NODE_COLUMNS, SCHEMA_V2, SCHEMA_VERSION,
-    TOKEN_COLUMNS,
-};
-use super::ops::{self, Tx};
+use super::codec::{self, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION};
+use super::feed::Feed;
+use super::group::{Conn, Group};
+use super::ops::{self, Tx, Work};
+use super::pg_rows::PgTx;
 use super::pgtls::{self, MakeRustls, Transport};
 use super::{
     CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, PgOptions, Pools,
     Store, StoreError, TokenRecord,
 };
 
-/// Connections one process keeps at most (PostgreSQL allows 100 by default, shared by
-/// every replica).
-const MAX_CLIENTS: usize = 8;
+/// Read connections one process keeps at most, besides its one writer (PostgreSQL allows
+/// 100 by default, shared by every replica).
+const MAX_CLIENTS: usize = 7;
 /// Tries per operation when the failure is temporary.
 const ATTEMPTS: u32 = 5;
 /// How long an operation waits for a free connection.
@@ -87,6 +89,81 @@ pub(crate) struct PgStore {
     db: String,
     pool: Mutex<Pool>,
     freed: Condvar,
+    group: Group<PgWriter>,
+    feed: Feed,
+}
+
+/// The writer connection (connected on first use, and again after it was lost).
+struct PgWriter {
+    config: Config,
+    tls: Option<MakeRustls>,
+    db: String,
+    client: Option<Client>,
+}
+
+impl PgWriter {
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let client = match &self.tls {
+                Some(tls) => self.config.connect(tls.clone()),
+                None => self.config.connect(NoTls),
+            }
+            .map_err(|e| backend(&self.db, "connecting the writer", &e))?;
+            self.client = Some(client);
+        }
+        self.client.as_mut().ok_or_else(|| StoreError::Backend {
+            what: format!("{}: the writer has no connection", self.db),
+            retry: true,
+        })
+    }
+}
+
+impl Conn for PgWriter {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let client = self.client()?;
+        let begun = client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .map_err(|e| backend(&db, "beginning a write", &e))
+            .and_then(|()| {
+                client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                    .map_err(|e| backend(&db, "taking the write lock", &e))
+            });
+        if let Err(e) = begun {
+            self.rollback();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        self.client()?
+            .batch_execute("COMMIT")
+            .map_err(|e| backend(&db, "committing", &e))
+    }
+
+    fn rollback(&mut self) {
+        if let Some(c) = self.client.as_mut() {
+            if let Err(e) = c.batch_execute("ROLLBACK") {
+                tracing::debug!("{}: rolling back: {e}", self.db);
+                // A connection that cannot roll back is of no further use.
+                self.client = None;
+            }
+        }
+    }
+
+    fn tx(&mut self) -> Result<Box<dyn Tx + '_>, StoreError> {
+        let PgWriter { client, db, .. } = self;
+        match client.as_mut() {
+            Some(c) => Ok(Box::new(PgTx { tx: c, db })),
+            None => Err(StoreError::Backend {
+                what: format!("{db}: the writer lost its connection"),
+                retry: true,
+            }),
+        }
+    }
 }
 
 /// A pooled client; goes back to the pool on drop unless its connection broke.
@@ -106,7 +183,7 @@ impl Drop for Lease<'_> {
     }
 }
 
-fn backend(db: &str, op: &str, e: &postgres::Error) -> StoreError {
+pub(super) fn backend(db: &str, op: &str, e: &postgres::Error) -> StoreError {
     let retry = match e.code() {
         Some(code) => [
             SqlState::T_R_SERIALIZATION_FAILURE,
@@ -184,6 +261,13 @@ impl PgStore {
             )),
         };
         let store = PgStore {
+            group: Group::new(PgWriter {
+                config: config.clone(),
+                tls: tls.clone(),
+                db: db.clone(),
+                client: None,
+            }),
+            feed: Feed::new(),
             db,
             tls,
             config,
@@ -193,7 +277,7 @@ impl PgStore {
             }),
             freed: Condvar::new(),
         };
-        store.write("migrating the schema", &migrate)?;
+        store.run("migrating the schema", true, &migrate)?;
         Ok(store)
     }
 
@@ -254,7 +338,7 @@ impl PgStore {
         &self,
         op: &str,
         write: bool,
-        f: &dyn Fn(&mut PgTx<'_, '_>) -> Result<T, StoreError>,
+        f: &dyn Fn(&mut PgTx<'_, Transaction<'_>>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut attempt = 1;
         loop {
@@ -278,7 +362,7 @@ impl PgStore {
         lease: &mut Lease<'_>,
         op: &str,
         write: bool,
-        f: &dyn Fn(&mut PgTx<'_, '_>) -> Result<T, StoreError>,
+        f: &dyn Fn(&mut PgTx<'_, Transaction<'_>>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let Some(client) = lease.client.as_mut() else {
             return Err(StoreError::Backend {
@@ -314,22 +398,50 @@ impl PgStore {
 
     fn write<T>(
         &self,
-        op: &str,
-        f: &dyn Fn(&mut PgTx<'_, '_>) -> Result<T, StoreError>,
+        f: &dyn Fn(&mut dyn Tx, &mut Work<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(op, true, f)
+        self.group.write(&self.feed, f)
     }
 
     fn read<T>(
         &self,
         op: &str,
-        f: &dyn Fn(&mut PgTx<'_, '_>) -> Result<T, StoreError>,
+        f: &dyn Fn(&mut PgTx<'_, Transaction<'_>>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.run(op, false, f)
     }
+
+    /// A read of one statement: no transaction around it (one round trip, not three).
+    fn read_one<T>(
+        &self,
+        f: &dyn Fn(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut attempt = 1;
+        loop {
+            let mut lease = self.lease()?;
+            let r = match lease.client.as_mut() {
+                Some(c) => f(&mut PgTx {
+                    tx: c,
+                    db: &self.db,
+                }),
+                None => Err(StoreError::Backend {
+                    what: format!("{}: no connection", self.db),
+                    retry: true,
+                }),
+            };
+            match r {
+                Err(e) if e.retryable() && attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "retrying");
+                    std::thread::sleep(Duration::from_millis(25 * u64::from(attempt)));
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
 }
 
-fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), StoreError> {
+fn migrate(tx: &mut PgTx<'_, Transaction<'_>>) -> Result<(), StoreError> {
     let db = tx.db;
     tx.tx
         .batch_execute(
@@ -363,6 +475,12 @@ fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), StoreError> {
             .batch_execute(SCHEMA_V2)
             .map_err(|e| backend(db, "migrating to schema version 2", &e))?;
     }
+    if found < 3 {
+        // Adds a column and its index; every existing row counts as changed now.
+        tx.tx
+            .batch_execute(SCHEMA_V3)
+            .map_err(|e| backend(db, "migrating to schema version 3", &e))?;
+    }
     tx.tx
         .execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
@@ -371,314 +489,6 @@ fn migrate(tx: &mut PgTx<'_, '_>) -> Result<(), StoreError> {
         )
         .map_err(|e| backend(db, "writing schema_version", &e))?;
     Ok(())
-}
-
-/// A transaction on the database.
-struct PgTx<'a, 'c> {
-    tx: &'a mut Transaction<'c>,
-    db: &'a str,
-}
-
-fn token_row(r: &postgres::Row) -> Result<RawToken, postgres::Error> {
-    Ok(RawToken {
-        id: r.try_get(0)?,
-        secret_hash: r.try_get(1)?,
-        created: r.try_get(2)?,
-        expires: r.try_get(3)?,
-        uses_total: r.try_get(4)?,
-        uses_left: r.try_get(5)?,
-        role: r.try_get(6)?,
-        labels: r.try_get(7)?,
-        revoked: r.try_get(8)?,
-    })
-}
-
-fn node_row(r: &postgres::Row) -> Result<RawNode, postgres::Error> {
-    Ok(RawNode {
-        name: r.try_get(0)?,
-        public_key: r.try_get(1)?,
-        credential_hash: r.try_get(2)?,
-        token_id: r.try_get(3)?,
-        address_v4: r.try_get(4)?,
-        address_v6: r.try_get(5)?,
-        arch: r.try_get(6)?,
-        role: r.try_get(7)?,
-        labels: r.try_get(8)?,
-        enrolled: r.try_get(9)?,
-        revoked: r.try_get(10)?,
-        last_heartbeat: r.try_get(11)?,
-        online: r.try_get(12)?,
-        endpoints: r.try_get(13)?,
-        public_endpoint: r.try_get(14)?,
-        public_verified: r.try_get(15)?,
-    })
-}
-
-impl PgTx<'_, '_> {
-    fn err(&self, op: &str, e: &postgres::Error) -> StoreError {
-        backend(self.db, op, e)
-    }
-
-    fn select_nodes(
-        &mut self,
-        filter: &str,
-        arg: Option<&str>,
-    ) -> Result<Vec<NodeRecord>, StoreError> {
-        let op = "reading nodes";
-        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes {filter}");
-        let rows = match arg {
-            Some(a) => self.tx.query(&sql, &[&a]),
-            None => self.tx.query(&sql, &[]),
-        }
-        .map_err(|e| self.err(op, &e))?;
-        let mut out = Vec::new();
-        for row in &rows {
-            out.push(node_row(row).map_err(|e| self.err(op, &e))?.decode()?);
-        }
-        Ok(codec::by_name(out))
-    }
-
-    fn select_tokens(
-        &mut self,
-        filter: &str,
-        arg: Option<&str>,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let op = "reading tokens";
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens {filter}");
-        let rows = match arg {
-            Some(a) => self.tx.query(&sql, &[&a]),
-            None => self.tx.query(&sql, &[]),
-        }
-        .map_err(|e| self.err(op, &e))?;
-        let mut out = Vec::new();
-        for row in &rows {
-            out.push(token_row(row).map_err(|e| self.err(op, &e))?.decode()?);
-        }
-        Ok(codec::by_id(out))
-    }
-}
-
-impl Tx for PgTx<'_, '_> {
-    fn ca(&mut self) -> Result<Option<CaPem>, StoreError> {
-        let op = "reading the CA";
-        let row = self
-            .tx
-            .query_opt("SELECT cert_pem, key_pem FROM ca WHERE id = 1", &[])
-            .map_err(|e| self.err(op, &e))?;
-        match row {
-            None => Ok(None),
-            Some(r) => Ok(Some(CaPem {
-                cert_pem: r.try_get(0).map_err(|e| self.err(op, &e))?,
-                key_pem: r.try_get(1).map_err(|e| self.err(op, &e))?,
-            })),
-        }
-    }
-
-    fn insert_ca_if_absent(&mut self, ca: &CaPem) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "INSERT INTO ca (id, cert_pem, key_pem) VALUES (1, $1, $2)
-                 ON CONFLICT (id) DO NOTHING",
-                &[&ca.cert_pem, &ca.key_pem],
-            )
-            .map_err(|e| self.err("storing the CA", &e))?;
-        Ok(())
-    }
-
-    fn token(&mut self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self
-            .select_tokens("WHERE id = $1", Some(id))?
-            .into_iter()
-            .next())
-    }
-
-    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.select_tokens("", None)
-    }
-
-    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        let r = RawToken::encode(t);
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-                ),
-                &[
-                    &r.id,
-                    &r.secret_hash,
-                    &r.created,
-                    &r.expires,
-                    &r.uses_total,
-                    &r.uses_left,
-                    &r.role,
-                    &r.labels,
-                    &r.revoked,
-                ],
-            )
-            .map_err(|e| self.err(&format!("inserting token {}", t.id), &e))?;
-        Ok(())
-    }
-
-    fn update_token(
-        &mut self,
-        id: &str,
-        revoked: bool,
-        uses_left: u32,
-    ) -> Result<bool, StoreError> {
-        let n = self
-            .tx
-            .execute(
-                "UPDATE tokens SET revoked = $2, uses_left = $3 WHERE id = $1",
-                &[&id, &revoked, &i64::from(uses_left)],
-            )
-            .map_err(|e| self.err(&format!("updating token {id}"), &e))?;
-        Ok(n > 0)
-    }
-
-    fn nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.select_nodes("", None)
-    }
-
-    fn node(&mut self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(self
-            .select_nodes("WHERE name = $1", Some(name))?
-            .into_iter()
-            .next())
-    }
-
-    fn insert_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
-        let r = RawNode::encode(n);
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                     $9, $10, $11, $12, $13, $14, $15, $16)"
-                ),
-                &[
-                    &r.name,
-                    &r.public_key,
-                    &r.credential_hash,
-                    &r.token_id,
-                    &r.address_v4,
-                    &r.address_v6,
-                    &r.arch,
-                    &r.role,
-                    &r.labels,
-                    &r.enrolled,
-                    &r.revoked,
-                    &r.last_heartbeat,
-                    &r.online,
-                    &r.endpoints,
-                    &r.public_endpoint,
-                    &r.public_verified,
-                ],
-            )
-            .map_err(|e| self.err(&format!("inserting node {}", n.name), &e))?;
-        Ok(())
-    }
-
-    fn update_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
-        let r = RawNode::encode(n);
-        self.tx
-            .execute(
-                "UPDATE nodes SET revoked = $2, last_heartbeat = $3, online = $4, endpoints = $5,
-                 public_endpoint = $6, public_verified = $7 WHERE name = $1",
-                &[
-                    &r.name,
-                    &r.revoked,
-                    &r.last_heartbeat,
-                    &r.online,
-                    &r.endpoints,
-                    &r.public_endpoint,
-                    &r.public_verified,
-                ],
-            )
-            .map_err(|e| self.err(&format!("updating node {}", n.name), &e))?;
-        Ok(())
-    }
-
-    fn version(&mut self) -> Result<u64, StoreError> {
-        let op = "reading peers_version";
-        let row = self
-            .tx
-            .query_one("SELECT value FROM meta WHERE key = 'peers_version'", &[])
-            .map_err(|e| self.err(op, &e))?;
-        let text: String = row.try_get(0).map_err(|e| self.err(op, &e))?;
-        codec::version_of(&text)
-    }
-
-    fn set_version(&mut self, v: u64) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "UPDATE meta SET value = $1 WHERE key = 'peers_version'",
-                &[&v.to_string()],
-            )
-            .map_err(|e| self.err("writing peers_version", &e))?;
-        Ok(())
-    }
-
-    fn cluster(&mut self) -> Result<Option<Cluster>, StoreError> {
-        let op = "reading the cluster";
-        let row = self
-            .tx
-            .query_opt(
-                &format!("SELECT {CLUSTER_COLUMNS} FROM cluster WHERE id = 1"),
-                &[],
-            )
-            .map_err(|e| self.err(op, &e))?;
-        let Some(r) = row else {
-            return Ok(None);
-        };
-        let raw = (|| -> Result<RawCluster, postgres::Error> {
-            Ok(RawCluster {
-                kind: r.try_get(0)?,
-                server_url: r.try_get(1)?,
-                init_node: r.try_get(2)?,
-                token: r.try_get(3)?,
-                agent_token: r.try_get(4)?,
-                endpoint: r.try_get(5)?,
-                ca_cert_hashes: r.try_get(6)?,
-                certificate_key: r.try_get(7)?,
-            })
-        })()
-        .map_err(|e| self.err(op, &e))?;
-        raw.decode().map(Some)
-    }
-
-    fn put_cluster(&mut self, c: &Cluster) -> Result<(), StoreError> {
-        let r = RawCluster::encode(c);
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO cluster (id, {CLUSTER_COLUMNS}) VALUES (1, $1, $2, $3, $4, $5, \
-                     $6, $7, $8) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, \
-                     server_url = excluded.server_url, init_node = excluded.init_node, \
-                     token = excluded.token, agent_token = excluded.agent_token, \
-                     endpoint = excluded.endpoint, ca_cert_hashes = excluded.ca_cert_hashes, \
-                     certificate_key = excluded.certificate_key"
-                ),
-                &[
-                    &r.kind,
-                    &r.server_url,
-                    &r.init_node,
-                    &r.token,
-                    &r.agent_token,
-                    &r.endpoint,
-                    &r.ca_cert_hashes,
-                    &r.certificate_key,
-                ],
-            )
-            .map_err(|e| self.err("storing the cluster", &e))?;
-        Ok(())
-    }
-
-    fn delete_cluster(&mut self) -> Result<bool, StoreError> {
-        let n = self
-            .tx
-            .execute("DELETE FROM cluster", &[])
-            .map_err(|e| self.err("removing the cluster", &e))?;
-        Ok(n > 0)
-    }
 }
 
 impl Store for PgStore {
@@ -692,39 +502,39 @@ impl Store for PgStore {
             what: format!("{}: making the CA: {e}", self.db),
             retry: false,
         })?;
-        self.write("storing the CA", &|tx| ops::store_ca(tx, &fresh))
+        self.write(&|tx, _| ops::store_ca(tx, &fresh))
     }
 
     fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.write("creating a token", &|tx| tx.insert_token(t))
+        self.write(&|tx, _| tx.insert_token(t))
     }
 
     fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        self.read("reading a token", &|tx| tx.token(id))
+        self.read_one(&|tx| tx.token(id))
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.read("listing tokens", &|tx| tx.tokens())
+        self.read_one(&|tx| tx.tokens())
     }
 
     fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        self.write("revoking a token", &|tx| ops::revoke_token(tx, id))
+        self.write(&|tx, w| ops::revoke_token(tx, w, id))
     }
 
     fn enroll(&self, input: &EnrollInput, pools: &Pools) -> Result<EnrollOutcome, StoreError> {
-        self.write("enrolling", &|tx| ops::enroll(tx, input, pools))
+        self.write(&|tx, w| ops::enroll(tx, w, input, pools))
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.read("listing nodes", &|tx| tx.nodes())
+        self.read_one(&|tx| tx.nodes())
     }
 
     fn node(&self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
-        self.read("reading a node", &|tx| tx.node(name))
+        self.read_one(&|tx| tx.node(name))
     }
 
     fn revoke_node(&self, name: &str) -> Result<bool, StoreError> {
-        self.write("revoking a node", &|tx| ops::revoke_node(tx, name))
+        self.write(&|tx, w| ops::revoke_node(tx, w, name))
     }
 
     fn heartbeat(
@@ -734,13 +544,11 @@ impl Store for PgStore {
         now: u64,
         fresh: u64,
     ) -> Result<(), StoreError> {
-        self.write("recording a heartbeat", &|tx| {
-            ops::heartbeat(tx, name, hb, now, fresh)
-        })
+        self.write(&|tx, w| ops::heartbeat(tx, w, name, hb, now, fresh))
     }
 
     fn expire(&self, now: u64, ttl: u64) -> Result<usize, StoreError> {
-        self.write("expiring silent nodes", &|tx| ops::expire(tx, now, ttl))
+        self.write(&|tx, w| ops::expire(tx, w, now, ttl))
     }
 
     fn snapshot(&self) -> Result<(u64, Vec<NodeRecord>), StoreError> {
@@ -750,26 +558,35 @@ impl Store for PgStore {
     }
 
     fn peers_version(&self) -> Result<u64, StoreError> {
-        self.read("reading peers_version", &|tx| tx.version())
+        self.read_one(&|tx| tx.version())
     }
 
     fn cluster(&self) -> Result<Option<Cluster>, StoreError> {
-        self.read("reading the cluster", &|tx| tx.cluster())
+        self.read_one(&|tx| tx.cluster())
     }
 
     fn set_cluster(&self, c: &Cluster, replace: bool) -> Result<bool, StoreError> {
-        self.write("setting the cluster", &|tx| {
-            ops::set_cluster(tx, c, replace)
-        })
+        self.write(&|tx, w| ops::set_cluster(tx, w, c, replace))
     }
 
     fn clear_cluster(&self) -> Result<bool, StoreError> {
-        self.write("removing the cluster", &|tx| tx.delete_cluster())
+        self.write(&|tx, w| ops::clear_cluster(tx, w))
     }
 
     fn claim_first_server(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
-        self.write("choosing the first server", &|tx| {
-            ops::claim_first_server(tx, name)
+        self.write(&|tx, w| ops::claim_first_server(tx, w, name))
+    }
+
+    fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    fn refresh(&self) -> Result<u64, StoreError> {
+        let feed = &self.feed;
+        let (loaded, have) = (feed.loaded(), feed.version());
+        self.read("reading the peer list's changes", &|tx| {
+            let v = tx.version()?;
+            super::refresh_feed(feed, tx, loaded, have, v)
         })
     }
 }

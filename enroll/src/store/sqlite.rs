@@ -1,6 +1,8 @@
-//! The embedded backend: one SQLite file (WAL), one connection behind a mutex, write
-//! transactions opened with BEGIN IMMEDIATE so that another process on the same file
-//! (`kiln-enroll token create` next to a running server) waits instead of failing late.
+//! The embedded backend: one SQLite file (WAL), a writer connection whose transactions
+//! are grouped ([`super::group`]) and opened with BEGIN IMMEDIATE so that another process
+//! on the same file (`kiln-enroll token create` next to a running server) waits instead
+//! of failing late, and a reader connection (WAL lets it read the last commit while a
+//! group is open, and it never sees a group's uncommitted writes).
 //!
 //! The file holds the CA's private key and the join tokens: it is made 0600 in a 0700
 //! folder, and an existing file, WAL or shared-memory file, or folder that group or others
@@ -10,16 +12,16 @@ use std::fs::{DirBuilder, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::codec::{
-    self, RawCluster, RawNode, RawToken, CLUSTER_COLUMNS, NODE_COLUMNS, SCHEMA_V2, SCHEMA_VERSION,
-    TOKEN_COLUMNS,
-};
-use super::ops::{self, Tx};
+use super::codec::{self, SCHEMA_V2, SCHEMA_V3, SCHEMA_VERSION};
+use super::feed::Feed;
+use super::group::{Conn, Group};
+use super::ops::{self, Tx, Work};
+use super::sqlite_rows::SqlTx;
 use super::{
     CaPem, Cluster, EnrollInput, EnrollOutcome, HeartbeatInput, NodeRecord, Pools, Store,
     StoreError, TokenRecord,
@@ -27,6 +29,11 @@ use super::{
 
 /// How long a transaction waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// WAL pages after which a commit checkpoints by itself. A serving process checkpoints
+/// every second off the request path ([`Store::housekeeping`]), so only a process that
+/// does not (the CLI) ever reaches this; SQLite's default of 1,000 made every few
+/// hundred grouped commits wait for a checkpoint and its fsync.
+const AUTO_CHECKPOINT_PAGES: u32 = 20_000;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS ca (
@@ -70,10 +77,65 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('peers_version', '0');
 pub(crate) struct SqliteStore {
     /// `sqlite database PATH`, for messages.
     db: String,
-    conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    pub(super) group: Group<SqlWriter>,
+    feed: Feed,
+    /// The file, for the checkpoint connection.
+    path: PathBuf,
+    /// Opened on the first [`Store::housekeeping`].
+    checkpointer: Mutex<Option<Connection>>,
 }
 
-fn backend(db: &str, op: &str, e: &rusqlite::Error) -> StoreError {
+/// The writer connection.
+pub(super) struct SqlWriter {
+    conn: Connection,
+    db: String,
+}
+
+impl Conn for SqlWriter {
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| backend(&self.db, "beginning a write", &e))
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| backend(&self.db, "committing", &e))
+    }
+
+    fn rollback(&mut self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::debug!("{}: rolling back: {e}", self.db);
+        }
+    }
+
+    fn tx(&mut self) -> Result<Box<dyn Tx + '_>, StoreError> {
+        Ok(Box::new(SqlTx {
+            conn: &self.conn,
+            db: &self.db,
+        }))
+    }
+}
+
+fn connect(db: &str, path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| backend(db, "opening", &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| backend(db, "setting busy_timeout", &e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| backend(db, "switching to WAL", &e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend {
+            what: format!("{db}: journal mode is {mode:?}, WAL could not be set"),
+            retry: false,
+        });
+    }
+    Ok(conn)
+}
+
+pub(super) fn backend(db: &str, op: &str, e: &rusqlite::Error) -> StoreError {
     let retry = matches!(
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
@@ -113,57 +175,46 @@ impl SqliteStore {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io("creating the file", e)),
         }
-        let conn = Connection::open(path).map_err(|e| backend(&db, "opening", &e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| backend(&db, "setting busy_timeout", &e))?;
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-            .map_err(|e| backend(&db, "switching to WAL", &e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend {
-                what: format!("{db}: journal mode is {mode:?}, WAL could not be set"),
-                retry: false,
-            });
+        let writer = connect(&db, path)?;
+        writer
+            .pragma_update(None, "wal_autocheckpoint", AUTO_CHECKPOINT_PAGES)
+            .map_err(|e| backend(&db, "setting wal_autocheckpoint", &e))?;
+        // Migrated before the reader opens, so the reader never sees an old schema.
+        writer
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| backend(&db, "migrating the schema: beginning", &e))?;
+        let migrated = migrate(&mut SqlTx {
+            conn: &writer,
+            db: &db,
+        });
+        match migrated {
+            Ok(()) => writer
+                .execute_batch("COMMIT")
+                .map_err(|e| backend(&db, "migrating the schema: committing", &e))?,
+            Err(e) => {
+                let _ = writer.execute_batch("ROLLBACK");
+                return Err(e);
+            }
         }
-        let store = SqliteStore {
+        let reader = connect(&db, path)?;
+        Ok(SqliteStore {
+            group: Group::new(SqlWriter {
+                conn: writer,
+                db: db.clone(),
+            }),
+            reader: Mutex::new(reader),
+            feed: Feed::new(),
+            path: path.to_path_buf(),
+            checkpointer: Mutex::new(None),
             db,
-            conn: Mutex::new(conn),
-        };
-        store.write("migrating the schema", migrate)?;
-        Ok(store)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock left at most an uncommitted transaction, which
-        // SQLite rolled back when it was dropped: the connection is still good.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn run<T>(
-        &self,
-        op: &str,
-        behavior: TransactionBehavior,
-        f: impl FnOnce(&mut SqlTx<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(behavior)
-            .map_err(|e| backend(&self.db, &format!("{op}: beginning"), &e))?;
-        let out = f(&mut SqlTx {
-            tx: &tx,
-            db: &self.db,
-        })?;
-        tx.commit()
-            .map_err(|e| backend(&self.db, &format!("{op}: committing"), &e))?;
-        Ok(out)
+        })
     }
 
     fn write<T>(
         &self,
-        op: &str,
-        f: impl FnOnce(&mut SqlTx<'_>) -> Result<T, StoreError>,
+        f: &dyn Fn(&mut dyn Tx, &mut Work<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(op, TransactionBehavior::Immediate, f)
+        self.group.write(&self.feed, f)
     }
 
     fn read<T>(
@@ -171,7 +222,19 @@ impl SqliteStore {
         op: &str,
         f: impl FnOnce(&mut SqlTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(op, TransactionBehavior::Deferred, f)
+        // A panic while holding the lock left at most an open read transaction, which
+        // SQLite rolled back when it was dropped: the connection is still good.
+        let mut conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(|e| backend(&self.db, &format!("{op}: beginning"), &e))?;
+        let out = f(&mut SqlTx {
+            conn: &tx,
+            db: &self.db,
+        })?;
+        tx.commit()
+            .map_err(|e| backend(&self.db, &format!("{op}: committing"), &e))?;
+        Ok(out)
     }
 }
 
@@ -232,13 +295,13 @@ fn check_private(path: &Path) -> Result<(), StoreError> {
 
 fn migrate(tx: &mut SqlTx<'_>) -> Result<(), StoreError> {
     let db = tx.db;
-    tx.tx
+    tx.conn
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(|e| backend(db, "creating table meta", &e))?;
     let found: Option<String> = tx
-        .tx
+        .conn
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
             [],
@@ -256,17 +319,23 @@ fn migrate(tx: &mut SqlTx<'_>) -> Result<(), StoreError> {
     };
     codec::check_schema(db, found)?;
     if found < 1 {
-        tx.tx
+        tx.conn
             .execute_batch(SCHEMA_V1)
             .map_err(|e| backend(db, "creating schema version 1", &e))?;
     }
     if found < 2 {
         // Adds a table only: version 1 rows stay as they are.
-        tx.tx
+        tx.conn
             .execute_batch(SCHEMA_V2)
             .map_err(|e| backend(db, "migrating to schema version 2", &e))?;
     }
-    tx.tx
+    if found < 3 {
+        // Adds a column and its index; every existing row counts as changed now.
+        tx.conn
+            .execute_batch(SCHEMA_V3)
+            .map_err(|e| backend(db, "migrating to schema version 3", &e))?;
+    }
+    tx.conn
         .execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -274,305 +343,6 @@ fn migrate(tx: &mut SqlTx<'_>) -> Result<(), StoreError> {
         )
         .map_err(|e| backend(db, "writing schema_version", &e))?;
     Ok(())
-}
-
-/// A transaction on the SQLite file.
-struct SqlTx<'a> {
-    tx: &'a Transaction<'a>,
-    db: &'a str,
-}
-
-fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawToken> {
-    Ok(RawToken {
-        id: r.get(0)?,
-        secret_hash: r.get(1)?,
-        created: r.get(2)?,
-        expires: r.get(3)?,
-        uses_total: r.get(4)?,
-        uses_left: r.get(5)?,
-        role: r.get(6)?,
-        labels: r.get(7)?,
-        revoked: r.get(8)?,
-    })
-}
-
-fn node_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawNode> {
-    Ok(RawNode {
-        name: r.get(0)?,
-        public_key: r.get(1)?,
-        credential_hash: r.get(2)?,
-        token_id: r.get(3)?,
-        address_v4: r.get(4)?,
-        address_v6: r.get(5)?,
-        arch: r.get(6)?,
-        role: r.get(7)?,
-        labels: r.get(8)?,
-        enrolled: r.get(9)?,
-        revoked: r.get(10)?,
-        last_heartbeat: r.get(11)?,
-        online: r.get(12)?,
-        endpoints: r.get(13)?,
-        public_endpoint: r.get(14)?,
-        public_verified: r.get(15)?,
-    })
-}
-
-impl SqlTx<'_> {
-    fn err(&self, op: &str, e: &rusqlite::Error) -> StoreError {
-        backend(self.db, op, e)
-    }
-
-    fn select_nodes(&self, filter: &str, arg: Option<&str>) -> Result<Vec<NodeRecord>, StoreError> {
-        let op = "reading nodes";
-        let sql = format!("SELECT {NODE_COLUMNS} FROM nodes {filter}");
-        let mut stmt = self.tx.prepare(&sql).map_err(|e| self.err(op, &e))?;
-        let rows = match arg {
-            Some(a) => stmt.query_map(params![a], node_row),
-            None => stmt.query_map([], node_row),
-        }
-        .map_err(|e| self.err(op, &e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(|e| self.err(op, &e))?.decode()?);
-        }
-        Ok(codec::by_name(out))
-    }
-
-    fn select_tokens(
-        &self,
-        filter: &str,
-        arg: Option<&str>,
-    ) -> Result<Vec<TokenRecord>, StoreError> {
-        let op = "reading tokens";
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens {filter}");
-        let mut stmt = self.tx.prepare(&sql).map_err(|e| self.err(op, &e))?;
-        let rows = match arg {
-            Some(a) => stmt.query_map(params![a], token_row),
-            None => stmt.query_map([], token_row),
-        }
-        .map_err(|e| self.err(op, &e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(|e| self.err(op, &e))?.decode()?);
-        }
-        Ok(codec::by_id(out))
-    }
-}
-
-impl Tx for SqlTx<'_> {
-    fn ca(&mut self) -> Result<Option<CaPem>, StoreError> {
-        self.tx
-            .query_row("SELECT cert_pem, key_pem FROM ca WHERE id = 1", [], |r| {
-                Ok(CaPem {
-                    cert_pem: r.get(0)?,
-                    key_pem: r.get(1)?,
-                })
-            })
-            .optional()
-            .map_err(|e| self.err("reading the CA", &e))
-    }
-
-    fn insert_ca_if_absent(&mut self, ca: &CaPem) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "INSERT INTO ca (id, cert_pem, key_pem) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO NOTHING",
-                params![ca.cert_pem, ca.key_pem],
-            )
-            .map_err(|e| self.err("storing the CA", &e))?;
-        Ok(())
-    }
-
-    fn token(&mut self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        Ok(self
-            .select_tokens("WHERE id = ?1", Some(id))?
-            .into_iter()
-            .next())
-    }
-
-    fn tokens(&mut self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.select_tokens("", None)
-    }
-
-    fn insert_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
-        let r = RawToken::encode(t);
-        self.tx
-            .execute(
-                &format!("INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
-                params![
-                    r.id,
-                    r.secret_hash,
-                    r.created,
-                    r.expires,
-                    r.uses_total,
-                    r.uses_left,
-                    r.role,
-                    r.labels,
-                    r.revoked
-                ],
-            )
-            .map_err(|e| self.err(&format!("inserting token {}", t.id), &e))?;
-        Ok(())
-    }
-
-    fn update_token(
-        &mut self,
-        id: &str,
-        revoked: bool,
-        uses_left: u32,
-    ) -> Result<bool, StoreError> {
-        let n = self
-            .tx
-            .execute(
-                "UPDATE tokens SET revoked = ?2, uses_left = ?3 WHERE id = ?1",
-                params![id, revoked, uses_left],
-            )
-            .map_err(|e| self.err(&format!("updating token {id}"), &e))?;
-        Ok(n > 0)
-    }
-
-    fn nodes(&mut self) -> Result<Vec<NodeRecord>, StoreError> {
-        self.select_nodes("", None)
-    }
-
-    fn node(&mut self, name: &str) -> Result<Option<NodeRecord>, StoreError> {
-        Ok(self
-            .select_nodes("WHERE name = ?1", Some(name))?
-            .into_iter()
-            .next())
-    }
-
-    fn insert_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
-        let r = RawNode::encode(n);
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                     ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
-                ),
-                params![
-                    r.name,
-                    r.public_key,
-                    r.credential_hash,
-                    r.token_id,
-                    r.address_v4,
-                    r.address_v6,
-                    r.arch,
-                    r.role,
-                    r.labels,
-                    r.enrolled,
-                    r.revoked,
-                    r.last_heartbeat,
-                    r.online,
-                    r.endpoints,
-                    r.public_endpoint,
-                    r.public_verified
-                ],
-            )
-            .map_err(|e| self.err(&format!("inserting node {}", n.name), &e))?;
-        Ok(())
-    }
-
-    fn update_node(&mut self, n: &NodeRecord) -> Result<(), StoreError> {
-        let r = RawNode::encode(n);
-        self.tx
-            .execute(
-                "UPDATE nodes SET revoked = ?2, last_heartbeat = ?3, online = ?4, endpoints = ?5,
-                 public_endpoint = ?6, public_verified = ?7 WHERE name = ?1",
-                params![
-                    r.name,
-                    r.revoked,
-                    r.last_heartbeat,
-                    r.online,
-                    r.endpoints,
-                    r.public_endpoint,
-                    r.public_verified
-                ],
-            )
-            .map_err(|e| self.err(&format!("updating node {}", n.name), &e))?;
-        Ok(())
-    }
-
-    fn version(&mut self) -> Result<u64, StoreError> {
-        let text: String = self
-            .tx
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'peers_version'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err("reading peers_version", &e))?;
-        codec::version_of(&text)
-    }
-
-    fn set_version(&mut self, v: u64) -> Result<(), StoreError> {
-        self.tx
-            .execute(
-                "UPDATE meta SET value = ?1 WHERE key = 'peers_version'",
-                params![v.to_string()],
-            )
-            .map_err(|e| self.err("writing peers_version", &e))?;
-        Ok(())
-    }
-
-    fn cluster(&mut self) -> Result<Option<Cluster>, StoreError> {
-        let raw = self
-            .tx
-            .query_row(
-                &format!("SELECT {CLUSTER_COLUMNS} FROM cluster WHERE id = 1"),
-                [],
-                |r| {
-                    Ok(RawCluster {
-                        kind: r.get(0)?,
-                        server_url: r.get(1)?,
-                        init_node: r.get(2)?,
-                        token: r.get(3)?,
-                        agent_token: r.get(4)?,
-                        endpoint: r.get(5)?,
-                        ca_cert_hashes: r.get(6)?,
-                        certificate_key: r.get(7)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err("reading the cluster", &e))?;
-        raw.map(RawCluster::decode).transpose()
-    }
-
-    fn put_cluster(&mut self, c: &Cluster) -> Result<(), StoreError> {
-        let r = RawCluster::encode(c);
-        self.tx
-            .execute(
-                &format!(
-                    "INSERT INTO cluster (id, {CLUSTER_COLUMNS}) VALUES (1, ?1, ?2, ?3, ?4, ?5, \
-                     ?6, ?7, ?8) ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, \
-                     server_url = excluded.server_url, init_node = excluded.init_node, \
-                     token = excluded.token, agent_token = excluded.agent_token, \
-                     endpoint = excluded.endpoint, ca_cert_hashes = excluded.ca_cert_hashes, \
-                     certificate_key = excluded.certificate_key"
-                ),
-                params![
-                    r.kind,
-                    r.server_url,
-                    r.init_node,
-                    r.token,
-                    r.agent_token,
-                    r.endpoint,
-                    r.ca_cert_hashes,
-                    r.certificate_key
-                ],
-            )
-            .map_err(|e| self.err("storing the cluster", &e))?;
-        Ok(())
-    }
-
-    fn delete_cluster(&mut self) -> Result<bool, StoreError> {
-        let n = self
-            .tx
-            .execute("DELETE FROM cluster", [])
-            .map_err(|e| self.err("removing the cluster", &e))?;
-        Ok(n > 0)
-    }
 }
 
 impl Store for SqliteStore {
@@ -585,11 +355,11 @@ impl Store for SqliteStore {
             what: format!("{}: making the CA: {e}", self.db),
             retry: false,
         })?;
-        self.write("storing the CA", |tx| ops::store_ca(tx, &fresh))
+        self.write(&|tx, _| ops::store_ca(tx, &fresh))
     }
 
     fn create_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
-        self.write("creating a token", |tx| tx.insert_token(t))
+        self.write(&|tx, _| tx.insert_token(t))
     }
 
     fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -601,11 +371,11 @@ impl Store for SqliteStore {
     }
 
     fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
-        self.write("revoking a token", |tx| ops::revoke_token(tx, id))
+        self.write(&|tx, w| ops::revoke_token(tx, w, id))
     }
 
     fn enroll(&self, input: &EnrollInput, pools: &Pools) -> Result<EnrollOutcome, StoreError> {
-        self.write("enrolling", |tx| ops::enroll(tx, input, pools))
+        self.write(&|tx, w| ops::enroll(tx, w, input, pools))
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -617,7 +387,7 @@ impl Store for SqliteStore {
     }
 
     fn revoke_node(&self, name: &str) -> Result<bool, StoreError> {
-        self.write("revoking a node", |tx| ops::revoke_node(tx, name))
+        self.write(&|tx, w| ops::revoke_node(tx, w, name))
     }
 
     fn heartbeat(
@@ -627,13 +397,11 @@ impl Store for SqliteStore {
         now: u64,
         fresh: u64,
     ) -> Result<(), StoreError> {
-        self.write("recording a heartbeat", |tx| {
-            ops::heartbeat(tx, name, hb, now, fresh)
-        })
+        self.write(&|tx, w| ops::heartbeat(tx, w, name, hb, now, fresh))
     }
 
     fn expire(&self, now: u64, ttl: u64) -> Result<usize, StoreError> {
-        self.write("expiring silent nodes", |tx| ops::expire(tx, now, ttl))
+        self.write(&|tx, w| ops::expire(tx, w, now, ttl))
     }
 
     fn snapshot(&self) -> Result<(u64, Vec<NodeRecord>), StoreError> {
@@ -651,16 +419,90 @@ impl Store for SqliteStore {
     }
 
     fn set_cluster(&self, c: &Cluster, replace: bool) -> Result<bool, StoreError> {
-        self.write("setting the cluster", |tx| ops::set_cluster(tx, c, replace))
+        self.write(&|tx, w| ops::set_cluster(tx, w, c, replace))
     }
 
     fn clear_cluster(&self) -> Result<bool, StoreError> {
-        self.write("removing the cluster", |tx| tx.delete_cluster())
+        self.write(&|tx, w| ops::clear_cluster(tx, w))
     }
 
     fn claim_first_server(&self, name: &str) -> Result<Option<Cluster>, StoreError> {
-        self.write("choosing the first server", |tx| {
-            ops::claim_first_server(tx, name)
+        self.write(&|tx, w| ops::claim_first_server(tx, w, name))
+    }
+
+    fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    fn housekeeping(&self) -> Result<(), StoreError> {
+        let mut slot = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = match slot.as_mut() {
+            Some(c) => c,
+            None => slot.insert(connect(&self.db, &self.path)?),
+        };
+        // PASSIVE: copies what no reader still needs, never waits for the writer.
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(|e| backend(&self.db, "checkpointing the WAL", &e))
+    }
+
+    fn refresh(&self) -> Result<u64, StoreError> {
+        let feed = &self.feed;
+        let (loaded, have) = (feed.loaded(), feed.version());
+        self.read("reading the peer list's changes", |tx| {
+            let v = tx.version()?;
+            super::refresh_feed(feed, tx, loaded, have, v)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::store::{Store, TokenRecord};
+    use kiln_enroll_proto::api::Role;
+
+    fn token(id: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.to_string(),
+            secret_hash: [1; 32],
+            created: 1,
+            expires: 2,
+            uses_total: 1,
+            uses_left: 1,
+            role: Role::Worker,
+            labels: Default::default(),
+            revoked: false,
+        }
+    }
+
+    /// A write that finds another one waiting leaves the transaction to it: two writes,
+    /// one commit, and both are stored.
+    #[test]
+    fn writes_that_arrive_together_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state").join("s.db")).unwrap();
+        let before = store.group.commits.load(Ordering::SeqCst);
+        let (inside, entered) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                store.write(&|tx, _| {
+                    // Hold the group until the second write waits for it.
+                    let _ = inside.send(());
+                    while store.group.waiting.load(Ordering::SeqCst) == 0 {
+                        std::thread::yield_now();
+                    }
+                    tx.insert_token(&token("first1"))
+                })
+            });
+            entered.recv().unwrap();
+            let second = s.spawn(|| store.create_token(&token("second")));
+            first.join().unwrap().unwrap();
+            second.join().unwrap().unwrap();
+        });
+        assert_eq!(store.group.commits.load(Ordering::SeqCst) - before, 1);
+        let ids: Vec<String> = store.tokens().unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["first1", "second"]);
     }
 }
