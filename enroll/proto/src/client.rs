@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io::{self, BufReader};
-use std::net::{Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,54 +200,7 @@ fn parse_url(url: &str) -> Result<(String, u16), ClientError> {
             "it has a path or query {path:?}; give the server's address only"
         )));
     }
-    if authority.contains('@') {
-        return Err(fail(
-            "it has user information (`@`); give host and port only",
-        ));
-    }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (addr, after) = v6
-            .split_once(']')
-            .ok_or_else(|| fail("`[` of an IPv6 address without `]`"))?;
-        addr.parse::<Ipv6Addr>()
-            .map_err(|_| fail(&format!("{addr:?} in brackets is not an IPv6 address")))?;
-        let port = match after {
-            "" => None,
-            p => Some(
-                p.strip_prefix(':')
-                    .ok_or_else(|| fail(&format!("{after:?} after `]` is not `:PORT`")))?,
-            ),
-        };
-        (addr.to_string(), port)
-    } else {
-        let (host, port) = match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        };
-        if port.is_some_and(|p| p.contains(':')) {
-            return Err(fail(
-                "an IPv6 address must be in brackets: https://[ADDR]:PORT",
-            ));
-        }
-        if host.is_empty() {
-            return Err(fail("the host is empty"));
-        }
-        if let Some(c) = host
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '-' || *c == '_'))
-        {
-            return Err(fail(&format!("the host contains {c:?}")));
-        }
-        (host.to_string(), port)
-    };
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(fail(&format!("port {p:?} is not a number 1-65535"))),
-        },
-    };
-    Ok((host, port))
+    crate::authority::parse(authority, DEFAULT_PORT).map_err(|why| fail(&why))
 }
 
 /// An io::Error of the same kind whose message says where and when it happened.

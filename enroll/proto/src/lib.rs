@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
+pub mod authority;
 pub mod client;
 pub mod http;
 pub mod key;

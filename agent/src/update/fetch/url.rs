@@ -26,6 +26,16 @@ pub struct Url {
     pub path: String,
 }
 
+impl Scheme {
+    /// 80 or 443.
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
 impl Url {
     /// Parses `http[s]://host[:port][/path][?query]` (a fragment is dropped).
     pub fn parse(text: &str) -> Result<Url, FetchError> {
@@ -58,47 +68,8 @@ impl Url {
         if let Some(c) = path.chars().find(|c| c.is_ascii_control() || *c == ' ') {
             return Err(fail(&format!("the path contains {c:?}; percent-encode it")));
         }
-        if authority.contains('@') {
-            return Err(fail("it has user information (`@`)"));
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (addr, after) = v6.split_once(']').ok_or_else(|| fail("`[` without `]`"))?;
-            addr.parse::<std::net::Ipv6Addr>()
-                .map_err(|_| fail(&format!("{addr:?} is not an IPv6 address")))?;
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| fail(&format!("{after:?} after `]` is not `:PORT`")))?,
-                ),
-            };
-            (addr.to_string(), port)
-        } else {
-            let (host, port) = match authority.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            };
-            if host.is_empty() {
-                return Err(fail("the host is empty"));
-            }
-            if let Some(c) = host
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-            {
-                return Err(fail(&format!("the host contains {c:?}")));
-            }
-            (host.to_string(), port)
-        };
-        let port = match port {
-            None => match scheme {
-                Scheme::Http => 80,
-                Scheme::Https => 443,
-            },
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err(fail(&format!("port {p:?} is not a number 1-65535"))),
-            },
-        };
+        let (host, port) = kiln_enroll_proto::authority::parse(authority, scheme.default_port())
+            .map_err(|why| fail(&why))?;
         Ok(Url {
             scheme,
             host,
@@ -109,10 +80,7 @@ impl Url {
 
     /// `host:port` as the Host header and messages write it.
     pub fn authority(&self) -> String {
-        let default = match self.scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        };
+        let default = self.scheme.default_port();
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
