@@ -13,14 +13,26 @@ KILN_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kiln
 CARGO_TARGET_DIR ?= $(KILN_CACHE)/cargo-target
 export KILN_CACHE CARGO_TARGET_DIR
 KILN := $(CARGO_TARGET_DIR)/release/kiln
+# make install: where kiln, its agents, overlays, profiles, man pages and shell
+# completions go (DESTDIR is prepended, for packaging).
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all deps agent kiln enroll lock image run test docs check fmt bench repro clean
+.PHONY: all deps deps-build deps-run agent kiln enroll lock image run install test docs check fmt bench repro clean
 
 all: image
 
-## deps: install apt packages, QEMU (backports) and the musl rust targets
+## deps: everything the test suite needs: apt packages, QEMU (backports), the musl rust targets
 deps:
-	@bash scripts/deps.sh
+	@bash scripts/deps.sh test
+
+## deps-build: only what building images needs (the agent's cross compilers, musl targets)
+deps-build:
+	@bash scripts/deps.sh build
+
+## deps-run: building plus QEMU and the UEFI firmware (`make run`)
+deps-run:
+	@bash scripts/deps.sh run
 
 ## agent: the static in-image binary, for both arches (one cargo run for both targets:
 ## their single-threaded LTO links run side by side), with the build paths remapped so
@@ -38,16 +50,38 @@ enroll:
 	$(CARGO) build --locked -q --release -p kiln-enroll
 
 ## lock: refresh the default profile's lock (new package versions)
-lock: deps kiln
+lock: deps-build kiln
 	$(KILN) lock --update $(PROFILE)
 
 ## image: build the default image for x86_64 and arm64 into out/
-image: deps agent kiln
+image: deps-build agent kiln
 	$(KILN) build $(PROFILE) --arch all --out $(OUT)
 
 ## run: boot the default image in QEMU (ARCH=x86_64|arm64); Ctrl-A X quits
-run: image
+run: deps-run image
 	$(KILN) run $(OUT)/$$(sed -n 's/^name = "\(.*\)"/\1/p' $(PROFILE))-$(ARCH).raw
+
+## install: kiln in $(PREFIX)/bin with what it finds beside it: the agents
+## ($(PREFIX)/lib/kiln/<musl triple>/kiln-agent), the shipped overlays and profiles
+## ($(PREFIX)/share/kiln/{overlays,profiles}), man pages (share/man/man1) and the
+## bash, zsh and fish completions
+install: deps-build agent kiln
+	@set -e; d="$(DESTDIR)$(PREFIX)"; \
+	install -Dm755 $(KILN) "$$d/bin/kiln"; \
+	for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do \
+	  install -Dm755 $(CARGO_TARGET_DIR)/$$t/agent/kiln-agent "$$d/lib/kiln/$$t/kiln-agent"; \
+	done; \
+	rm -rf "$$d/share/kiln/overlays" "$$d/share/kiln/profiles"; \
+	mkdir -p "$$d/share/kiln"; \
+	cp -R --no-preserve=ownership overlays "$$d/share/kiln/overlays"; \
+	cp -R --no-preserve=ownership profiles "$$d/share/kiln/profiles"; \
+	$(KILN) man --out "$$d/share/man/man1" -q; \
+	install -d "$$d/share/bash-completion/completions" "$$d/share/zsh/site-functions" \
+	  "$$d/share/fish/vendor_completions.d"; \
+	$(KILN) completions bash > "$$d/share/bash-completion/completions/kiln"; \
+	$(KILN) completions zsh > "$$d/share/zsh/site-functions/_kiln"; \
+	$(KILN) completions fish > "$$d/share/fish/vendor_completions.d/kiln.fish"; \
+	echo "installed kiln in $$d/bin (agents, overlays, profiles, man pages, completions beside it)"
 
 ## test: the whole suite, QEMU boot tests of both arches included; ends with the
 ## compile time, each test binary's time and the slowest QEMU scenarios

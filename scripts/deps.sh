@@ -1,19 +1,46 @@
 #!/usr/bin/env bash
-# Installs everything kiln needs to build images and run its test suite on a
-# Debian 12 (bookworm) machine: apt packages, the QEMU builds from
-# bookworm-backports (the machine's qemu-utils comes from there, and the
-# bookworm qemu-system packages conflict with it), and the musl Rust targets
-# for the in-image agent. Idempotent: a second run only checks.
+# Installs what kiln needs on a Debian 12 (bookworm) machine, for one purpose:
+#
+#   scripts/deps.sh build   building images (`make image`): the C cross compiler
+#                           the agent's TLS library needs and the musl Rust targets
+#   scripts/deps.sh run     that, plus QEMU and the UEFI firmware (`make run`)
+#   scripts/deps.sh test    everything the test suite uses (`make test`, the default):
+#                           the referees (e2fsck, sgdisk, veritysetup, ...), skopeo and
+#                           umoci, PostgreSQL, xorriso, ...
+#
+# QEMU comes from bookworm-backports (the machine's qemu-utils comes from there,
+# and the bookworm qemu-system packages conflict with it). Idempotent: a second
+# run only checks.
 set -euo pipefail
+
+mode=${1:-test}
+case $mode in
+  build | run | test) ;;
+  *) printf 'deps: unknown purpose %q; use build, run or test\n' "$mode" >&2; exit 2 ;;
+esac
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Packages from the regular bookworm suites.
-APT_PKGS=(
+# Building an image: kiln itself needs only apt (its lock step drives apt-get
+# in a private state folder) and the archive keyring; the agent's C code needs
+# the compilers.
+BUILD_PKGS=(
   ca-certificates
+  debian-archive-keyring # apt checks the archive's signatures with it
+  gcc                   # ring (TLS in the agent and kiln-enroll) has C: x86_64 builds
+  gcc-aarch64-linux-gnu # ... and the aarch64 musl agent's ring is built by the cross gcc
+  libc6-dev-arm64-cross
+)
+# Booting one: the UEFI firmware (QEMU itself is below, from backports).
+RUN_PKGS=(
+  ovmf             # x86_64 UEFI firmware for QEMU
+  qemu-efi-aarch64 # arm64 UEFI firmware for QEMU
+)
+# The test suite's referees and servers.
+TEST_PKGS=(
   e2fsprogs        # e2fsck, mkfs.ext4 (test referee and benchmark floor)
   dosfstools       # fsck.fat
   mtools           # mcopy: reads files back from the ESP in tests
@@ -26,16 +53,11 @@ APT_PKGS=(
   systemd          # systemd-sysusers, systemctl, systemd-analyze verify: referees for users and units
   passwd           # pwck, grpck: referees for passwd/group
   dpkg             # dpkg-deb builds test packages
-  ovmf             # x86_64 UEFI firmware for QEMU
-  qemu-efi-aarch64 # arm64 UEFI firmware for QEMU
   zstd
   lz4
   skopeo           # skopeo inspect oci-archive: checks the container image archives
   umoci            # umoci unpack: checks their tags, digests and layers
   xz-utils
-  gcc                   # ring (TLS in the agent and kiln-enroll) has C: x86_64 builds
-  gcc-aarch64-linux-gnu # ... and the aarch64 musl agent's ring is built by the cross gcc
-  libc6-dev-arm64-cross
   postgresql       # kiln-enroll's PostgreSQL backend: the tests start a throwaway server
   sqlite3          # PRAGMA integrity_check on kiln-enroll's SQLite state in tests
   openssl          # referee for kiln-enroll's CA: the SPKI hash in tokens
@@ -51,13 +73,21 @@ BPO_PKGS=(
   seabios/bookworm-backports
 )
 
+APT_PKGS=("${BUILD_PKGS[@]}")
+case $mode in
+  run) APT_PKGS+=("${RUN_PKGS[@]}") ;;
+  test) APT_PKGS+=("${RUN_PKGS[@]}" "${TEST_PKGS[@]}") ;;
+esac
+
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-for bin in qemu-system-x86_64 qemu-system-aarch64; do
-  command -v "$bin" >/dev/null 2>&1 || { missing+=("qemu"); break; }
-done
+if [ "$mode" != build ]; then
+  for bin in qemu-system-x86_64 qemu-system-aarch64; do
+    command -v "$bin" >/dev/null 2>&1 || { missing+=("qemu"); break; }
+  done
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -68,7 +98,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   if [ "${#real[@]}" -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends "${real[@]}"
   fi
-  if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-system-aarch64 >/dev/null 2>&1; then
+  if [ "$mode" != build ] && { ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-system-aarch64 >/dev/null 2>&1; }; then
     bpo_dir=/var/lib/kiln-deps/bpo
     $SUDO mkdir -p "$bpo_dir/lists/partial"
     uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -91,4 +121,4 @@ if command -v rustup >/dev/null 2>&1; then
 else
   log "rustup not found: install Rust with rustup first (https://rustup.rs)"; exit 1
 fi
-log "all dependencies present"
+log "all dependencies for '$mode' present"

@@ -67,11 +67,18 @@ pub fn lock(profile: &Profile, cache: &Cache, update: bool, ui: &Ui) -> Result<S
             lock.path.display(),
             counts.join(", ")
         ),
-        lock::LockAction::Written(why) => format!(
-            "{}: written ({}; {why})",
-            lock.path.display(),
-            counts.join(", ")
-        ),
+        lock::LockAction::Written { reason, changes } => {
+            let changed = if changes.is_empty() {
+                String::new()
+            } else {
+                format!("\n{changes}")
+            };
+            format!(
+                "{}: written ({}; {reason}){changed}",
+                lock.path.display(),
+                counts.join(", ")
+            )
+        }
     };
     // Which packages came from a suite other than the first base suite.
     let suites = lock::suite_summary(&lock, &profile.debian);

@@ -4,13 +4,15 @@
 //! [`profile`] → [`lock`] → [`fetch`] → [`unpack`] → [`tree`] (with [`oci`])
 //! → [`plan`] → [`fs`] / [`uki`] → [`disk`] → [`output`]. Each imports only
 //! modules before it (a test keeps it so), and [`build`] runs them as a
-//! recipe of named stages; [`qemu`] boots the result.
+//! recipe of named stages; [`qemu`] boots the result and [`flash`] writes it
+//! to a disk.
 
 pub mod arch;
 pub mod build;
 pub mod channel;
 pub mod disk;
 pub mod fetch;
+pub mod flash;
 pub mod fs;
 pub mod image_path;
 pub mod inspect;
@@ -22,6 +24,7 @@ pub mod plan;
 pub mod profile;
 pub mod qemu;
 pub mod runner;
+pub mod term;
 pub mod tree;
 pub mod uki;
 pub mod unpack;
@@ -30,3 +33,7 @@ pub mod unpack;
 mod module_graph;
 
 pub use arch::Arch;
+
+/// `kiln --version`: the package version and the git commit it was built
+/// from (`unknown commit` outside a git checkout; `KILN_COMMIT` overrides).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KILN_COMMIT"), ")");

@@ -3,11 +3,12 @@
 //! A thin shell over the `kiln` library: parse arguments, set up logging and
 //! progress, call the library, turn errors into one clear message.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use kiln::arch::Arch;
 
 /// Bakes immutable, bootable node images: one declarative profile in,
@@ -18,7 +19,13 @@ use kiln::arch::Arch;
 ///   kiln build profiles/qemu.toml --arch all --out out/
 ///   kiln run   out/qemu-x86_64.raw
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "kiln",
+    version = kiln::VERSION,
+    about,
+    long_about,
+    verbatim_doc_comment
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -125,16 +132,74 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print a shell completion script for bash, zsh or fish.
+    ///
+    /// For example `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`;
+    /// `make install` puts all three where the shells look under PREFIX.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the kiln(1) manual page (roff), or write it and one page per
+    /// command (kiln-build(1), ...) into a folder.
+    Man {
+        /// Write kiln.1 and kiln-<command>.1 into this folder instead of
+        /// printing kiln.1.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Sign update channel documents: what nodes that follow a channel
     /// (node config `[update] channel`) check for a newer version.
     Channel {
         #[command(subcommand)]
         command: ChannelCommand,
     },
+    /// Write an image to a disk (only the blocks that hold data), then read
+    /// it back and compare.
+    ///
+    /// IMAGE is raw, raw.zst (with its block map <stem>.raw.bmap beside it)
+    /// or qcow2 (fixed VHD works too). TARGET is a whole disk (/dev/sdX,
+    /// /dev/nvme0n1, /dev/mmcblk0, a loop device) or a regular file. Refused:
+    /// the disk the host runs from, anything mounted, used as swap or held by
+    /// device-mapper, a partition (unless --force), a read-only device, a
+    /// target smaller than the image, an image that differs from its block
+    /// map. On a larger target the GPT's backup copy moves to the target's
+    /// end; the node makes its var partition in the rest on first boot.
+    Flash {
+        /// The image (raw, raw.zst, qcow2 or fixed VHD).
+        image: PathBuf,
+        /// The disk (or image file) to write.
+        target: PathBuf,
+        /// The block map to use. Default: <stem>.raw.bmap beside the image,
+        /// if it exists (required for raw.zst).
+        #[arg(long, value_name = "FILE", conflicts_with = "no_bmap")]
+        bmap: Option<PathBuf>,
+        /// Ignore any block map and write every byte of the image (raw,
+        /// qcow2 and VHD images without a map are written whole anyway).
+        #[arg(long)]
+        no_bmap: bool,
+        /// A node config file put on the flashed ESP as /kiln.toml (the
+        /// agent's esp channel).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Write into a partition rather than a whole disk.
+        #[arg(long)]
+        force: bool,
+    },
     /// Boot an image in QEMU with UEFI firmware (OVMF / AAVMF) under TCG,
     /// with the serial console on this terminal. Quit with Ctrl-A X.
+    ///
+    /// Takes every format `kiln inspect` reads (raw, raw.zst, qcow2, fixed
+    /// VHD, GCE tar.gz). The guest's disk is a throwaway qcow2 overlay over
+    /// the image, as large as a real disk (--disk-size), so the first boot
+    /// makes var as on hardware; the image is never written (unless
+    /// --persist). kiln answers the guest's NTP requests (10.0.2.2:123,
+    /// which QEMU delivers to the host's 127.0.0.1:123; needs root or
+    /// CAP_NET_BIND_SERVICE) so the node's preflight passes, and says at the
+    /// login prompt how to get a shell.
     Run {
-        /// The disk image (raw).
+        /// The disk image (raw, raw.zst, qcow2, fixed VHD or GCE tar.gz).
         image: PathBuf,
         /// Guest arch. Default: from the image's root partition type.
         #[arg(long, value_enum)]
@@ -145,10 +210,15 @@ enum Command {
         /// Virtual CPUs.
         #[arg(long, default_value_t = 2)]
         cpus: u32,
-        /// Keep what the guest writes to the disk (default: discard it, so
-        /// the image stays the bytes the manifest describes).
+        /// Boot the image file itself (raw or qcow2) and keep what the guest
+        /// writes (default: a throwaway overlay, so the image stays the bytes
+        /// the manifest describes).
         #[arg(long)]
         persist: bool,
+        /// Size of the guest's disk (the overlay over the image), e.g. 8G or
+        /// 20GiB; never less than the image.
+        #[arg(long, default_value = "8GiB", value_name = "SIZE", value_parser = parse_disk_size)]
+        disk_size: u64,
         /// A node config file (kiln.toml) handed to the guest through QEMU's
         /// fw_cfg as `opt/kiln/config` (the agent's fw_cfg channel).
         #[arg(long, value_name = "FILE")]
@@ -157,6 +227,10 @@ enum Command {
         /// (repeatable).
         #[arg(long, value_name = "FILE")]
         drive: Vec<PathBuf>,
+        /// Do not answer the guest's NTP requests (another SNTP server on
+        /// the host's 127.0.0.1:123 does, or the preflight may wait).
+        #[arg(long)]
+        no_ntp: bool,
         /// Extra QEMU arguments, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -285,6 +359,11 @@ fn arches_for(arg: Option<ArchArg>, profile: &kiln::profile::Profile) -> anyhow:
     Ok(vec![wanted])
 }
 
+/// `kiln run --disk-size`: a size like 8G or 20GiB.
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    kiln::profile::parse_size(s)
+}
+
 /// `--format` values, in order, without duplicates; `None` when not given.
 fn parse_formats(names: &[String]) -> anyhow::Result<Option<Vec<kiln::profile::Format>>> {
     if names.is_empty() {
@@ -318,13 +397,15 @@ fn init_logging(g: &Global) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("kiln={level},warn")));
     // Colour only for a person at a terminal: a log file (`2>build.log`) or a pipe gets
-    // plain text, and NO_COLOR (any value) turns it off there too.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // plain text, and NO_COLOR (any value) or TERM=dumb turns it off there too.
+    let colour = kiln::term::colour(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(colour)
+        // A closed log pipe (`2>&1 | head`) must not stop the build: tracing would
+        // report the failed write with eprintln!, which panics on that same pipe.
+        .log_internal_errors(false)
         .with_target(false)
         .without_time()
         .init();
@@ -336,20 +417,45 @@ fn main() -> ExitCode {
     kiln::output::install_interrupt_cleanup();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): the work is done, end quietly.
+        Err(e) if matches!(e.downcast_ref(), Some(kiln::term::PrintError::Closed)) => {
+            ExitCode::from(kiln::term::CLOSED_PIPE_STATUS)
+        }
         Err(e) => {
-            // One line per cause, most specific last, so the real reason is visible.
-            let mut msg = format!("kiln: error: {e}");
-            for cause in e.chain().skip(1) {
-                // Many messages already end in their cause (`{path}: {source}`).
-                let cause = cause.to_string();
-                if !msg.ends_with(&cause) {
-                    msg.push_str(&format!(": {cause}"));
-                }
-            }
-            eprintln!("{msg}");
+            // stderr may be a closed pipe too: never panic over it.
+            let _ = writeln!(std::io::stderr(), "kiln: error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, most specific last, each said once:
+/// most messages already carry their cause (`{path}: {source}`, sometimes with
+/// a hint after it), so a cause whose text is already in the line is skipped.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
+            msg.push_str(": ");
+            msg.push_str(&cause);
+        }
+    }
+    msg
+}
+
+/// `println!` that ends quietly on a closed pipe ([`kiln::term::print`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        kiln::term::print(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` that ends quietly on a closed pipe ([`kiln::term::print`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        kiln::term::print(format_args!($($arg)*))?
+    };
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -366,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let profile = kiln::profile::Profile::load(&profile)?;
             let outcome = kiln::build::lock(&profile, &cache()?, update, &ui)?;
             if !g.quiet {
-                println!("{outcome}");
+                outln!("{outcome}");
             }
         }
         Command::Fetch { profile, arch } => {
@@ -375,11 +481,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let n = kiln::build::fetch(&profile, &arches, &cache()?, &ui)?;
             if !g.quiet {
                 if n.artifacts == 0 {
-                    println!("{} packages verified in the cache", n.packages);
+                    outln!("{} packages verified in the cache", n.packages);
                 } else {
-                    println!(
+                    outln!(
                         "{} packages and {} artifacts verified in the cache",
-                        n.packages, n.artifacts
+                        n.packages,
+                        n.artifacts
                     );
                 }
             }
@@ -422,26 +529,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let results = kiln::build::build(&profile, &cache()?, &opts, &ui)?;
             if !g.quiet {
                 for r in results {
-                    println!("{r}");
+                    outln!("{r}");
                 }
             }
         }
         Command::Keygen { path, force } => {
             let files = kiln::keygen::keygen(&path, force)?;
             if !g.quiet {
-                println!(
+                outln!(
                     "{}: secret key {} (keep it private; sign with \
                      `kiln build --format update --update-key {}`)",
                     files.secret.display(),
                     files.id,
                     files.secret.display()
                 );
-                println!("{}: public key {}", files.public.display(), files.id);
-                println!(
+                outln!("{}: public key {}", files.public.display(), files.id);
+                outln!(
                     "add the public key to the profile, its path relative to the profile's \
                      folder:\n[update]\nkeys = [\"{}\"]",
                     files.public.display()
                 );
+            }
+        }
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut text);
+            out!("{}", String::from_utf8_lossy(&text));
+        }
+        Command::Man { out: None } => {
+            let mut text = Vec::new();
+            kiln::term::man_page(&Cli::command(), &mut text).context("writing the man page")?;
+            out!("{}", String::from_utf8_lossy(&text));
+        }
+        Command::Man { out: Some(dir) } => {
+            for path in kiln::term::write_man_pages(&Cli::command(), &dir)? {
+                if !g.quiet {
+                    outln!("{}", path.display());
+                }
             }
         }
         Command::Channel {
@@ -473,7 +597,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out: out.as_deref(),
             })?;
             if !g.quiet {
-                println!("{signed}");
+                outln!("{signed}");
+            }
+        }
+        Command::Flash {
+            image,
+            target,
+            bmap,
+            no_bmap,
+            config,
+            force,
+        } => {
+            use kiln::flash::source::BmapChoice;
+            let opts = kiln::flash::FlashOptions {
+                image,
+                target,
+                bmap: match (bmap, no_bmap) {
+                    (Some(p), _) => BmapChoice::Path(p),
+                    (None, true) => BmapChoice::Ignore,
+                    (None, false) => BmapChoice::Beside,
+                },
+                config,
+                force,
+            };
+            let report = kiln::flash::flash(&opts, &ui, &kiln::runner::HostRunner)?;
+            if !g.quiet {
+                outln!("{report}");
             }
         }
         Command::Run {
@@ -482,42 +631,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             memory,
             cpus,
             persist,
+            disk_size,
             config,
             drive,
+            no_ntp,
             qemu_args,
         } => {
-            let arch = match arch {
-                Some(a) => a.into(),
-                None => kiln::build::image_arch(&image)?,
+            let opts = kiln::qemu::run::RunOptions {
+                image,
+                arch: arch.map(Into::into),
+                memory_mib: memory,
+                cpus,
+                persist,
+                disk_size,
+                config,
+                drives: drive,
+                qemu_args,
+                sntp: !no_ntp,
+                quiet: g.quiet,
             };
-            let mut vm = kiln::qemu::Vm::new(arch, &image);
-            vm.memory_mib = memory;
-            vm.cpus = cpus;
-            vm.snapshot = !persist;
-            for path in [&config].into_iter().flatten().chain(&drive) {
-                if !path.is_file() {
-                    anyhow::bail!("{}: no such file", path.display());
-                }
-            }
-            vm.fw_cfg = config
-                .map(|file| kiln::qemu::FwCfg {
-                    name: "opt/kiln/config".into(),
-                    file,
-                })
-                .into_iter()
-                .collect();
-            vm.drives = drive;
-            vm.extra = qemu_args;
-            let scratch = tempfile::tempdir()
-                .context("creating a scratch folder for the firmware variables")?;
-            let mut cmd = vm.command(scratch.path())?;
-            eprintln!(
-                "kiln: booting {} ({arch}) under TCG; quit with Ctrl-A X",
-                image.display()
-            );
-            let status = cmd
-                .status()
-                .with_context(|| format!("starting {}", kiln::qemu::qemu_binary(arch)))?;
+            let status = kiln::qemu::run::run(&opts, &kiln::runner::HostRunner)?;
             return Ok(if status.success() {
                 ExitCode::SUCCESS
             } else {
@@ -545,12 +678,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 let text =
                     serde_json::to_string_pretty(&report).context("writing the report as JSON")?;
-                println!("{text}");
+                outln!("{text}");
             } else if !g.quiet {
                 if packages {
-                    print!("{}", report.with_packages());
+                    out!("{}", report.with_packages());
                 } else {
-                    print!("{report}");
+                    out!("{report}");
                 }
             }
             if let Some(why) = report
@@ -581,4 +714,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    /// An error whose message holds its cause before a hint, like
+    /// `{path}: cannot read package index: {source} (run ...)`.
+    #[derive(Debug)]
+    struct WithHint(std::io::Error);
+
+    impl std::fmt::Display for WithHint {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "x.lock: cannot read: {} (run `kiln lock`)", self.0)
+        }
+    }
+
+    impl std::error::Error for WithHint {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let cause = io.to_string();
+        let e = anyhow::Error::new(WithHint(io));
+        let line = error_line(&e);
+        assert_eq!(line.matches(&cause).count(), 1, "{line}");
+        assert!(line.ends_with("(run `kiln lock`)"), "{line}");
+        // A cause not in the message is added after it.
+        let e = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context("reading y");
+        assert_eq!(error_line(&e), format!("reading y: {cause}"));
+    }
 }

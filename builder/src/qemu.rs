@@ -1,5 +1,10 @@
 //! Booting images in QEMU with UEFI firmware under TCG: the command line
-//! `kiln run` uses and the QEMU tests share.
+//! `kiln run` uses and the QEMU tests share. [`run`] is `kiln run` itself
+//! (any image format, a throwaway overlay, SNTP for the guest) and [`sntp`]
+//! the SNTP server it and the tests answer the guests' timesyncd with.
+
+pub mod run;
+pub mod sntp;
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +89,12 @@ pub fn qemu_binary(arch: Arch) -> &'static str {
 pub enum Serial {
     /// The terminal (interactive `kiln run`); Ctrl-A X quits.
     Stdio,
+    /// The terminal, and a copy of everything the guest prints in `log`
+    /// (`kiln run` watches it for the login prompt).
+    StdioLogged {
+        /// The file QEMU appends the console's output to.
+        log: PathBuf,
+    },
     /// A file (tests read it while the VM runs).
     File(PathBuf),
     /// A Unix socket QEMU listens on: the tests read the console from it and
@@ -329,6 +340,18 @@ impl Vm {
         }
         match &self.serial {
             Serial::Stdio => a.extend(["-serial".into(), "mon:stdio".into()]),
+            // mux=on keeps the monitor on Ctrl-A C and Ctrl-A X, as mon:stdio does.
+            Serial::StdioLogged { log } => a.extend([
+                "-chardev".into(),
+                format!(
+                    "stdio,id=con0,mux=on,logfile={},logappend=on",
+                    log.display()
+                ),
+                "-serial".into(),
+                "chardev:con0".into(),
+                "-mon".into(),
+                "chardev=con0,mode=readline".into(),
+            ]),
             Serial::File(p) => a.extend([
                 "-serial".into(),
                 format!("file:{}", p.display()),

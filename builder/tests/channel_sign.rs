@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -101,17 +103,6 @@ print(list(d))
 print(d["image"], d["arch"], d["version"], d["url"], d["size"], d["issued"], d["expires"])
 "#;
 
-fn openssl_verify(dir: &Path, msg: &str) -> Output {
-    run(Command::new("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
-        .arg(dir.join("pub.pem"))
-        .arg("-rawin")
-        .arg("-in")
-        .arg(dir.join(msg))
-        .arg("-sigfile")
-        .arg(dir.join("sig")))
-}
-
 #[test]
 fn sign_writes_a_document_openssl_verifies_beside_the_bundle() {
     let (d, key) = setup();
@@ -178,19 +169,7 @@ fn sign_writes_a_document_openssl_verifies_beside_the_bundle() {
             EPOCH + 7 * 86_400
         )
     );
-    let ok = openssl_verify(check.path(), "msg");
-    assert!(
-        ok.status.success(),
-        "openssl refused the signature: {}{}",
-        String::from_utf8_lossy(&ok.stdout),
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    // The referee can say no.
-    let mut msg = std::fs::read(check.path().join("msg")).unwrap();
-    let last = msg.len() - 3;
-    msg[last] ^= 1;
-    std::fs::write(check.path().join("msg.bad"), msg).unwrap();
-    assert!(!openssl_verify(check.path(), "msg.bad").status.success());
+    support::assert_openssl_verifies(check.path());
 
     // kiln's reader agrees, and refuses it once expired.
     let text = std::fs::read_to_string(&doc_path).unwrap();

@@ -53,6 +53,8 @@ impl AgentSource {
     }
 
     /// Finds the agent for `arch`: the explicit path, else
+    /// `<prefix>/lib/kiln/<musl triple>/kiln-agent` for a kiln installed in
+    /// `<prefix>/bin` (`make install`), else
     /// `<cargo target dir>/<musl triple>/agent/kiln-agent` above the running binary.
     pub fn locate(&self, arch: Arch) -> Result<PathBuf, BuildError> {
         if let Some(p) = self.explicit.get(&arch) {
@@ -71,13 +73,23 @@ impl AgentSource {
             .join("kiln-agent");
         let exe = std::env::current_exe().unwrap_or_default();
         let mut looked = Vec::new();
+        if let Some(prefix) = exe.parent().and_then(Path::parent) {
+            let installed = prefix
+                .join("lib/kiln")
+                .join(arch.musl_triple())
+                .join("kiln-agent");
+            if installed.is_file() {
+                return Ok(installed);
+            }
+            looked.push(installed);
+        }
         for dir in exe.ancestors().skip(1) {
             let cand = dir.join(&rel);
             if cand.is_file() {
                 return Ok(cand);
             }
             looked.push(cand);
-            if looked.len() >= 4 {
+            if looked.len() >= 5 {
                 break;
             }
         }

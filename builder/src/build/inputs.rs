@@ -119,9 +119,12 @@ pub(super) fn unpack(job: &Job<'_>, inputs: &Inputs) -> Result<Unpacked, BuildEr
         .filter(|f| f.package.role != Role::Boot)
         .map(|f| (f.package.name.clone(), f.path.clone()))
         .collect();
-    let pb = job.ui.steps(items.len() as u64, &format!("unpack {arch}"));
+    // The bar counts every locked .deb, the boot stub's too (read below), so it ends
+    // on the number the build summary, the manifest and `kiln inspect` show.
+    let pb = job
+        .ui
+        .steps(inputs.packages.len() as u64, &format!("unpack {arch}"));
     let debs = unpack::read_debs_parallel(&items, &pb)?;
-    pb.finish_and_clear();
     let epoch = job.opts.epoch.unwrap_or_else(|| newest_mtime(&debs));
     let mut root = FileTree::new(epoch);
     let rules = InsertRules {
@@ -155,6 +158,8 @@ pub(super) fn unpack(job: &Job<'_>, inputs: &Inputs) -> Result<Unpacked, BuildEr
             ))
         })?;
     let stub_deb = unpack::read_deb(&stub_package.path, &stub_package.package.name)?;
+    pb.inc(1);
+    pb.finish_and_clear();
     let stub = parts::stub(&stub_deb, arch)?;
     let systemd_boot = parts::systemd_boot(&stub_deb, arch)?;
     Ok(Unpacked {

@@ -56,6 +56,8 @@ pub(super) struct Published {
     pub image: PathBuf,
     /// The manifest.
     pub manifest: PathBuf,
+    /// Every published file (the manifest last) and its size.
+    pub files: Vec<(PathBuf, u64)>,
 }
 
 /// Stage "sha256": digests of the raw disk and of each partition.
@@ -219,6 +221,15 @@ pub(super) fn publish(
         .collect();
     names.push(&manifest_name);
     let mut published = staging.publish(&names)?;
+    let files = published
+        .iter()
+        .map(|p| {
+            (
+                p.clone(),
+                std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            )
+        })
+        .collect();
     let manifest = published.pop().unwrap_or_default();
     let image_name = job.image_name();
     let image = published
@@ -227,5 +238,9 @@ pub(super) fn publish(
         .or(published.first())
         .cloned()
         .unwrap_or_default();
-    Ok(Published { image, manifest })
+    Ok(Published {
+        image,
+        manifest,
+        files,
+    })
 }

@@ -9,7 +9,7 @@ use super::{boot, image, inputs, publish, tree};
 use super::{BuildError, BuildOptions, BuildReport, Ui};
 use crate::arch::Arch;
 use crate::fetch::Cache;
-use crate::lock::{Lockfile, Role};
+use crate::lock::Lockfile;
 use crate::output::Staging;
 use crate::profile::Profile;
 
@@ -95,10 +95,8 @@ pub(super) fn build_arch(job: &Job<'_>) -> Result<BuildReport, BuildError> {
         image_size: disk.file_size,
         root: disk.root,
         timings: clock.into_timings(),
-        packages: fetched
-            .packages
-            .iter()
-            .filter(|f| f.package.role == Role::Root)
-            .count(),
+        // Every locked .deb of this arch, as the manifest lists them.
+        packages: fetched.packages.len(),
+        files: published.files,
     })
 }

@@ -23,8 +23,12 @@ pub struct BuildReport {
     pub root: ext4::Ext4Summary,
     /// Seconds per step, in order.
     pub timings: Vec<(String, f64)>,
-    /// Packages in the root.
+    /// The locked .debs the image is made of for this arch: the root's, the
+    /// kernel's and the boot stub's. The manifest lists the same packages and
+    /// `kiln inspect` counts them the same way.
     pub packages: usize,
+    /// Every file the build published, the manifest last, with its size.
+    pub files: Vec<(PathBuf, u64)>,
 }
 
 impl BuildReport {
@@ -38,7 +42,7 @@ impl fmt::Display for BuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} ({}, root {} of files in a {} ext4, {} packages) in {:.1} s",
+            "{}: {} ({}, root {} of files in a {} ext4, {} packages) in {:.1} s; wrote:",
             self.arch,
             self.image.display(),
             format_size(self.image_size),
@@ -46,7 +50,11 @@ impl fmt::Display for BuildReport {
             format_size(self.root.size),
             self.packages,
             self.total_secs()
-        )
+        )?;
+        for (path, size) in &self.files {
+            write!(f, "\n  {} ({})", path.display(), format_size(*size))?;
+        }
+        Ok(())
     }
 }
 

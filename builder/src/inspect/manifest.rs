@@ -25,6 +25,38 @@ pub fn manifest_beside(image: &Path) -> PathBuf {
     image.with_file_name(format!("{stem}.manifest.json"))
 }
 
+/// Refuses a manifest of another image: another arch than the image's root
+/// partition, or another disk GUID (kiln derives it from the build's inputs,
+/// so another GUID is another build). `arch` is `None` when the GPT has no
+/// root partition; the rest of the report says so.
+pub fn check_belongs(
+    path: &Path,
+    m: &Manifest,
+    disk_guid: &str,
+    arch: Option<crate::arch::Arch>,
+) -> Result<(), InspectError> {
+    let other = |what: String| InspectError::Manifest {
+        path: path.to_path_buf(),
+        what: format!(
+            "{what}: it describes another image; pass the manifest written with this image, \
+             or --no-manifest"
+        ),
+    };
+    if let Some(arch) = arch.filter(|a| a.name() != m.arch) {
+        return Err(other(format!(
+            "the manifest is of {}-{}, but the image is an {arch} image",
+            m.name, m.arch
+        )));
+    }
+    if !m.disk.guid.eq_ignore_ascii_case(disk_guid) {
+        return Err(other(format!(
+            "the manifest's disk GUID is {}, the image's {disk_guid}",
+            m.disk.guid
+        )));
+    }
+    Ok(())
+}
+
 /// Reads and checks a manifest file.
 pub fn read_manifest(path: &Path) -> Result<Manifest, InspectError> {
     let fail = |what: String| InspectError::Manifest {

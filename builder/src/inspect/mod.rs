@@ -123,6 +123,9 @@ pub fn inspect(
         Kind::Root(a) => Some(a),
         _ => None,
     });
+    if let Some((path, m)) = &manifest {
+        manifest::check_belongs(path, m, &gpt.disk_guid.to_string(), arch)?;
+    }
     let read = match gpt.find(|k| k == Kind::Esp) {
         Some(p) => read_esp(disk, p, arch, &mut problems)?,
         None => {

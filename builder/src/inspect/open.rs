@@ -97,9 +97,32 @@ fn unzstd_sparse(input: &mut impl io::BufRead, out: &File) -> Result<u64, String
         if input.fill_buf().map_err(|e| e.to_string())?.is_empty() {
             break;
         }
-        let mut frame =
-            ruzstd::decoding::StreamingDecoder::new(&mut *input).map_err(|e| e.to_string())?;
-        pos = copy_sparse_at(&mut frame, out, pos).map_err(|e| e.to_string())?;
+        let decoded = match ruzstd::decoding::StreamingDecoder::new(&mut *input) {
+            Ok(mut frame) => copy_sparse_at(&mut frame, out, pos).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        pos = match decoded {
+            Ok(end) => end,
+            // The decoder's own text is a debug dump of its state; say what happened.
+            Err(_) if input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) => {
+                return Err(format!(
+                    "the file ends inside a zstd frame{}: it is truncated (an interrupted \
+                     download or copy?); copy it again",
+                    if pos > 0 {
+                        format!(", after {} of disk", crate::profile::format_size(pos))
+                    } else {
+                        String::new()
+                    }
+                ))
+            }
+            Err(e) => {
+                let short = e.split(['(', ':']).next().unwrap_or_default().trim();
+                return Err(format!(
+                    "corrupt zstd data after {} of disk ({short})",
+                    crate::profile::format_size(pos)
+                ));
+            }
+        };
     }
     out.set_len(pos).map_err(|e| e.to_string())?;
     Ok(pos)

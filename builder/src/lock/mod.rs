@@ -13,6 +13,7 @@
 //! build when the lock no longer matches its profile.
 
 pub mod apt;
+pub mod changes;
 pub mod index;
 pub mod report;
 pub mod resolve;
@@ -31,6 +32,7 @@ use crate::arch::Arch;
 use crate::profile::Profile;
 use crate::runner::{RunError, Runner};
 pub use apt::AptArchive;
+pub use changes::{Gone, LockChanges};
 pub use report::suite_summary;
 pub use resolve::{resolve, Index, Request, ResolveError};
 pub use sources::{SourceEntry, Sources, SourcesError};
@@ -339,18 +341,17 @@ impl Lockfile {
             path: path.clone(),
             source,
         };
+        // A lock is a source file like the profile: 0666 less the umask, as an
+        // editor would make it (the temp file would otherwise be private, 0600).
         let mut tmp = tempfile::Builder::new()
             .prefix(".kiln-lock")
+            .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(&dir)
             .map_err(|source| LockError::Io {
                 path: dir.clone(),
                 source,
             })?;
         std::io::Write::write_all(&mut tmp, self.to_toml()?.as_bytes()).map_err(io)?;
-        // The temp file is private (0600); a lock is a source file like the profile.
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
         tmp.as_file().sync_all().map_err(io)?;
         tmp.persist(path).map_err(|e| io(e.error))?;
         Ok(())
@@ -441,12 +442,38 @@ pub fn resolve_profile(
     sources: &Sources,
     runner: &dyn Runner,
 ) -> Result<Lockfile, LockError> {
+    resolve_keeping(profile, cache_root, sources, runner, None).map(|(lock, _)| lock)
+}
+
+/// Like [`resolve_profile`], but every pin of `old` that the archive still
+/// serves is kept unless the profile's new constraints need another version
+/// ([`Index::prefer`]). Returns the new lock and the old pins the archive no
+/// longer serves.
+pub fn resolve_keeping(
+    profile: &Profile,
+    cache_root: &Path,
+    sources: &Sources,
+    runner: &dyn Runner,
+    old: Option<&Lockfile>,
+) -> Result<(Lockfile, Vec<Gone>), LockError> {
     let mut all = Vec::new();
+    let mut gone = Vec::new();
     for &arch in &profile.arches {
         let t = Instant::now();
         let apt = AptArchive::prepare(cache_root, arch, &profile.debian, sources)?;
         apt.update(runner)?;
-        let index = apt.index(runner)?;
+        let mut index = apt.index(runner)?;
+        if let Some(old) = old {
+            let keep = old
+                .packages_for(arch, None)
+                .map(|p| (p.name.clone(), p.version.clone()))
+                .collect();
+            gone.extend(index.prefer(&keep).into_iter().map(|(name, version)| Gone {
+                arch,
+                name,
+                version,
+            }));
+        }
         let packages = profile.packages_for(arch);
         let pins = profile.pins_for(arch);
         let req = Request {
@@ -461,11 +488,8 @@ pub fn resolve_profile(
         tracing::info!(%arch, packages = locked.len(), secs = t.elapsed().as_secs_f64(), "resolved");
         all.extend(locked);
     }
-    Ok(Lockfile::new(
-        lock_path(&profile.path),
-        inputs_digest(profile),
-        all,
-    ))
+    let lock = Lockfile::new(lock_path(&profile.path), inputs_digest(profile), all);
+    Ok((lock, gone))
 }
 
 /// What [`lock_profile`] did.
@@ -473,12 +497,19 @@ pub fn resolve_profile(
 pub enum LockAction {
     /// The existing lock matches the profile and was kept.
     Kept,
-    /// A new lock was resolved and written; the text says why.
-    Written(String),
+    /// A new lock was resolved and written.
+    Written {
+        /// Why (`no lock yet`, `--update`, `profile changed: ...`).
+        reason: String,
+        /// What changed against the old lock (empty when there was none).
+        changes: LockChanges,
+    },
 }
 
 /// `kiln lock`: keep a current lock unless `update`, else resolve and write
-/// `<profile dir>/<stem>.lock`. An unreadable existing lock is an error
+/// `<profile dir>/<stem>.lock`. After a profile change the old lock's pins
+/// are kept where the archive still serves them; `update` takes the newest
+/// of everything. An unreadable existing lock is an error
 /// without `update` (so a bad merge is not silently replaced).
 pub fn lock_profile(
     profile: &Profile,
@@ -488,23 +519,30 @@ pub fn lock_profile(
     update: bool,
 ) -> Result<(Lockfile, LockAction), LockError> {
     let path = lock_path(&profile.path);
-    let reason = if update {
-        "--update".to_string()
+    let (old, reason) = if update {
+        // --update replaces even an unreadable lock; a readable one is compared.
+        (Lockfile::read(&path).ok(), "--update".to_string())
     } else if path.exists() {
         let old = Lockfile::read(&path)?;
         match check_current(&old, profile) {
             Ok(()) => return Ok((old, LockAction::Kept)),
             Err(LockError::Stale { details, .. }) => {
-                format!("profile changed: {}", details.join("; "))
+                let why = format!("profile changed: {}", details.join("; "));
+                (Some(old), why)
             }
             Err(e) => return Err(e),
         }
     } else {
-        "no lock yet".to_string()
+        (None, "no lock yet".to_string())
     };
-    let lock = resolve_profile(profile, cache_root, sources, runner)?;
+    // A profile change moves only what it needs; --update moves everything to the newest.
+    let keep = if update { None } else { old.as_ref() };
+    let (lock, gone) = resolve_keeping(profile, cache_root, sources, runner, keep)?;
     lock.write()?;
-    Ok((lock, LockAction::Written(reason)))
+    let changes = old
+        .map(|old| LockChanges::between(&old, &lock, &gone))
+        .unwrap_or_default();
+    Ok((lock, LockAction::Written { reason, changes }))
 }
 
 #[cfg(test)]

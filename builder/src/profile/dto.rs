@@ -5,6 +5,32 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+/// Parses a profile's text. A value of the wrong type or an unknown key is
+/// named by its key path and position (`disk.size: invalid type: integer
+/// `512`, expected a string (line 96, column 8)`); a syntax error keeps the
+/// TOML parser's own one-line message.
+pub fn from_toml(text: &str) -> Result<ProfileFile, String> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let at = inner.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" (line {line}, column {column})")
+        });
+        if key.is_empty() || key == "." || key == "?" {
+            super::one_line(&inner.to_string())
+        } else {
+            format!(
+                "{key}: {}{}",
+                inner.message().trim(),
+                at.unwrap_or_default()
+            )
+        }
+    })
+}
+
 /// A whole profile file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -247,27 +247,35 @@ pub struct Profile {
 
 impl Profile {
     /// Reads, parses and validates a profile file. Overlays are looked up in
-    /// `overlays/` next to the profile's folder (`profiles/../overlays`).
+    /// the folders of [`overlay_search_path`]: `overlays/` next to the
+    /// profile's folder, then the overlays shipped with kiln.
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
         let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        let overlays_dir = path
-            .parent()
-            .and_then(|p| p.parent())
-            .map(|p| p.join("overlays"))
-            .unwrap_or_else(|| PathBuf::from("overlays"));
-        Profile::parse(path, &text, &overlays_dir)
+        Profile::parse_in(path, &text, &overlay_search_path(path))
     }
 
-    /// Parses and validates profile text (`path` is used in messages).
+    /// Parses and validates profile text (`path` is used in messages), with
+    /// overlays looked up in `overlays_dir` only.
     pub fn parse(path: &Path, text: &str, overlays_dir: &Path) -> Result<Profile, ProfileError> {
-        let raw: dto::ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Parse {
-            path: path.to_path_buf(),
-            message: one_line(&e.to_string()),
-        })?;
-        validate(path, raw, overlays_dir)
+        Profile::parse_in(path, text, &[overlays_dir.to_path_buf()])
+    }
+
+    /// Parses and validates profile text; each overlay is the first folder
+    /// of that name in `overlay_dirs`.
+    pub fn parse_in(
+        path: &Path,
+        text: &str,
+        overlay_dirs: &[PathBuf],
+    ) -> Result<Profile, ProfileError> {
+        let raw: dto::ProfileFile =
+            dto::from_toml(text).map_err(|message| ProfileError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        validate(path, raw, overlay_dirs)
     }
 
     /// Turns on the debug shell (`kiln build --debug-shell`): root logs in
@@ -373,10 +381,50 @@ fn one_line(msg: &str) -> String {
     }
 }
 
+/// Where the overlays a profile names are looked up, in order:
+///
+/// 1. `overlays/` beside the profile's folder (`profiles/../overlays`), from
+///    the profile's absolute path, so the current folder and the way the
+///    path is written (`qemu.toml`, `./profiles/qemu.toml`) do not matter;
+/// 2. `KILN_OVERLAYS`, when set;
+/// 3. the overlays installed with kiln: `<prefix>/share/kiln/overlays` for a
+///    `kiln` in `<prefix>/bin` (`make install`);
+/// 4. the `overlays/` of the checkout this kiln was compiled from, if it is
+///    still there (a `cargo install --path builder` or `target/release/kiln`).
+///
+/// Folders that do not exist are left out, except the first, which error
+/// messages name.
+pub fn overlay_search_path(profile: &Path) -> Vec<PathBuf> {
+    let absolute = std::path::absolute(profile).unwrap_or_else(|_| profile.to_path_buf());
+    let beside = absolute
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("overlays"))
+        .unwrap_or_else(|| PathBuf::from("overlays"));
+    let mut dirs = vec![beside];
+    if let Some(dir) = std::env::var_os("KILN_OVERLAYS").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(prefix) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
+    {
+        dirs.push(prefix.join("share/kiln/overlays"));
+    }
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../overlays"));
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for (i, d) in dirs.into_iter().enumerate() {
+        if (i == 0 || d.is_dir()) && !kept.contains(&d) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
 fn validate(
     path: &Path,
     raw: dto::ProfileFile,
-    overlays_dir: &Path,
+    overlay_dirs: &[PathBuf],
 ) -> Result<Profile, ProfileError> {
     let invalid = |field: &str, message: String| ProfileError::Invalid {
         path: path.to_path_buf(),
@@ -539,19 +587,25 @@ fn validate(
 
     let mut overlays = Vec::new();
     for (i, o) in raw.overlays.iter().enumerate() {
+        let searched = || {
+            overlay_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if o.is_empty() || o.contains('/') || o.starts_with('.') {
             return Err(invalid(
                 &format!("overlays[{i}]"),
-                format!("{o:?}: give a folder name under {}", overlays_dir.display()),
+                format!("{o:?}: give a folder name under {}", searched()),
             ));
         }
-        let dir = overlays_dir.join(o);
-        if !dir.is_dir() {
+        let Some(dir) = overlay_dirs.iter().map(|d| d.join(o)).find(|d| d.is_dir()) else {
             return Err(invalid(
                 &format!("overlays[{i}]"),
-                format!("{o:?}: no folder {}", dir.display()),
+                format!("{o:?}: no folder overlays/{o} in {}", searched()),
             ));
-        }
+        };
         overlays.push(OverlayRef {
             name: o.clone(),
             dir,

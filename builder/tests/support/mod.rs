@@ -178,3 +178,36 @@ pub fn dump_root(raw: &Path, offset: u64, to: &Path) -> PathBuf {
     );
     to.to_path_buf()
 }
+
+/// openssl checks the ed25519 signature `<dir>/sig` of `<dir>/msg` with the
+/// PEM public key `<dir>/pub.pem`, and refuses `msg` with one byte changed
+/// (so the referee can say no).
+pub fn assert_openssl_verifies(dir: &Path) {
+    let verify = |msg: &str| {
+        Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+            .arg(dir.join("pub.pem"))
+            .arg("-rawin")
+            .arg("-in")
+            .arg(dir.join(msg))
+            .arg("-sigfile")
+            .arg(dir.join("sig"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl: {e}"))
+    };
+    let ok = verify("msg");
+    assert!(
+        ok.status.success(),
+        "openssl refused the signature: {}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let mut msg = std::fs::read(dir.join("msg")).unwrap();
+    let at = msg.len() / 2;
+    msg[at] ^= 1;
+    std::fs::write(dir.join("msg.bad"), msg).unwrap();
+    assert!(
+        !verify("msg.bad").status.success(),
+        "openssl accepted a message one byte off"
+    );
+}

@@ -17,6 +17,7 @@ mod formats;
 mod image_checks;
 mod inspect;
 mod overlay;
+mod run;
 mod update;
 mod var;
 mod verity;

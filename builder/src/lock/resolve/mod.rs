@@ -230,6 +230,45 @@ impl Index {
         index
     }
 
+    /// Puts each version of `keep` (name → version: the old lock's pins)
+    /// first among its package's versions, here and in the extra suites'
+    /// indexes. A re-resolve after a profile change then keeps every pin the
+    /// archive still serves and the new constraints accept, and moves only
+    /// what the change needs. Returns the pins no index serves any more.
+    pub fn prefer(&mut self, keep: &BTreeMap<String, String>) -> Vec<(String, String)> {
+        let mut gone = Vec::new();
+        for (name, version) in keep {
+            let mut served = self.prefer_one(name, version);
+            for extra in self.extra.values_mut() {
+                served |= extra.prefer_one(name, version);
+            }
+            if !served {
+                gone.push((name.clone(), version.clone()));
+            }
+        }
+        gone
+    }
+
+    /// Moves `name`'s `version` to the front of its versions; false when
+    /// this index does not have it.
+    fn prefer_one(&mut self, name: &str, version: &str) -> bool {
+        let Some(list) = self.by_name.get_mut(name) else {
+            return false;
+        };
+        let packages = &self.packages;
+        match list
+            .iter()
+            .position(|&i| compare(&packages[i].version, version) == Ordering::Equal)
+        {
+            Some(at) => {
+                let i = list.remove(at);
+                list.insert(0, i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The index of an extra suite.
     pub fn extra_suite(&self, suite: &str) -> Option<&Index> {
         self.extra.get(suite)
