@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::bmap::{self, Bmap};
 use super::FlashError;
+use crate::inspect::open::{unpack_into, Packed, UnpackError};
 use crate::runner::{Cmd, Runner};
 
 /// The formats `kiln flash` writes.
@@ -337,73 +338,29 @@ pub fn open(path: &Path, choice: &BmapChoice, runner: &dyn Runner) -> Result<Ima
     })
 }
 
-/// Writes what `r` yields into `out` from byte 0, leaving all-zero 4 KiB
-/// blocks as holes; returns the length.
-fn copy_sparse(r: &mut dyn Read, out: &File) -> io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match r.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if filled == 0 {
-            break;
-        }
-        for (i, block) in buf[..filled].chunks(4096).enumerate() {
-            if block.iter().any(|&b| b != 0) {
-                out.write_all_at(block, pos + (i * 4096) as u64)?;
-            }
-        }
-        pos += filled as u64;
-    }
-    out.set_len(pos)?;
-    Ok(pos)
-}
-
 /// Unpacks a raw.zst or GCE image into `out` (sparse); returns the raw
 /// disk's size.
 pub fn unpack(path: &Path, format: ImageFormat, out: &File) -> Result<u64, FlashError> {
-    let file = File::open(path).map_err(|source| FlashError::io(path, "opening", source))?;
-    let damaged = |what: String| FlashError::NotAnImage {
-        path: path.to_path_buf(),
-        what,
+    let packed = match format {
+        ImageFormat::RawZst => Packed::RawZst,
+        ImageFormat::Gce => Packed::Gce,
+        other => {
+            return Err(FlashError::Internal(format!(
+                "unpack called for a {} image",
+                other.name()
+            )))
+        }
     };
-    match format {
-        ImageFormat::RawZst => {
-            let mut dec = zstd::stream::read::Decoder::new(file)
-                .map_err(|source| FlashError::io(path, "starting to decompress", source))?;
-            copy_sparse(&mut dec, out)
-                .map_err(|e| damaged(format!("its zstd stream is damaged or cut short: {e}")))
-        }
-        ImageFormat::Gce => {
-            let gz = flate2::read::GzDecoder::new(BufReader::new(file));
-            let mut archive = tar::Archive::new(gz);
-            let entries = archive
-                .entries()
-                .map_err(|e| damaged(format!("its tarball cannot be read: {e}")))?;
-            for entry in entries {
-                let mut entry =
-                    entry.map_err(|e| damaged(format!("its tarball cannot be read: {e}")))?;
-                if entry.path().is_ok_and(|p| p.as_os_str() == "disk.raw") {
-                    return copy_sparse(&mut entry, out)
-                        .map_err(|e| damaged(format!("its disk.raw cannot be read: {e}")));
-                }
+    let file = File::open(path).map_err(|source| FlashError::io(path, "opening", source))?;
+    unpack_into(file, packed, out).map_err(|e| FlashError::NotAnImage {
+        path: path.to_path_buf(),
+        what: match e {
+            UnpackError::Damaged(what) => format!("it cannot be unpacked: {what}"),
+            UnpackError::NoDiskRaw => {
+                "a gzip tarball without `disk.raw`, so not a GCE image".into()
             }
-            Err(damaged(
-                "a gzip tarball without `disk.raw`, so not a GCE image".into(),
-            ))
-        }
-        other => Err(FlashError::Internal(format!(
-            "unpack called for a {} image",
-            other.name()
-        ))),
-    }
+        },
+    })
 }
 
 impl Image {

@@ -27,7 +27,7 @@ mod esp;
 pub mod fat;
 pub mod gpt;
 mod manifest;
-mod open;
+pub(crate) mod open;
 mod report;
 mod show;
 mod slots;

@@ -128,6 +128,45 @@ fn unzstd_sparse(input: &mut impl io::BufRead, out: &File) -> Result<u64, String
     Ok(pos)
 }
 
+/// A compressed image [`unpack_into`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Packed {
+    /// kiln's raw.zst: one or more zstd frames.
+    RawZst,
+    /// A GCE image: a gzip tarball holding `disk.raw`.
+    Gce,
+}
+
+/// Why [`unpack_into`] failed, for the caller to name the file.
+#[derive(Debug)]
+pub(crate) enum UnpackError {
+    /// The data is damaged or cut short: what is wrong.
+    Damaged(String),
+    /// A gzip tarball without `disk.raw`.
+    NoDiskRaw,
+}
+
+/// Unpacks a raw.zst or a GCE tarball's `disk.raw` into `out`, leaving zero
+/// blocks as holes; returns the raw disk's size. `inspect`, `flash` and `run`
+/// read compressed images through this one function.
+pub(crate) fn unpack_into(file: File, packed: Packed, out: &File) -> Result<u64, UnpackError> {
+    let mut input = io::BufReader::new(file);
+    match packed {
+        Packed::RawZst => unzstd_sparse(&mut input, out).map_err(UnpackError::Damaged),
+        Packed::Gce => {
+            let damaged = |e: io::Error| UnpackError::Damaged(e.to_string());
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+            for entry in archive.entries().map_err(damaged)? {
+                let mut entry = entry.map_err(damaged)?;
+                if entry.path().is_ok_and(|p| p.as_os_str() == "disk.raw") {
+                    return copy_sparse(&mut entry, out).map_err(damaged);
+                }
+            }
+            Err(UnpackError::NoDiskRaw)
+        }
+    }
+}
+
 /// A temporary folder and the raw disk file in it.
 fn temp_raw() -> Result<(tempfile::TempDir, PathBuf), InspectError> {
     let dir = tempfile::Builder::new()
@@ -192,29 +231,19 @@ fn unpack(
             action: "creating the temporary raw disk",
             source,
         })?;
-    let mut input = io::BufReader::new(file);
-    if format == Format::RawZst {
-        unzstd_sparse(&mut input, &out).map_err(fail)?;
+    let packed = if format == Format::RawZst {
+        Packed::RawZst
     } else {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
-        let mut found = false;
-        for entry in archive.entries().map_err(|e| fail(e.to_string()))? {
-            let mut entry = entry.map_err(|e| fail(e.to_string()))?;
-            let is_disk = entry
-                .path()
-                .map(|p| p.as_os_str() == "disk.raw")
-                .unwrap_or(false);
-            if is_disk {
-                copy_sparse(&mut entry, &out).map_err(|e| fail(e.to_string()))?;
-                found = true;
-                break;
-            }
-        }
-        if !found {
+        Packed::Gce
+    };
+    match unpack_into(file, packed, &out) {
+        Ok(_) => {}
+        Err(UnpackError::Damaged(what)) => return Err(fail(what)),
+        Err(UnpackError::NoDiskRaw) => {
             return Err(InspectError::NotAnImage {
                 path: path.to_path_buf(),
                 what: "a gzip tarball without `disk.raw`, so not a GCE image".into(),
-            });
+            })
         }
     }
     drop(out);
