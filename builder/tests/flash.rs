@@ -9,29 +9,17 @@
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 pub use kiln::{arch, disk, fs, output, plan, tree, uki};
 #[path = "../src/inspect/fixture.rs"]
 mod fixture;
+mod support;
+
+use support::cli::{assert_fails, kiln, stderr, stdout};
 
 use kiln::arch::Arch;
 use kiln::profile::{Format, ZstdLevel};
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -227,21 +215,6 @@ fn config_lands_on_the_esp_and_fsck_fat_is_happy() {
             .arg("::/"),
     );
     assert!(dir.to_lowercase().contains("efi/linux/kiln-a.efi"), "{dir}");
-}
-
-/// Asserts one `kiln: error:` line containing every needle, exit 1, no panic.
-fn assert_fails(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert!(!e.contains("panicked"), "{e}");
-    assert_eq!(o.status.code(), Some(1), "stderr:\n{e}");
-    let lines: Vec<&str> = e
-        .lines()
-        .filter(|l| l.starts_with("kiln: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "want one error line in:\n{e}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
 }
 
 fn sha(p: &Path) -> Vec<u8> {

@@ -5,56 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 // The fixture is shared with the library's unit tests and names the
 // library's modules through `crate::`.
 pub use kiln::{arch, disk, fs, output, plan, tree, uki};
 #[path = "../src/inspect/fixture.rs"]
 mod fixture;
+mod support;
+
+use support::cli::{assert_fails, assert_no_panic, kiln, stderr, stdout};
 
 use kiln::arch::Arch;
-
-fn kiln(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_no_panic(o: &Output) {
-    let e = stderr(o);
-    assert!(!e.contains("panicked"), "kiln panicked:\n{e}");
-}
-
-/// Asserts exit status 1 and an error line containing every needle.
-fn assert_fails(o: &Output, needles: &[&str]) -> String {
-    assert_no_panic(o);
-    let e = stderr(o);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "stderr:\n{e}\nstdout:\n{}",
-        stdout(o)
-    );
-    let lines: Vec<&str> = e
-        .lines()
-        .filter(|l| l.starts_with("kiln: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "want one error line in:\n{e}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
-    lines[0].to_string()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

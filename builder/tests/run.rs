@@ -15,16 +15,15 @@ use std::process::{Command, Output};
 pub use kiln::{arch, disk, fs, output, plan, tree, uki};
 #[path = "../src/inspect/fixture.rs"]
 mod fixture;
+mod support;
+
+use support::cli::{assert_fails, stderr};
 
 use kiln::arch::Arch;
 use kiln::profile::{Format, ZstdLevel};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A folder with a fake `qemu-system-x86_64` that writes its arguments and
@@ -146,21 +145,6 @@ fn every_format_boots_from_an_overlay_of_a_real_disks_size() {
     assert!(std::fs::read_to_string(&out)
         .unwrap()
         .contains("\"virtual-size\": 21474836480"));
-}
-
-/// Asserts one `kiln: error:` line containing every needle, exit 1, no panic.
-fn assert_fails(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert!(!e.contains("panicked"), "{e}");
-    assert_eq!(o.status.code(), Some(1), "stderr:\n{e}");
-    let lines: Vec<&str> = e
-        .lines()
-        .filter(|l| l.starts_with("kiln: error:"))
-        .collect();
-    assert_eq!(lines.len(), 1, "want one error line in:\n{e}");
-    for n in needles {
-        assert!(lines[0].contains(n), "error line lacks {n:?}: {}", lines[0]);
-    }
 }
 
 #[test]

@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // Each test crate uses the part it needs.
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
