@@ -8,6 +8,7 @@
 //! every node long-polling for deltas at once, the time until all of them saw one new
 //! enrollment ([`load`]).
 
+use std::fmt::Write as _;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -562,6 +563,145 @@ pub fn measure_postgres(nodes: usize, concurrency: usize) -> anyhow::Result<Enro
         .database("kiln_bench")
         .map_err(|e| anyhow::anyhow!("PostgreSQL for the enrollment bench: {e}"))?;
     measure("PostgreSQL 15", &url, nodes, concurrency)
+}
+
+/// The `## Enrollment` section for `make bench`: throughput on both backends as the
+/// registry grows to `nodes`, `concurrency` clients at once, with the TLS floor, old
+/// agents, heartbeats and the watch fan-out.
+pub fn section(md: &mut String, nodes: usize, concurrency: usize) -> anyhow::Result<()> {
+    let show = |f: EnrollFigures| {
+        // At once: the second backend failing must not lose the first one's figures.
+        eprintln!("bench: {f:?}");
+        f
+    };
+    let figs = [
+        show(measure_sqlite(nodes, concurrency)?),
+        show(measure_postgres(nodes, concurrency)?),
+    ];
+    let band = BAND;
+    writeln!(md, "\n## Enrollment (kiln-enroll on loopback)\n")?;
+    writeln!(
+        md,
+        "The release `kiln-enroll` on this machine's loopback, one token with enough uses, \
+         {nodes} simulated nodes (distinct x25519 keys) enrolling through the pinned \
+         client (`kiln_enroll_proto::client`, API revision 2: the answer carries the peer \
+         list's version, not the list), {concurrency} at once, one TLS connection per call, \
+         in bands of {band}. The floor: {} TLS handshakes with the same pin, each followed \
+         by a GET of an unknown path that the same server answers 404, at the same \
+         concurrency, before the first band. Clients and server share the machine's cores. \
+         Targets: enrollments/s at least 0.5x the floor's rate, p99 at most 2x the floor's.\n",
+        2 * band
+    )?;
+    writeln!(md, "| backend | floor: TLS + 404 | floor p50 / p99 | nodes before the band | enrollments | enroll p50 / p99 | rate / floor rate | p99 / floor p99 |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    for f in &figs {
+        let all = (usize::MAX, f.enroll);
+        let picked = [0, 1, 4, 9]
+            .into_iter()
+            .filter_map(|i| f.bands.get(i))
+            .chain(std::iter::once(&all));
+        for (from, b) in picked {
+            let from = if *from == usize::MAX {
+                format!("all {}", f.enroll.calls)
+            } else {
+                format!("{from}")
+            };
+            writeln!(
+                md,
+                "| {} | {:.0} /s | {:.1} / {:.1} ms | {from} | {:.0} /s ({:.1} s) | {:.1} / {:.1} ms | {:.2}x | {:.2}x |",
+                f.backend,
+                f.floor.per_sec,
+                f.floor.p50_ms,
+                f.floor.p99_ms,
+                b.per_sec,
+                b.wall_secs,
+                b.p50_ms,
+                b.p99_ms,
+                b.per_sec / f.floor.per_sec,
+                b.p99_ms / f.floor.p99_ms
+            )?;
+        }
+    }
+    writeln!(md, "\n### Agents that predate deltas, and the whole list\n")?;
+    writeln!(
+        md,
+        "After the bands, 100 enrollments through the revision-1 call (no API header: what \
+         deployed agents send), whose answer carries the whole list, {concurrency} at once; \
+         and the whole list as a revision-1 long poll gets it (the median of 5 fetches, \
+         parsed by the client).\n"
+    )?;
+    writeln!(
+        md,
+        "| backend | revision-1 enrollments | p50 / p99 | whole list | fetch |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for f in &figs {
+        writeln!(
+            md,
+            "| {} | {:.0} /s | {:.1} / {:.1} ms | {:.1} MiB | {:.0} ms |",
+            f.backend,
+            f.old_agents.per_sec,
+            f.old_agents.p50_ms,
+            f.old_agents.p99_ms,
+            f.full_list.0 as f64 / (1024.0 * 1024.0),
+            f.full_list.1
+        )?;
+    }
+    writeln!(md, "\n### Heartbeats\n")?;
+    writeln!(
+        md,
+        "The {nodes} nodes heartbeat every {} s (spread evenly, 8 observations each) \
+         for 15 s, each call on a new TLS connection from a new client (no session resumed: \
+         a full handshake every time, the worst case). The server's CPU time (user + \
+         system, all threads, from /proc) over the run's wall time; target: under 25% of \
+         one core. For scale: the server's CPU time per floor call (TLS handshake and a 404) \
+         at the heartbeats' rate.\n",
+        load_heartbeat_secs()
+    )?;
+    writeln!(
+        md,
+        "| backend | nodes | heartbeats/s | p50 / p99 | server CPU | floor calls at that rate |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for f in &figs {
+        let h = &f.heartbeats;
+        writeln!(
+            md,
+            "| {} | {} | {:.0} | {:.1} / {:.1} ms | {:.1}% of one core | {:.1}% ({:.2} ms each) |",
+            f.backend,
+            h.nodes,
+            h.batch.per_sec,
+            h.batch.p50_ms,
+            h.batch.p99_ms,
+            h.server_core_share * 100.0,
+            f.floor_cpu_ms * h.per_sec / 10.0,
+            f.floor_cpu_ms
+        )?;
+    }
+    writeln!(md, "\n### Watch fan-out\n")?;
+    writeln!(
+        md,
+        "The {nodes} enrolled nodes each long-poll `/v1/peers` with the current \
+         version in API revision 2 (deltas); once every request is sent (and a second has \
+         passed), one more node enrolls. Times from sending that enrollment until the \
+         watchers had the delta ({} peer, parsed as JSON by each client, one thread per \
+         watcher). Target: all within 1 s.\n",
+        figs.first().map(|f| f.fan_out.delta_peers).unwrap_or(0)
+    )?;
+    writeln!(
+        md,
+        "| backend | watchers | connect + send all | new enrollment | first watcher | half | all |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|")?;
+    for f in &figs {
+        let w = &f.fan_out;
+        writeln!(
+            md,
+            "| {} | {} | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+            f.backend, w.watchers, w.setup_secs, w.trigger_ms, w.first_ms, w.p50_ms, w.all_ms
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

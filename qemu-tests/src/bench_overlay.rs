@@ -3,6 +3,7 @@
 //! time from QEMU start to the first ping over the overlay (against the same boot's
 //! time to the shell).
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -290,6 +291,72 @@ pub fn first_ping() -> anyhow::Result<PingFigures> {
 fn shell_prompt(text: &str) -> bool {
     text.find("(automatic login)")
         .is_some_and(|at| text[at..].contains("# "))
+}
+
+/// The `make bench` section: a `peers`-peer list applied by the agent on a real kernel against `wg setconf`.
+pub fn apply_section(md: &mut String, peers: usize) -> anyhow::Result<()> {
+    let mut figs = Vec::new();
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        eprintln!("bench: {arch}: overlay bench-apply --peers {peers} in the debug image");
+        figs.push(apply(arch, peers)?);
+    }
+    writeln!(
+        md,
+        "\n## Applying a {peers}-peer list (QEMU/TCG guest kernel)\n"
+    )?;
+    writeln!(
+        md,
+        "`kiln-agent overlay bench-apply --peers {peers}` in the debug image: synthetic peers \
+         through the daemon's list check and plan, one netlink set on a new WireGuard \
+         interface, and a read back that must show every peer. The floor: `wg setconf` of \
+         the same device (the file the agent wrote) on another new interface, process start \
+         to exit. `wg showconf` of both devices is compared afterwards. Best of 3 in one \
+         boot.\n"
+    )?;
+    writeln!(md, "| arch | floor: `wg setconf` | agent: check + plan | agent: netlink set | agent: read back | ratio (plan + set) / floor |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    for f in &figs {
+        writeln!(
+            md,
+            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}x |",
+            f.arch,
+            f.setconf_ms,
+            f.plan_ms,
+            f.apply_ms,
+            f.readback_ms,
+            (f.plan_ms + f.apply_ms) / f.setconf_ms
+        )?;
+    }
+    Ok(())
+}
+
+/// The `make bench` section: QEMU start to the first overlay ping against the same
+/// boot's shell.
+pub fn ping_section(md: &mut String) -> anyhow::Result<()> {
+    eprintln!("bench: two x86_64 nodes: QEMU start to the first overlay ping");
+    let f = first_ping()?;
+    writeln!(md, "\n## QEMU start to the first overlay ping\n")?;
+    writeln!(
+        md,
+        "kiln-enroll on the host, two x86_64 debug images each behind a QEMU NAT of its own \
+         with `[enroll]` from fw_cfg. The first (public: a host UDP port forwarded to its \
+         WireGuard port) boots and enrolls ({:.1} s after its QEMU start); then the second \
+         starts, and its shell runs `busybox ping -c1 -W1` of the first node's overlay \
+         address until one answers ({} tries). The floor: the same boot's time to the root \
+         shell.\n",
+        f.first_enrolled_secs, f.tries
+    )?;
+    writeln!(md, "| floor: QEMU start to shell | to `enrolled as` | to first overlay ping | ratio ping/shell |")?;
+    writeln!(md, "|---|---|---|---|")?;
+    writeln!(
+        md,
+        "| {:.1} s | {:.1} s | {:.1} s | {:.2}x |",
+        f.shell_secs,
+        f.enrolled_secs,
+        f.ping_secs,
+        f.ping_secs / f.shell_secs
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

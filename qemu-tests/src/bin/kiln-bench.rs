@@ -3,9 +3,10 @@
 //! in the same run (`mkfs.ext4 -d` on the same tree, a bare kernel boot), then
 //! the overlay: enrollment throughput against TLS alone, a 1,000-peer apply
 //! against `wg setconf`, and QEMU start to the first overlay ping against the
-//! same boot's shell.
+//! same boot's shell; then A/B updates: bundle sizes, apply, reboot to good and fall
+//! back on a QEMU node against `dd` and a plain reboot.
 //!
-//! `KILN_BENCH_ONLY=build,zst,enroll,apply,ping` (any of them) runs only those parts
+//! `KILN_BENCH_ONLY=build,zst,enroll,apply,ping,update` (any of them) runs only those parts
 //! and prints their sections without writing BENCHMARKS.md.
 
 use std::fmt::Write as _;
@@ -22,6 +23,8 @@ use kiln_qemu_tests::{check_tool, extract_range, repo_root, RunningVm};
 mod bench_enroll;
 #[path = "../bench_overlay.rs"]
 mod bench_overlay;
+#[path = "../bench_update.rs"]
+mod bench_update;
 #[path = "../bench_zst.rs"]
 mod bench_zst;
 
@@ -470,7 +473,7 @@ fn wanted(only: &Option<String>, part: &str) -> bool {
 fn main() -> anyhow::Result<()> {
     let only = std::env::var("KILN_BENCH_ONLY").ok();
     if let Some(o) = &only {
-        let known = ["build", "zst", "enroll", "apply", "ping"];
+        let known = ["build", "zst", "enroll", "apply", "ping", "update"];
         if let Some(bad) = o.split(',').find(|p| !known.contains(&p.trim())) {
             anyhow::bail!("KILN_BENCH_ONLY={o:?}: {bad:?} is not one of {known:?}");
         }
@@ -490,20 +493,26 @@ fn main() -> anyhow::Result<()> {
     }
     if wanted(&only, "enroll") {
         let from = md.len();
-        enroll_section(&mut md)?;
+        bench_enroll::section(&mut md, ENROLL_NODES, CONCURRENCY)?;
         // Shown at once: a later part that fails must not lose these figures.
         eprint!("{}", &md[from..]);
     }
     if wanted(&only, "apply") {
         let from = md.len();
-        apply_section(&mut md)?;
+        bench_overlay::apply_section(&mut md, NODES)?;
         // Shown at once: a later part that fails must not lose these figures.
         eprint!("{}", &md[from..]);
     }
     if wanted(&only, "ping") {
         let from = md.len();
-        ping_section(&mut md)?;
+        bench_overlay::ping_section(&mut md)?;
         // Shown at once: a later part that fails must not lose these figures.
+        eprint!("{}", &md[from..]);
+    }
+    if wanted(&only, "update") {
+        let from = md.len();
+        update_section(&mut md)?;
+        // Shown at once, as the parts above.
         eprint!("{}", &md[from..]);
     }
     if only.is_some() {
@@ -711,206 +720,15 @@ fn zst_section(md: &mut String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Enrollment throughput on both backends as the registry grows, with the TLS floor,
-/// old agents, heartbeats and the watch fan-out.
-fn enroll_section(md: &mut String) -> anyhow::Result<()> {
-    let show = |f: bench_enroll::EnrollFigures| {
-        // At once: the second backend failing must not lose the first one's figures.
-        eprintln!("bench: {f:?}");
-        f
-    };
-    let figs = [
-        show(bench_enroll::measure_sqlite(ENROLL_NODES, CONCURRENCY)?),
-        show(bench_enroll::measure_postgres(ENROLL_NODES, CONCURRENCY)?),
-    ];
-    let band = bench_enroll::BAND;
-    writeln!(md, "\n## Enrollment (kiln-enroll on loopback)\n")?;
-    writeln!(
-        md,
-        "The release `kiln-enroll` on this machine's loopback, one token with enough uses, \
-         {ENROLL_NODES} simulated nodes (distinct x25519 keys) enrolling through the pinned \
-         client (`kiln_enroll_proto::client`, API revision 2: the answer carries the peer \
-         list's version, not the list), {CONCURRENCY} at once, one TLS connection per call, \
-         in bands of {band}. The floor: {} TLS handshakes with the same pin, each followed \
-         by a GET of an unknown path that the same server answers 404, at the same \
-         concurrency, before the first band. Clients and server share the machine's cores. \
-         Targets: enrollments/s at least 0.5x the floor's rate, p99 at most 2x the floor's.\n",
-        2 * band
-    )?;
-    writeln!(md, "| backend | floor: TLS + 404 | floor p50 / p99 | nodes before the band | enrollments | enroll p50 / p99 | rate / floor rate | p99 / floor p99 |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
-    for f in &figs {
-        let all = (usize::MAX, f.enroll);
-        let picked = [0, 1, 4, 9]
-            .into_iter()
-            .filter_map(|i| f.bands.get(i))
-            .chain(std::iter::once(&all));
-        for (from, b) in picked {
-            let from = if *from == usize::MAX {
-                format!("all {}", f.enroll.calls)
-            } else {
-                format!("{from}")
-            };
-            writeln!(
-                md,
-                "| {} | {:.0} /s | {:.1} / {:.1} ms | {from} | {:.0} /s ({:.1} s) | {:.1} / {:.1} ms | {:.2}x | {:.2}x |",
-                f.backend,
-                f.floor.per_sec,
-                f.floor.p50_ms,
-                f.floor.p99_ms,
-                b.per_sec,
-                b.wall_secs,
-                b.p50_ms,
-                b.p99_ms,
-                b.per_sec / f.floor.per_sec,
-                b.p99_ms / f.floor.p99_ms
-            )?;
-        }
-    }
-    writeln!(md, "\n### Agents that predate deltas, and the whole list\n")?;
-    writeln!(
-        md,
-        "After the bands, 100 enrollments through the revision-1 call (no API header: what \
-         deployed agents send), whose answer carries the whole list, {CONCURRENCY} at once; \
-         and the whole list as a revision-1 long poll gets it (the median of 5 fetches, \
-         parsed by the client).\n"
-    )?;
-    writeln!(
-        md,
-        "| backend | revision-1 enrollments | p50 / p99 | whole list | fetch |"
-    )?;
-    writeln!(md, "|---|---|---|---|---|")?;
-    for f in &figs {
-        writeln!(
-            md,
-            "| {} | {:.0} /s | {:.1} / {:.1} ms | {:.1} MiB | {:.0} ms |",
-            f.backend,
-            f.old_agents.per_sec,
-            f.old_agents.p50_ms,
-            f.old_agents.p99_ms,
-            f.full_list.0 as f64 / (1024.0 * 1024.0),
-            f.full_list.1
-        )?;
-    }
-    writeln!(md, "\n### Heartbeats\n")?;
-    writeln!(
-        md,
-        "The {ENROLL_NODES} nodes heartbeat every {} s (spread evenly, 8 observations each) \
-         for 15 s, each call on a new TLS connection from a new client (no session resumed: \
-         a full handshake every time, the worst case). The server's CPU time (user + \
-         system, all threads, from /proc) over the run's wall time; target: under 25% of \
-         one core. For scale: the server's CPU time per floor call (TLS handshake and a 404) \
-         at the heartbeats' rate.\n",
-        bench_enroll::load_heartbeat_secs()
-    )?;
-    writeln!(
-        md,
-        "| backend | nodes | heartbeats/s | p50 / p99 | server CPU | floor calls at that rate |"
-    )?;
-    writeln!(md, "|---|---|---|---|---|---|")?;
-    for f in &figs {
-        let h = &f.heartbeats;
-        writeln!(
-            md,
-            "| {} | {} | {:.0} | {:.1} / {:.1} ms | {:.1}% of one core | {:.1}% ({:.2} ms each) |",
-            f.backend,
-            h.nodes,
-            h.batch.per_sec,
-            h.batch.p50_ms,
-            h.batch.p99_ms,
-            h.server_core_share * 100.0,
-            f.floor_cpu_ms * h.per_sec / 10.0,
-            f.floor_cpu_ms
-        )?;
-    }
-    writeln!(md, "\n### Watch fan-out\n")?;
-    writeln!(
-        md,
-        "The {ENROLL_NODES} enrolled nodes each long-poll `/v1/peers` with the current \
-         version in API revision 2 (deltas); once every request is sent (and a second has \
-         passed), one more node enrolls. Times from sending that enrollment until the \
-         watchers had the delta ({} peer, parsed as JSON by each client, one thread per \
-         watcher). Target: all within 1 s.\n",
-        figs.first().map(|f| f.fan_out.delta_peers).unwrap_or(0)
-    )?;
-    writeln!(
-        md,
-        "| backend | watchers | connect + send all | new enrollment | first watcher | half | all |"
-    )?;
-    writeln!(md, "|---|---|---|---|---|---|---|")?;
-    for f in &figs {
-        let w = &f.fan_out;
-        writeln!(
-            md,
-            "| {} | {} | {:.1} s | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
-            f.backend, w.watchers, w.setup_secs, w.trigger_ms, w.first_ms, w.p50_ms, w.all_ms
-        )?;
-    }
-    Ok(())
-}
-
-/// A 1,000-peer list applied by the agent on a real kernel against `wg setconf`.
-fn apply_section(md: &mut String) -> anyhow::Result<()> {
+/// A/B updates on one node per arch (`bench_update`).
+fn update_section(md: &mut String) -> anyhow::Result<()> {
+    // The nodes' preflight (the health check) waits for timesyncd's first sync.
+    kiln_qemu_tests::sntp::ensure_server()?;
     let mut figs = Vec::new();
     for arch in [Arch::X86_64, Arch::Arm64] {
-        eprintln!("bench: {arch}: overlay bench-apply --peers {NODES} in the debug image");
-        figs.push(bench_overlay::apply(arch, NODES)?);
+        figs.push(bench_update::measure(arch).with_context(|| format!("update bench on {arch}"))?);
     }
-    writeln!(
-        md,
-        "\n## Applying a {NODES}-peer list (QEMU/TCG guest kernel)\n"
-    )?;
-    writeln!(
-        md,
-        "`kiln-agent overlay bench-apply --peers {NODES}` in the debug image: synthetic peers \
-         through the daemon's list check and plan, one netlink set on a new WireGuard \
-         interface, and a read back that must show every peer. The floor: `wg setconf` of \
-         the same device (the file the agent wrote) on another new interface, process start \
-         to exit. `wg showconf` of both devices is compared afterwards. Best of 3 in one \
-         boot.\n"
-    )?;
-    writeln!(md, "| arch | floor: `wg setconf` | agent: check + plan | agent: netlink set | agent: read back | ratio (plan + set) / floor |")?;
-    writeln!(md, "|---|---|---|---|---|---|")?;
-    for f in &figs {
-        writeln!(
-            md,
-            "| {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {:.2}x |",
-            f.arch,
-            f.setconf_ms,
-            f.plan_ms,
-            f.apply_ms,
-            f.readback_ms,
-            (f.plan_ms + f.apply_ms) / f.setconf_ms
-        )?;
-    }
-    Ok(())
-}
-
-/// QEMU start to the first overlay ping against the same boot's shell.
-fn ping_section(md: &mut String) -> anyhow::Result<()> {
-    eprintln!("bench: two x86_64 nodes: QEMU start to the first overlay ping");
-    let f = bench_overlay::first_ping()?;
-    writeln!(md, "\n## QEMU start to the first overlay ping\n")?;
-    writeln!(
-        md,
-        "kiln-enroll on the host, two x86_64 debug images each behind a QEMU NAT of its own \
-         with `[enroll]` from fw_cfg. The first (public: a host UDP port forwarded to its \
-         WireGuard port) boots and enrolls ({:.1} s after its QEMU start); then the second \
-         starts, and its shell runs `busybox ping -c1 -W1` of the first node's overlay \
-         address until one answers ({} tries). The floor: the same boot's time to the root \
-         shell.\n",
-        f.first_enrolled_secs, f.tries
-    )?;
-    writeln!(md, "| floor: QEMU start to shell | to `enrolled as` | to first overlay ping | ratio ping/shell |")?;
-    writeln!(md, "|---|---|---|---|")?;
-    writeln!(
-        md,
-        "| {:.1} s | {:.1} s | {:.1} s | {:.2}x |",
-        f.shell_secs,
-        f.enrolled_secs,
-        f.ping_secs,
-        f.ping_secs / f.shell_secs
-    )?;
+    bench_update::section(md, &figs)?;
     Ok(())
 }
 
