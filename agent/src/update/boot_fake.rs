@@ -35,6 +35,9 @@ pub struct FakeBoot {
     pub mounts: Vec<String>,
     /// mount(2) errors by target.
     pub mount_errors: BTreeMap<String, Errno>,
+    /// Mounts another process makes at a target just before this one's first mount
+    /// there (`fstype source`): that mount(2) then fails with EBUSY.
+    pub mounted_by_another: BTreeMap<String, String>,
     /// Every rename: `from -> to`.
     pub renames: Vec<String>,
 }
@@ -74,6 +77,14 @@ impl UpdateSys for FakeBoot {
         ));
         if let Some(e) = self.mount_errors.get(target) {
             return Err(*e);
+        }
+        if let Some(other) = self.mounted_by_another.remove(target) {
+            let line = format!("91 1 0:98 / {target} rw,nosuid,nodev,noexec - {other} rw\n");
+            self.files
+                .entry("/proc/self/mountinfo".into())
+                .or_default()
+                .extend_from_slice(line.as_bytes());
+            return Err(Errno::EBUSY);
         }
         if let Some(fs) = fstype {
             let line = format!("90 1 0:99 / {target} rw,nosuid,nodev,noexec - {fs} {source} rw\n");

@@ -12,6 +12,7 @@
 //! - [`running_root_hash`], [`slot_of_hash`]: which slot the running system came from.
 
 use std::fmt;
+use std::time::Duration;
 
 use kiln_contract::boot::{Slot, UkiName, ESP_MOUNT, UKI_DIR};
 use kiln_contract::le::{u16_at, u32_at};
@@ -449,11 +450,47 @@ fn mount_at<S: Files + ?Sized>(sys: &mut S, at: &str) -> Option<Mount> {
         .rfind(|m| m.mount_point == at)
 }
 
+/// How often [`mount_esp`] looks again after its mount(2) said EBUSY, and how long it
+/// waits between looks (a few seconds in all).
+const BUSY_TRIES: u32 = 20;
+const BUSY_WAIT: Duration = Duration::from_millis(250);
+
 /// Mounts the ESP `dev` read-write at [`ESP_MOUNT`] (vfat, root-only, no devices,
 /// set-uid or programs), unless it is mounted there already. An automount there
 /// (systemd-gpt-auto-generator's) is triggered and used; a read-only mount of it is
 /// made read-write.
+///
+/// Another process may be mounting it at the same moment (kiln-update.service's
+/// check beside an operator's `update status`, or systemd's automount): the one that
+/// loses gets EBUSY from mount(2). So EBUSY means "look again": the mount table then
+/// shows the other one's mount, which is used.
 pub fn mount_esp<S: UpdateSys + ?Sized>(sys: &mut S, dev: &str) -> Result<Mounted, EspError> {
+    let mut tries = 0;
+    loop {
+        match mount_esp_once(sys, dev) {
+            Err(EspError::Mount { why, .. }) if why == BUSY && tries < BUSY_TRIES => {
+                tries += 1;
+                sys.sleep(BUSY_WAIT);
+            }
+            Err(EspError::Mount { dev, why }) if why == BUSY => {
+                return Err(EspError::Mount {
+                    dev,
+                    why: format!(
+                        "{why} (still, {:.0} s later: something else keeps it mounted elsewhere \
+                         with other options)",
+                        (BUSY_WAIT * BUSY_TRIES).as_secs_f64()
+                    ),
+                })
+            }
+            other => return other,
+        }
+    }
+}
+
+/// mount(2)'s EBUSY as [`mount_esp_once`] says it.
+const BUSY: &str = "EBUSY: Device or resource busy";
+
+fn mount_esp_once<S: UpdateSys + ?Sized>(sys: &mut S, dev: &str) -> Result<Mounted, EspError> {
     let mut current = mount_at(sys, ESP_MOUNT);
     if current.as_ref().is_some_and(|m| m.fstype == "autofs") {
         // Looking inside makes the kernel ask systemd to mount it.
@@ -484,6 +521,7 @@ pub fn mount_esp<S: UpdateSys + ?Sized>(sys: &mut S, dev: &str) -> Result<Mounte
                 .map_err(|e| {
                     fail(match e {
                         Errno::ENODEV => "the kernel has no vfat driver (ENODEV)".to_string(),
+                        Errno::EBUSY => BUSY.to_string(),
                         e => e.to_string(),
                     })
                 })?;

@@ -255,6 +255,23 @@ fn uses_a_read_only_or_automounted_esp_and_refuses_a_stranger() {
     assert!(e.to_string().contains("no vfat driver"), "{e}");
 }
 
+#[test]
+fn a_mount_that_loses_a_race_uses_the_winners() {
+    // kiln-update.service's check mounts the ESP just before `update status` does.
+    let mut f = FakeBoot::node(Slot::A, "1.0");
+    f.mounted_by_another
+        .insert("/efi".into(), "vfat /dev/vda1".into());
+    assert_eq!(mount_esp(&mut f, "/dev/vda1").unwrap(), Mounted::Already);
+    assert_eq!(f.mounts.len(), 1, "{:?}", f.mounts);
+
+    // Busy for good: the error says so, after a few seconds of looking again.
+    let mut f = FakeBoot::node(Slot::A, "1.0");
+    f.mount_errors.insert("/efi".into(), Errno::EBUSY);
+    let e = mount_esp(&mut f, "/dev/vda1").unwrap_err().to_string();
+    assert!(e.contains("EBUSY") && e.contains("still, 5 s later"), "{e}");
+    assert_eq!(f.mounts.len(), 21, "{:?}", f.mounts);
+}
+
 /// A UKI the builder made: `KILN_TEST_UKI=/path/to/kiln-a.efi cargo test -p kiln-agent
 /// -- --ignored real_uki` (extract one with `mcopy -i IMAGE@@OFFSET ::EFI/Linux/kiln-a.efi .`).
 #[test]
