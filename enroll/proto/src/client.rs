@@ -329,11 +329,7 @@ impl Client {
         since: u64,
         wait_secs: u32,
     ) -> Result<PeerDelta, ClientError> {
-        let path = format!("{PATH_PEERS}?since={since}&wait={wait_secs}");
-        let read_timeout = self
-            .timeout
-            .saturating_add(Duration::from_secs(u64::from(wait_secs)));
-        self.call_with::<(), _>("GET", &path, Some(auth), None, read_timeout, REVISION_2)
+        self.long_poll(auth, since, wait_secs, REVISION_2)
     }
 
     /// The peer list once its version is above `since`, or after `wait_secs` (long poll;
@@ -344,11 +340,23 @@ impl Client {
         since: u64,
         wait_secs: u32,
     ) -> Result<PeerList, ClientError> {
+        self.long_poll(auth, since, wait_secs, &[])
+    }
+
+    /// `GET /v1/peers?since=..&wait=..` with `headers` (the API revision); the read
+    /// timeout grows by `wait_secs`, which the server may hold the answer for.
+    fn long_poll<T: DeserializeOwned>(
+        &self,
+        auth: &NodeAuth,
+        since: u64,
+        wait_secs: u32,
+        headers: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
         let path = format!("{PATH_PEERS}?since={since}&wait={wait_secs}");
         let read_timeout = self
             .timeout
             .saturating_add(Duration::from_secs(u64::from(wait_secs)));
-        self.call::<(), _>("GET", &path, Some(auth), None, read_timeout)
+        self.call_with::<(), _>("GET", &path, Some(auth), None, read_timeout, headers)
     }
 
     /// Reports endpoints and observations.
