@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
-use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,17 +38,7 @@ fn images(arch: Arch) -> Images {
     let d = tempfile::tempdir().unwrap();
     let f = fixture::build(d.path(), arch);
     let bytes = std::fs::read(&f.image).unwrap();
-    // Mapped blocks: every 4 KiB block that is not all zero.
-    let mut mapped: Vec<Range<u64>> = Vec::new();
-    for (i, b) in bytes.chunks(4096).enumerate() {
-        if b.iter().any(|&x| x != 0) {
-            let i = i as u64;
-            match mapped.last_mut() {
-                Some(r) if r.end == i => r.end = i + 1,
-                _ => mapped.push(i..i + 1),
-            }
-        }
-    }
+    let mapped = support::mapped_blocks(&bytes);
     let stem = f.image.file_stem().unwrap().to_str().unwrap().to_string();
     output::formats::write_outputs(&output::formats::OutputJob {
         raw: &f.image,

@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
-use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -71,16 +70,7 @@ fn every_format_boots_from_an_overlay_of_a_real_disks_size() {
     let d = tempfile::tempdir().unwrap();
     let f = fixture::build(d.path(), Arch::X86_64);
     let bytes = std::fs::read(&f.image).unwrap();
-    let mut mapped: Vec<Range<u64>> = Vec::new();
-    for (i, b) in bytes.chunks(4096).enumerate() {
-        if b.iter().any(|&x| x != 0) {
-            let i = i as u64;
-            match mapped.last_mut() {
-                Some(r) if r.end == i => r.end = i + 1,
-                _ => mapped.push(i..i + 1),
-            }
-        }
-    }
+    let mapped = support::mapped_blocks(&bytes);
     let stem = "test-x86_64";
     output::formats::write_outputs(&output::formats::OutputJob {
         raw: &f.image,

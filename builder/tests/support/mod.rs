@@ -213,3 +213,19 @@ pub fn assert_openssl_verifies(dir: &Path) {
         "openssl accepted a message one byte off"
     );
 }
+
+/// The image's mapped blocks as the builder hands them to the format writers: every
+/// 4 KiB block that is not all zero, as ranges of block numbers.
+pub fn mapped_blocks(bytes: &[u8]) -> Vec<std::ops::Range<u64>> {
+    let mut mapped: Vec<std::ops::Range<u64>> = Vec::new();
+    for (i, b) in bytes.chunks(4096).enumerate() {
+        if b.iter().any(|&x| x != 0) {
+            let i = i as u64;
+            match mapped.last_mut() {
+                Some(r) if r.end == i => r.end = i + 1,
+                _ => mapped.push(i..i + 1),
+            }
+        }
+    }
+    mapped
+}
