@@ -31,7 +31,7 @@ pub fn repo_root() -> PathBuf {
 
 pub use images::{
     cmdline_hostname, default_image, image_with_all_formats, k3s_image, profile_image,
-    update_image, Built, UpdateBuild,
+    update_hostname, update_image, Built, UpdateBuild,
 };
 
 /// Cargo's target folder: `CARGO_TARGET_DIR` (the Makefile sets it to a cache outside

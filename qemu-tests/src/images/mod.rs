@@ -26,7 +26,9 @@ use kiln::output::manifest::{sha256_file as manifest_sha256_file, sha256_hex};
 use crate::repo_root;
 
 mod update;
-pub use update::{update_image, update_test_key, update_test_key_pub, UpdateBuild};
+pub use update::{
+    update_hostname, update_image, update_test_key, update_test_key_pub, UpdateBuild,
+};
 
 /// A built image and its manifest.
 #[derive(Debug, Clone)]
@@ -241,6 +243,10 @@ fn formats(spec: &Spec) -> Vec<kiln::profile::Format> {
     if matches!(spec.update, Some(u) if u != UpdateBuild::V1) {
         // The raw image too: the bundle's parts are checked against it.
         vec![kiln::profile::Format::Raw, kiln::profile::Format::Update]
+    } else if spec.update == Some(UpdateBuild::V1) {
+        // Raw for the overlay scenario's LAN pair; the update scenario's node boots the
+        // qcow2, grown like a real disk.
+        vec![kiln::profile::Format::Raw, kiln::profile::Format::Qcow2]
     } else if spec.all_formats {
         kiln::profile::Format::IMAGES.to_vec()
     } else {

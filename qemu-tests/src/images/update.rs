@@ -17,7 +17,8 @@ pub(crate) const TEST_OVERLAYS: &str = "qemu-tests/fixtures/overlays";
 /// built as a signed bundle (`--format update`) for the running node to apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum UpdateBuild {
-    /// 1.0.0 with the debug shell: the image the node is flashed with (raw).
+    /// 1.0.0 with the debug shell: the image the node is flashed with (raw and
+    /// qcow2).
     V1,
     /// 2.0.0: another motd (an overlay template's output changes).
     V2,
@@ -95,19 +96,21 @@ pub fn update_test_key_pub() -> PathBuf {
     repo_root().join("qemu-tests/fixtures/update-test.key.pub")
 }
 
+/// The hostname on the command line of the update tests' images.
+pub fn update_hostname(arch: Arch) -> String {
+    format!("update-{}", arch.name().replace('_', "-"))
+}
+
 /// profiles/qemu.toml as `which` of the update tests, with the debug shell and
-/// `kiln.hostname=<hostname>`: V1 as a raw image, the others as a signed bundle
-/// ([`Built::output`]`(".update")`).
+/// `kiln.hostname=<hostname>`: V1 as a raw and a qcow2 image, the others as a signed
+/// bundle ([`Built::output`]`(".update")`).
 pub fn update_image(arch: Arch, which: UpdateBuild) -> anyhow::Result<Built> {
     build_once(Spec {
         profile: "profiles/qemu.toml".into(),
         arch,
         all_formats: false,
         debug_shell: true,
-        append_cmdline: vec![format!(
-            "kiln.hostname=update-{}",
-            arch.name().replace('_', "-")
-        )],
+        append_cmdline: vec![format!("kiln.hostname={}", update_hostname(arch))],
         artifact: None,
         update: Some(which),
     })

@@ -1,111 +1,127 @@
-//! First boot on a bigger disk: the init grows the partition table, creates
-//! and formats `var` up to the end of the disk, and /var plus the machine-id
-//! survive a reboot. The root stays read-only. The plain image (no hostname
-//! on its command line) takes its hostname from a cidata volume on the
-//! first boot and from fw_cfg on the second.
-//!
-//! The disk is the build's qcow2 output, grown with `qemu-img resize` the way a
-//! cloud or a homelab user grows it: so these boots also prove the qcow2 format
-//! boots on both arches (every other boot test uses the raw image).
+//! A node on a bigger disk than its image, checked in the update scenario's boots
+//! (ab_update.rs), which run from the build's qcow2 output grown with `qemu-img resize` the
+//! way a cloud or a homelab user grows it (so the qcow2 format boots on both arches;
+//! the other scenarios boot raw images): on the first boot the init grows the partition
+//! table and creates and formats `var` up to the end of the disk; /var and the
+//! machine-id survive power cuts, updates and rollbacks; the root stays read-only. sgdisk
+//! reads the table the node (its init, then the updater's slot rewrites) left.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use kiln::arch::Arch;
-use kiln_qemu_tests::{
-    check_tool, cidata_vfat, copy_image, fw_cfg_config, image_with_all_formats, report_fields,
-    RunningVm,
-};
+use kiln_qemu_tests::{check_tool, copy_image};
 
-use crate::{assert_hostname_from, BOOT_TIMEOUT};
-
+/// How much bigger than the image the node's disk is.
 const GROW: u64 = 2 << 30;
 const VAR_TYPE: &str = "4D21B016-B534-45C2-A9FB-5C16E091FD2D";
+/// The partition the init makes var in (after the ESP and the two slots' root and
+/// verity partitions): the report's `var` field.
+pub const VAR_DEV: &str = "/dev/vda6";
 
-fn boot(
-    mut vm: kiln::qemu::Vm,
-    hostname_line: &str,
-) -> (String, std::collections::BTreeMap<String, String>) {
-    let arch = vm.arch;
-    vm.snapshot = false;
-    let mut vm = RunningVm::start(vm).unwrap_or_else(|e| panic!("{e:#}"));
-    let text = vm
-        .wait_for(&["kiln-report:", hostname_line], BOOT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
-    eprintln!("{arch}: report {:.1} s after QEMU started", vm.elapsed());
-    let fields = report_fields(&text).unwrap();
-    // Dropping the VM kills QEMU: a power cut. The agent syncs what it writes.
-    (text, fields)
+/// A node's disk: a copy of an image's qcow2 output, grown by [`GROW`].
+pub struct GrownDisk {
+    /// The qcow2 file QEMU boots.
+    pub qcow2: PathBuf,
+    /// Its virtual size in bytes.
+    pub size: u64,
 }
 
-fn qcow2_vm(arch: Arch, image: &std::path::Path) -> kiln::qemu::Vm {
-    let mut vm = kiln::qemu::Vm::new(arch, image);
-    vm.disk_format = "qcow2".into();
-    vm
-}
-
-fn var_persists(arch: Arch) {
-    // The plain profile: the debug image's command line hostname would win.
-    let built = image_with_all_formats(arch).unwrap_or_else(|e| panic!("{e:#}"));
-    let dir = tempfile::tempdir().unwrap();
-    let image = copy_image(&built.output(".qcow2"), dir.path()).unwrap();
-    let size = std::fs::metadata(&built.image).unwrap().len() + GROW;
-    let qcow2 = image.display().to_string();
+/// Copies `qcow2` (the qcow2 output of the raw image `raw`) into `dir` and grows it.
+pub fn grown_disk(raw: &Path, qcow2: &Path, dir: &Path) -> GrownDisk {
+    let copy = copy_image(qcow2, dir).unwrap();
+    let size = std::fs::metadata(raw).unwrap().len() + GROW;
     check_tool(
         "qemu-img",
-        &["resize", "-f", "qcow2", &qcow2, &size.to_string()],
+        &[
+            "resize",
+            "-f",
+            "qcow2",
+            &copy.display().to_string(),
+            &size.to_string(),
+        ],
     )
     .unwrap();
-    // sgdisk reads raw disks only: it checks a raw copy of the qcow2 after each boot.
-    let raw = dir.path().join("after-boot.raw");
-    let img = raw.display().to_string();
-    let to_raw = || {
-        check_tool(
-            "qemu-img",
-            &["convert", "-f", "qcow2", "-O", "raw", &qcow2, &img],
-        )
-        .unwrap()
-    };
+    GrownDisk { qcow2: copy, size }
+}
 
-    let mut vm = qcow2_vm(arch, &image);
-    vm.drives
-        .push(cidata_vfat(dir.path(), &[("kiln.toml", b"hostname = \"cidata-var\"\n")]).unwrap());
-    let (text, first) = boot(vm, "kiln-config: hostname cidata-var");
-    let tail = kiln_qemu_tests::tail(&text, 40);
-    assert_hostname_from(&text, "cidata-var", "cidata", &format!("{arch} first boot"));
+/// The report fields a first boot on a grown disk must show: var made on the grown
+/// disk, boot 1, a machine-id, a read-only root. Returns the machine-id.
+pub fn check_first_report(arch: Arch, fields: &BTreeMap<String, String>) -> String {
     assert_eq!(
-        first.get("hostname").map(String::as_str),
-        Some("cidata-var"),
-        "{arch}: {first:?}"
+        fields.get("var").map(String::as_str),
+        Some(VAR_DEV),
+        "{arch}: {fields:?}"
     );
     assert_eq!(
-        first.get("var").map(String::as_str),
-        Some("/dev/vda6"),
-        "{arch}: {first:?}\n{tail}"
-    );
-    assert_eq!(
-        first.get("boots").map(String::as_str),
+        fields.get("boots").map(String::as_str),
         Some("1"),
-        "{arch}: {first:?}"
+        "{arch}: {fields:?}"
     );
-    let id = first.get("machine_id").cloned().unwrap_or_default();
+    assert_eq!(
+        fields.get("usr_write").map(String::as_str),
+        Some("EROFS"),
+        "{arch}: {fields:?}"
+    );
+    assert_eq!(
+        fields.get("root_mode").map(String::as_str),
+        Some("ro"),
+        "{arch}: {fields:?}"
+    );
+    let id = fields.get("machine_id").cloned().unwrap_or_default();
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{arch}: {first:?}"
+        "{arch}: {fields:?}"
     );
-    assert_eq!(
-        first.get("usr_write").map(String::as_str),
-        Some("EROFS"),
-        "{arch}: {first:?}"
-    );
-    assert_eq!(
-        first.get("root_mode").map(String::as_str),
-        Some("ro"),
-        "{arch}: {first:?}"
-    );
+    id
+}
 
-    // sgdisk reads the table the node wrote: both headers valid, the backup
-    // moved to the end, `var` reaching the last usable sector.
-    to_raw();
+/// The report fields of a later boot (`boots` is its number): the same var, the
+/// count kept on it, the same machine-id, nothing failed.
+pub fn check_later_report(arch: Arch, fields: &BTreeMap<String, String>, boots: u32, id: &str) {
+    assert_eq!(
+        fields.get("var").map(String::as_str),
+        Some(VAR_DEV),
+        "{arch}: {fields:?}"
+    );
+    assert_eq!(
+        fields.get("boots").map(String::as_str),
+        Some(boots.to_string().as_str()),
+        "{arch}: /var lost its data: {fields:?}"
+    );
+    assert_eq!(
+        fields.get("machine_id").map(String::as_str),
+        Some(id),
+        "{arch}: machine-id changed"
+    );
+    assert_eq!(
+        fields.get("failed").map(String::as_str),
+        Some("0"),
+        "{arch}: {fields:?}"
+    );
+}
+
+/// With the machine off: sgdisk finds both headers of the grown disk's table valid, the
+/// backup moved to the end, and `var` reaching the last usable sector. sgdisk reads raw
+/// disks only, so it checks a raw copy in `dir`.
+pub fn check_grown_table(arch: Arch, disk: &GrownDisk, dir: &Path) {
+    let raw = dir.join("grown-disk.raw");
+    let img = raw.display().to_string();
+    check_tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "qcow2",
+            "-O",
+            "raw",
+            &disk.qcow2.display().to_string(),
+            &img,
+        ],
+    )
+    .unwrap();
     let verify = check_tool("sgdisk", &["-v", &img]).unwrap();
     assert!(
         verify.contains("No problems found"),
@@ -116,53 +132,10 @@ fn var_persists(arch: Arch) {
         info.contains(VAR_TYPE),
         "{arch}: partition 6 is not var:\n{info}"
     );
-    let last_usable = size / 512 - 34;
+    let last_usable = disk.size / 512 - 34;
     assert!(
         info.contains(&format!("Last sector: {last_usable} ")),
         "{arch}: var does not end at sector {last_usable}:\n{info}"
     );
-
-    let mut vm = qcow2_vm(arch, &image);
-    vm.fw_cfg
-        .push(fw_cfg_config(dir.path(), b"hostname = \"fwcfg-var\"\n").unwrap());
-    let (text, second) = boot(vm, "kiln-config: hostname fwcfg-var");
-    let tail = kiln_qemu_tests::tail(&text, 40);
-    assert_hostname_from(&text, "fwcfg-var", "fw_cfg", &format!("{arch} second boot"));
-    assert_eq!(
-        second.get("hostname").map(String::as_str),
-        Some("fwcfg-var"),
-        "{arch}: {second:?}"
-    );
-    assert_eq!(
-        second.get("var").map(String::as_str),
-        Some("/dev/vda6"),
-        "{arch}: {second:?}\n{tail}"
-    );
-    assert_eq!(
-        second.get("boots").map(String::as_str),
-        Some("2"),
-        "{arch}: /var lost its data: {second:?}"
-    );
-    assert_eq!(
-        second.get("machine_id"),
-        Some(&id),
-        "{arch}: machine-id changed"
-    );
-    assert_eq!(
-        second.get("failed").map(String::as_str),
-        Some("0"),
-        "{arch}: {second:?}\n{tail}"
-    );
-}
-
-#[test]
-fn x86_64_qcow2_grown_creates_var_on_first_boot_and_keeps_it() {
-    let _timed = kiln_qemu_tests::timing::Scenario::start();
-    var_persists(Arch::X86_64);
-}
-
-#[test]
-fn arm64_qcow2_grown_creates_var_on_first_boot_and_keeps_it() {
-    let _timed = kiln_qemu_tests::timing::Scenario::start();
-    var_persists(Arch::Arm64);
+    std::fs::remove_file(&raw).unwrap();
 }

@@ -2,14 +2,17 @@
 //! the same QEMU process, its disk a copy of the image so power cuts (QEMU killed and
 //! started again) keep what reached it:
 //!
-//! 1. Boot 1.0.0 (the flashed image). `update status` says slot a runs 1.0.0 and slot b
-//!    is empty. A file under /var and the machine-id are noted.
+//! 1. Boot 1.0.0 (the flashed image, on its qcow2 grown like a real disk, with config
+//!    on cidata and fw_cfg too): the first-boot checks of boot.rs and var.rs. `update
+//!    status` says slot a runs 1.0.0 and slot b is empty. A file under /var and the
+//!    machine-id are noted.
 //! 2. `update check` reads a signed channel document from the host offering 2.0.0 and
 //!    applies it over HTTP; the server cuts the first download short and the agent
 //!    resumes it with a range request. The power is cut right after the new UKI is
 //!    renamed into place; at the next power-on 2.0.0 boots on trial, passes its health
 //!    check and is marked good (systemd-bless-boot); /var, the machine-id and the
-//!    hostname are kept; the motd is 2.0.0's.
+//!    hostname are kept; the motd is 2.0.0's. Between the two, with the power off,
+//!    sgdisk checks the table the init grew and the updater rewrote.
 //! 3. (x86_64: first a power cut while 3.0.0 is being written: 2.0.0 boots as before,
 //!    its other slot empty.) Apply 3.0.0, whose preflight fails (its image has
 //!    containerd masked),
@@ -29,9 +32,9 @@ use std::time::Duration;
 
 use kiln::arch::Arch;
 use kiln_qemu_tests::files::FileServer;
-use kiln_qemu_tests::{update_image, RunningVm, UpdateBuild};
+use kiln_qemu_tests::{report_fields, update_hostname, update_image, RunningVm, UpdateBuild};
 
-use crate::{need_sntp, PREFLIGHT_TIMEOUT};
+use crate::{boot, need_sntp, var, PREFLIGHT_TIMEOUT};
 
 /// An apply downloads and writes ~200 MB under TCG and hashes it twice.
 const APPLY: Duration = Duration::from_secs(900);
@@ -137,11 +140,14 @@ fn updates_and_rolls_back(arch: Arch) {
     let hang = (arch == Arch::X86_64).then(|| bundle(arch, UpdateBuild::V3Hang, &server));
 
     // A copy the guest writes for real, so the power cuts below (QEMU killed) keep what
-    // reached the disk and a new QEMU process boots from it.
+    // reached the disk and a new QEMU process boots from it: the qcow2 output, grown
+    // like a real disk so the first boot makes var (var.rs).
     let disk_dir = tempfile::tempdir().unwrap();
-    let disk = kiln_qemu_tests::copy_image(&v1.image, disk_dir.path()).unwrap();
-    let mut qemu = kiln::qemu::Vm::new(arch, &disk);
+    let disk = var::grown_disk(&v1.image, &v1.output(".qcow2"), disk_dir.path());
+    let mut qemu = kiln::qemu::Vm::new(arch, &disk.qcow2);
+    qemu.disk_format = "qcow2".into();
     qemu.snapshot = false;
+    boot::add_config_drives(&mut qemu, disk_dir.path());
     qemu.exit_on_reboot = false;
     if arch == Arch::X86_64 {
         // The watchdog a homelab board or a VM host offers; its default action resets.
@@ -151,15 +157,16 @@ fn updates_and_rolls_back(arch: Arch) {
     let power_on = || RunningVm::start(qemu.clone()).unwrap_or_else(|e| panic!("{e:#}"));
     let mut vm = power_on();
 
-    // 1. The flashed image. kiln-update.service runs once the network is online: its
-    // line is what a user would wait for before fetching anything.
+    // 1. The flashed image: the first-boot checks of boot.rs and var.rs.
+    // kiln-update.service runs once the network is online: its line is what a user
+    // would wait for before fetching anything.
     vm.wait_for(
         &["kiln-update: running 1.0.0 from slot a"],
         PREFLIGHT_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
-    vm.wait_for_shell(PREFLIGHT_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    boot::check_first_boot(&mut vm, arch, &update_hostname(arch), var::VAR_DEV);
+    let report_id = var::check_first_report(arch, &report_fields(&vm.boot_console()).unwrap());
     let s = status(&mut vm);
     assert_eq!(field(&s, "running.version"), "1.0.0", "{arch}: {s}");
     assert_eq!(field(&s, "running.slot"), "a", "{arch}: {s}");
@@ -171,6 +178,7 @@ fn updates_and_rolls_back(arch: Arch) {
         )
         .unwrap();
     let id = machine_id(&out).unwrap_or_else(|| panic!("{arch}: no machine-id in {out:?}"));
+    assert_eq!(id, report_id, "{arch}: the report's machine-id");
 
     // 2. 2.0.0 from the channel, with the first download of the bundle cut after 50 MB;
     // the check applies it and reboots by itself.
@@ -194,10 +202,16 @@ fn updates_and_rolls_back(arch: Arch) {
     // Power cut right after the UKI rename (the check's own reboot has only begun):
     // the next power-on boots 2.0.0 on trial.
     drop(vm);
+    // The table as the init grew it and the updater then rewrote it (slot b named).
+    var::check_grown_table(arch, &disk, disk_dir.path());
     let mut vm = power_on();
     vm.wait_for(&["kiln-update: 2.0.0 is healthy"], PREFLIGHT_TIMEOUT)
         .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
     eprintln!("{arch}: 2.0.0 good {:.1} s after the reboot", vm.elapsed());
+    let text = vm
+        .wait_for(&["kiln-report:"], PREFLIGHT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{arch}: {e:#}"));
+    var::check_later_report(arch, &report_fields(&text).unwrap(), 2, &id);
     let s = status(&mut vm);
     assert_eq!(field(&s, "running.version"), "2.0.0", "{arch}: {s}");
     assert_eq!(field(&s, "running.slot"), "b", "{arch}: {s}");
