@@ -1,5 +1,6 @@
 //! The published formats hold the same disk: each is checked by an
-//! independent tool against the raw image. (The qcow2 boots in the var tests.)
+//! independent tool against the raw image. (A qcow2 output boots in the A/B update
+//! scenario: see var.rs.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests fail loudly on purpose.
 
