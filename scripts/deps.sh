@@ -63,6 +63,7 @@ TEST_PKGS=(
   openssl          # referee for kiln-enroll's CA: the SPKI hash in tokens
   nftables         # nft -c checks the agent's MSS clamp ruleset
   wireguard-tools  # wg pubkey: referee for the agent's x25519 keys
+  openssh-client   # ssh, ssh-keygen: log in to homelab nodes, referee for host key fingerprints
 )
 # QEMU itself must come from bookworm-backports to match qemu-utils.
 BPO_PKGS=(

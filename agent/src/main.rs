@@ -2,7 +2,7 @@
 //!
 //! As PID 1 (the initramfs's `/init`) or with `init` it brings up the root filesystem and
 //! hands over to systemd; with `report` it prints the booted system's status line; the
-//! other modes (`config`, `preflight`, `overlay`, `cluster`, `images`, `update`) are the
+//! other modes (`config`, `ssh`, `preflight`, `overlay`, `cluster`, `images`, `update`) are the
 //! node agent's.
 
 // Tests may unwrap: a panic there is a failed test, not a failed boot.
@@ -23,6 +23,7 @@ mod netlink;
 mod overlay;
 mod preflight;
 mod report;
+mod ssh;
 mod sys;
 mod update;
 #[cfg(test)]
@@ -52,6 +53,10 @@ Usage:
                                 write the merged result to /run/kiln/config.toml; a
                                 channel with bad config prints an ERROR line and is
                                 ignored (exit 0); --dry-run sets and writes nothing
+  kiln-agent ssh                make sshd's host keys in /var/lib/kiln/ssh unless they
+                                exist and print their fingerprints; write root's
+                                authorized keys from ssh_authorized_keys to
+                                /run/kiln/ssh/authorized_keys/root (images with [ssh])
   kiln-agent preflight [--wait SECONDS]
                                 check the node's Kubernetes prerequisites, one line per
                                 check; exit non-zero when one fails (with --wait, retry
@@ -109,6 +114,11 @@ Node config (kiln-agent config), the same TOML in every channel:
   hostname = \"node-1\"         RFC 1123 labels (a-z, 0-9, '-'; <= 63 characters each,
                                 <= 253 in all; lowercased); without one, kiln-<8 hex
                                 digits derived from the machine-id
+  ssh_authorized_keys = [\"ssh-ed25519 AAAA... you@laptop\"]
+                                root's SSH keys, in images with an SSH server: OpenSSH
+                                public key lines (TYPE BASE64 [COMMENT], no options);
+                                the highest channel's list is used whole (on the command
+                                line: one kiln.ssh_authorized_keys=\"...\" per key)
   [enroll]                      joining the overlay (kiln.enroll.<key>= on the command
                                 line):
     server = \"https://HOST:8443\"  kiln-enroll's URL (port 8443 when left out)
@@ -233,6 +243,7 @@ fn main() -> ExitCode {
         Some("init") => run_init(&rest[1..]),
         Some("report") => run_report(&rest[1..]),
         Some("config") => config::main(&rest[1..]),
+        Some("ssh") => ssh::main(&rest[1..]),
         Some("preflight") => preflight::main(&rest[1..]),
         Some("overlay") => overlay::main(&rest[1..]),
         Some("cluster") => cluster::main(&rest[1..]),

@@ -231,6 +231,11 @@ enum Command {
         /// the host's 127.0.0.1:123 does, or the preflight may wait).
         #[arg(long)]
         no_ntp: bool,
+        /// Forward the host's 127.0.0.1:PORT to the guest's SSH port (images
+        /// built with `[ssh] enable = true`): log in with `ssh -p PORT
+        /// root@127.0.0.1` and a key from `ssh_authorized_keys` in --config.
+        #[arg(long, value_name = "PORT")]
+        ssh_port: Option<u16>,
         /// Extra QEMU arguments, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -635,6 +640,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             drive,
             no_ntp,
+            ssh_port,
             qemu_args,
         } => {
             let opts = kiln::qemu::run::RunOptions {
@@ -649,6 +655,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 qemu_args,
                 sntp: !no_ntp,
                 quiet: g.quiet,
+                ssh_port,
             };
             let status = kiln::qemu::run::run(&opts, &kiln::runner::HostRunner)?;
             return Ok(if status.success() {

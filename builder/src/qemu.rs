@@ -272,6 +272,14 @@ impl Vm {
         }
     }
 
+    /// Forwards TCP connections to the host's `127.0.0.1:host_port` to the guest's
+    /// `guest_port` through the user-mode NIC (e.g. SSH: `forward_tcp(2222, 22)`); only
+    /// loopback, so nothing outside the host reaches the guest.
+    pub fn forward_tcp(&mut self, host_port: u16, guest_port: u16) {
+        self.user_net_options
+            .push(format!("hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}"));
+    }
+
     /// The full argument list (without the binary). `vars` is this VM's own
     /// copy of the firmware variable store.
     pub fn args(&self, fw: &Firmware, vars: &Path) -> Vec<String> {
@@ -432,6 +440,22 @@ mod tests {
         );
         assert!(a.contains("-serial file:/s.log"), "{a}");
         assert!(!a.contains("kvm"), "{a}");
+    }
+
+    #[test]
+    fn a_tcp_forward_listens_on_loopback_only() {
+        let fw = Firmware {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        };
+        let mut vm = Vm::new(Arch::X86_64, "/d.raw");
+        vm.forward_tcp(2222, 22);
+        let a = vm.args(&fw, Path::new("/mine.fd"));
+        let nic = a.iter().position(|x| x == "-nic").unwrap();
+        assert_eq!(
+            a[nic + 1],
+            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:2222-:22"
+        );
     }
 
     #[test]

@@ -268,6 +268,13 @@ fn bad_input_writes_nothing() {
     std::fs::write(&cfg, "hostname = \n").unwrap();
     let o = kiln(&["flash", s(&img.zst), s(&t), "--config", s(&cfg)]);
     assert_fails(&o, &[s(&cfg), "not TOML"]);
+    // An SSH key line that is not a key: one line naming the entry, nothing written.
+    std::fs::write(&cfg, "ssh_authorized_keys = [\"ssh-ed25519 not-a-key\"]\n").unwrap();
+    let o = kiln(&["flash", s(&img.zst), s(&t), "--config", s(&cfg)]);
+    assert_fails(
+        &o,
+        &[s(&cfg), "ssh_authorized_keys[0]: \"ssh-ed25519 not-a-key\""],
+    );
     assert_fails(
         &kiln(&["flash", s(&img.zst), s(d.path())]),
         &["not a disk or a regular file"],

@@ -380,9 +380,12 @@ fn homelab_images_are_kubernetes_ready_on_both_arches() {
             .split(' ')
             .all(|w| w != "kiln.var_fallback=tmpfs"));
     }
+    check_ssh(&Image::open(d.path(), "homelab", "x86_64"));
     verify_units(
         &Image::open(d.path(), "homelab", "x86_64"),
         &[
+            "kiln-ssh.service",
+            "ssh.service",
             "kiln-config.service",
             "kiln-preflight.service",
             "kiln-update.service",
@@ -390,6 +393,37 @@ fn homelab_images_are_kubernetes_ready_on_both_arches() {
             "kiln-update-check.timer",
             "systemd-networkd-wait-online.service",
         ],
+    );
+}
+
+/// `[ssh] enable = true` (homelab): the server, its privilege separation user, kiln's
+/// sshd_config, and both units enabled, sshd ordered after kiln-ssh.
+fn check_ssh(img: &Image) {
+    assert!(img.exists("/usr/sbin/sshd") && img.exists("/usr/bin/ssh-keygen"));
+    assert!(img
+        .cat("/etc/passwd")
+        .lines()
+        .any(|l| l.starts_with("sshd:")));
+    let config = img.cat("/etc/ssh/sshd_config");
+    for line in [
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PermitRootLogin prohibit-password",
+        "AuthorizedKeysFile /run/kiln/ssh/authorized_keys/%u",
+        "HostKey /var/lib/kiln/ssh/ssh_host_ed25519_key",
+    ] {
+        assert!(config.lines().any(|l| l == line), "{line}:\n{config}");
+    }
+    let wants = img.names("/etc/systemd/system/multi-user.target.wants");
+    for unit in ["kiln-ssh.service", "ssh.service"] {
+        assert!(
+            wants.iter().any(|n| n == unit),
+            "{unit} not enabled: {wants:?}"
+        );
+    }
+    let dropin = img.cat("/usr/lib/systemd/system/ssh.service.d/kiln.conf");
+    assert!(
+        dropin.contains("Requires=kiln-ssh.service") && dropin.contains("After=kiln-ssh.service")
     );
 }
 
@@ -440,6 +474,8 @@ fn cloud_images_carry_cloud_drivers_on_both_arches() {
             "cloud",
             &["cmdline", "esp", "cidata", "fw_cfg", "cloud"],
         );
+        // No `[ssh]`: no server, no key step.
+        assert!(!img.exists("/usr/sbin/sshd") && !img.exists("/etc/ssh/sshd_config"));
         check_modules(&img, NODE_MODULES);
         check_modules(
             &img,

@@ -50,5 +50,6 @@ pub mod kubernetes;
 pub mod le;
 pub mod names;
 pub mod signing;
+pub mod ssh_key;
 pub mod verity;
 pub mod version;

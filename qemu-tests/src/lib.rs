@@ -22,6 +22,7 @@ pub mod metadata;
 pub mod net;
 pub mod share;
 pub mod sntp;
+pub mod ssh;
 pub mod timing;
 
 /// The repository root.

@@ -4,7 +4,8 @@
 //! Values are strings, except the keys in [`INTEGER_KEYS`] and [`BOOL_KEYS`]. The kernel's quoting
 //! (`kiln.hostname="node-1"`) is undone. The init's own options ([`INIT_KEYS`]) are not
 //! config keys and are skipped. A key given twice keeps its last value, as the kernel
-//! does for its own parameters.
+//! does for its own parameters, except the lists in [`LIST_KEYS`], where each word adds
+//! one entry (`kiln.ssh_authorized_keys="ssh-ed25519 AAAA... you@laptop"`, once per key).
 
 use kiln_contract::cmdline::{split, INIT_KEYS, PREFIX};
 
@@ -19,6 +20,9 @@ pub const INTEGER_KEYS: &[&str] = &["schema", "enroll.listen_port", "enroll.mtu"
 
 /// Keys whose command line value is `true` or `false` rather than a string.
 pub const BOOL_KEYS: &[&str] = &["update.auto_reboot"];
+
+/// Keys whose command line words each add one string to a list.
+pub const LIST_KEYS: &[&str] = &["ssh_authorized_keys"];
 
 /// The config table the command line sets; None when it sets no config key.
 pub fn table(cmdline: &str) -> Result<Option<toml::Table>, Vec<SchemaError>> {
@@ -59,6 +63,13 @@ pub fn table(cmdline: &str) -> Result<Option<toml::Table>, Vec<SchemaError>> {
                 "false" => toml::Value::Boolean(false),
                 _ => toml::Value::String(value),
             }
+        } else if LIST_KEYS.contains(&key) {
+            let mut list = match table.remove(key) {
+                Some(toml::Value::Array(list)) => list,
+                _ => Vec::new(),
+            };
+            list.push(toml::Value::String(value));
+            toml::Value::Array(list)
         } else {
             toml::Value::String(value)
         };

@@ -28,6 +28,7 @@ pub mod media;
 pub mod real;
 pub mod schema;
 pub mod settings;
+pub mod ssh_key;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -186,6 +187,14 @@ pub fn merge(findings: &[Finding]) -> Merged {
             m.config.hostname = c.hostname.clone();
             m.sources.insert("hostname", f.source.clone());
         }
+        // The list is one value: the highest channel's list replaces the others.
+        take(
+            &mut m.sources,
+            "ssh_authorized_keys",
+            &mut m.config.ssh_authorized_keys,
+            &c.ssh_authorized_keys,
+            &f.source,
+        );
         merge_enroll(&mut m, &c.enroll, &f.source);
         merge_update(&mut m, &c.update, &f.source);
     }
@@ -293,6 +302,18 @@ pub fn render(merged: &Merged, hostname: &str, hostname_from: &Source, secrets: 
         "hostname = {} # from {hostname_from}\n",
         toml::Value::String(hostname.to_string())
     ));
+    if let Some(keys) = &merged.config.ssh_authorized_keys {
+        let from = merged
+            .sources
+            .get("ssh_authorized_keys")
+            .map(|s| format!(" # from {s}"))
+            .unwrap_or_default();
+        out.push_str(&format!("ssh_authorized_keys = [{from}\n"));
+        for k in keys {
+            out.push_str(&format!("  {},\n", toml::Value::String(k.line())));
+        }
+        out.push_str("]\n");
+    }
     let e = &merged.config.enroll;
     if !e.is_empty() {
         out.push_str("\n[enroll]\n");
@@ -551,5 +572,7 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+#[cfg(test)]
+mod ssh_tests;
 #[cfg(test)]
 mod tests;

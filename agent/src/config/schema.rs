@@ -3,6 +3,7 @@
 //! ```toml
 //! schema = 1          # optional; any other value is an error
 //! hostname = "node-1" # RFC 1123 label(s): <= 63 characters each, <= 253 in all
+//! ssh_authorized_keys = ["ssh-ed25519 AAAA... you@laptop"]  # root's keys (images with SSH)
 //!
 //! [enroll]            # joining the WireGuard overlay (kiln-overlay.service)
 //! server = "https://enroll.example.org:8443"
@@ -33,6 +34,7 @@ use kiln_enroll_proto::token::Token;
 use kiln_enroll_proto::validate::parse_host_port;
 use serde::Deserialize;
 
+use super::ssh_key::{self, AuthorizedKey};
 use crate::update::check::window::Window;
 
 /// The only schema version this agent understands.
@@ -45,7 +47,13 @@ pub const MAGIC_LINE: &str = "#kiln-config";
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// Every key of the schema, in the order they are documented and written.
-pub const KNOWN_KEYS: &[&str] = &["schema", "hostname", "enroll", "update"];
+pub const KNOWN_KEYS: &[&str] = &[
+    "schema",
+    "hostname",
+    "ssh_authorized_keys",
+    "enroll",
+    "update",
+];
 
 /// Every key of the `[enroll]` table.
 pub const ENROLL_KEYS: &[&str] = &["server", "token", "endpoint", "listen_port", "mtu"];
@@ -73,6 +81,8 @@ pub struct NodeConfigDto {
     pub schema: Option<i64>,
     /// The node's hostname.
     pub hostname: Option<String>,
+    /// OpenSSH public key lines.
+    pub ssh_authorized_keys: Option<Vec<String>>,
     /// The `[enroll]` table.
     pub enroll: Option<EnrollDto>,
     /// The `[update]` table.
@@ -346,6 +356,8 @@ pub struct NodeConfig {
     pub schema: Option<i64>,
     /// `hostname`.
     pub hostname: Option<Hostname>,
+    /// `ssh_authorized_keys` (an empty list is a setting: no key).
+    pub ssh_authorized_keys: Option<Vec<AuthorizedKey>>,
     /// `[enroll]`.
     pub enroll: EnrollConfig,
     /// `[update]`.
@@ -361,6 +373,9 @@ impl NodeConfig {
             .iter()
             .map(|h| format!("hostname={h}"))
             .collect();
+        if let Some(keys) = &self.ssh_authorized_keys {
+            words.push(format!("ssh_authorized_keys={}", keys.len()));
+        }
         words.extend(self.enroll.words());
         words.extend(self.update.words());
         if words.is_empty() {
@@ -558,6 +573,11 @@ pub fn from_table(table: toml::Table) -> Result<NodeConfig, Vec<SchemaError>> {
                 }
                 v => errors.push(wrong_type(key, "a string", v)),
             },
+            "ssh_authorized_keys" => {
+                if let Err(e) = ssh_key::check_list(value) {
+                    errors.extend(e);
+                }
+            }
             "enroll" => match value {
                 toml::Value::Table(t) => {
                     for (k, v) in t {
@@ -752,9 +772,14 @@ pub fn validate(dto: NodeConfigDto) -> Result<NodeConfig, SchemaError> {
         Some(u) => validate_update(u)?,
         None => UpdateConfig::default(),
     };
+    let ssh_authorized_keys = dto
+        .ssh_authorized_keys
+        .map(|lines| ssh_key::validate_list(&lines))
+        .transpose()?;
     Ok(NodeConfig {
         schema: dto.schema,
         hostname,
+        ssh_authorized_keys,
         enroll,
         update,
     })

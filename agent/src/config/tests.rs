@@ -423,7 +423,7 @@ fn schema_accepts_the_documented_form() {
 fn schema_errors_name_key_and_value() {
     assert_eq!(
         errors_of("hostnme = \"x\""),
-        ["unknown key \"hostnme\" (known: schema, hostname, enroll, update)"]
+        ["unknown key \"hostnme\" (known: schema, hostname, ssh_authorized_keys, enroll, update)"]
     );
     assert_eq!(
         errors_of("hostname = 5"),
@@ -448,7 +448,7 @@ fn schema_errors_name_key_and_value() {
         errors_of("zone = 1\nhostname = true\n"),
         [
             "hostname: expected a string, got boolean true",
-            "unknown key \"zone\" (known: schema, hostname, enroll, update)"
+            "unknown key \"zone\" (known: schema, hostname, ssh_authorized_keys, enroll, update)"
         ]
     );
     let e = errors_of("hostname = \"a\"\nhostname = \"b\"\n");
@@ -627,7 +627,7 @@ fn cmdline_gives_kiln_keys_only() {
     let e = schema::from_table(cmdline::table("kiln.hostnme=a").unwrap().unwrap()).unwrap_err();
     assert_eq!(
         e[0].to_string(),
-        "unknown key \"hostnme\" (known: schema, hostname, enroll, update)"
+        "unknown key \"hostnme\" (known: schema, hostname, ssh_authorized_keys, enroll, update)"
     );
     let e = cmdline::table("kiln.a=1 kiln.a.b=2").unwrap_err();
     assert!(e[0].to_string().contains("cannot be set"), "{e:?}");
@@ -786,7 +786,7 @@ fn esp_problems_are_errors_that_say_where() {
     let boot = blockdev::boot_disk(&mut f).unwrap();
     assert_eq!(
         esp::gather(&mut f, Ok(&boot)).unwrap().lines(),
-        ["kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: unknown key \"hostnme\" (known: schema, hostname, enroll, update)"]
+        ["kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: unknown key \"hostnme\" (known: schema, hostname, ssh_authorized_keys, enroll, update)"]
     );
     // A mount the kernel refuses, with the ESP mounted nowhere else.
     f.mount_error = Some("mount /dev/vda1 on /run/kiln/esp: EBUSY".into());
@@ -1094,7 +1094,7 @@ fn broken_channels_do_not_stop_the_others() {
     assert_eq!(
         f.lines,
         [
-            "kiln-config: ERROR: cmdline: /proc/cmdline: unknown key \"hostnme\" (known: schema, hostname, enroll, update)",
+            "kiln-config: ERROR: cmdline: /proc/cmdline: unknown key \"hostnme\" (known: schema, hostname, ssh_authorized_keys, enroll, update)",
             "kiln-config: ERROR: esp: /dev/vda1:/kiln.toml: hostname: expected a string, got integer 5",
             "kiln-config: cidata: /dev/vdb:kiln.toml: hostname=from-cidata",
             "kiln-config: ERROR: fw_cfg: opt/kiln/config: not UTF-8 text (byte 0xff at offset 0); the config must be a UTF-8 TOML document",

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use super::plan::Patch;
 use super::FlashError;
+use kiln_contract::ssh_key;
+
 use crate::inspect::fat::FatVolume;
 use crate::runner::{Cmd, Runner};
 
@@ -27,9 +29,37 @@ pub fn read_config(path: &Path) -> Result<Vec<u8>, FlashError> {
         why,
     };
     let text = std::str::from_utf8(&bytes).map_err(|_| bad("it is not UTF-8 text".into()))?;
-    text.parse::<toml::Table>()
+    let table = text
+        .parse::<toml::Table>()
         .map_err(|e| bad(format!("it is not TOML: {}", e.message())))?;
+    if let Some(keys) = table.get(ssh_key::KEY) {
+        check_ssh_keys(keys).map_err(bad)?;
+    }
     Ok(bytes)
+}
+
+/// Checks `ssh_authorized_keys` as the node will (the contract's check), so a line that
+/// is not a key stops the flash before anything is written rather than costing the
+/// node its whole config file at boot. The first bad entry is named.
+fn check_ssh_keys(value: &toml::Value) -> Result<(), String> {
+    let key = ssh_key::KEY;
+    let toml::Value::Array(items) = value else {
+        return Err(format!(
+            "{key}: expected a list of public key lines, got {} {value}",
+            value.type_str()
+        ));
+    };
+    for (i, item) in items.iter().enumerate() {
+        let toml::Value::String(line) = item else {
+            return Err(format!(
+                "{key}[{i}]: expected a string (one public key line), got {} {item}",
+                item.type_str()
+            ));
+        };
+        ssh_key::AuthorizedKey::parse(line)
+            .map_err(|why| format!("{key}[{i}]: {}: {why}", ssh_key::shown(line)))?;
+    }
+    Ok(())
 }
 
 /// Sector runs where `new` differs from `old`, as patches at `base`.
@@ -114,6 +144,30 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].offset, p[0].bytes.len()), ((1 << 20) + 512, 1024));
         assert_eq!((p[1].offset, p[1].bytes.len()), ((1 << 20) + 2560, 512));
+    }
+
+    #[test]
+    fn a_key_line_that_is_not_a_key_is_refused_with_its_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kiln.toml");
+        let good =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHMsjRSweIpHvgMa2kaO4k+xKQ/cY3L4TLcVYlHtLKEJ a";
+        std::fs::write(&p, format!("ssh_authorized_keys = [\"{good}\"]\n")).unwrap();
+        read_config(&p).unwrap();
+        std::fs::write(
+            &p,
+            format!("ssh_authorized_keys = [\"{good}\", \"ssh-ed25519 AAAA!\"]\n"),
+        )
+        .unwrap();
+        let e = read_config(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("kiln.toml: not a node config: ssh_authorized_keys[1]: \"ssh-ed25519 AAAA!\": the key data is not base64"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        std::fs::write(&p, "ssh_authorized_keys = \"ssh-ed25519 AAAA\"\n").unwrap();
+        let e = read_config(&p).unwrap_err().to_string();
+        assert!(e.contains("ssh_authorized_keys: expected a list"), "{e}");
     }
 
     #[test]

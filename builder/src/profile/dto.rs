@@ -74,6 +74,9 @@ pub struct ProfileFile {
     /// `[agent]`
     #[serde(default)]
     pub agent: AgentFile,
+    /// `[ssh]`: an SSH server for operators.
+    #[serde(default)]
+    pub ssh: SshFile,
     /// `[[container_image]]`: OCI images built from packages of the lock.
     #[serde(default)]
     pub container_image: Vec<ContainerImageFile>,
@@ -295,4 +298,13 @@ pub struct OutputFile {
 pub struct AgentFile {
     /// Config channels the node reads, highest precedence first (default: all).
     pub channels: Option<Vec<String>>,
+}
+
+/// `[ssh]`: whether the image runs an SSH server (see `super::ssh`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshFile {
+    /// Adds OpenSSH's server, the `ssh` overlay and its units (default: off).
+    #[serde(default)]
+    pub enable: bool,
 }

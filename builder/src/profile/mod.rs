@@ -14,6 +14,7 @@ pub mod module_sets;
 mod output;
 mod pins;
 mod size;
+pub mod ssh;
 mod update;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -423,9 +424,11 @@ pub fn overlay_search_path(profile: &Path) -> Vec<PathBuf> {
 
 fn validate(
     path: &Path,
-    raw: dto::ProfileFile,
+    mut raw: dto::ProfileFile,
     overlay_dirs: &[PathBuf],
 ) -> Result<Profile, ProfileError> {
+    // Before the checks: what `[ssh]` adds is checked like what the file lists.
+    ssh::apply(&mut raw);
     let invalid = |field: &str, message: String| ProfileError::Invalid {
         path: path.to_path_buf(),
         field: field.to_string(),

@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub sntp: bool,
     /// Print nothing but errors.
     pub quiet: bool,
+    /// Forward the host's 127.0.0.1:PORT to the guest's SSH port.
+    pub ssh_port: Option<u16>,
 }
 
 /// Why an image cannot be booted.
@@ -283,6 +285,9 @@ pub fn prepare(
         .collect();
     vm.drives = opts.drives.clone();
     vm.extra = opts.qemu_args.clone();
+    if let Some(port) = opts.ssh_port {
+        vm.forward_tcp(port, 22);
+    }
     let console_log = scratch.join("console.log");
     vm.serial = Serial::StdioLogged {
         log: console_log.clone(),
@@ -295,25 +300,51 @@ pub fn prepare(
     })
 }
 
-/// What to say at the login prompt, from the manifest beside the image.
-pub fn login_hint(image: &Path) -> String {
+/// What to say at the login prompt, from the manifest beside the image: how to get a
+/// shell on the console, and over SSH when the image has a server.
+pub fn login_hint(image: &Path, ssh_port: Option<u16>) -> String {
     let manifest = crate::inspect::manifest_beside(image);
-    let debug = crate::inspect::read_manifest(&manifest)
-        .ok()
-        .map(|m| m.debug_shell);
-    match debug {
+    let m = crate::inspect::read_manifest(&manifest).ok();
+    let debug = m.as_ref().map(|m| m.debug_shell);
+    let ssh = m.as_ref().map(|m| {
+        m.packages
+            .iter()
+            .any(|p| p.name == crate::profile::ssh::SERVER_PACKAGE)
+    });
+    hint_text(debug, ssh, ssh_port)
+}
+
+/// [`login_hint`]'s text from what the manifest says (None: no manifest).
+pub fn hint_text(debug: Option<bool>, ssh: Option<bool>, ssh_port: Option<u16>) -> String {
+    let console = match debug {
         Some(true) => "kiln: a --debug-shell build: root is logged in on this console without a \
-                       password. Ctrl-A X quits."
-            .into(),
+                       password."
+            .to_string(),
         Some(false) => "kiln: no password opens this login prompt (kiln images have none). For a \
                         root shell on the console, build the image with `kiln build \
-                        --debug-shell`. Ctrl-A X quits."
-            .into(),
+                        --debug-shell`."
+            .to_string(),
         None => "kiln: no password opens this login prompt, unless the image was built with \
-                 `kiln build --debug-shell` (then root is logged in on the console). Ctrl-A X \
-                 quits."
-            .into(),
-    }
+                 `kiln build --debug-shell` (then root is logged in on the console)."
+            .to_string(),
+    };
+    let keys = "a key listed in `ssh_authorized_keys = [\"...\"]` of the --config file \
+                (e.g. your ~/.ssh/id_ed25519.pub)";
+    let ssh = match (ssh, ssh_port) {
+        (Some(false), _) => {
+            " For SSH, build from a profile with `[ssh] enable = true`.".to_string()
+        }
+        (_, Some(port)) => format!(
+            " SSH: `ssh -p {port} root@127.0.0.1` with {keys}; the host key fingerprints are \
+             the kiln-ssh: lines above."
+        ),
+        (Some(true), None) => format!(
+            " This image runs sshd: rerun with `--ssh-port 2222 --config kiln.toml`, \
+             kiln.toml holding {keys}, then `ssh -p 2222 root@127.0.0.1`."
+        ),
+        (None, None) => String::new(),
+    };
+    format!("{console}{ssh} Ctrl-A X quits.")
 }
 
 /// Whether the console text shows a getty's login prompt (`<host> login: `),
@@ -420,7 +451,11 @@ pub fn run(opts: &RunOptions, runner: &dyn Runner) -> Result<ExitStatus, BootErr
     }
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = (!opts.quiet).then(|| {
-        let (log, hint, stop) = (p.console_log.clone(), login_hint(&opts.image), stop.clone());
+        let (log, hint, stop) = (
+            p.console_log.clone(),
+            login_hint(&opts.image, opts.ssh_port),
+            stop.clone(),
+        );
         std::thread::spawn(move || watch_for_login(log, hint, stop))
     });
     let status = cmd.status().map_err(|source| BootError::Io {
@@ -454,6 +489,28 @@ mod tests {
         assert!(!shows_login_prompt("kiln-preflight: waiting"));
     }
     #[test]
+    fn the_hint_says_how_to_log_in_over_ssh_where_the_image_can() {
+        let h = hint_text(Some(false), Some(true), Some(2222));
+        assert!(h.contains("`ssh -p 2222 root@127.0.0.1`"), "{h}");
+        assert!(
+            h.contains("ssh_authorized_keys") && h.contains("kiln-ssh:"),
+            "{h}"
+        );
+        let h = hint_text(Some(false), Some(true), None);
+        assert!(
+            h.contains("rerun with `--ssh-port 2222 --config kiln.toml`"),
+            "{h}"
+        );
+        let h = hint_text(Some(false), Some(false), None);
+        assert!(
+            h.contains("`[ssh] enable = true`") && h.contains("--debug-shell"),
+            "{h}"
+        );
+        let h = hint_text(None, None, None);
+        assert!(!h.contains("SSH") && h.ends_with("Ctrl-A X quits."), "{h}");
+    }
+
+    #[test]
     fn a_text_file_is_not_an_image() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("notes.txt");
@@ -470,6 +527,7 @@ mod tests {
             qemu_args: vec![],
             sntp: false,
             quiet: true,
+            ssh_port: None,
         };
         let e = prepare(&opts, d.path(), &crate::runner::HostRunner)
             .unwrap_err()

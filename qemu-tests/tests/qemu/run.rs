@@ -33,6 +33,7 @@ fn kiln_run_boots_raw_zst_to_var_and_a_passing_preflight() {
         qemu_args: vec![],
         sntp: true,
         quiet: true,
+        ssh_port: None,
     };
     let p = prepare(&opts, scratch.path(), &kiln::runner::HostRunner)
         .unwrap_or_else(|e| panic!("{e:#}"));
