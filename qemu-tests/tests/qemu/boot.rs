@@ -1,6 +1,6 @@
 //! What a user checks on a node's first boot, run on the first boot of the update
 //! scenario's node (profiles/qemu.toml as 1.0.0, on its grown qcow2 disk: see
-//! ab_update.rs), so the suite boots no machine just for them: the UKI booted, the root is
+//! update.rs), so the suite boots no machine just for them: the UKI booted, the root is
 //! read-only and came through dm-verity, systemd reached multi-user with nothing failed,
 //! `uname -m` is right, the node took its hostname from the kernel command line over
 //! the fw_cfg and cidata channels (which it read too), preflight passed, and in the

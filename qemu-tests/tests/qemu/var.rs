@@ -1,5 +1,5 @@
 //! A node on a bigger disk than its image, checked in the update scenario's boots
-//! (ab_update.rs), which run from the build's qcow2 output grown with `qemu-img resize` the
+//! (update.rs), which run from the build's qcow2 output grown with `qemu-img resize` the
 //! way a cloud or a homelab user grows it (so the qcow2 format boots on both arches;
 //! the other scenarios boot raw images): on the first boot the init grows the partition
 //! table and creates and formats `var` up to the end of the disk; /var and the
