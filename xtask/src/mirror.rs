@@ -51,20 +51,27 @@ pub fn lock(mirror: &Path) -> anyhow::Result<Held> {
     Ok(Held { _lock: f })
 }
 
-/// The checkout's files, relative to `root`.
+/// The checkout's files, relative to `root`: git's list when `root` is a checkout's top
+/// folder, else every file under it but `target` and `.git`.
 pub fn checkout_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let git = Command::new("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .current_dir(root)
-        .output();
+    // Only a checkout's own top folder is asked. git answers for a folder inside another
+    // checkout too, and when that checkout ignores the folder the answer is empty: the
+    // suite's mirror sits beside the target folder, so with CARGO_TARGET_DIR inside a
+    // clone the listing test below, compiled from the mirror, found no file.
+    let git = root.join(".git").exists().then(|| {
+        Command::new("git")
+            .args([
+                "ls-files",
+                "-z",
+                "--cached",
+                "--others",
+                "--exclude-standard",
+            ])
+            .current_dir(root)
+            .output()
+    });
     let mut files: Vec<PathBuf> = match git {
-        Ok(out) if out.status.success() => out
+        Some(Ok(out)) if out.status.success() => out
             .stdout
             .split(|b| *b == 0)
             .filter(|p| !p.is_empty())
@@ -243,6 +250,37 @@ mod tests {
         .unwrap();
         assert_eq!(sync(&src, &dst, &files).unwrap().written, 1);
         assert!(sync(&src, &dst, &[PathBuf::from("../x")]).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_folder_ignored_inside_another_checkout_is_walked() {
+        let d = std::env::temp_dir().join(format!("xtask-nested-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let repo = d.as_path();
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .args(args)
+                .current_dir(repo)
+                .output()
+                .unwrap()
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::write(repo.join(".gitignore"), "/mirror/\n").unwrap();
+        let mirror = repo.join("mirror");
+        std::fs::create_dir_all(mirror.join("src")).unwrap();
+        std::fs::write(mirror.join("Cargo.toml"), "").unwrap();
+        std::fs::write(mirror.join("src/lib.rs"), "").unwrap();
+        std::fs::create_dir_all(mirror.join("target")).unwrap();
+        std::fs::write(mirror.join("target/x"), "").unwrap();
+        assert_eq!(
+            checkout_files(&mirror).unwrap(),
+            [PathBuf::from("Cargo.toml"), PathBuf::from("src/lib.rs")]
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
