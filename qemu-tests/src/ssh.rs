@@ -24,20 +24,12 @@ impl Client {
     pub fn new(dir: &Path) -> anyhow::Result<Client> {
         for name in ["good", "wrong"] {
             let path = dir.join(name);
-            let out = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C"])
-                .arg(format!("kiln-test-{name}"))
-                .arg("-f")
-                .arg(&path)
-                .output()
-                .context("running ssh-keygen (package openssh-client)")?;
-            if !out.status.success() {
-                bail!(
-                    "ssh-keygen -f {}: {}",
-                    path.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            let comment = format!("kiln-test-{name}");
+            let file = crate::path_str(&path)?;
+            crate::check_tool(
+                "ssh-keygen",
+                &["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", file],
+            )?;
         }
         Ok(Client {
             dir: dir.to_path_buf(),
@@ -130,17 +122,14 @@ impl Client {
                 format!("{}\n", line.split_once(' ').map_or(line, |x| x.1)),
             )
             .with_context(|| one.display().to_string())?;
-            let out = Command::new("ssh-keygen")
-                .args(["-l", "-E", "sha256", "-f"])
-                .arg(&one)
-                .output()
-                .context("running ssh-keygen -l")?;
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let Some(fp) = stdout.split_whitespace().nth(1) else {
+            let listed = crate::check_tool(
+                "ssh-keygen",
+                &["-l", "-E", "sha256", "-f", crate::path_str(&one)?],
+            )?;
+            let Some(fp) = listed.split_whitespace().nth(1) else {
                 bail!(
-                    "ssh-keygen -l {}: {}",
-                    one.display(),
-                    String::from_utf8_lossy(&out.stderr)
+                    "ssh-keygen -l {}: no fingerprint in {listed:?}",
+                    one.display()
                 );
             };
             seen.insert(kind.to_string(), fp.to_string());
